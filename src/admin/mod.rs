@@ -1,0 +1,4 @@
+//! The operator's side: the HTTP server on `admin.listen` (health, readiness,
+//! pool status; metrics and reports join it in later issues).
+
+pub mod http;

@@ -1,0 +1,192 @@
+//! The state every task shares, behind one `Arc`: the current config and
+//! credentials, the pools, the cancel-key registry, TLS, the client limit and
+//! the shutdown signal.
+
+use crate::auth::upstream::UpstreamSecret;
+use crate::auth::Credentials;
+use crate::backend::pool::PoolSettings;
+use crate::backend::{Pool, PoolKey, UpstreamTarget};
+use crate::config::{Config, DatabaseConfig, Password};
+use crate::frontend::cancel::CancelRegistry;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// Shared state of a running pgsift.
+pub struct App {
+    config: RwLock<Arc<Config>>,
+    credentials: RwLock<Arc<Credentials>>,
+    /// pools by (database, user)
+    pub pools: DashMap<PoolKey, Arc<Pool>>,
+    /// pgsift-issued cancel keys
+    pub cancels: CancelRegistry,
+    /// client-facing TLS, when configured
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// one permit per allowed client connection
+    pub client_slots: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+    /// clients connected right now
+    pub clients: AtomicUsize,
+    clients_gone: Notify,
+    /// set once any upstream server answered (readiness)
+    pub upstream_answered: Arc<AtomicBool>,
+    /// set once the client listener is bound (readiness)
+    pub listening: AtomicBool,
+}
+
+impl App {
+    /// Builds the shared state for a validated config.
+    pub fn new(config: Config) -> anyhow::Result<Arc<App>> {
+        let tls = match &config.tls {
+            Some(t) if t.mode != crate::config::TlsMode::Disable => Some(crate::frontend::tls::acceptor(t)?),
+            _ => None,
+        };
+        let (shutdown, _) = watch::channel(false);
+        Ok(Arc::new(App {
+            credentials: RwLock::new(Arc::new(Credentials::new(config.users.values()))),
+            client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
+            config: RwLock::new(Arc::new(config)),
+            pools: DashMap::new(),
+            cancels: CancelRegistry::default(),
+            tls,
+            shutdown,
+            clients: AtomicUsize::new(0),
+            clients_gone: Notify::new(),
+            upstream_answered: Arc::new(AtomicBool::new(false)),
+            listening: AtomicBool::new(false),
+        }))
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
+    /// The login secrets in force.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials.read().clone()
+    }
+
+    /// Replaces the config (reload): users, pool sizes and timeouts take
+    /// effect for existing pools; connected clients stay.
+    pub fn apply_config(&self, config: Config) {
+        *self.credentials.write() = Arc::new(Credentials::new(config.users.values()));
+        self.pools.retain(|(db, user), pool| match config.databases.get(db) {
+            Some(d) => {
+                pool.reconfigure(upstream_target(&config, d, user), pool_settings(&config, d));
+                true
+            }
+            None => {
+                pool.close();
+                false
+            }
+        });
+        *self.config.write() = Arc::new(config);
+    }
+
+    /// The pool for a (database, user), created on first use; `None` when the
+    /// database is not configured.
+    pub fn pool(&self, database: &str, user: &str) -> Option<Arc<Pool>> {
+        let key = (database.to_owned(), user.to_owned());
+        if let Some(p) = self.pools.get(&key) {
+            return Some(p.clone());
+        }
+        let config = self.config();
+        let d = config.databases.get(database)?;
+        let pool = self
+            .pools
+            .entry(key)
+            .or_insert_with(|| {
+                Pool::new(
+                    database.to_owned(),
+                    user.to_owned(),
+                    upstream_target(&config, d, user),
+                    pool_settings(&config, d),
+                    self.upstream_answered.clone(),
+                )
+            })
+            .clone();
+        Some(pool)
+    }
+
+    /// A receiver of the shutdown signal.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Starts the graceful drain.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// True once shutdown began.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Counts a connected client; the guard uncounts it.
+    pub fn client_connected(self: &Arc<Self>) -> ClientGuard {
+        self.clients.fetch_add(1, Ordering::SeqCst);
+        ClientGuard(self.clone())
+    }
+
+    /// Waits until every client has gone.
+    pub async fn all_clients_gone(&self) {
+        loop {
+            let notified = self.clients_gone.notified();
+            if self.clients.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// True once the listener is bound and an upstream has answered.
+    pub fn is_ready(&self) -> bool {
+        self.listening.load(Ordering::Relaxed) && self.upstream_answered.load(Ordering::Relaxed) && !self.is_shutting_down()
+    }
+}
+
+/// Keeps a client counted while it lives.
+pub struct ClientGuard(Arc<App>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        if self.0.clients.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.clients_gone.notify_waiters();
+        }
+    }
+}
+
+/// Where a (database, user) pool logs in: the database's server_user and
+/// server_password when set, otherwise the client's own name and password.
+pub fn upstream_target(config: &Config, d: &DatabaseConfig, user: &str) -> UpstreamTarget {
+    let secret = match (&d.server_password, config.users.get(user).and_then(|u| u.password.as_ref())) {
+        (Some(p), _) => Some(UpstreamSecret::Plain(p.clone())),
+        (None, Some(Password::Plain(p))) if d.server_user.is_none() => Some(UpstreamSecret::Plain(p.clone())),
+        (None, Some(Password::Md5(h))) if d.server_user.is_none() => Some(UpstreamSecret::Md5(h.clone())),
+        _ => None,
+    };
+    UpstreamTarget {
+        host: d.host.clone(),
+        port: d.port,
+        dbname: d.dbname.clone(),
+        user: d.server_user.clone().unwrap_or_else(|| user.to_owned()),
+        secret,
+    }
+}
+
+/// A database's pool settings.
+pub fn pool_settings(config: &Config, d: &DatabaseConfig) -> PoolSettings {
+    PoolSettings {
+        mode: d.pool_mode,
+        size: d.pool_size,
+        min_size: d.min_pool_size,
+        connect_timeout: config.pool.connect_timeout,
+        checkout_timeout: config.pool.checkout_timeout,
+        idle_timeout: config.pool.idle_timeout,
+        server_lifetime: config.pool.server_lifetime,
+    }
+}

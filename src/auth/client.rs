@@ -1,0 +1,239 @@
+//! Client authentication: pgsift plays the server. SCRAM-SHA-256 is the
+//! default (plaintext passwords and SCRAM verifiers), md5 is used when only an
+//! md5 verifier is configured. Unknown users go through a mock SCRAM exchange
+//! so that they fail exactly like a wrong password, as in Postgres.
+
+use super::scram_verifier::ScramVerifier;
+use crate::config::{Password, UserConfig};
+use crate::protocol::io::{read_message, ReadError};
+use crate::protocol::messages;
+use bytes::BytesMut;
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramSecret, ScramServerAuth};
+use pgwire::error::PgWireError;
+use std::collections::HashMap;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+const SCRAM_ITERATIONS: usize = 4096;
+/// Authentication messages are small; anything bigger is an attack.
+const MAX_AUTH_MESSAGE: usize = 8192;
+
+/// What pgsift checks a client's login against.
+#[derive(Clone)]
+enum Secret {
+    Trust,
+    Scram {
+        salt: Vec<u8>,
+        iterations: usize,
+        stored_key: Vec<u8>,
+        server_key: Vec<u8>,
+    },
+    Md5 {
+        /// hex(md5(password || user))
+        inner: String,
+    },
+}
+
+/// The login secrets of every configured user, derived once per config
+/// (PBKDF2 is deliberately slow, so it is not run per login).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    secrets: HashMap<String, Secret>,
+}
+
+impl Credentials {
+    /// Derives the secrets of all users.
+    pub fn new<'a>(users: impl IntoIterator<Item = &'a UserConfig>) -> Credentials {
+        let secrets = users
+            .into_iter()
+            .map(|u| {
+                let s = match &u.password {
+                    None => Secret::Trust,
+                    Some(Password::Plain(p)) => {
+                        let salt: [u8; 16] = rand::random();
+                        let salted = gen_salted_password(p, &salt, SCRAM_ITERATIONS);
+                        scram_from_salted(salt.to_vec(), salted, SCRAM_ITERATIONS)
+                    }
+                    Some(Password::Scram(v)) => match ScramVerifier::parse(v) {
+                        Ok(v) => Secret::Scram {
+                            salt: v.salt,
+                            iterations: v.iterations,
+                            stored_key: v.stored_key,
+                            server_key: v.server_key,
+                        },
+                        Err(_) => mock_secret(),
+                    },
+                    Some(Password::Md5(h)) => Secret::Md5 {
+                        inner: h[3..].to_owned(),
+                    },
+                };
+                (u.name.clone(), s)
+            })
+            .collect();
+        Credentials { secrets }
+    }
+
+    /// True when the user is configured.
+    pub fn knows(&self, user: &str) -> bool {
+        self.secrets.contains_key(user)
+    }
+}
+
+fn scram_from_salted(salt: Vec<u8>, salted: Vec<u8>, iterations: usize) -> Secret {
+    match ScramSecret::verifier_from_salted_password(salt, salted, iterations) {
+        ScramSecret::Verifier {
+            salt,
+            iterations,
+            stored_key,
+            server_key,
+        } => Secret::Scram {
+            salt,
+            iterations,
+            stored_key,
+            server_key,
+        },
+        ScramSecret::SaltedPassword { .. } => mock_secret(),
+    }
+}
+
+/// A secret no password matches: unknown users fail like wrong passwords.
+fn mock_secret() -> Secret {
+    Secret::Scram {
+        salt: rand::random::<[u8; 16]>().to_vec(),
+        iterations: SCRAM_ITERATIONS,
+        stored_key: rand::random::<[u8; 32]>().to_vec(),
+        server_key: rand::random::<[u8; 32]>().to_vec(),
+    }
+}
+
+/// Why a client could not log in.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientAuthError {
+    /// wrong password or unknown user (28P01)
+    #[error("password authentication failed for user \"{0}\"")]
+    Failed(String),
+    /// malformed authentication exchange (08P01)
+    #[error("{0}")]
+    Protocol(String),
+    /// the socket failed or the client went away
+    #[error("{0}")]
+    Read(#[from] ReadError),
+}
+
+impl ClientAuthError {
+    /// SQLSTATE for the ErrorResponse the client gets.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientAuthError::Failed(_) => "28P01",
+            ClientAuthError::Protocol(_) | ClientAuthError::Read(_) => "08P01",
+        }
+    }
+}
+
+/// Runs the authentication exchange for `user` and writes AuthenticationOk on
+/// success. Failure messages are left to the caller.
+pub async fn authenticate<S>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    creds: &Credentials,
+    user: &str,
+) -> Result<(), ClientAuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let secret = creds.secrets.get(user).cloned().unwrap_or_else(mock_secret);
+    let known = creds.knows(user);
+    let mut out = BytesMut::new();
+    match secret {
+        Secret::Trust => {}
+        Secret::Md5 { inner } => {
+            let salt: [u8; 4] = rand::random();
+            messages::auth_md5(&mut out, salt);
+            stream.write_all(&out).await.map_err(ReadError::Io)?;
+            out.clear();
+            let body = read_password_message(stream, rbuf).await?;
+            let got = body.strip_suffix(&[0]).unwrap_or(&body);
+            let mut salted = inner.into_bytes();
+            salted.extend_from_slice(&salt);
+            let expected = format!("md5{:x}", md5::compute(salted));
+            if got != expected.as_bytes() || !known {
+                return Err(ClientAuthError::Failed(user.to_owned()));
+            }
+        }
+        Secret::Scram {
+            salt,
+            iterations,
+            stored_key,
+            server_key,
+        } => {
+            messages::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+            stream.write_all(&out).await.map_err(ReadError::Io)?;
+            out.clear();
+            let body = read_password_message(stream, rbuf).await?;
+            let first = sasl_initial_response(&body)?;
+            let server = ScramServerAuth::new();
+            let secret = ScramSecret::Verifier {
+                salt,
+                iterations,
+                stored_key,
+                server_key,
+            };
+            let (server_first, waiting) = server
+                .on_client_first_message_with_secret(first, secret)
+                .map_err(|e| ClientAuthError::Protocol(format!("malformed SCRAM message: {e}")))?;
+            messages::auth_sasl_continue(&mut out, server_first.as_bytes());
+            stream.write_all(&out).await.map_err(ReadError::Io)?;
+            out.clear();
+            let final_msg = read_password_message(stream, rbuf).await?;
+            match waiting.on_client_final_message(&final_msg) {
+                Ok(server_final) if known => {
+                    messages::auth_sasl_final(&mut out, server_final.as_bytes());
+                }
+                Ok(_) | Err(PgWireError::InvalidPassword(_)) => {
+                    return Err(ClientAuthError::Failed(user.to_owned()))
+                }
+                Err(e) => {
+                    return Err(ClientAuthError::Protocol(format!("malformed SCRAM message: {e}")))
+                }
+            }
+        }
+    }
+    messages::auth_ok(&mut out);
+    stream.write_all(&out).await.map_err(ReadError::Io)?;
+    Ok(())
+}
+
+/// Reads a PasswordMessage / SASLResponse and returns its body.
+async fn read_password_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+) -> Result<Vec<u8>, ClientAuthError> {
+    let (tag, msg) = read_message(stream, rbuf, MAX_AUTH_MESSAGE).await?;
+    if tag != b'p' {
+        return Err(ClientAuthError::Protocol(format!(
+            "expected password response, got message type {}",
+            char::from(tag).escape_default()
+        )));
+    }
+    Ok(msg[5..].to_vec())
+}
+
+/// Splits SASLInitialResponse into mechanism and data, checking the mechanism.
+fn sasl_initial_response(body: &[u8]) -> Result<&[u8], ClientAuthError> {
+    let bad = || ClientAuthError::Protocol("malformed SASLInitialResponse".into());
+    let nul = body.iter().position(|&b| b == 0).ok_or_else(bad)?;
+    if &body[..nul] != b"SCRAM-SHA-256" {
+        return Err(ClientAuthError::Protocol(
+            "client selected an invalid SASL authentication mechanism".into(),
+        ));
+    }
+    let rest = &body[nul + 1..];
+    if rest.len() < 4 {
+        return Err(bad());
+    }
+    let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    let data = &rest[4..];
+    if len < 0 || len as usize != data.len() {
+        return Err(bad());
+    }
+    Ok(data)
+}

@@ -1,0 +1,340 @@
+//! A pool of server connections for one (database, user): a FIFO queue of
+//! clients waiting for a slot (tokio's fair semaphore), the idle servers, and
+//! the upkeep task that closes idle and aged servers, keeps `min_pool_size`
+//! open, and retries an unreachable upstream with backoff.
+
+use super::server::{ServerConnection, ServerError, UpstreamTarget};
+use crate::config::PoolMode;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// (client-facing database name, client user name)
+pub type PoolKey = (String, String);
+
+/// The settings a pool runs with; replaced as a whole on reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// session or transaction
+    pub mode: PoolMode,
+    /// most server connections
+    pub size: usize,
+    /// fewest server connections kept open
+    pub min_size: usize,
+    /// connect + login limit
+    pub connect_timeout: Duration,
+    /// longest wait in the queue
+    pub checkout_timeout: Duration,
+    /// idle servers above min_size close after this
+    pub idle_timeout: Duration,
+    /// servers are recycled when idle after this
+    pub server_lifetime: Duration,
+}
+
+/// Why a client got no server.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// waited longer than checkout_timeout
+    #[error("no server connection available in pool \"{db}/{user}\" within {waited:?} (pool_size {size})")]
+    Timeout {
+        /// database
+        db: String,
+        /// user
+        user: String,
+        /// how long the client waited
+        waited: Duration,
+        /// the pool's size
+        size: usize,
+    },
+    /// connecting failed
+    #[error("pool \"{db}/{user}\": {source}")]
+    Server {
+        /// database
+        db: String,
+        /// user
+        user: String,
+        /// cause
+        source: ServerError,
+    },
+    /// the pool was closed (reload removed it, or shutdown)
+    #[error("pool \"{0}\" is closed")]
+    Closed(String),
+}
+
+impl PoolError {
+    /// SQLSTATE for the client.
+    pub fn code(&self) -> String {
+        match self {
+            PoolError::Timeout { .. } => "53300".into(),
+            PoolError::Server { source, .. } => source.code(),
+            PoolError::Closed(_) => "57P01".into(),
+        }
+    }
+}
+
+/// Live counts for SHOW POOLS and /api/pools.
+#[derive(Debug, Default)]
+pub struct PoolCounts {
+    /// servers checked out by clients
+    pub active: AtomicUsize,
+    /// servers being opened
+    pub connecting: AtomicUsize,
+    /// clients queued for a server
+    pub waiting: AtomicUsize,
+    /// clients connected to this pool
+    pub clients: AtomicUsize,
+}
+
+/// Backoff state after failed connects: clients fail fast while it lasts.
+#[derive(Debug, Default)]
+struct Backoff {
+    until: Option<Instant>,
+    delay: Duration,
+    last_error: String,
+}
+
+/// One (database, user) pool.
+pub struct Pool {
+    /// client-facing database name
+    pub database: String,
+    /// client user name
+    pub user: String,
+    target: Mutex<UpstreamTarget>,
+    settings: Mutex<PoolSettings>,
+    idle: Mutex<VecDeque<ServerConnection>>,
+    slots: Arc<Semaphore>,
+    /// ParameterStatus of a fresh server: what "default" means for settings
+    defaults: Mutex<Option<Arc<HashMap<String, String>>>>,
+    backoff: Mutex<Backoff>,
+    upstream_answered: Arc<AtomicBool>,
+    /// live counts
+    pub counts: PoolCounts,
+}
+
+/// A server checked out of a pool. Dropping it without [`Pool::checkin`]
+/// closes the server and frees its slot.
+pub struct Checkout {
+    /// the server
+    pub server: ServerConnection,
+    _slot: OwnedSemaphorePermit,
+    /// time spent waiting in the queue
+    pub waited: Duration,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Pool {
+    /// A pool with no servers yet.
+    /// `upstream_answered` is set whenever a server login succeeds (readiness).
+    pub fn new(
+        database: String,
+        user: String,
+        target: UpstreamTarget,
+        settings: PoolSettings,
+        upstream_answered: Arc<AtomicBool>,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            database,
+            user,
+            target: Mutex::new(target),
+            slots: Arc::new(Semaphore::new(settings.size)),
+            settings: Mutex::new(settings),
+            idle: Mutex::new(VecDeque::new()),
+            defaults: Mutex::new(None),
+            backoff: Mutex::new(Backoff::default()),
+            upstream_answered,
+            counts: PoolCounts::default(),
+        })
+    }
+
+    /// The current settings.
+    pub fn settings(&self) -> PoolSettings {
+        self.settings.lock().clone()
+    }
+
+    /// Number of idle servers.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+
+    /// The parameter values of a fresh server, once one has connected.
+    pub fn defaults(&self) -> Arc<HashMap<String, String>> {
+        self.defaults.lock().clone().unwrap_or_default()
+    }
+
+    /// Waits (FIFO, at most checkout_timeout) for a slot, then hands out an
+    /// idle server or opens a new one.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        let settings = self.settings();
+        let start = Instant::now();
+        self.counts.waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = tokio::time::timeout(settings.checkout_timeout, self.slots.clone().acquire_owned()).await;
+        self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
+        let slot = match acquired {
+            Err(_) => {
+                return Err(PoolError::Timeout {
+                    db: self.database.clone(),
+                    user: self.user.clone(),
+                    waited: start.elapsed(),
+                    size: settings.size,
+                })
+            }
+            Ok(Err(_)) => return Err(PoolError::Closed(format!("{}/{}", self.database, self.user))),
+            Ok(Ok(slot)) => slot,
+        };
+        let waited = start.elapsed();
+        let server = match self.take_idle(&settings) {
+            Some(s) => s,
+            None => self.open(&settings).await?,
+        };
+        self.counts.active.fetch_add(1, Ordering::Relaxed);
+        Ok(Checkout {
+            server,
+            _slot: slot,
+            waited,
+        })
+    }
+
+    fn take_idle(&self, settings: &PoolSettings) -> Option<ServerConnection> {
+        loop {
+            let mut s = self.idle.lock().pop_front()?;
+            if s.created.elapsed() >= settings.server_lifetime || s.is_broken_while_idle() {
+                tracing::debug!(server = s.id, "closing aged or broken idle server");
+                continue;
+            }
+            return Some(s);
+        }
+    }
+
+    async fn open(&self, settings: &PoolSettings) -> Result<ServerConnection, PoolError> {
+        let err = |source| PoolError::Server {
+            db: self.database.clone(),
+            user: self.user.clone(),
+            source,
+        };
+        {
+            let b = self.backoff.lock();
+            if let Some(until) = b.until {
+                if Instant::now() < until {
+                    return Err(err(ServerError::ConnectTimeout(format!(
+                        "upstream unavailable (retrying): {}",
+                        b.last_error
+                    ))));
+                }
+            }
+        }
+        let target = self.target.lock().clone();
+        self.counts.connecting.fetch_add(1, Ordering::Relaxed);
+        let result = ServerConnection::connect(&target, settings.connect_timeout).await;
+        self.counts.connecting.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(server) => {
+                *self.backoff.lock() = Backoff::default();
+                let mut d = self.defaults.lock();
+                if d.is_none() {
+                    *d = Some(Arc::new(server.params.clone()));
+                }
+                self.upstream_answered.store(true, Ordering::Relaxed);
+                Ok(server)
+            }
+            Err(e) => {
+                // Refusals (bad password, missing database) are not outages:
+                // only network-level failures start a backoff.
+                if !matches!(e, ServerError::Login(crate::auth::upstream::UpstreamAuthError::Refused(_))) {
+                    let mut b = self.backoff.lock();
+                    b.delay = (b.delay * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+                    b.until = Some(Instant::now() + b.delay);
+                    b.last_error = e.to_string();
+                }
+                tracing::warn!(database = %self.database, user = %self.user, error = %e, "server connection failed");
+                Err(err(e))
+            }
+        }
+    }
+
+    /// Returns a clean server (ReadyForQuery `I`, nothing in flight).
+    pub fn checkin(&self, mut checkout: Checkout) {
+        self.counts.active.fetch_sub(1, Ordering::Relaxed);
+        checkout.server.last_used = Instant::now();
+        let settings = self.settings.lock().clone();
+        if checkout.server.created.elapsed() < settings.server_lifetime && !self.slots.is_closed() {
+            self.idle.lock().push_back(checkout.server);
+        }
+        // the slot is released when `checkout` drops here
+    }
+
+    /// Closes a server that is in an unknown state.
+    pub fn discard(&self, checkout: Checkout) {
+        self.counts.active.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(server = checkout.server.id, "discarding server connection");
+        drop(checkout);
+    }
+
+    /// One round of upkeep: close idle servers past idle_timeout (above
+    /// min_pool_size) or past server_lifetime, and open servers up to
+    /// min_pool_size.
+    pub async fn upkeep(self: &Arc<Self>) {
+        let settings = self.settings();
+        {
+            let mut idle = self.idle.lock();
+            let active = self.counts.active.load(Ordering::Relaxed);
+            let mut keep = VecDeque::with_capacity(idle.len());
+            while let Some(mut s) = idle.pop_front() {
+                let total = keep.len() + idle.len() + active + 1;
+                let expired_idle = s.last_used.elapsed() >= settings.idle_timeout && total > settings.min_size;
+                if expired_idle || s.created.elapsed() >= settings.server_lifetime || s.is_broken_while_idle() {
+                    continue;
+                }
+                keep.push_back(s);
+            }
+            *idle = keep;
+        }
+        loop {
+            let total = self.idle_count() + self.counts.active.load(Ordering::Relaxed) + self.counts.connecting.load(Ordering::Relaxed);
+            if total >= settings.min_size {
+                break;
+            }
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else { break };
+            match self.open(&settings).await {
+                Ok(s) => {
+                    self.idle.lock().push_back(s);
+                    drop(slot);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Applies new settings and upstream target (reload).
+    pub fn reconfigure(&self, target: UpstreamTarget, settings: PoolSettings) {
+        let mut cur = self.settings.lock();
+        if settings.size > cur.size {
+            self.slots.add_permits(settings.size - cur.size);
+        } else if settings.size < cur.size {
+            let shrink = cur.size - settings.size;
+            let slots = self.slots.clone();
+            // Take the surplus permits out of circulation as they come free.
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(shrink as u32).await {
+                    p.forget();
+                }
+            });
+        }
+        if *self.target.lock() != target {
+            *self.target.lock() = target;
+            // Servers of the old target finish their work, then close.
+            self.idle.lock().clear();
+        }
+        *cur = settings;
+    }
+
+    /// Closes the pool: waiting clients get an error, idle servers close.
+    pub fn close(&self) {
+        self.slots.close();
+        self.idle.lock().clear();
+    }
+}

@@ -1,0 +1,314 @@
+//! One connection to a Postgres server: its split socket, its read buffer,
+//! what the server reported (ParameterStatus, BackendKeyData) and what pgsift
+//! changed on it, plus the few statements pgsift runs itself (parameter sync,
+//! ROLLBACK, DISCARD ALL).
+
+use crate::auth::upstream::{login, UpstreamAuthError, UpstreamSecret};
+use crate::protocol::io::{read_message, ReadError};
+use crate::protocol::messages::{self, parse_error_fields, ErrorFields};
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Where and as whom a pool logs in upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// server host name or address
+    pub host: String,
+    /// server port
+    pub port: u16,
+    /// upstream database name
+    pub dbname: String,
+    /// upstream role
+    pub user: String,
+    /// upstream password, if any
+    pub secret: Option<UpstreamSecret>,
+}
+
+/// Why a server connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// could not connect or log in within connect_timeout
+    #[error("timed out connecting to {0}")]
+    ConnectTimeout(String),
+    /// TCP-level failure
+    #[error("could not connect to server {addr}: {source}")]
+    Connect {
+        /// host:port
+        addr: String,
+        /// cause
+        source: std::io::Error,
+    },
+    /// login refused or failed
+    #[error("{0}")]
+    Login(#[from] UpstreamAuthError),
+    /// a statement pgsift ran failed
+    #[error("{}", .0.message)]
+    Statement(ErrorFields),
+    /// the connection broke
+    #[error("server connection lost: {0}")]
+    Read(#[from] ReadError),
+}
+
+impl ServerError {
+    /// The SQLSTATE a client should see for this failure.
+    pub fn code(&self) -> String {
+        match self {
+            ServerError::Login(UpstreamAuthError::Refused(f)) | ServerError::Statement(f) => f.code.clone(),
+            _ => "08006".to_owned(),
+        }
+    }
+}
+
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A logged-in server connection.
+#[derive(Debug)]
+pub struct ServerConnection {
+    /// process-unique id for logs and SHOW SERVERS
+    pub id: u64,
+    /// socket read half
+    pub reader: OwnedReadHalf,
+    /// socket write half
+    pub writer: OwnedWriteHalf,
+    /// bytes read from the server not yet handled
+    pub rbuf: BytesMut,
+    /// server address (for cancel requests)
+    pub addr: SocketAddr,
+    /// BackendKeyData process id
+    pub pid: i32,
+    /// BackendKeyData secret
+    pub secret: i32,
+    /// ParameterStatus values as the server last reported them
+    pub params: HashMap<String, String>,
+    /// settings pgsift changed with set_config (lower-case name → value)
+    pub applied: HashMap<String, String>,
+    /// when the connection was opened
+    pub created: Instant,
+    /// when it was last returned to the pool
+    pub last_used: Instant,
+}
+
+const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+impl ServerConnection {
+    /// Connects and logs in, all within `timeout`.
+    pub async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<ServerConnection, ServerError> {
+        let addr = format!("{}:{}", target.host, target.port);
+        tokio::time::timeout(timeout, Self::connect_inner(target, &addr))
+            .await
+            .map_err(|_| ServerError::ConnectTimeout(addr.clone()))?
+    }
+
+    async fn connect_inner(target: &UpstreamTarget, addr: &str) -> Result<ServerConnection, ServerError> {
+        let mut stream = TcpStream::connect(addr).await.map_err(|source| ServerError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+        stream.set_nodelay(true).ok();
+        let peer = stream.peer_addr().map_err(|source| ServerError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let hello = login(&mut stream, &mut rbuf, &target.user, &target.dbname, target.secret.as_ref()).await?;
+        let (reader, writer) = stream.into_split();
+        let now = Instant::now();
+        Ok(ServerConnection {
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+            reader,
+            writer,
+            rbuf,
+            addr: peer,
+            pid: hello.pid,
+            secret: hello.secret,
+            params: hello.params,
+            applied: HashMap::new(),
+            created: now,
+            last_used: now,
+        })
+    }
+
+    /// Records a ParameterStatus body (name NUL value NUL).
+    pub fn note_parameter_status(&mut self, body: &[u8]) {
+        note_parameter_status(&mut self.params, &mut self.applied, body);
+    }
+
+    /// The reported value of a parameter, matched case-insensitively.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Runs a simple query that pgsift issued itself and consumes its replies
+    /// up to ReadyForQuery. Returns the transaction status. An ErrorResponse
+    /// is returned as an error after the ReadyForQuery has been read, so the
+    /// connection stays usable.
+    pub async fn run_simple(&mut self, sql: &str) -> Result<u8, ServerError> {
+        let mut out = BytesMut::new();
+        messages::query(&mut out, sql);
+        self.writer.write_all(&out).await.map_err(ReadError::Io)?;
+        let mut error = None;
+        loop {
+            let (tag, msg) = read_message(&mut self.reader, &mut self.rbuf, MAX_SERVER_MESSAGE).await?;
+            match tag {
+                b'E' => error = Some(parse_error_fields(&msg[5..])),
+                b'S' => self.note_parameter_status(&msg[5..]),
+                b'Z' => {
+                    let status = msg.get(5).copied().unwrap_or(b'I');
+                    return match error {
+                        Some(e) => Err(ServerError::Statement(e)),
+                        None => Ok(status),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes the server's settings match a client's: `explicit` are the
+    /// client's own settings (startup parameters, later plain SETs);
+    /// everything else must be at the pool's defaults. Runs one round trip,
+    /// and none when nothing differs.
+    pub async fn sync_settings(
+        &mut self,
+        explicit: &[(String, String)],
+        defaults: &HashMap<String, String>,
+    ) -> Result<(), ServerError> {
+        let mut sql = String::new();
+        let mut sets = Vec::new();
+        for (k, v) in explicit {
+            let lk = k.to_ascii_lowercase();
+            let current = self.applied.get(&lk).map(String::as_str).or_else(|| self.param(k));
+            if current != Some(v.as_str()) {
+                sets.push((k.as_str(), v.as_str()));
+            }
+        }
+        let mut resets: Vec<String> = self
+            .applied
+            .keys()
+            .filter(|lk| !explicit.iter().any(|(k, _)| k.eq_ignore_ascii_case(lk)))
+            .cloned()
+            .collect();
+        for (k, v) in &self.params {
+            let is_explicit = explicit.iter().any(|(e, _)| e.eq_ignore_ascii_case(k));
+            if !is_explicit && defaults.get(k).is_some_and(|d| d != v) {
+                resets.push(k.to_ascii_lowercase());
+            }
+        }
+        if sets.is_empty() && resets.is_empty() {
+            return Ok(());
+        }
+        resets.sort();
+        resets.dedup();
+        for r in &resets {
+            sql.push_str("RESET ");
+            sql.push_str(&quote_ident(r));
+            sql.push_str(";");
+        }
+        if !sets.is_empty() {
+            sql.push_str("SELECT ");
+            for (i, (k, v)) in sets.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("pg_catalog.set_config(");
+                sql.push_str(&quote_literal(k));
+                sql.push(',');
+                sql.push_str(&quote_literal(v));
+                sql.push_str(",false)");
+            }
+        }
+        let result = self.run_simple(&sql).await;
+        for r in &resets {
+            self.applied.remove(r);
+        }
+        result?;
+        for (k, v) in sets {
+            self.applied.insert(k.to_ascii_lowercase(), v.to_owned());
+        }
+        Ok(())
+    }
+
+    /// True when the server has sent something while idle (an error before
+    /// a shutdown, or EOF): such a connection must not be handed out.
+    pub fn is_broken_while_idle(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.reader.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => !self.rbuf.is_empty(),
+            _ => true,
+        }
+    }
+}
+
+/// Records a ParameterStatus body in a server's maps: the server now reports
+/// the value itself, so pgsift's own record of it is dropped.
+pub fn note_parameter_status(
+    params: &mut HashMap<String, String>,
+    applied: &mut HashMap<String, String>,
+    body: &[u8],
+) {
+    let mut parts = body.split(|&b| b == 0);
+    if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+        let k = String::from_utf8_lossy(k).into_owned();
+        let v = String::from_utf8_lossy(v).into_owned();
+        applied.remove(&k.to_ascii_lowercase());
+        params.insert(k, v);
+    }
+}
+
+/// Quotes a string as an SQL literal.
+pub fn quote_literal(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    if s.contains('\\') {
+        q.push('E');
+    }
+    q.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => q.push_str("''"),
+            '\\' => q.push_str("\\\\"),
+            c => q.push(c),
+        }
+    }
+    q.push('\'');
+    q
+}
+
+/// Quotes an identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Sends a CancelRequest for a server process.
+pub async fn send_cancel(addr: SocketAddr, pid: i32, secret: i32) -> std::io::Result<()> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect timed out"))??;
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(pid, secret, &mut buf);
+    stream.write_all(&buf).await?;
+    // Postgres closes the connection after reading the request.
+    let mut sink = [0u8; 16];
+    let _ = tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read(&mut stream, &mut sink)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_quoted_safely() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+        assert_eq!(quote_ident("Time\"Zone"), "\"Time\"\"Zone\"");
+    }
+}

@@ -1,0 +1,554 @@
+//! The configuration: config.yaml's schema, its validation (every error
+//! names its key path), the `--upstream URL` quick-start defaults, and
+//! loading from disk.
+
+mod raw;
+pub mod units;
+
+use raw::RawConfig;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use units::{parse_duration, parse_size};
+
+/// How long a client may keep one upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// a server per client for the client's whole session
+    Session,
+    /// a server per transaction
+    Transaction,
+}
+
+/// Client-facing TLS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// never negotiate TLS
+    Disable,
+    /// TLS when the client asks
+    Allow,
+    /// refuse plaintext logins
+    Require,
+}
+
+/// A configured password: plaintext or a Postgres-style verifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Password {
+    /// cleartext; pgsift can answer SCRAM and md5 and log in upstream with it
+    Plain(String),
+    /// `SCRAM-SHA-256$iter:salt$stored:server` verifier
+    Scram(String),
+    /// `md5` + hex(md5(password || user))
+    Md5(String),
+}
+
+impl Password {
+    fn parse(s: &str) -> Result<Password, String> {
+        if s.starts_with("SCRAM-SHA-256$") {
+            crate::auth::scram_verifier::ScramVerifier::parse(s)?;
+            Ok(Password::Scram(s.to_owned()))
+        } else if s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Password::Md5(s.to_ascii_lowercase()))
+        } else {
+            Ok(Password::Plain(s.to_owned()))
+        }
+    }
+}
+
+/// One client login pgsift accepts.
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    /// role name
+    pub name: String,
+    /// `None` = trust (only possible from `--upstream` without a password)
+    pub password: Option<Password>,
+}
+
+/// One database clients may connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// upstream host
+    pub host: String,
+    /// upstream port
+    pub port: u16,
+    /// upstream database name
+    pub dbname: String,
+    /// session or transaction pooling
+    pub pool_mode: PoolMode,
+    /// server connections per (database, user)
+    pub pool_size: usize,
+    /// server connections kept open even when idle
+    pub min_pool_size: usize,
+    /// upstream user; default the client's own
+    pub server_user: Option<String>,
+    /// upstream password; default the client's own
+    pub server_password: Option<String>,
+}
+
+/// Pool-wide limits and timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// TCP connect plus upstream login
+    pub connect_timeout: Duration,
+    /// longest wait for a server before 53300
+    pub checkout_timeout: Duration,
+    /// idle servers above min_pool_size are closed after this
+    pub idle_timeout: Duration,
+    /// servers are recycled (when idle) after this
+    pub server_lifetime: Duration,
+    /// most clients at once
+    pub max_client_conn: usize,
+    /// per server connection, transaction mode
+    pub max_prepared_statements: usize,
+    /// a client must finish startup and authentication within this
+    pub client_login_timeout: Duration,
+    /// longest protocol message accepted from a client or a server
+    pub max_message_size: usize,
+}
+
+/// Cache settings (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// off, memory or redis
+    pub backend: String,
+    /// Redis location for the redis backend
+    pub redis_url: String,
+    /// prefix of every Redis key
+    pub key_prefix: String,
+    /// memory backend bound in bytes
+    pub max_memory: u64,
+    /// TTL when a rule sets none
+    pub default_ttl: Duration,
+    /// results larger than this are not cached
+    pub max_result_bytes: u64,
+    /// what may be cached
+    pub rules: Vec<CacheRule>,
+}
+
+/// A set of tables whose SELECTs may be cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRule {
+    /// tables covered
+    pub tables: Vec<String>,
+    /// entry lifetime
+    pub ttl: Duration,
+}
+
+/// N+1 detector settings (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NPlusOneConfig {
+    /// detection on or off
+    pub enabled: bool,
+    /// executions that make a burst
+    pub min_repeats: usize,
+    /// idle time that ends a burst
+    pub max_gap: Duration,
+    /// JSONL report file
+    pub report_file: Option<String>,
+}
+
+/// Log settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    /// tracing filter, e.g. `info` or `pgsift=debug`
+    pub level: String,
+    /// `text` or `json`
+    pub format: String,
+}
+
+/// Client-facing TLS files and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain
+    pub cert: String,
+    /// PEM private key
+    pub key: String,
+    /// disable, allow or require
+    pub mode: TlsMode,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// client listener address
+    pub listen: String,
+    /// graceful drain limit
+    pub shutdown_timeout: Duration,
+    /// HTTP admin listener
+    pub admin_listen: String,
+    /// users allowed into the `pgsift` admin database
+    pub admin_users: Vec<String>,
+    /// client TLS
+    pub tls: Option<TlsConfig>,
+    /// logins by name
+    pub users: BTreeMap<String, UserConfig>,
+    /// databases by client-facing name
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    /// pool limits
+    pub pool: PoolConfig,
+    /// cache
+    pub cache: CacheConfig,
+    /// N+1 detection
+    pub n_plus_one: NPlusOneConfig,
+    /// logs
+    pub logging: LoggingConfig,
+}
+
+/// Every problem found in a config, each with its key path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn push(&mut self, path: &str, msg: impl std::fmt::Display) {
+        self.0.push(format!("{path}: {msg}"));
+    }
+    fn duration(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|e| {
+                self.push(path, e);
+                default
+            }),
+        }
+    }
+    fn size(&mut self, path: &str, v: Option<&String>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(s) => parse_size(s).unwrap_or_else(|e| {
+                self.push(path, e);
+                default
+            }),
+        }
+    }
+    fn count(&mut self, path: &str, v: Option<i64>, default: usize, min: i64) -> usize {
+        match v {
+            None => default,
+            Some(n) if n < min => {
+                self.push(path, if min == 1 { "must be > 0".to_string() } else { format!("must be >= {min}") });
+                default
+            }
+            Some(n) => n as usize,
+        }
+    }
+    fn addr(&mut self, path: &str, v: Option<&String>, default: &str) -> String {
+        let s = v.map(String::as_str).unwrap_or(default);
+        if s.parse::<std::net::SocketAddr>().is_err() {
+            self.push(path, format!("invalid address \"{s}\" (expected IP:PORT)"));
+        }
+        s.to_owned()
+    }
+}
+
+/// Default client listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+/// Default admin HTTP listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9930";
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates config.yaml text.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string()]))?
+        };
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
+        let mut e = Errors(Vec::new());
+        let listen = e.addr("listen", raw.listen.as_ref(), DEFAULT_LISTEN);
+        let shutdown_timeout = e.duration("shutdown_timeout", raw.shutdown_timeout.as_ref(), Duration::from_secs(30));
+        let admin = raw.admin.unwrap_or_default();
+        let admin_listen = e.addr("admin.listen", admin.listen.as_ref(), DEFAULT_ADMIN_LISTEN);
+        let admin_users = admin.users.unwrap_or_else(|| vec!["admin".into()]);
+
+        let tls = raw.tls.map(|t| {
+            let mode = match t.mode.as_deref().unwrap_or("allow") {
+                "disable" => TlsMode::Disable,
+                "allow" => TlsMode::Allow,
+                "require" => TlsMode::Require,
+                other => {
+                    e.push("tls.mode", format!("invalid value \"{other}\" (expected disable, allow or require)"));
+                    TlsMode::Allow
+                }
+            };
+            let mut file = |key: &str, v: Option<String>| match v {
+                Some(p) if Path::new(&p).is_file() => p,
+                Some(p) => {
+                    e.push(&format!("tls.{key}"), format!("file \"{p}\" not found"));
+                    p
+                }
+                None => {
+                    if mode != TlsMode::Disable {
+                        e.push(&format!("tls.{key}"), "is required");
+                    }
+                    String::new()
+                }
+            };
+            let cert = file("cert", t.cert);
+            let key = file("key", t.key);
+            TlsConfig { cert, key, mode }
+        });
+
+        let mut users = BTreeMap::new();
+        for (i, u) in raw.users.into_iter().enumerate() {
+            let path = format!("users[{i}]");
+            let Some(name) = u.name.filter(|n| !n.is_empty()) else {
+                e.push(&format!("{path}.name"), "is required");
+                continue;
+            };
+            let password = match u.password {
+                None => {
+                    e.push(&format!("{path}.password"), "is required");
+                    None
+                }
+                Some(p) => match Password::parse(&p) {
+                    Ok(p) => Some(p),
+                    Err(msg) => {
+                        e.push(&format!("{path}.password"), msg);
+                        None
+                    }
+                },
+            };
+            if users.insert(name.clone(), UserConfig { name: name.clone(), password }).is_some() {
+                e.push(&format!("{path}.name"), format!("duplicate user \"{name}\""));
+            }
+        }
+
+        let mut databases = BTreeMap::new();
+        for (name, d) in raw.databases {
+            let path = format!("databases.{name}");
+            if name == "pgsift" {
+                e.push(&path, "the name \"pgsift\" is reserved for the admin console");
+            }
+            let pool_mode = match d.pool_mode.as_deref().unwrap_or("transaction") {
+                "session" => PoolMode::Session,
+                "transaction" => PoolMode::Transaction,
+                other => {
+                    e.push(&format!("{path}.pool_mode"), format!("invalid value \"{other}\" (expected session or transaction)"));
+                    PoolMode::Transaction
+                }
+            };
+            let pool_size = e.count(&format!("{path}.pool_size"), d.pool_size, 20, 1);
+            let min_pool_size = e.count(&format!("{path}.min_pool_size"), d.min_pool_size, 0, 0);
+            if min_pool_size > pool_size {
+                e.push(&format!("{path}.min_pool_size"), format!("must be <= pool_size ({pool_size})"));
+            }
+            if d.port == Some(0) {
+                e.push(&format!("{path}.port"), "must be > 0");
+            }
+            databases.insert(
+                name.clone(),
+                DatabaseConfig {
+                    host: d.host.unwrap_or_else(|| "127.0.0.1".into()),
+                    port: d.port.unwrap_or(5432),
+                    dbname: d.dbname.unwrap_or_else(|| name.clone()),
+                    pool_mode,
+                    pool_size,
+                    min_pool_size,
+                    server_user: d.server_user,
+                    server_password: d.server_password,
+                },
+            );
+        }
+
+        let p = raw.pool.unwrap_or_default();
+        let pool = PoolConfig {
+            connect_timeout: e.duration("pool.connect_timeout", p.connect_timeout.as_ref(), Duration::from_secs(5)),
+            checkout_timeout: e.duration("pool.checkout_timeout", p.checkout_timeout.as_ref(), Duration::from_secs(5)),
+            idle_timeout: e.duration("pool.idle_timeout", p.idle_timeout.as_ref(), Duration::from_secs(600)),
+            server_lifetime: e.duration("pool.server_lifetime", p.server_lifetime.as_ref(), Duration::from_secs(3600)),
+            max_client_conn: e.count("pool.max_client_conn", p.max_client_conn, 10_000, 1),
+            max_prepared_statements: e.count("pool.max_prepared_statements", p.max_prepared_statements, 1000, 0),
+            client_login_timeout: e.duration("pool.client_login_timeout", p.client_login_timeout.as_ref(), Duration::from_secs(15)),
+            max_message_size: e.size("pool.max_message_size", p.max_message_size.as_ref(), 256 << 20) as usize,
+        };
+        if pool.max_message_size < 1024 {
+            e.push("pool.max_message_size", "must be at least 1KiB");
+        }
+        for (key, d) in [("connect_timeout", pool.connect_timeout), ("checkout_timeout", pool.checkout_timeout), ("client_login_timeout", pool.client_login_timeout)] {
+            if d.is_zero() {
+                e.push(&format!("pool.{key}"), "must be > 0");
+            }
+        }
+
+        let c = raw.cache.unwrap_or_default();
+        let backend = c.backend.unwrap_or_else(|| "memory".into());
+        if !matches!(backend.as_str(), "off" | "memory" | "redis") {
+            e.push("cache.backend", format!("invalid value \"{backend}\" (expected off, memory or redis)"));
+        }
+        let redis_url = c.redis_url.unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            e.push("cache.redis_url", format!("invalid value \"{redis_url}\" (expected redis:// or rediss://)"));
+        }
+        let default_ttl = e.duration("cache.default_ttl", c.default_ttl.as_ref(), Duration::from_secs(60));
+        let mut rules = Vec::new();
+        for (i, r) in c.rules.into_iter().enumerate() {
+            if r.tables.is_empty() {
+                e.push(&format!("cache.rules[{i}].tables"), "must list at least one table");
+            }
+            let ttl = e.duration(&format!("cache.rules[{i}].ttl"), r.ttl.as_ref(), default_ttl);
+            rules.push(CacheRule { tables: r.tables, ttl });
+        }
+        let cache = CacheConfig {
+            backend,
+            redis_url,
+            key_prefix: c.key_prefix.unwrap_or_else(|| "pgsift:".into()),
+            max_memory: e.size("cache.max_memory", c.max_memory.as_ref(), 256 << 20),
+            default_ttl,
+            max_result_bytes: e.size("cache.max_result_bytes", c.max_result_bytes.as_ref(), 1 << 20),
+            rules,
+        };
+
+        let n = raw.n_plus_one.unwrap_or_default();
+        let n_plus_one = NPlusOneConfig {
+            enabled: n.enabled.unwrap_or(true),
+            min_repeats: e.count("n_plus_one.min_repeats", n.min_repeats, 5, 2),
+            max_gap: e.duration("n_plus_one.max_gap", n.max_gap.as_ref(), Duration::from_millis(100)),
+            report_file: n.report_file,
+        };
+
+        let l = raw.logging.unwrap_or_default();
+        let format = l.format.unwrap_or_else(|| "text".into());
+        if !matches!(format.as_str(), "text" | "json") {
+            e.push("logging.format", format!("invalid value \"{format}\" (expected text or json)"));
+        }
+        let level = l.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            e.push("logging.level", format!("invalid value \"{level}\""));
+        }
+
+        for name in &admin_users {
+            if !users.contains_key(name) {
+                // An admin user without a login can never connect; say so, but
+                // only when users are configured at all (quick start has none).
+                if !users.is_empty() {
+                    e.push("admin.users", format!("user \"{name}\" is not listed under users"));
+                }
+            }
+        }
+
+        if !e.0.is_empty() {
+            return Err(ConfigErrors(e.0));
+        }
+        Ok(Config {
+            listen,
+            shutdown_timeout,
+            admin_listen,
+            admin_users,
+            tls,
+            users,
+            databases,
+            pool,
+            cache,
+            n_plus_one,
+            logging: LoggingConfig { level, format },
+        })
+    }
+
+    /// The quick-start configuration of `pgsift --upstream URL`: built-in
+    /// defaults, one database and one user taken from the URL.
+    pub fn from_upstream_url(url: &str) -> Result<Config, ConfigErrors> {
+        let err = |m: String| ConfigErrors(vec![format!("--upstream: {m}")]);
+        let u = url::Url::parse(url).map_err(|e| err(format!("invalid URL \"{url}\": {e}")))?;
+        if !matches!(u.scheme(), "postgres" | "postgresql") {
+            return Err(err(format!("expected a postgresql:// URL, got \"{url}\"")));
+        }
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let user = if u.username().is_empty() { "postgres".to_owned() } else { decode(u.username()) };
+        let password = u.password().map(decode);
+        let dbname = u.path().trim_start_matches('/');
+        let dbname = if dbname.is_empty() { user.clone() } else { decode(dbname) };
+        let host = match u.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => "127.0.0.1".to_owned(),
+        };
+        let mut cfg = Config::parse("").expect("built-in defaults are valid");
+        cfg.users.insert(
+            user.clone(),
+            UserConfig {
+                name: user.clone(),
+                password: password.map(Password::Plain),
+            },
+        );
+        cfg.admin_users = vec![user.clone()];
+        cfg.databases.insert(
+            dbname.clone(),
+            DatabaseConfig {
+                host,
+                port: u.port().unwrap_or(5432),
+                dbname,
+                pool_mode: PoolMode::Transaction,
+                pool_size: 20,
+                min_pool_size: 0,
+                server_user: None,
+                server_password: None,
+            },
+        );
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_example_config_is_valid() {
+        let text = include_str!("../../config.yaml");
+        let cfg = Config::parse(text).unwrap();
+        assert!(cfg.databases.contains_key("blog"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let err = Config::parse("databases:\n  blog:\n    poolsize: 3\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("databases.blog"), "{msg}");
+        assert!(msg.contains("poolsize"), "{msg}");
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_with_its_key_path() {
+        let err = Config::parse(
+            "databases:\n  blog:\n    pool_size: 0\n    pool_mode: sometimes\npool:\n  connect_timeout: soon\n",
+        )
+        .unwrap_err();
+        assert!(err.0.contains(&"databases.blog.pool_size: must be > 0".to_string()), "{err}");
+        assert!(err.0.iter().any(|l| l.starts_with("databases.blog.pool_mode:")), "{err}");
+        assert!(err.0.iter().any(|l| l.starts_with("pool.connect_timeout:")), "{err}");
+    }
+
+    #[test]
+    fn upstream_url_gives_a_transaction_pool_for_its_database_and_user() {
+        let cfg = Config::from_upstream_url("postgresql://app:s%40cret@db.local:5433/shop").unwrap();
+        let db = &cfg.databases["shop"];
+        assert_eq!((db.host.as_str(), db.port, db.pool_mode), ("db.local", 5433, PoolMode::Transaction));
+        assert_eq!(cfg.users["app"].password, Some(Password::Plain("s@cret".into())));
+        assert_eq!(cfg.listen, DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn password_kinds_are_recognised() {
+        assert_eq!(Password::parse("md5abcdefabcdefabcdefabcdefabcdefab").unwrap(), Password::Md5("md5abcdefabcdefabcdefabcdefabcdefab".into()));
+        assert_eq!(Password::parse("hunter2").unwrap(), Password::Plain("hunter2".into()));
+        assert!(Password::parse("SCRAM-SHA-256$4096:bad").is_err());
+    }
+}

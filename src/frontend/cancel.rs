@@ -1,0 +1,65 @@
+//! Cancel keys: every client gets a BackendKeyData key issued by pgsift. A
+//! CancelRequest carrying it is forwarded, with the real server's key, to
+//! whichever server is serving that client at the moment.
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The server a client is using right now, if any.
+#[derive(Debug, Default)]
+pub struct CancelTarget(Mutex<Option<(SocketAddr, i32, i32)>>);
+
+impl CancelTarget {
+    /// The client got a server.
+    pub fn set(&self, addr: SocketAddr, pid: i32, secret: i32) {
+        *self.0.lock() = Some((addr, pid, secret));
+    }
+    /// The client returned its server.
+    pub fn clear(&self) {
+        *self.0.lock() = None;
+    }
+    /// The server to cancel on.
+    pub fn get(&self) -> Option<(SocketAddr, i32, i32)> {
+        *self.0.lock()
+    }
+}
+
+/// Issued keys → the client's current server.
+#[derive(Default)]
+pub struct CancelRegistry {
+    keys: DashMap<(i32, i32), Arc<CancelTarget>>,
+}
+
+impl CancelRegistry {
+    /// Issues a fresh, unused key for a client.
+    pub fn issue(&self) -> ((i32, i32), Arc<CancelTarget>) {
+        loop {
+            let key = (rand::random::<i32>() & 0x7fff_ffff, rand::random::<i32>());
+            let target = Arc::new(CancelTarget::default());
+            if let dashmap::Entry::Vacant(v) = self.keys.entry(key) {
+                v.insert(target.clone());
+                return (key, target);
+            }
+        }
+    }
+
+    /// Forgets a key when its client leaves.
+    pub fn remove(&self, key: (i32, i32)) {
+        self.keys.remove(&key);
+    }
+
+    /// Cancels whatever the key's client is running; unknown keys and idle
+    /// clients are ignored silently, as Postgres does.
+    pub async fn cancel(&self, pid: i32, secret: &[u8]) {
+        let Ok(secret) = <[u8; 4]>::try_from(secret) else { return };
+        let key = (pid, i32::from_be_bytes(secret));
+        let target = self.keys.get(&key).and_then(|t| t.get());
+        if let Some((addr, spid, ssecret)) = target {
+            if let Err(e) = crate::backend::server::send_cancel(addr, spid, ssecret).await {
+                tracing::warn!(error = %e, "forwarding cancel request failed");
+            }
+        }
+    }
+}

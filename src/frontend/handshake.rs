@@ -1,0 +1,236 @@
+//! The startup handshake of a client connection: SSLRequest / GSSENCRequest,
+//! CancelRequest, protocol version negotiation, the startup parameters,
+//! authentication, and the greeting (ParameterStatus, BackendKeyData,
+//! ReadyForQuery). Everything here runs under the login timeout.
+
+use super::session::ServerState;
+use super::stream::ClientStream;
+use crate::app::App;
+use crate::auth::client::{authenticate, ClientAuthError};
+use crate::backend::{Checkout, Pool};
+use crate::config::{PoolMode, TlsMode};
+use crate::protocol::messages::{self, Severity};
+use crate::protocol::startup::{self, StartupError, StartupPacket};
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Startup parameters that are not session settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// A client that has logged in.
+pub struct Login {
+    /// the socket, possibly TLS
+    pub stream: ClientStream,
+    /// bytes already read past the handshake
+    pub rbuf: BytesMut,
+    /// role name
+    pub user: String,
+    /// client-facing database name
+    pub database: String,
+    /// application_name at startup
+    pub application_name: String,
+    /// the client's own settings (startup parameters and `options -c`)
+    pub settings: Vec<(String, String)>,
+    /// the pool serving this client
+    pub pool: Arc<Pool>,
+    /// the server of a session-mode client, held from login on
+    pub server: Option<Checkout>,
+    /// the key given in BackendKeyData
+    pub cancel_key: (i32, i32),
+    /// where the client's server is, for cancel requests
+    pub cancel: Arc<super::cancel::CancelTarget>,
+}
+
+/// Why a handshake ended without a login. The client has been told.
+#[derive(Debug)]
+pub enum HandshakeEnd {
+    /// a cancel request was handled, or the client left
+    Done,
+    /// refused with an ErrorResponse
+    Refused(String, String),
+}
+
+async fn refuse(stream: &mut ClientStream, code: &str, message: String) -> HandshakeEnd {
+    let err = messages::error_bytes(Severity::Fatal, code, &message);
+    let _ = stream.write_all(&err).await;
+    let _ = stream.flush().await;
+    HandshakeEnd::Refused(code.to_owned(), message)
+}
+
+/// Runs the handshake on a fresh connection.
+pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login, HandshakeEnd> {
+    let config = app.config();
+    let tls_mode = config.tls.as_ref().map(|t| t.mode).unwrap_or(TlsMode::Disable);
+    let (major, minor, params) = loop {
+        let mut len = [0u8; 4];
+        if stream.read_exact(&mut len).await.is_err() {
+            return Err(HandshakeEnd::Done);
+        }
+        let body_len = match startup::body_len(len) {
+            Ok(n) => n,
+            Err(e) => return Err(refuse(&mut stream, "08P01", e.to_string()).await),
+        };
+        let mut body = vec![0u8; body_len];
+        if stream.read_exact(&mut body).await.is_err() {
+            return Err(HandshakeEnd::Done);
+        }
+        match startup::parse(&body) {
+            Err(e @ StartupError::BadEncoding) => return Err(refuse(&mut stream, "22021", e.to_string()).await),
+            Err(e) => return Err(refuse(&mut stream, "08P01", e.to_string()).await),
+            Ok(StartupPacket::SslRequest) => {
+                let acceptor = match (&app.tls, &stream) {
+                    (Some(a), ClientStream::Plain(_)) => a.clone(),
+                    _ => {
+                        if stream.write_all(b"N").await.is_err() {
+                            return Err(HandshakeEnd::Done);
+                        }
+                        continue;
+                    }
+                };
+                let ClientStream::Plain(mut tcp) = stream else { unreachable!("checked above") };
+                if tcp.write_all(b"S").await.is_err() {
+                    return Err(HandshakeEnd::Done);
+                }
+                match acceptor.accept(tcp).await {
+                    Ok(tls) => stream = ClientStream::Tls(Box::new(tls)),
+                    Err(e) => {
+                        tracing::info!(error = %e, "client TLS handshake failed");
+                        return Err(HandshakeEnd::Done);
+                    }
+                }
+            }
+            Ok(StartupPacket::GssEncRequest) => {
+                if stream.write_all(b"N").await.is_err() {
+                    return Err(HandshakeEnd::Done);
+                }
+            }
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                app.cancels.cancel(pid, &secret).await;
+                return Err(HandshakeEnd::Done);
+            }
+            Ok(StartupPacket::Startup { major, minor, params }) => break (major, minor, params),
+        }
+    };
+
+    if major != 3 {
+        return Err(refuse(
+            &mut stream,
+            "0A000",
+            format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
+        )
+        .await);
+    }
+    let unrecognized: Vec<&str> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.as_str()).collect();
+    if minor > 0 || !unrecognized.is_empty() {
+        let mut b = BytesMut::new();
+        messages::negotiate_protocol_version(&mut b, 0, &unrecognized);
+        if stream.write_all(&b).await.is_err() {
+            return Err(HandshakeEnd::Done);
+        }
+    }
+
+    let lookup: HashMap<&str, &str> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let Some(user) = lookup.get("user").map(|s| s.to_string()).filter(|u| !u.is_empty()) else {
+        return Err(refuse(&mut stream, "28000", "no PostgreSQL user name specified in startup packet".into()).await);
+    };
+    let database = lookup.get("database").filter(|d| !d.is_empty()).map(|s| s.to_string()).unwrap_or_else(|| user.clone());
+    if lookup.get("replication").is_some_and(|r| !matches!(*r, "false" | "off" | "no" | "0")) {
+        return Err(refuse(&mut stream, "08P01", "pgsift does not proxy replication connections".into()).await);
+    }
+    if tls_mode == TlsMode::Require && !stream.is_tls() {
+        return Err(refuse(
+            &mut stream,
+            "28000",
+            format!("pgsift requires TLS: connection for user \"{user}\", database \"{database}\" is not encrypted"),
+        )
+        .await);
+    }
+
+    let mut settings: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."))
+        .cloned()
+        .collect();
+    if let Some(opts) = lookup.get("options") {
+        settings.extend(startup::parse_options(opts));
+    }
+    let application_name = lookup.get("application_name").map(|s| s.to_string()).unwrap_or_default();
+
+    let mut rbuf = BytesMut::with_capacity(8192);
+    let creds = app.credentials();
+    if let Err(e) = authenticate(&mut stream, &mut rbuf, &creds, &user).await {
+        return Err(match e {
+            ClientAuthError::Read(_) => HandshakeEnd::Done,
+            e => refuse(&mut stream, e.code(), e.to_string()).await,
+        });
+    }
+
+    let Some(pool) = app.pool(&database, &user) else {
+        return Err(refuse(&mut stream, "3D000", format!("database \"{database}\" does not exist")).await);
+    };
+
+    // A session-mode client holds a server from now on; a transaction-mode
+    // client needs one only to learn the server's parameters the first time.
+    let mode = pool.settings().mode;
+    let defaults = pool.defaults();
+    let mut server = None;
+    let mut reported: HashMap<String, String> = (*defaults).clone();
+    if mode == PoolMode::Session || defaults.is_empty() {
+        let mut co = match pool.checkout().await {
+            Ok(co) => co,
+            Err(e) => return Err(refuse(&mut stream, &e.code(), e.to_string()).await),
+        };
+        if let Err(e) = co.server.sync_settings(&settings, &pool.defaults()).await {
+            let code = e.code();
+            pool.discard(co);
+            return Err(refuse(&mut stream, &code, e.to_string()).await);
+        }
+        reported = co.server.params.clone();
+        if mode == PoolMode::Session {
+            server = Some(co);
+        } else {
+            pool.checkin(co);
+        }
+    } else {
+        for (k, v) in &settings {
+            if let Some(slot) = reported.iter_mut().find(|(rk, _)| rk.eq_ignore_ascii_case(k)).map(|(_, v)| v) {
+                *slot = v.clone();
+            }
+        }
+    }
+
+    let (cancel_key, cancel) = app.cancels.issue();
+    if let Some(co) = &server {
+        cancel.set(co.server.addr, co.server.pid, co.server.secret);
+    }
+    let mut greeting = BytesMut::with_capacity(512);
+    let mut names: Vec<&String> = reported.keys().collect();
+    names.sort();
+    for k in names {
+        messages::parameter_status(&mut greeting, k, &reported[k]);
+    }
+    messages::backend_key_data(&mut greeting, cancel_key.0, cancel_key.1);
+    messages::ready_for_query(&mut greeting, b'I');
+    if stream.write_all(&greeting).await.is_err() || stream.flush().await.is_err() {
+        app.cancels.remove(cancel_key);
+        if let Some(co) = server {
+            super::session::return_server(&pool, co, ServerState::idle(), PoolMode::Session).await;
+        }
+        return Err(HandshakeEnd::Done);
+    }
+    Ok(Login {
+        stream,
+        rbuf,
+        user,
+        database,
+        application_name,
+        settings,
+        pool,
+        server,
+        cancel_key,
+        cancel,
+    })
+}
+

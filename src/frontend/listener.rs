@@ -1,0 +1,93 @@
+//! The client listener: accepts connections, enforces `max_client_conn`, and
+//! runs each client's handshake (under the login timeout) and session in its
+//! own task. Stops accepting when shutdown begins.
+
+use super::handshake::{handshake, HandshakeEnd};
+use super::session::Session;
+use super::stream::ClientStream;
+use crate::app::App;
+use crate::protocol::messages::{self, Severity};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Accepts clients until shutdown begins.
+pub async fn serve(app: Arc<App>, listener: TcpListener) {
+    app.listening.store(true, Ordering::Relaxed);
+    let mut shutdown = app.shutdown_signal();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => break,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        socket.set_nodelay(true).ok();
+        let app = app.clone();
+        match app.client_slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let _counted = app.client_connected();
+                    serve_client(app, socket, peer).await;
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move { refuse_too_many(app, socket).await });
+            }
+        }
+    }
+    tracing::info!("stopped accepting clients");
+}
+
+async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAddr) {
+    let login_timeout = app.config().pool.client_login_timeout;
+    let login = match tokio::time::timeout(login_timeout, handshake(&app, ClientStream::Plain(socket))).await {
+        Err(_) => {
+            tracing::info!(client = %peer, "client did not log in within client_login_timeout");
+            return;
+        }
+        Ok(Err(HandshakeEnd::Done)) => return,
+        Ok(Err(HandshakeEnd::Refused(code, msg))) => {
+            tracing::info!(client = %peer, code = %code, "login refused: {msg}");
+            return;
+        }
+        Ok(Ok(login)) => login,
+    };
+    tracing::debug!(client = %peer, user = %login.user, database = %login.database, application = %login.application_name, "client logged in");
+    let pool = login.pool.clone();
+    pool.counts.clients.fetch_add(1, Ordering::Relaxed);
+    Session::run(app, login).await;
+    pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Over max_client_conn: read the startup packet (so the client is listening)
+/// and answer with Postgres's own 53300 error.
+async fn refuse_too_many(app: Arc<App>, mut socket: TcpStream) {
+    let timeout = app.config().pool.client_login_timeout;
+    let _ = tokio::time::timeout(timeout, async {
+        let mut len = [0u8; 4];
+        loop {
+            socket.read_exact(&mut len).await?;
+            let n = crate::protocol::startup::body_len(len).map_err(std::io::Error::other)?;
+            let mut body = vec![0u8; n];
+            socket.read_exact(&mut body).await?;
+            match crate::protocol::startup::parse(&body) {
+                Ok(crate::protocol::startup::StartupPacket::SslRequest)
+                | Ok(crate::protocol::startup::StartupPacket::GssEncRequest) => socket.write_all(b"N").await?,
+                _ => break,
+            }
+        }
+        let err = messages::error_bytes(Severity::Fatal, "53300", "sorry, too many clients already");
+        socket.write_all(&err).await
+    })
+    .await;
+}

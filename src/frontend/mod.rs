@@ -1,0 +1,10 @@
+//! The client side: accepting connections, the startup handshake (TLS,
+//! protocol negotiation, authentication), and the session that forwards a
+//! client's messages to the server it holds, in session or transaction mode.
+
+pub mod cancel;
+pub mod handshake;
+pub mod listener;
+pub mod session;
+pub mod stream;
+pub mod tls;

@@ -1,0 +1,402 @@
+//! A logged-in client's session: one task that moves messages between the
+//! client and the server it holds, framing them by header only.
+//!
+//! The task waits on four things at once — client readable, server readable,
+//! client writable, server writable — so neither direction can stall the
+//! other (a big COPY or pipeline never deadlocks), and each direction has a
+//! bounded queue for backpressure. It counts the ReadyForQuery messages the
+//! server owes (one per Query, Sync and FunctionCall) and remembers the last
+//! transaction status, which is all it needs to know when a server may go
+//! back to the pool: in transaction mode at ReadyForQuery `I` with nothing
+//! owed, in session mode when the client leaves.
+
+use super::cancel::CancelTarget;
+use super::handshake::Login;
+use super::stream::ClientStream;
+use crate::app::App;
+use crate::backend::server::{note_parameter_status, send_cancel};
+use crate::backend::{Checkout, Pool};
+use crate::config::PoolMode;
+use crate::protocol::frame::{is_backend_type, is_frontend_type, missing_bytes, peek_frame, FrameError};
+use crate::protocol::messages::{self, Severity};
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::future::pending;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Queue bound per direction before pgsift stops reading the sender.
+const HIGH_WATER: usize = 1 << 20;
+/// How long cleanup statements may take before the server is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What pgsift knows about the protocol state of a server it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerState {
+    /// ReadyForQuery messages still owed
+    pub pending: usize,
+    /// extended-protocol messages sent since the last Sync
+    pub unsynced: bool,
+    /// transaction status of the last ReadyForQuery
+    pub tx: u8,
+}
+
+impl ServerState {
+    /// Nothing in flight, outside a transaction.
+    pub fn idle() -> ServerState {
+        ServerState {
+            pending: 0,
+            unsynced: false,
+            tx: b'I',
+        }
+    }
+
+    /// True when no reply is owed and nothing is half-sent.
+    pub fn quiet(&self) -> bool {
+        self.pending == 0 && !self.unsynced
+    }
+}
+
+/// Hands a server back after its client is done with it: a server with work
+/// in flight is cancelled and closed; one inside a transaction is rolled
+/// back; in session mode it also gets `DISCARD ALL`. Anything that fails or
+/// takes too long closes the server instead of returning it.
+pub async fn return_server(pool: &Pool, mut co: Checkout, state: ServerState, mode: PoolMode) {
+    if !state.quiet() {
+        let (addr, pid, secret) = (co.server.addr, co.server.pid, co.server.secret);
+        pool.discard(co);
+        tokio::spawn(async move {
+            let _ = send_cancel(addr, pid, secret).await;
+        });
+        return;
+    }
+    let reset = async {
+        let mut tx = state.tx;
+        if tx != b'I' {
+            tx = co.server.run_simple("ROLLBACK").await?;
+        }
+        if mode == PoolMode::Session {
+            tx = co.server.run_simple("DISCARD ALL").await?;
+            co.server.applied.clear();
+        }
+        Ok::<u8, crate::backend::ServerError>(tx)
+    };
+    match tokio::time::timeout(RESET_TIMEOUT, reset).await {
+        Ok(Ok(b'I')) => pool.checkin(co),
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => pool.discard(co),
+    }
+}
+
+/// Why a session ended.
+enum End {
+    /// the client closed its socket or sent Terminate
+    ClientGone,
+    /// the client broke the protocol; it gets an 08P01 error
+    ClientProtocol(FrameError),
+    /// the server connection failed
+    ServerLost(String),
+    /// the server sent something that is not a backend message
+    ServerProtocol(String),
+    /// no server could be had
+    NoServer(String, String),
+    /// shutdown while the client was idle
+    Shutdown,
+}
+
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    ServerWrote(std::io::Result<usize>),
+    Shutdown,
+}
+
+/// A queue of byte chunks waiting for a socket.
+#[derive(Default)]
+struct Outbox {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, b: Bytes) {
+        self.len += b.len();
+        self.chunks.push_back(b);
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn front(&self) -> &[u8] {
+        self.chunks.front().map(|b| &b[..]).unwrap_or(&[])
+    }
+    fn advance(&mut self, n: usize) {
+        self.len -= n;
+        if let Some(f) = self.chunks.front_mut() {
+            f.advance(n);
+            if f.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+    }
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.len = 0;
+    }
+}
+
+async fn read_opt(r: Option<&mut OwnedReadHalf>, buf: Option<&mut BytesMut>) -> std::io::Result<usize> {
+    match (r, buf) {
+        (Some(r), Some(buf)) => {
+            buf.reserve(missing_bytes(buf).clamp(16 * 1024, 1 << 20));
+            r.read_buf(buf).await
+        }
+        _ => pending().await,
+    }
+}
+
+async fn write_opt(w: Option<&mut OwnedWriteHalf>, data: &[u8]) -> std::io::Result<usize> {
+    match w {
+        Some(w) if !data.is_empty() => w.write(data).await,
+        _ => pending().await,
+    }
+}
+
+/// The forwarding state of one client.
+pub struct Session {
+    app: Arc<App>,
+    pool: Arc<Pool>,
+    mode: PoolMode,
+    settings: Vec<(String, String)>,
+    cancel: Arc<CancelTarget>,
+    cancel_key: (i32, i32),
+    max_message: usize,
+    server: Option<Checkout>,
+    state: ServerState,
+}
+
+impl Session {
+    /// Runs a logged-in client until it leaves.
+    pub async fn run(app: Arc<App>, login: Login) {
+        let Login {
+            stream,
+            rbuf,
+            settings,
+            pool,
+            server,
+            cancel_key,
+            cancel,
+            ..
+        } = login;
+        let mode = pool.settings().mode;
+        let max_message = app.config().pool.max_message_size;
+        let mut session = Session {
+            app,
+            pool,
+            mode,
+            settings,
+            cancel,
+            cancel_key,
+            max_message,
+            server,
+            state: ServerState::idle(),
+        };
+        session.forward(stream, rbuf).await;
+    }
+
+    async fn forward(&mut self, stream: ClientStream, mut cbuf: BytesMut) {
+        let (mut cr, mut cw): (ReadHalf<ClientStream>, WriteHalf<ClientStream>) = tokio::io::split(stream);
+        let mut to_client = Outbox::default();
+        let mut to_server = Outbox::default();
+        let mut shutdown = self.app.shutdown_signal();
+        let mut draining = *shutdown.borrow();
+        // Bytes already buffered during the handshake are handled first.
+        let mut pending_input = !cbuf.is_empty();
+
+        let end = loop {
+            if self.mode == PoolMode::Transaction && to_server.is_empty() && self.state.quiet() && self.state.tx == b'I' {
+                if let Some(co) = self.server.take() {
+                    self.cancel.clear();
+                    self.pool.checkin(co);
+                }
+            }
+            if draining && to_client.is_empty() && to_server.is_empty() && self.state.quiet() && self.state.tx == b'I' {
+                break End::Shutdown;
+            }
+
+            let event = if pending_input {
+                pending_input = false;
+                Event::ClientRead(Ok(cbuf.len()))
+            } else {
+                let (sr, sw, sbuf) = match self.server.as_mut() {
+                    Some(co) => (Some(&mut co.server.reader), Some(&mut co.server.writer), Some(&mut co.server.rbuf)),
+                    None => (None, None, None),
+                };
+                let read_client = to_server.len < HIGH_WATER;
+                let read_server = to_client.len < HIGH_WATER;
+                tokio::select! {
+                    r = async { cbuf.reserve(8192); cr.read_buf(&mut cbuf).await }, if read_client => Event::ClientRead(r),
+                    r = read_opt(sr, sbuf), if read_server => Event::ServerRead(r),
+                    r = cw.write(to_client.front()), if !to_client.is_empty() => Event::ClientWrote(r),
+                    r = write_opt(sw, to_server.front()), if !to_server.is_empty() => Event::ServerWrote(r),
+                    _ = shutdown.changed(), if !draining => Event::Shutdown,
+                }
+            };
+
+            match event {
+                Event::Shutdown => draining = true,
+                Event::ClientWrote(Ok(n)) if n > 0 => {
+                    to_client.advance(n);
+                    if to_client.is_empty() && cw.flush().await.is_err() {
+                        break End::ClientGone;
+                    }
+                }
+                Event::ClientWrote(_) => break End::ClientGone,
+                Event::ServerWrote(Ok(n)) if n > 0 => to_server.advance(n),
+                Event::ServerWrote(Ok(_)) => break End::ServerLost("server closed the connection".into()),
+                Event::ServerWrote(Err(e)) => break End::ServerLost(e.to_string()),
+                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => break End::ClientGone,
+                Event::ClientRead(Ok(_)) => match self.client_input(&mut cbuf, &mut to_server).await {
+                    Ok(true) => {}
+                    Ok(false) => break End::ClientGone,
+                    Err(end) => break end,
+                },
+                Event::ServerRead(Ok(0)) => break End::ServerLost("server closed the connection unexpectedly".into()),
+                Event::ServerRead(Err(e)) => break End::ServerLost(e.to_string()),
+                Event::ServerRead(Ok(_)) => {
+                    if let Err(end) = self.server_input(&mut to_client) {
+                        break end;
+                    }
+                }
+            }
+        };
+
+        // Tell the client why, when it is still there to hear it.
+        let farewell = match &end {
+            End::ClientGone => None,
+            End::ClientProtocol(e) => Some(("08P01".to_owned(), e.to_string())),
+            End::ServerLost(e) => Some(("08006".to_owned(), format!("server connection lost: {e}"))),
+            End::ServerProtocol(e) => Some(("08P01".to_owned(), format!("server sent an invalid message: {e}"))),
+            End::NoServer(code, e) => Some((code.clone(), e.clone())),
+            End::Shutdown => Some(("57P01".to_owned(), "terminating connection because pgsift is shutting down".to_owned())),
+        };
+        if let Some((code, msg)) = farewell {
+            let mut b = BytesMut::new();
+            messages::error_response(&mut b, Severity::Fatal, &code, &msg);
+            to_client.push(b.freeze());
+            let flush = async {
+                while !to_client.is_empty() {
+                    match cw.write(to_client.front()).await {
+                        Ok(n) if n > 0 => to_client.advance(n),
+                        _ => break,
+                    }
+                }
+                let _ = cw.flush().await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        }
+        let _ = cw.shutdown().await;
+        to_client.clear();
+
+        self.app.cancels.remove(self.cancel_key);
+        self.cancel.clear();
+        if let Some(co) = self.server.take() {
+            let state = if matches!(end, End::ServerLost(_) | End::ServerProtocol(_)) || !to_server.is_empty() {
+                ServerState { pending: 1, ..self.state }
+            } else {
+                self.state
+            };
+            if matches!(end, End::ServerLost(_) | End::ServerProtocol(_)) {
+                self.pool.discard(co);
+            } else {
+                return_server(&self.pool, co, state, self.mode).await;
+            }
+        }
+    }
+
+    /// Frames what the client sent and queues it for the server, checking out
+    /// a server first when the client holds none. `Ok(false)`: Terminate.
+    async fn client_input(&mut self, cbuf: &mut BytesMut, to_server: &mut Outbox) -> Result<bool, End> {
+        let mut end = 0;
+        let mut terminate = false;
+        loop {
+            let (tag, total) = match peek_frame(&cbuf[end..], self.max_message) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(End::ClientProtocol(e)),
+            };
+            if !is_frontend_type(tag) {
+                return Err(End::ClientProtocol(FrameError::UnknownType(tag)));
+            }
+            match tag {
+                b'X' => {
+                    terminate = true;
+                    break;
+                }
+                b'Q' | b'F' => self.state.pending += 1,
+                b'S' => {
+                    self.state.pending += 1;
+                    self.state.unsynced = false;
+                }
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.state.unsynced = true,
+                _ => {}
+            }
+            end += total;
+        }
+        if end > 0 {
+            if self.server.is_none() {
+                self.attach_server().await?;
+            }
+            to_server.push(cbuf.split_to(end).freeze());
+        }
+        Ok(!terminate)
+    }
+
+    /// Checks out a server and brings its settings in line with the client's.
+    async fn attach_server(&mut self) -> Result<(), End> {
+        let mut co = self
+            .pool
+            .checkout()
+            .await
+            .map_err(|e| End::NoServer(e.code(), e.to_string()))?;
+        if let Err(e) = co.server.sync_settings(&self.settings, &self.pool.defaults()).await {
+            let msg = e.to_string();
+            let code = e.code();
+            self.pool.discard(co);
+            return Err(End::NoServer(code, msg));
+        }
+        self.cancel.set(co.server.addr, co.server.pid, co.server.secret);
+        self.server = Some(co);
+        Ok(())
+    }
+
+    /// Frames what the server sent, tracks ReadyForQuery and ParameterStatus,
+    /// and queues complete messages for the client.
+    fn server_input(&mut self, to_client: &mut Outbox) -> Result<(), End> {
+        let Some(co) = self.server.as_mut() else { return Ok(()) };
+        let server = &mut co.server;
+        let mut end = 0;
+        loop {
+            let (tag, total) = match peek_frame(&server.rbuf[end..], usize::MAX >> 1) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(End::ServerProtocol(e.to_string())),
+            };
+            match tag {
+                b'Z' if total == 6 => {
+                    self.state.tx = server.rbuf[end + 5];
+                    self.state.pending = self.state.pending.saturating_sub(1);
+                }
+                b'S' => note_parameter_status(&mut server.params, &mut server.applied, &server.rbuf[end + 5..end + total]),
+                t if !is_backend_type(t) => return Err(End::ServerProtocol(FrameError::UnknownType(t).to_string())),
+                _ => {}
+            }
+            end += total;
+        }
+        if end > 0 {
+            to_client.push(server.rbuf.split_to(end).freeze());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! pgsift: a transparent PostgreSQL wire-protocol proxy that pools upstream
+//! connections (session and transaction mode), and — in the issues that
+//! build on this foundation — fingerprints statements, reports N+1 bursts,
+//! caches SELECTs and exports metrics.
+//!
+//! Data flows one way: socket → [`protocol`] frames → [`frontend`] session →
+//! [`backend`] pool → server, and back. [`app::App`] holds the shared state.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod frontend;
+pub mod protocol;
+pub mod runtime;

@@ -1,0 +1,86 @@
+//! The pgsift command line: run the proxy from a config file or from an
+//! upstream URL, or check a config file.
+
+use clap::{Parser, Subcommand};
+use pgsift::config::Config;
+use pgsift::runtime::{self, ConfigSource};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pgsift", version, about = "A transparent PostgreSQL proxy: pooling, statement fingerprints, N+1 detection, caching, metrics")]
+struct Cli {
+    /// Path to config.yaml
+    #[arg(long, global = true, default_value = "config.yaml")]
+    config: PathBuf,
+    /// Run with built-in defaults in front of this server, e.g.
+    /// postgresql://USER:PASS@HOST:PORT/DB (no config file needed)
+    #[arg(long, conflicts_with = "config")]
+    upstream: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config file: print every error with its key path
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Check) = cli.command {
+        return match Config::load(&cli.config) {
+            Ok(_) => {
+                println!("{}: ok", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                for line in &e.0 {
+                    eprintln!("{line}");
+                }
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (config, source) = match &cli.upstream {
+        Some(url) => (Config::from_upstream_url(url), ConfigSource::Upstream),
+        None => (Config::load(&cli.config), ConfigSource::File(cli.config.clone())),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            for line in &e.0 {
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(runtime::run(config, source)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("pgsift: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.logging.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.logging.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

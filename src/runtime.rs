@@ -1,0 +1,142 @@
+//! Running pgsift: binding the listeners, the background upkeep of pools, the
+//! readiness probe, signal handling (SIGHUP reload, SIGTERM/SIGINT drain).
+
+use crate::app::App;
+use crate::config::Config;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Where the config came from, for reloads.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// a file, re-read on SIGHUP
+    File(PathBuf),
+    /// `--upstream URL`: nothing to reload
+    Upstream,
+}
+
+/// Runs pgsift until a shutdown signal and the drain that follows.
+pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
+    let app = App::new(config.clone())?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
+    let admin_listener = TcpListener::bind(&config.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.listen: cannot bind {}: {e}", config.admin_listen))?;
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, "pgsift {} started", env!("CARGO_PKG_VERSION"));
+
+    tokio::spawn(crate::admin::http::serve(app.clone(), admin_listener));
+    tokio::spawn(upkeep(app.clone()));
+    tokio::spawn(probe_upstreams(app.clone()));
+    let accept = tokio::spawn(crate::frontend::listener::serve(app.clone(), listener));
+
+    wait_for_stop(&app, &source).await;
+    app.begin_shutdown();
+    let _ = accept.await;
+    let timeout = app.config().shutdown_timeout;
+    let active = app.clients.load(Ordering::SeqCst);
+    tracing::info!(clients = active, "draining: waiting up to {:?} for in-flight transactions", timeout);
+    if tokio::time::timeout(timeout, app.all_clients_gone()).await.is_err() {
+        tracing::warn!(clients = app.clients.load(Ordering::SeqCst), "shutdown_timeout reached; closing remaining clients");
+    }
+    for p in app.pools.iter() {
+        p.close();
+    }
+    tracing::info!("pgsift stopped");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_stop(app: &Arc<App>, source: &ConfigSource) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return }
+            _ = hup.recv() => reload(app, source),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop(_app: &Arc<App>, _source: &ConfigSource) {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Re-reads the config file; an invalid one is logged and ignored.
+pub fn reload(app: &App, source: &ConfigSource) {
+    let ConfigSource::File(path) = source else {
+        tracing::info!("reload requested, but pgsift runs from --upstream: nothing to reload");
+        return;
+    };
+    match Config::load(path) {
+        Ok(cfg) => {
+            let old = app.config();
+            if cfg.listen != old.listen || cfg.admin_listen != old.admin_listen {
+                tracing::warn!("listen addresses change only on restart");
+            }
+            app.apply_config(cfg);
+            tracing::info!(path = %path.display(), "configuration reloaded");
+        }
+        Err(e) => {
+            for line in &e.0 {
+                tracing::error!(path = %path.display(), "reload rejected, old configuration stays: {line}");
+            }
+        }
+    }
+}
+
+/// Once a second: every pool closes what it should and opens min_pool_size.
+async fn upkeep(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut shutdown = app.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let pools: Vec<_> = app.pools.iter().map(|p| p.value().clone()).collect();
+        for p in pools {
+            p.upkeep().await;
+        }
+        // Pools with min_pool_size exist before any client asks for them.
+        let config = app.config();
+        for (db, d) in &config.databases {
+            if d.min_pool_size > 0 {
+                if let Some(user) = d.server_user.as_ref().or_else(|| config.users.keys().next()) {
+                    if config.users.contains_key(user) {
+                        app.pool(db, user);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Readiness: an upstream answered a TCP connect (or a login succeeded).
+async fn probe_upstreams(app: Arc<App>) {
+    while !app.upstream_answered.load(Ordering::Relaxed) && !app.is_shutting_down() {
+        let config = app.config();
+        for d in config.databases.values() {
+            let addr = format!("{}:{}", d.host, d.port);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(&addr)).await {
+                app.upstream_answered.store(true, Ordering::Relaxed);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
