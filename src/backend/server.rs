@@ -211,7 +211,7 @@ impl ServerConnection {
         for r in &resets {
             sql.push_str("RESET ");
             sql.push_str(&quote_ident(r));
-            sql.push_str(";");
+            sql.push(';');
         }
         if !sets.is_empty() {
             sql.push_str("SELECT ");

@@ -1,0 +1,330 @@
+//! Test harness: a real PostgreSQL started in a temp dir on a free port (as
+//! the `postgres` OS user when running as root), and a real pgsift process
+//! started from the built binary with a generated config. Both can be
+//! stopped and restarted for fault tests. A watchdog stops Postgres when the
+//! test process dies, so an aborted run leaves nothing behind.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Superuser name and password of every test cluster.
+pub const SUPERUSER: &str = "postgres";
+/// Its password.
+pub const SUPERPASS: &str = "postgres";
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+fn pg_bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed under /usr/lib/postgresql (run scripts/test.sh, it installs it)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("no PostgreSQL server binaries found")
+}
+
+/// Runs a command as the postgres OS user when we are root.
+fn pg_command(bin: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+/// A PostgreSQL cluster of the test's own.
+pub struct Postgres {
+    /// port on 127.0.0.1
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Postgres {
+    /// initdb (scram-sha-256 over TCP) and start on a free port.
+    pub fn start() -> Postgres {
+        let bin = pg_bin_dir();
+        let dir = std::env::temp_dir().join(format!("pgsift-test-pg-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, SUPERPASS).unwrap();
+        if is_root() {
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
+            assert!(ok.success());
+        }
+        let data = dir.join("data");
+        let out = pg_command(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", SUPERUSER, "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let conf = "\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\nshared_buffers = 64MB\nlisten_addresses = '127.0.0.1'\n";
+        let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+        f.write_all(conf.as_bytes()).unwrap();
+        // md5 logins for the md5 test role, scram for everyone else
+        let hba = "local all all trust\nhost all md5user 127.0.0.1/32 md5\nhost all all 127.0.0.1/32 scram-sha-256\n";
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        if is_root() {
+            Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
+        }
+        let pg = Postgres { port: free_port(), dir, bin };
+        pg.pg_ctl_start();
+        pg.watchdog();
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn pg_ctl_start(&self) {
+        let out = pg_command(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .arg("-o")
+            .arg(format!("-p {} -k {}", self.port, self.dir.display()))
+            .args(["-w", "-t", "60", "start"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Stops the server (`fast` or `immediate`).
+    pub fn stop(&self, mode: &str) {
+        let _ = pg_command(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", mode, "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        self.pg_ctl_start();
+    }
+
+    /// Stops Postgres when this test process exits, however it exits.
+    fn watchdog(&self) {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {cmd} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            cmd = if is_root() {
+                format!("runuser -u postgres -- {}", self.bin.join("pg_ctl").display())
+            } else {
+                self.bin.join("pg_ctl").display().to_string()
+            },
+            data = self.data().display(),
+            dir = self.dir.display(),
+        );
+        Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start watchdog");
+    }
+
+    /// Runs SQL as the superuser over the Unix socket; panics on error.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", db, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A libpq URL straight to this server.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgresql://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+/// One cluster shared by all tests of a test binary, with the `blog` role
+/// and database and the `app` database ready.
+pub fn shared_postgres() -> &'static Postgres {
+    static PG: OnceLock<Postgres> = OnceLock::new();
+    PG.get_or_init(|| {
+        let pg = Postgres::start();
+        setup_roles(&pg);
+        pg
+    })
+}
+
+/// Roles and databases the tests log in with.
+pub fn setup_roles(pg: &Postgres) {
+    pg.psql("postgres", "CREATE ROLE blog LOGIN PASSWORD 'blogpw'");
+    pg.psql("postgres", "CREATE DATABASE blog OWNER blog");
+    pg.psql("postgres", "CREATE DATABASE app OWNER blog");
+    pg.psql("postgres", "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5pw'");
+    pg.psql("postgres", "GRANT ALL ON DATABASE app TO md5user");
+}
+
+/// A running pgsift process.
+pub struct Proxy {
+    /// client port
+    pub port: u16,
+    /// admin HTTP port
+    pub admin_port: u16,
+    child: Child,
+    /// its config file
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+/// Users every generated config knows.
+pub const USERS_YAML: &str = "users:\n  - {name: blog, password: blogpw}\n  - {name: postgres, password: postgres}\n  - {name: admin, password: adminpw}\n  - {name: md5user, password: md5pw}\n";
+
+impl Proxy {
+    /// Starts pgsift with `body` (databases, pool, … sections) appended to a
+    /// config that sets the listen addresses and users, and waits for /readyz.
+    pub fn start(body: &str) -> Proxy {
+        let port = free_port();
+        let admin_port = free_port();
+        let yaml = format!(
+            "listen: 127.0.0.1:{port}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  users: [admin]\n{USERS_YAML}{body}"
+        );
+        Self::start_with_yaml(yaml, port, admin_port)
+    }
+
+    /// Starts pgsift with a complete config text.
+    pub fn start_with_yaml(yaml: String, port: u16, admin_port: u16) -> Proxy {
+        let dir = std::env::temp_dir().join(format!("pgsift-test-proxy-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("config.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        let log_path = dir.join("pgsift.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgsift"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", std::env::var("PGSIFT_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start pgsift");
+        let proxy = Proxy {
+            port,
+            admin_port,
+            child,
+            config_path,
+            log_path,
+        };
+        proxy.wait_ready(Duration::from_secs(20));
+        proxy
+    }
+
+    /// Waits until /readyz answers 200.
+    pub fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some((200, _)) = http_get(self.admin_port, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("pgsift did not become ready; log:\n{}", self.log());
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A libpq URL through the proxy.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgresql://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A tokio-postgres config string through the proxy.
+    pub fn conn_str(&self, user: &str, password: &str, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", self.port)
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, …).
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+    }
+
+    /// Waits for the process to exit; `None` on timeout.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- pgsift log ----\n{}", self.log());
+        }
+    }
+}
+
+/// A minimal HTTP GET against 127.0.0.1; returns status and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// A `databases:` section for the shared cluster.
+pub fn databases_yaml(pg: &Postgres, mode: &str, pool_size: usize) -> String {
+    format!(
+        "databases:\n  blog: {{host: 127.0.0.1, port: {p}, pool_mode: {mode}, pool_size: {pool_size}}}\n  app: {{host: 127.0.0.1, port: {p}, pool_mode: {mode}, pool_size: {pool_size}}}\n  postgres: {{host: 127.0.0.1, port: {p}, pool_mode: {mode}, pool_size: {pool_size}}}\n",
+        p = pg.port
+    )
+}
+
+/// Connects with tokio-postgres (no TLS) and drives the connection.
+pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
