@@ -40,7 +40,9 @@ impl App {
     /// Builds the shared state for a validated config.
     pub fn new(config: Config) -> anyhow::Result<Arc<App>> {
         let tls = match &config.tls {
-            Some(t) if t.mode != crate::config::TlsMode::Disable => Some(crate::frontend::tls::acceptor(t)?),
+            Some(t) if t.mode != crate::config::TlsMode::Disable => {
+                Some(crate::frontend::tls::acceptor(t)?)
+            }
             _ => None,
         };
         let (shutdown, _) = watch::channel(false);
@@ -73,16 +75,17 @@ impl App {
     /// effect for existing pools; connected clients stay.
     pub fn apply_config(&self, config: Config) {
         *self.credentials.write() = Arc::new(Credentials::new(config.users.values()));
-        self.pools.retain(|(db, user), pool| match config.databases.get(db) {
-            Some(d) => {
-                pool.reconfigure(upstream_target(&config, d, user), pool_settings(&config, d));
-                true
-            }
-            None => {
-                pool.close();
-                false
-            }
-        });
+        self.pools
+            .retain(|(db, user), pool| match config.databases.get(db) {
+                Some(d) => {
+                    pool.reconfigure(upstream_target(&config, d, user), pool_settings(&config, d));
+                    true
+                }
+                None => {
+                    pool.close();
+                    false
+                }
+            });
         *self.config.write() = Arc::new(config);
     }
 
@@ -145,7 +148,9 @@ impl App {
 
     /// True once the listener is bound and an upstream has answered.
     pub fn is_ready(&self) -> bool {
-        self.listening.load(Ordering::Relaxed) && self.upstream_answered.load(Ordering::Relaxed) && !self.is_shutting_down()
+        self.listening.load(Ordering::Relaxed)
+            && self.upstream_answered.load(Ordering::Relaxed)
+            && !self.is_shutting_down()
     }
 }
 
@@ -163,10 +168,17 @@ impl Drop for ClientGuard {
 /// Where a (database, user) pool logs in: the database's server_user and
 /// server_password when set, otherwise the client's own name and password.
 pub fn upstream_target(config: &Config, d: &DatabaseConfig, user: &str) -> UpstreamTarget {
-    let secret = match (&d.server_password, config.users.get(user).and_then(|u| u.password.as_ref())) {
+    let secret = match (
+        &d.server_password,
+        config.users.get(user).and_then(|u| u.password.as_ref()),
+    ) {
         (Some(p), _) => Some(UpstreamSecret::Plain(p.clone())),
-        (None, Some(Password::Plain(p))) if d.server_user.is_none() => Some(UpstreamSecret::Plain(p.clone())),
-        (None, Some(Password::Md5(h))) if d.server_user.is_none() => Some(UpstreamSecret::Md5(h.clone())),
+        (None, Some(Password::Plain(p))) if d.server_user.is_none() => {
+            Some(UpstreamSecret::Plain(p.clone()))
+        }
+        (None, Some(Password::Md5(h))) if d.server_user.is_none() => {
+            Some(UpstreamSecret::Md5(h.clone()))
+        }
         _ => None,
     };
     UpstreamTarget {

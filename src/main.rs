@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "pgsift", version, about = "A transparent PostgreSQL proxy: pooling, statement fingerprints, N+1 detection, caching, metrics")]
+#[command(
+    name = "pgsift",
+    version,
+    about = "A transparent PostgreSQL proxy: pooling, statement fingerprints, N+1 detection, caching, metrics"
+)]
 struct Cli {
     /// Path to config.yaml
     #[arg(long, global = true, default_value = "config.yaml")]
@@ -45,7 +49,10 @@ fn main() -> ExitCode {
     }
     let (config, source) = match &cli.upstream {
         Some(url) => (Config::from_upstream_url(url), ConfigSource::Upstream),
-        None => (Config::load(&cli.config), ConfigSource::File(cli.config.clone())),
+        None => (
+            Config::load(&cli.config),
+            ConfigSource::File(cli.config.clone()),
+        ),
     };
     let config = match config {
         Ok(c) => c,
@@ -57,7 +64,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

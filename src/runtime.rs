@@ -39,9 +39,19 @@ pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let _ = accept.await;
     let timeout = app.config().shutdown_timeout;
     let active = app.clients.load(Ordering::SeqCst);
-    tracing::info!(clients = active, "draining: waiting up to {:?} for in-flight transactions", timeout);
-    if tokio::time::timeout(timeout, app.all_clients_gone()).await.is_err() {
-        tracing::warn!(clients = app.clients.load(Ordering::SeqCst), "shutdown_timeout reached; closing remaining clients");
+    tracing::info!(
+        clients = active,
+        "draining: waiting up to {:?} for in-flight transactions",
+        timeout
+    );
+    if tokio::time::timeout(timeout, app.all_clients_gone())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            clients = app.clients.load(Ordering::SeqCst),
+            "shutdown_timeout reached; closing remaining clients"
+        );
     }
     for p in app.pools.iter() {
         p.close();
@@ -116,7 +126,11 @@ async fn upkeep(app: Arc<App>) {
         let config = app.config();
         for (db, d) in &config.databases {
             if d.min_pool_size > 0 {
-                if let Some(user) = d.server_user.as_ref().or_else(|| config.users.keys().next()) {
+                if let Some(user) = d
+                    .server_user
+                    .as_ref()
+                    .or_else(|| config.users.keys().next())
+                {
                     if config.users.contains_key(user) {
                         app.pool(db, user);
                     }
@@ -132,7 +146,12 @@ async fn probe_upstreams(app: Arc<App>) {
         let config = app.config();
         for d in config.databases.values() {
             let addr = format!("{}:{}", d.host, d.port);
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(&addr)).await {
+            if let Ok(Ok(_)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(&addr),
+            )
+            .await
+            {
                 app.upstream_answered.store(true, Ordering::Relaxed);
                 break;
             }

@@ -43,7 +43,9 @@ async fn raw_login(port: u16) -> TcpStream {
     let mut rbuf = BytesMut::new();
     let mut scram: Option<ScramSha256> = None;
     loop {
-        let (tag, msg) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 20).await.unwrap();
+        let (tag, msg) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 20)
+            .await
+            .unwrap();
         let body = &msg[5..];
         buf.clear();
         match tag {
@@ -51,7 +53,8 @@ async fn raw_login(port: u16) -> TcpStream {
                 0 => {}
                 10 => {
                     let sc = ScramSha256::new(b"blogpw", ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", sc.message(), &mut buf).unwrap();
+                    frontend::sasl_initial_response("SCRAM-SHA-256", sc.message(), &mut buf)
+                        .unwrap();
                     scram = Some(sc);
                 }
                 11 => {
@@ -77,7 +80,11 @@ async fn bystander(proxy_conn: String, stop: tokio::sync::watch::Receiver<bool>)
     let c = connect(&proxy_conn).await.unwrap();
     let mut n = 0;
     while !*stop.borrow() {
-        let v: i32 = c.query_one("SELECT $1::int4 + 1", &[&(n as i32)]).await.expect("bystander query failed").get(0);
+        let v: i32 = c
+            .query_one("SELECT $1::int4 + 1", &[&(n as i32)])
+            .await
+            .expect("bystander query failed")
+            .get(0);
         assert_eq!(v, n as i32 + 1);
         n += 1;
     }
@@ -87,14 +94,20 @@ async fn bystander(proxy_conn: String, stop: tokio::sync::watch::Receiver<bool>)
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_packets_get_08p01_and_other_clients_are_unaffected() {
     let pg = shared_postgres();
-    let proxy = Proxy::start(&format!("{}pool:\n  client_login_timeout: 1s\n  max_message_size: 1MiB\n", databases_yaml(pg, "transaction", 4)));
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  client_login_timeout: 1s\n  max_message_size: 1MiB\n",
+        databases_yaml(pg, "transaction", 4)
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let by = tokio::spawn(bystander(proxy.conn_str("blog", "blogpw", "app"), stop_rx));
 
     // startup packet with length 3
     let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
     s.write_all(&[0, 0, 0, 3]).await.unwrap();
-    assert_eq!(error_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
 
     // a 20,000-byte startup packet
     let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
@@ -103,12 +116,20 @@ async fn malformed_packets_get_08p01_and_other_clients_are_unaffected() {
     big.put_u32(196_608);
     big.resize(20_000, b'a');
     let _ = s.write_all(&big).await;
-    assert_eq!(error_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
 
     // garbage instead of a startup packet (a huge length word, then noise)
     let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    assert_eq!(error_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
 
     // a startup packet whose parameters are not terminated
     let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
@@ -117,12 +138,18 @@ async fn malformed_packets_get_08p01_and_other_clients_are_unaffected() {
     p.put_u32(196_608);
     p.put_slice(b"user\0");
     s.write_all(&p).await.unwrap();
-    assert_eq!(error_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
 
     // after login: a message announcing 2 GiB
     let mut s = raw_login(proxy.port).await;
     s.write_all(&[b'Q', 0x80, 0, 0, 0]).await.unwrap();
-    assert_eq!(error_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
 
     // after login: a message over max_message_size
     let mut s = raw_login(proxy.port).await;
@@ -130,21 +157,32 @@ async fn malformed_packets_get_08p01_and_other_clients_are_unaffected() {
     m.put_u8(b'Q');
     m.put_u32(2 << 20);
     s.write_all(&m).await.unwrap();
-    assert_eq!(error_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
 
     // after login: a length below 4
     let mut s = raw_login(proxy.port).await;
     s.write_all(&[b'Q', 0, 0, 0, 2]).await.unwrap();
-    assert_eq!(error_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
 
     // after login: an unknown message type
     let mut s = raw_login(proxy.port).await;
     s.write_all(&[b'@', 0, 0, 0, 4]).await.unwrap();
-    assert_eq!(error_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
 
     // after login: random garbage
     let mut s = raw_login(proxy.port).await;
-    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let _ = s.write_all(&noise).await;
     let got = read_until_closed(&mut s).await;
     assert!(error_code(&got).is_some(), "garbage gets an error response");
@@ -154,7 +192,11 @@ async fn malformed_packets_get_08p01_and_other_clients_are_unaffected() {
     let started = Instant::now();
     let got = read_until_closed(&mut s).await;
     assert!(got.is_empty());
-    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        started.elapsed()
+    );
 
     // a client that stops in the middle of its startup packet, likewise
     let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
@@ -167,7 +209,10 @@ async fn malformed_packets_get_08p01_and_other_clients_are_unaffected() {
     let queries = by.await.expect("the bystander saw no error");
     assert!(queries > 10, "bystander kept working ({queries} queries)");
     // pgsift is still healthy
-    assert_eq!(common::http_get(proxy.admin_port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(
+        common::http_get(proxy.admin_port, "/healthz").map(|r| r.0),
+        Some(200)
+    );
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
 }
 
@@ -183,13 +228,21 @@ async fn newer_protocol_minor_versions_get_negotiate_protocol_version() {
     p.put_slice(body);
     s.write_all(&p).await.unwrap();
     let mut rbuf = BytesMut::new();
-    let (tag, msg) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 16).await.unwrap();
+    let (tag, msg) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 16)
+        .await
+        .unwrap();
     assert_eq!(tag, b'v');
-    assert_eq!(u32::from_be_bytes(msg[5..9].try_into().unwrap()), 0, "newest minor version: 0");
+    assert_eq!(
+        u32::from_be_bytes(msg[5..9].try_into().unwrap()),
+        0,
+        "newest minor version: 0"
+    );
     assert_eq!(u32::from_be_bytes(msg[9..13].try_into().unwrap()), 1);
     assert_eq!(&msg[13..], b"_pq_.something\0");
     // authentication follows as usual
-    let (tag, _) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 16).await.unwrap();
+    let (tag, _) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 16)
+        .await
+        .unwrap();
     assert_eq!(tag, b'R');
 }
 

@@ -12,8 +12,19 @@ fn pgsift() -> Command {
 
 #[test]
 fn check_accepts_the_committed_example_config() {
-    let out = pgsift().args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml")]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pgsift()
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -21,18 +32,40 @@ fn check_prints_every_error_with_its_key_path_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, "databases:\n  blog:\n    pool_size: 0\npool:\n  checkout_timeout: soon\ncache:\n  backend: disk\n").unwrap();
-    let out = pgsift().arg("check").arg("--config").arg(&path).output().unwrap();
+    let out = pgsift()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("databases.blog.pool_size: must be > 0"), "{err}");
-    assert!(err.contains("pool.checkout_timeout: invalid duration \"soon\""), "{err}");
-    assert!(err.contains("cache.backend: invalid value \"disk\""), "{err}");
+    assert!(
+        err.contains("databases.blog.pool_size: must be > 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pool.checkout_timeout: invalid duration \"soon\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("cache.backend: invalid value \"disk\""),
+        "{err}"
+    );
 
     std::fs::write(&path, "databases:\n  blog:\n    pool_sise: 3\n").unwrap();
-    let out = pgsift().arg("check").arg("--config").arg(&path).output().unwrap();
+    let out = pgsift()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("databases.blog") && err.contains("pool_sise"), "{err}");
+    assert!(
+        err.contains("databases.blog") && err.contains("pool_sise"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -41,11 +74,19 @@ fn version_and_help_describe_the_program() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pgsift "));
     let out = pgsift().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("--upstream") && help.contains("--config") && help.contains("check"), "{help}");
+    assert!(
+        help.contains("--upstream") && help.contains("--config") && help.contains("check"),
+        "{help}"
+    );
 }
 
 fn psql(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new("psql").arg("-X").arg(url).args(args).output().unwrap()
+    Command::new("psql")
+        .arg("-X")
+        .arg(url)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -58,9 +99,21 @@ fn psql_runs_multi_statement_queries_and_copy_through_pgsift() {
         &["-q", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-c",
           "DROP TABLE IF EXISTS psql_t; CREATE TABLE psql_t (id int, s text); INSERT INTO psql_t SELECT g, 'r' || g FROM generate_series(1, 1000) g; SELECT count(*), sum(id) FROM psql_t"],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000|500500");
-    let out = psql(&url, &["-v", "ON_ERROR_STOP=1", "-c", "\\copy (SELECT * FROM psql_t ORDER BY id) TO STDOUT"]);
+    let out = psql(
+        &url,
+        &[
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "\\copy (SELECT * FROM psql_t ORDER BY id) TO STDOUT",
+        ],
+    );
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1000);
     let out = psql(&url, &["-c", "SELECT 1/0"]);
@@ -70,8 +123,16 @@ fn psql_runs_multi_statement_queries_and_copy_through_pgsift() {
 
 /// Runs pgbench and returns (exit ok, failed transaction count, output).
 pub fn pgbench(url: &str, args: &[&str]) -> (bool, Option<u64>, String) {
-    let out = Command::new("pgbench").args(args).arg(url).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("pgbench")
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let failed = text
         .lines()
         .find_map(|l| l.strip_prefix("number of failed transactions: "))
@@ -105,13 +166,28 @@ fn tls_is_negotiated_when_configured_and_required_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()
         .unwrap();
-    assert!(ok.status.success(), "openssl: {}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let proxy = Proxy::start(&format!(
         "tls: {{cert: {}, key: {}, mode: require}}\n{}",
         cert.display(),
@@ -119,10 +195,21 @@ fn tls_is_negotiated_when_configured_and_required_when_asked() {
         databases_yaml(pg, "session", 2)
     ));
     let url = proxy.url("blog", "blogpw", "app");
-    let out = psql(&format!("{url}?sslmode=require"), &["-A", "-t", "-c", "SELECT 42"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = psql(
+        &format!("{url}?sslmode=require"),
+        &["-A", "-t", "-c", "SELECT 42"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
     let out = psql(&format!("{url}?sslmode=disable"), &["-c", "SELECT 1"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("requires TLS"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("requires TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -23,7 +23,9 @@ fn yaml(pg: &Postgres, mode: &str, extra: &str) -> String {
 async fn upstream_outage_gives_08006_within_connect_timeout_and_pgsift_recovers() {
     let pg = own_cluster();
     let proxy = Proxy::start(&yaml(&pg, "transaction", "pool:\n  connect_timeout: 1s\n"));
-    let c = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
     c.simple_query("SELECT 1").await.unwrap();
     drop(c);
 
@@ -37,8 +39,15 @@ async fn upstream_outage_gives_08006_within_connect_timeout_and_pgsift_recovers(
         .await;
         let err = result.expect_err("no upstream, no result");
         let code = err.as_db_error().map(|e| e.code().code().to_owned());
-        assert!(code.as_deref().is_some_and(|c| c.starts_with("08")), "got {err:?}");
-        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(
+            code.as_deref().is_some_and(|c| c.starts_with("08")),
+            "got {err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     pg.restart();
@@ -61,10 +70,15 @@ async fn upstream_outage_gives_08006_within_connect_timeout_and_pgsift_recovers(
 async fn broken_idle_servers_are_discarded_not_handed_out() {
     let pg = own_cluster();
     let proxy = Proxy::start(&yaml(&pg, "transaction", ""));
-    let c = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
     c.simple_query("SELECT 1").await.unwrap();
     // kill every server backend behind pgsift's back
-    pg.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'blog'");
+    pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'blog'",
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     // the client's next transaction gets a fresh server
     let rows = c.simple_query("SELECT 2").await.unwrap();
@@ -75,7 +89,9 @@ async fn broken_idle_servers_are_discarded_not_handed_out() {
 async fn sigterm_lets_in_flight_transactions_finish_then_exits() {
     let pg = own_cluster();
     let mut proxy = Proxy::start(&yaml(&pg, "transaction", "shutdown_timeout: 10s\n"));
-    let c = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
     let running = tokio::spawn(async move {
         let r = c.simple_query("SELECT pg_sleep(1), 'done'").await;
         (r, c)
@@ -84,21 +100,35 @@ async fn sigterm_lets_in_flight_transactions_finish_then_exits() {
     proxy.signal("TERM");
     let (r, _c) = running.await.unwrap();
     r.expect("the in-flight query finishes");
-    let status = proxy.wait_exit(Duration::from_secs(5)).expect("pgsift exits after the drain");
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("pgsift exits after the drain");
     assert!(status.success(), "{status:?}");
-    assert!(connect(&proxy.conn_str("blog", "blogpw", "app")).await.is_err(), "no new clients");
+    assert!(
+        connect(&proxy.conn_str("blog", "blogpw", "app"))
+            .await
+            .is_err(),
+        "no new clients"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_timeout_bounds_the_drain() {
     let pg = own_cluster();
     let mut proxy = Proxy::start(&yaml(&pg, "transaction", "shutdown_timeout: 1s\n"));
-    let c = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
     c.batch_execute("BEGIN").await.unwrap();
     let started = Instant::now();
     proxy.signal("TERM");
-    proxy.wait_exit(Duration::from_secs(5)).expect("pgsift exits");
-    assert!(started.elapsed() >= Duration::from_millis(900), "waited for the open transaction");
+    proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("pgsift exits");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited for the open transaction"
+    );
     assert!(started.elapsed() < Duration::from_secs(4));
 }
 
@@ -106,13 +136,19 @@ async fn shutdown_timeout_bounds_the_drain() {
 async fn sighup_with_a_broken_file_keeps_the_old_config_serving() {
     let pg = own_cluster();
     let proxy = Proxy::start(&yaml(&pg, "transaction", ""));
-    let c = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
     let good = std::fs::read_to_string(&proxy.config_path).unwrap();
     std::fs::write(&proxy.config_path, format!("{good}\nbogus_key: 1\n")).unwrap();
     proxy.signal("HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    c.simple_query("SELECT 1").await.expect("existing client keeps working");
-    let c2 = connect(&proxy.conn_str("blog", "blogpw", "app")).await.expect("new clients still accepted");
+    c.simple_query("SELECT 1")
+        .await
+        .expect("existing client keeps working");
+    let c2 = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .expect("new clients still accepted");
     c2.simple_query("SELECT 1").await.unwrap();
     assert!(proxy.log().contains("reload rejected"), "{}", proxy.log());
 }

@@ -40,7 +40,14 @@ fn python_drivers_read_the_same_rows_through_pgsift_as_directly() {
     let out_path = out_dir.path().join("pytest.out");
     let out = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new(&python)
-        .args(["-m", "pytest", "tests/python", "-q", "-p", "no:cacheprovider"])
+        .args([
+            "-m",
+            "pytest",
+            "tests/python",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ])
         .current_dir(repo)
         .env("PGSIFT_URL", proxy.url("blog", "blogpw", "app"))
         .env("DIRECT_URL", pg.url("blog", "blogpw", "app"))
@@ -67,6 +74,9 @@ fn python_drivers_read_the_same_rows_through_pgsift_as_directly() {
     println!("---- pytest output ----\n{output}");
     match status {
         None => panic!("pytest did not finish within {PYTEST_LIMIT:?}; output so far:\n{output}"),
-        Some(status) => assert!(status.success(), "pytest failed ({status}); output:\n{output}"),
+        Some(status) => assert!(
+            status.success(),
+            "pytest failed ({status}); output:\n{output}"
+        ),
     }
 }

@@ -16,12 +16,20 @@ fn session_proxy(pool_size: usize) -> Proxy {
 async fn typed_rows_read_through_pgsift_equal_rows_read_directly() {
     let pg = shared_postgres();
     let proxy = session_proxy(4);
-    let sql = "SELECT 1::int4 AS i, 9007199254740993::int8 AS big, 12345.678901::numeric::text AS n, \
+    let sql =
+        "SELECT 1::int4 AS i, 9007199254740993::int8 AS big, 12345.678901::numeric::text AS n, \
                'héllo ✓ 漢字 😀'::text AS t, '\\x00ff10'::bytea AS b, \
                '2024-02-29 12:34:56.789+02'::timestamptz AS ts, ARRAY[1,NULL,3]::int4[] AS arr, \
                '{\"a\": [1, 2, {\"b\": null}]}'::jsonb AS j, NULL::text AS nothing";
-    let direct = connect(&format!("host=127.0.0.1 port={} user=blog password=blogpw dbname=app", pg.port)).await.unwrap();
-    let via = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
+    let direct = connect(&format!(
+        "host=127.0.0.1 port={} user=blog password=blogpw dbname=app",
+        pg.port
+    ))
+    .await
+    .unwrap();
+    let via = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
     // extended protocol (binary results)
     let a = direct.query_one(sql, &[]).await.unwrap();
     let b = via.query_one(sql, &[]).await.unwrap();
@@ -30,9 +38,18 @@ async fn typed_rows_read_through_pgsift_equal_rows_read_directly() {
     assert_eq!(a.get::<_, String>("n"), b.get::<_, String>("n"));
     assert_eq!(a.get::<_, String>("t"), b.get::<_, String>("t"));
     assert_eq!(a.get::<_, Vec<u8>>("b"), b.get::<_, Vec<u8>>("b"));
-    assert_eq!(a.get::<_, std::time::SystemTime>("ts"), b.get::<_, std::time::SystemTime>("ts"));
-    assert_eq!(a.get::<_, Vec<Option<i32>>>("arr"), b.get::<_, Vec<Option<i32>>>("arr"));
-    assert_eq!(a.get::<_, serde_json::Value>("j"), b.get::<_, serde_json::Value>("j"));
+    assert_eq!(
+        a.get::<_, std::time::SystemTime>("ts"),
+        b.get::<_, std::time::SystemTime>("ts")
+    );
+    assert_eq!(
+        a.get::<_, Vec<Option<i32>>>("arr"),
+        b.get::<_, Vec<Option<i32>>>("arr")
+    );
+    assert_eq!(
+        a.get::<_, serde_json::Value>("j"),
+        b.get::<_, serde_json::Value>("j")
+    );
     assert_eq!(b.get::<_, Option<String>>("nothing"), None);
     // simple protocol (text results)
     let sa = direct.simple_query(sql).await.unwrap();
@@ -43,7 +60,9 @@ async fn typed_rows_read_through_pgsift_equal_rows_read_directly() {
 fn rows_of(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     msgs.iter()
         .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
             _ => None,
         })
         .collect()
@@ -52,22 +71,34 @@ fn rows_of(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String
 #[tokio::test(flavor = "multi_thread")]
 async fn a_100k_row_result_arrives_complete() {
     let proxy = session_proxy(4);
-    let via = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
+    let via = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
     let rows = via
-        .query("SELECT g, md5(g::text) FROM generate_series(1, 100000) g", &[])
+        .query(
+            "SELECT g, md5(g::text) FROM generate_series(1, 100000) g",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 100_000);
     let sum: i64 = rows.iter().map(|r| r.get::<_, i32>(0) as i64).sum();
     assert_eq!(sum, 100_000 * 100_001 / 2);
-    assert_eq!(rows[41].get::<_, String>(1), format!("{:x}", md5::compute("42")));
+    assert_eq!(
+        rows[41].get::<_, String>(1),
+        format!("{:x}", md5::compute("42"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_from_and_to_round_trips_100k_rows() {
     let proxy = session_proxy(4);
-    let via = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
-    via.batch_execute("DROP TABLE IF EXISTS copy_rt; CREATE TABLE copy_rt (id int, note text)").await.unwrap();
+    let via = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    via.batch_execute("DROP TABLE IF EXISTS copy_rt; CREATE TABLE copy_rt (id int, note text)")
+        .await
+        .unwrap();
     let sink = via.copy_in("COPY copy_rt FROM STDIN").await.unwrap();
     let mut data = String::new();
     for i in 0..100_000 {
@@ -75,10 +106,15 @@ async fn copy_from_and_to_round_trips_100k_rows() {
     }
     futures_util::pin_mut!(sink);
     for chunk in data.as_bytes().chunks(64 * 1024) {
-        sink.send(bytes::Bytes::copy_from_slice(chunk)).await.unwrap();
+        sink.send(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
     }
     assert_eq!(sink.finish().await.unwrap(), 100_000);
-    let out = via.copy_out("COPY (SELECT * FROM copy_rt ORDER BY id) TO STDOUT").await.unwrap();
+    let out = via
+        .copy_out("COPY (SELECT * FROM copy_rt ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
     futures_util::pin_mut!(out);
     let mut back = Vec::new();
     while let Some(chunk) = out.next().await {
@@ -91,25 +127,37 @@ async fn copy_from_and_to_round_trips_100k_rows() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_password_is_refused_with_28p01() {
     let proxy = session_proxy(2);
-    let err = connect(&proxy.conn_str("blog", "wrong", "app")).await.unwrap_err();
+    let err = connect(&proxy.conn_str("blog", "wrong", "app"))
+        .await
+        .unwrap_err();
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code(), &SqlState::INVALID_PASSWORD);
-    assert_eq!(db.message(), "password authentication failed for user \"blog\"");
+    assert_eq!(
+        db.message(),
+        "password authentication failed for user \"blog\""
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_user_fails_exactly_like_a_wrong_password() {
     let proxy = session_proxy(2);
-    let err = connect(&proxy.conn_str("mallory", "x", "app")).await.unwrap_err();
+    let err = connect(&proxy.conn_str("mallory", "x", "app"))
+        .await
+        .unwrap_err();
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code(), &SqlState::INVALID_PASSWORD);
-    assert_eq!(db.message(), "password authentication failed for user \"mallory\"");
+    assert_eq!(
+        db.message(),
+        "password authentication failed for user \"mallory\""
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_database_is_refused_with_3d000() {
     let proxy = session_proxy(2);
-    let err = connect(&proxy.conn_str("blog", "blogpw", "nosuchdb")).await.unwrap_err();
+    let err = connect(&proxy.conn_str("blog", "blogpw", "nosuchdb"))
+        .await
+        .unwrap_err();
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code(), &SqlState::INVALID_CATALOG_NAME);
     assert_eq!(db.message(), "database \"nosuchdb\" does not exist");
@@ -126,17 +174,30 @@ async fn md5_verifier_users_log_in_with_md5_on_both_sides() {
         databases_yaml(pg, "session", 2)
     );
     let proxy = Proxy::start_with_yaml(yaml, port, admin);
-    let c = connect(&proxy.conn_str("md5user", "md5pw", "app")).await.unwrap();
-    let who: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let c = connect(&proxy.conn_str("md5user", "md5pw", "app"))
+        .await
+        .unwrap();
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(who, "md5user");
-    let err = connect(&proxy.conn_str("md5user", "nope", "app")).await.unwrap_err();
-    assert_eq!(err.as_db_error().unwrap().code(), &SqlState::INVALID_PASSWORD);
+    let err = connect(&proxy.conn_str("md5user", "nope", "app"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &SqlState::INVALID_PASSWORD
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_request_stops_pg_sleep_within_two_seconds() {
     let proxy = session_proxy(4);
-    let c = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
     let token = c.cancel_token();
     let started = Instant::now();
     let canceller = tokio::spawn(async move {
@@ -146,7 +207,11 @@ async fn cancel_request_stops_pg_sleep_within_two_seconds() {
     let err = c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
     canceller.await.unwrap();
     assert_eq!(err.as_db_error().unwrap().code(), &SqlState::QUERY_CANCELED);
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     // the session goes on
     let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
@@ -155,15 +220,22 @@ async fn cancel_request_stops_pg_sleep_within_two_seconds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_with_an_unknown_key_is_ignored() {
     let proxy = session_proxy(2);
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
     let mut buf = bytes::BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(12345, 67890, &mut buf);
-    tokio::io::AsyncWriteExt::write_all(&mut s, &buf).await.unwrap();
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest))
+    tokio::io::AsyncWriteExt::write_all(&mut s, &buf)
         .await
-        .unwrap()
         .unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(n, 0, "nothing is sent back for a cancel request");
 }
 
@@ -173,9 +245,17 @@ async fn client_gone_mid_transaction_leaves_no_open_transaction_or_lock() {
     pg.psql("app", "CREATE TABLE IF NOT EXISTS gone_rows (id int primary key, v int); INSERT INTO gone_rows VALUES (1, 0) ON CONFLICT DO NOTHING");
     pg.psql("app", "GRANT ALL ON gone_rows TO blog");
     let proxy = session_proxy(1);
-    let (client, conn) = tokio_postgres::connect(&proxy.conn_str("blog", "blogpw", "app"), tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(
+        &proxy.conn_str("blog", "blogpw", "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
     let conn_task = tokio::spawn(conn);
-    client.batch_execute("BEGIN; UPDATE gone_rows SET v = v + 1 WHERE id = 1").await.unwrap();
+    client
+        .batch_execute("BEGIN; UPDATE gone_rows SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
     // kill the connection without a Terminate message
     conn_task.abort();
     drop(client);
@@ -185,32 +265,61 @@ async fn client_gone_mid_transaction_leaves_no_open_transaction_or_lock() {
         if open == "0" {
             break;
         }
-        assert!(Instant::now() < deadline, "transaction still open after 1 s");
+        assert!(
+            Instant::now() < deadline,
+            "transaction still open after 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // the row is not locked: an update with lock_timeout succeeds
-    pg.psql("app", "SET lock_timeout = '500ms'; UPDATE gone_rows SET v = 0 WHERE id = 1");
+    pg.psql(
+        "app",
+        "SET lock_timeout = '500ms'; UPDATE gone_rows SET v = 0 WHERE id = 1",
+    );
     // and the server went back to the pool clean: the next client gets it
-    let c = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
-    let v: i32 = c.query_one("SELECT v FROM gone_rows WHERE id = 1", &[]).await.unwrap().get(0);
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let v: i32 = c
+        .query_one("SELECT v FROM gone_rows WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(v, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn session_mode_resets_a_server_before_the_next_client() {
     let proxy = session_proxy(1);
-    let a = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
-    a.batch_execute("SET work_mem = '7MB'; PREPARE p AS SELECT 1; CREATE TEMP TABLE t_tmp (x int)").await.unwrap();
-    let pid_a: i32 = a.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    a.batch_execute("SET work_mem = '7MB'; PREPARE p AS SELECT 1; CREATE TEMP TABLE t_tmp (x int)")
+        .await
+        .unwrap();
+    let pid_a: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     drop(a);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let b = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
-    let pid_b: i32 = b.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let b = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let pid_b: i32 = b
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(pid_a, pid_b, "the server is reused");
     let wm: String = b.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
     assert_eq!(wm, "4MB");
     // simple protocol: tokio-postgres's own prepared statements stay out of the count
-    let prepared = b.simple_query("SELECT count(*) FROM pg_prepared_statements WHERE name = 'p'").await.unwrap();
+    let prepared = b
+        .simple_query("SELECT count(*) FROM pg_prepared_statements WHERE name = 'p'")
+        .await
+        .unwrap();
     assert_eq!(rows_of(&prepared), vec![vec![Some("0".to_string())]]);
     assert!(b.simple_query("SELECT * FROM t_tmp").await.is_err());
 }
@@ -236,7 +345,12 @@ async fn startup_settings_and_options_reach_the_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn notices_errors_and_notifications_are_forwarded() {
     let proxy = session_proxy(4);
-    let (listener, mut conn) = tokio_postgres::connect(&proxy.conn_str("blog", "blogpw", "app"), tokio_postgres::NoTls).await.unwrap();
+    let (listener, mut conn) = tokio_postgres::connect(
+        &proxy.conn_str("blog", "blogpw", "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
     tokio::spawn(async move {
@@ -250,8 +364,13 @@ async fn notices_errors_and_notifications_are_forwarded() {
         .batch_execute("DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$")
         .await
         .unwrap();
-    let other = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
-    other.batch_execute("NOTIFY chan, 'payload-1'").await.unwrap();
+    let other = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    other
+        .batch_execute("NOTIFY chan, 'payload-1'")
+        .await
+        .unwrap();
     let mut saw_notice = false;
     let mut saw_notification = false;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -260,8 +379,12 @@ async fn notices_errors_and_notifications_are_forwarded() {
         let _ = listener.simple_query("SELECT 1").await;
         while let Ok(m) = rx.try_recv() {
             match m {
-                tokio_postgres::AsyncMessage::Notice(n) => saw_notice |= n.message() == "hello from plpgsql",
-                tokio_postgres::AsyncMessage::Notification(n) => saw_notification |= n.payload() == "payload-1",
+                tokio_postgres::AsyncMessage::Notice(n) => {
+                    saw_notice |= n.message() == "hello from plpgsql"
+                }
+                tokio_postgres::AsyncMessage::Notification(n) => {
+                    saw_notification |= n.payload() == "payload-1"
+                }
                 _ => {}
             }
         }
@@ -270,16 +393,26 @@ async fn notices_errors_and_notifications_are_forwarded() {
     assert!(saw_notice, "notice forwarded");
     assert!(saw_notification, "notification forwarded");
     let err = other.simple_query("SELECT 1/0").await.unwrap_err();
-    assert_eq!(err.as_db_error().unwrap().code(), &SqlState::DIVISION_BY_ZERO);
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &SqlState::DIVISION_BY_ZERO
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_longer_than_checkout_timeout_gives_53300_naming_the_pool() {
     let pg = shared_postgres();
-    let proxy = Proxy::start(&format!("{}pool:\n  checkout_timeout: 500ms\n", databases_yaml(pg, "session", 1)));
-    let _holder = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  checkout_timeout: 500ms\n",
+        databases_yaml(pg, "session", 1)
+    ));
+    let _holder = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
     let started = Instant::now();
-    let err = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap_err();
+    let err = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap_err();
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code(), &SqlState::TOO_MANY_CONNECTIONS);
     assert!(db.message().contains("app/blog"), "{}", db.message());
@@ -289,10 +422,19 @@ async fn waiting_longer_than_checkout_timeout_gives_53300_naming_the_pool() {
 #[tokio::test(flavor = "multi_thread")]
 async fn more_clients_than_max_client_conn_get_53300() {
     let pg = shared_postgres();
-    let proxy = Proxy::start(&format!("{}pool:\n  max_client_conn: 2\n", databases_yaml(pg, "transaction", 2)));
-    let _a = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
-    let _b = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap();
-    let err = connect(&proxy.conn_str("blog", "blogpw", "app")).await.unwrap_err();
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  max_client_conn: 2\n",
+        databases_yaml(pg, "transaction", 2)
+    ));
+    let _a = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let _b = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let err = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap_err();
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code(), &SqlState::TOO_MANY_CONNECTIONS);
     assert_eq!(db.message(), "sorry, too many clients already");

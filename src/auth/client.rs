@@ -192,7 +192,9 @@ where
                     return Err(ClientAuthError::Failed(user.to_owned()))
                 }
                 Err(e) => {
-                    return Err(ClientAuthError::Protocol(format!("malformed SCRAM message: {e}")))
+                    return Err(ClientAuthError::Protocol(format!(
+                        "malformed SCRAM message: {e}"
+                    )))
                 }
             }
         }

@@ -19,7 +19,9 @@ pub struct ScramVerifier {
 impl ScramVerifier {
     /// Decodes a verifier string, naming what is wrong with a bad one.
     pub fn parse(s: &str) -> Result<ScramVerifier, String> {
-        let bad = || "invalid SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)".to_string();
+        let bad = || {
+            "invalid SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)".to_string()
+        };
         let rest = s.strip_prefix("SCRAM-SHA-256$").ok_or_else(bad)?;
         let (params, keys) = rest.split_once('$').ok_or_else(bad)?;
         let (iter, salt) = params.split_once(':').ok_or_else(bad)?;

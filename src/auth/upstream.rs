@@ -72,7 +72,9 @@ where
         match tag {
             b'R' => {
                 if body.len() < 4 {
-                    return Err(UpstreamAuthError::Unsupported("malformed authentication request".into()));
+                    return Err(UpstreamAuthError::Unsupported(
+                        "malformed authentication request".into(),
+                    ));
                 }
                 let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
                 let data = &body[4..];
@@ -83,9 +85,13 @@ where
                         frontend::password_message(p.as_bytes(), &mut out).map_err(unsupported)?;
                     }
                     5 => {
-                        let salt: [u8; 4] = data.try_into().map_err(|_| UpstreamAuthError::Unsupported("malformed md5 salt".into()))?;
+                        let salt: [u8; 4] = data.try_into().map_err(|_| {
+                            UpstreamAuthError::Unsupported("malformed md5 salt".into())
+                        })?;
                         let hash = match secret {
-                            Some(UpstreamSecret::Plain(p)) => md5_hash(user.as_bytes(), p.as_bytes(), salt),
+                            Some(UpstreamSecret::Plain(p)) => {
+                                md5_hash(user.as_bytes(), p.as_bytes(), salt)
+                            }
                             Some(UpstreamSecret::Md5(h)) => {
                                 let mut v = h.as_bytes()[3..].to_vec();
                                 v.extend_from_slice(&salt);
@@ -93,29 +99,41 @@ where
                             }
                             None => return Err(no_password("md5")),
                         };
-                        frontend::password_message(hash.as_bytes(), &mut out).map_err(unsupported)?;
+                        frontend::password_message(hash.as_bytes(), &mut out)
+                            .map_err(unsupported)?;
                     }
                     10 => {
-                        let offers_scram = data.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+                        let offers_scram = data
+                            .split(|&b| b == 0)
+                            .any(|m| m == SCRAM_SHA_256.as_bytes());
                         if !offers_scram {
-                            return Err(UpstreamAuthError::Unsupported("server offers no supported SASL mechanism".into()));
+                            return Err(UpstreamAuthError::Unsupported(
+                                "server offers no supported SASL mechanism".into(),
+                            ));
                         }
                         let p = plain(secret, "SCRAM-SHA-256")?;
                         let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
-                        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out).map_err(unsupported)?;
+                        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                            .map_err(unsupported)?;
                         scram = Some(s);
                     }
                     11 => {
-                        let s = scram.as_mut().ok_or_else(|| UpstreamAuthError::Unsupported("unexpected SASL continue".into()))?;
+                        let s = scram.as_mut().ok_or_else(|| {
+                            UpstreamAuthError::Unsupported("unexpected SASL continue".into())
+                        })?;
                         s.update(data).map_err(unsupported)?;
                         frontend::sasl_response(s.message(), &mut out).map_err(unsupported)?;
                     }
                     12 => {
-                        let s = scram.as_mut().ok_or_else(|| UpstreamAuthError::Unsupported("unexpected SASL final".into()))?;
+                        let s = scram.as_mut().ok_or_else(|| {
+                            UpstreamAuthError::Unsupported("unexpected SASL final".into())
+                        })?;
                         s.finish(data).map_err(unsupported)?;
                     }
                     other => {
-                        return Err(UpstreamAuthError::Unsupported(format!("unsupported authentication method {other}")));
+                        return Err(UpstreamAuthError::Unsupported(format!(
+                            "unsupported authentication method {other}"
+                        )));
                     }
                 }
                 if !out.is_empty() {
@@ -125,7 +143,10 @@ where
             b'S' => {
                 let mut parts = body.split(|&b| b == 0);
                 if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
-                    hello.params.insert(String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned());
+                    hello.params.insert(
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    );
                 }
             }
             b'K' if body.len() >= 8 => {
@@ -150,10 +171,15 @@ fn unsupported(e: std::io::Error) -> UpstreamAuthError {
 }
 
 fn no_password(method: &str) -> UpstreamAuthError {
-    UpstreamAuthError::Unsupported(format!("server requested {method} authentication but no password is configured"))
+    UpstreamAuthError::Unsupported(format!(
+        "server requested {method} authentication but no password is configured"
+    ))
 }
 
-fn plain<'a>(secret: Option<&'a UpstreamSecret>, method: &str) -> Result<&'a str, UpstreamAuthError> {
+fn plain<'a>(
+    secret: Option<&'a UpstreamSecret>,
+    method: &str,
+) -> Result<&'a str, UpstreamAuthError> {
     match secret {
         Some(UpstreamSecret::Plain(p)) => Ok(p),
         Some(UpstreamSecret::Md5(_)) => Err(UpstreamAuthError::Unsupported(format!(

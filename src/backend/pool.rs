@@ -172,7 +172,11 @@ impl Pool {
         let settings = self.settings();
         let start = Instant::now();
         self.counts.waiting.fetch_add(1, Ordering::Relaxed);
-        let acquired = tokio::time::timeout(settings.checkout_timeout, self.slots.clone().acquire_owned()).await;
+        let acquired = tokio::time::timeout(
+            settings.checkout_timeout,
+            self.slots.clone().acquire_owned(),
+        )
+        .await;
         self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
         let slot = match acquired {
             Err(_) => {
@@ -183,7 +187,12 @@ impl Pool {
                     size: settings.size,
                 })
             }
-            Ok(Err(_)) => return Err(PoolError::Closed(format!("{}/{}", self.database, self.user))),
+            Ok(Err(_)) => {
+                return Err(PoolError::Closed(format!(
+                    "{}/{}",
+                    self.database, self.user
+                )))
+            }
             Ok(Ok(slot)) => slot,
         };
         let waited = start.elapsed();
@@ -244,7 +253,10 @@ impl Pool {
             Err(e) => {
                 // Refusals (bad password, missing database) are not outages:
                 // only network-level failures start a backoff.
-                if !matches!(e, ServerError::Login(crate::auth::upstream::UpstreamAuthError::Refused(_))) {
+                if !matches!(
+                    e,
+                    ServerError::Login(crate::auth::upstream::UpstreamAuthError::Refused(_))
+                ) {
                     let mut b = self.backoff.lock();
                     b.delay = (b.delay * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
                     b.until = Some(Instant::now() + b.delay);
@@ -285,8 +297,12 @@ impl Pool {
             let mut keep = VecDeque::with_capacity(idle.len());
             while let Some(mut s) = idle.pop_front() {
                 let total = keep.len() + idle.len() + active + 1;
-                let expired_idle = s.last_used.elapsed() >= settings.idle_timeout && total > settings.min_size;
-                if expired_idle || s.created.elapsed() >= settings.server_lifetime || s.is_broken_while_idle() {
+                let expired_idle =
+                    s.last_used.elapsed() >= settings.idle_timeout && total > settings.min_size;
+                if expired_idle
+                    || s.created.elapsed() >= settings.server_lifetime
+                    || s.is_broken_while_idle()
+                {
                     continue;
                 }
                 keep.push_back(s);
@@ -294,11 +310,15 @@ impl Pool {
             *idle = keep;
         }
         loop {
-            let total = self.idle_count() + self.counts.active.load(Ordering::Relaxed) + self.counts.connecting.load(Ordering::Relaxed);
+            let total = self.idle_count()
+                + self.counts.active.load(Ordering::Relaxed)
+                + self.counts.connecting.load(Ordering::Relaxed);
             if total >= settings.min_size {
                 break;
             }
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else { break };
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
             match self.open(&settings).await {
                 Ok(s) => {
                     self.idle.lock().push_back(s);

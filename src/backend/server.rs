@@ -59,7 +59,9 @@ impl ServerError {
     /// The SQLSTATE a client should see for this failure.
     pub fn code(&self) -> String {
         match self {
-            ServerError::Login(UpstreamAuthError::Refused(f)) | ServerError::Statement(f) => f.code.clone(),
+            ServerError::Login(UpstreamAuthError::Refused(f)) | ServerError::Statement(f) => {
+                f.code.clone()
+            }
             _ => "08006".to_owned(),
         }
     }
@@ -98,25 +100,40 @@ const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
 impl ServerConnection {
     /// Connects and logs in, all within `timeout`.
-    pub async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<ServerConnection, ServerError> {
+    pub async fn connect(
+        target: &UpstreamTarget,
+        timeout: Duration,
+    ) -> Result<ServerConnection, ServerError> {
         let addr = format!("{}:{}", target.host, target.port);
         tokio::time::timeout(timeout, Self::connect_inner(target, &addr))
             .await
             .map_err(|_| ServerError::ConnectTimeout(addr.clone()))?
     }
 
-    async fn connect_inner(target: &UpstreamTarget, addr: &str) -> Result<ServerConnection, ServerError> {
-        let mut stream = TcpStream::connect(addr).await.map_err(|source| ServerError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
+    async fn connect_inner(
+        target: &UpstreamTarget,
+        addr: &str,
+    ) -> Result<ServerConnection, ServerError> {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
         stream.set_nodelay(true).ok();
         let peer = stream.peer_addr().map_err(|source| ServerError::Connect {
             addr: addr.to_owned(),
             source,
         })?;
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
-        let hello = login(&mut stream, &mut rbuf, &target.user, &target.dbname, target.secret.as_ref()).await?;
+        let hello = login(
+            &mut stream,
+            &mut rbuf,
+            &target.user,
+            &target.dbname,
+            target.secret.as_ref(),
+        )
+        .await?;
         let (reader, writer) = stream.into_split();
         let now = Instant::now();
         Ok(ServerConnection {
@@ -157,7 +174,8 @@ impl ServerConnection {
         self.writer.write_all(&out).await.map_err(ReadError::Io)?;
         let mut error = None;
         loop {
-            let (tag, msg) = read_message(&mut self.reader, &mut self.rbuf, MAX_SERVER_MESSAGE).await?;
+            let (tag, msg) =
+                read_message(&mut self.reader, &mut self.rbuf, MAX_SERVER_MESSAGE).await?;
             match tag {
                 b'E' => error = Some(parse_error_fields(&msg[5..])),
                 b'S' => self.note_parameter_status(&msg[5..]),
@@ -186,7 +204,11 @@ impl ServerConnection {
         let mut sets = Vec::new();
         for (k, v) in explicit {
             let lk = k.to_ascii_lowercase();
-            let current = self.applied.get(&lk).map(String::as_str).or_else(|| self.param(k));
+            let current = self
+                .applied
+                .get(&lk)
+                .map(String::as_str)
+                .or_else(|| self.param(k));
             if current != Some(v.as_str()) {
                 sets.push((k.as_str(), v.as_str()));
             }
@@ -291,13 +313,19 @@ pub fn quote_ident(s: &str) -> String {
 pub async fn send_cancel(addr: SocketAddr, pid: i32, secret: i32) -> std::io::Result<()> {
     let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect timed out"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect timed out")
+        })??;
     let mut buf = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(pid, secret, &mut buf);
     stream.write_all(&buf).await?;
     // Postgres closes the connection after reading the request.
     let mut sink = [0u8; 16];
-    let _ = tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read(&mut stream, &mut sink)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut sink),
+    )
+    .await;
     Ok(())
 }
 

@@ -47,7 +47,10 @@ impl Password {
         if s.starts_with("SCRAM-SHA-256$") {
             crate::auth::scram_verifier::ScramVerifier::parse(s)?;
             Ok(Password::Scram(s.to_owned()))
-        } else if s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
+        } else if s.len() == 35
+            && s.starts_with("md5")
+            && s[3..].bytes().all(|b| b.is_ascii_hexdigit())
+        {
             Ok(Password::Md5(s.to_ascii_lowercase()))
         } else {
             Ok(Password::Plain(s.to_owned()))
@@ -227,7 +230,14 @@ impl Errors {
         match v {
             None => default,
             Some(n) if n < min => {
-                self.push(path, if min == 1 { "must be > 0".to_string() } else { format!("must be >= {min}") });
+                self.push(
+                    path,
+                    if min == 1 {
+                        "must be > 0".to_string()
+                    } else {
+                        format!("must be >= {min}")
+                    },
+                );
                 default
             }
             Some(n) => n as usize,
@@ -268,7 +278,11 @@ impl Config {
     fn from_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
         let mut e = Errors(Vec::new());
         let listen = e.addr("listen", raw.listen.as_ref(), DEFAULT_LISTEN);
-        let shutdown_timeout = e.duration("shutdown_timeout", raw.shutdown_timeout.as_ref(), Duration::from_secs(30));
+        let shutdown_timeout = e.duration(
+            "shutdown_timeout",
+            raw.shutdown_timeout.as_ref(),
+            Duration::from_secs(30),
+        );
         let admin = raw.admin.unwrap_or_default();
         let admin_listen = e.addr("admin.listen", admin.listen.as_ref(), DEFAULT_ADMIN_LISTEN);
         let admin_users = admin.users.unwrap_or_else(|| vec!["admin".into()]);
@@ -279,7 +293,10 @@ impl Config {
                 "allow" => TlsMode::Allow,
                 "require" => TlsMode::Require,
                 other => {
-                    e.push("tls.mode", format!("invalid value \"{other}\" (expected disable, allow or require)"));
+                    e.push(
+                        "tls.mode",
+                        format!("invalid value \"{other}\" (expected disable, allow or require)"),
+                    );
                     TlsMode::Allow
                 }
             };
@@ -321,8 +338,20 @@ impl Config {
                     }
                 },
             };
-            if users.insert(name.clone(), UserConfig { name: name.clone(), password }).is_some() {
-                e.push(&format!("{path}.name"), format!("duplicate user \"{name}\""));
+            if users
+                .insert(
+                    name.clone(),
+                    UserConfig {
+                        name: name.clone(),
+                        password,
+                    },
+                )
+                .is_some()
+            {
+                e.push(
+                    &format!("{path}.name"),
+                    format!("duplicate user \"{name}\""),
+                );
             }
         }
 
@@ -330,20 +359,29 @@ impl Config {
         for (name, d) in raw.databases {
             let path = format!("databases.{name}");
             if name == "pgsift" {
-                e.push(&path, "the name \"pgsift\" is reserved for the admin console");
+                e.push(
+                    &path,
+                    "the name \"pgsift\" is reserved for the admin console",
+                );
             }
             let pool_mode = match d.pool_mode.as_deref().unwrap_or("transaction") {
                 "session" => PoolMode::Session,
                 "transaction" => PoolMode::Transaction,
                 other => {
-                    e.push(&format!("{path}.pool_mode"), format!("invalid value \"{other}\" (expected session or transaction)"));
+                    e.push(
+                        &format!("{path}.pool_mode"),
+                        format!("invalid value \"{other}\" (expected session or transaction)"),
+                    );
                     PoolMode::Transaction
                 }
             };
             let pool_size = e.count(&format!("{path}.pool_size"), d.pool_size, 20, 1);
             let min_pool_size = e.count(&format!("{path}.min_pool_size"), d.min_pool_size, 0, 0);
             if min_pool_size > pool_size {
-                e.push(&format!("{path}.min_pool_size"), format!("must be <= pool_size ({pool_size})"));
+                e.push(
+                    &format!("{path}.min_pool_size"),
+                    format!("must be <= pool_size ({pool_size})"),
+                );
             }
             if d.port == Some(0) {
                 e.push(&format!("{path}.port"), "must be > 0");
@@ -365,19 +403,52 @@ impl Config {
 
         let p = raw.pool.unwrap_or_default();
         let pool = PoolConfig {
-            connect_timeout: e.duration("pool.connect_timeout", p.connect_timeout.as_ref(), Duration::from_secs(5)),
-            checkout_timeout: e.duration("pool.checkout_timeout", p.checkout_timeout.as_ref(), Duration::from_secs(5)),
-            idle_timeout: e.duration("pool.idle_timeout", p.idle_timeout.as_ref(), Duration::from_secs(600)),
-            server_lifetime: e.duration("pool.server_lifetime", p.server_lifetime.as_ref(), Duration::from_secs(3600)),
+            connect_timeout: e.duration(
+                "pool.connect_timeout",
+                p.connect_timeout.as_ref(),
+                Duration::from_secs(5),
+            ),
+            checkout_timeout: e.duration(
+                "pool.checkout_timeout",
+                p.checkout_timeout.as_ref(),
+                Duration::from_secs(5),
+            ),
+            idle_timeout: e.duration(
+                "pool.idle_timeout",
+                p.idle_timeout.as_ref(),
+                Duration::from_secs(600),
+            ),
+            server_lifetime: e.duration(
+                "pool.server_lifetime",
+                p.server_lifetime.as_ref(),
+                Duration::from_secs(3600),
+            ),
             max_client_conn: e.count("pool.max_client_conn", p.max_client_conn, 10_000, 1),
-            max_prepared_statements: e.count("pool.max_prepared_statements", p.max_prepared_statements, 1000, 0),
-            client_login_timeout: e.duration("pool.client_login_timeout", p.client_login_timeout.as_ref(), Duration::from_secs(15)),
-            max_message_size: e.size("pool.max_message_size", p.max_message_size.as_ref(), 256 << 20) as usize,
+            max_prepared_statements: e.count(
+                "pool.max_prepared_statements",
+                p.max_prepared_statements,
+                1000,
+                0,
+            ),
+            client_login_timeout: e.duration(
+                "pool.client_login_timeout",
+                p.client_login_timeout.as_ref(),
+                Duration::from_secs(15),
+            ),
+            max_message_size: e.size(
+                "pool.max_message_size",
+                p.max_message_size.as_ref(),
+                256 << 20,
+            ) as usize,
         };
         if pool.max_message_size < 1024 {
             e.push("pool.max_message_size", "must be at least 1KiB");
         }
-        for (key, d) in [("connect_timeout", pool.connect_timeout), ("checkout_timeout", pool.checkout_timeout), ("client_login_timeout", pool.client_login_timeout)] {
+        for (key, d) in [
+            ("connect_timeout", pool.connect_timeout),
+            ("checkout_timeout", pool.checkout_timeout),
+            ("client_login_timeout", pool.client_login_timeout),
+        ] {
             if d.is_zero() {
                 e.push(&format!("pool.{key}"), "must be > 0");
             }
@@ -386,20 +457,42 @@ impl Config {
         let c = raw.cache.unwrap_or_default();
         let backend = c.backend.unwrap_or_else(|| "memory".into());
         if !matches!(backend.as_str(), "off" | "memory" | "redis") {
-            e.push("cache.backend", format!("invalid value \"{backend}\" (expected off, memory or redis)"));
+            e.push(
+                "cache.backend",
+                format!("invalid value \"{backend}\" (expected off, memory or redis)"),
+            );
         }
-        let redis_url = c.redis_url.unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+        let redis_url = c
+            .redis_url
+            .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
         if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            e.push("cache.redis_url", format!("invalid value \"{redis_url}\" (expected redis:// or rediss://)"));
+            e.push(
+                "cache.redis_url",
+                format!("invalid value \"{redis_url}\" (expected redis:// or rediss://)"),
+            );
         }
-        let default_ttl = e.duration("cache.default_ttl", c.default_ttl.as_ref(), Duration::from_secs(60));
+        let default_ttl = e.duration(
+            "cache.default_ttl",
+            c.default_ttl.as_ref(),
+            Duration::from_secs(60),
+        );
         let mut rules = Vec::new();
         for (i, r) in c.rules.into_iter().enumerate() {
             if r.tables.is_empty() {
-                e.push(&format!("cache.rules[{i}].tables"), "must list at least one table");
+                e.push(
+                    &format!("cache.rules[{i}].tables"),
+                    "must list at least one table",
+                );
             }
-            let ttl = e.duration(&format!("cache.rules[{i}].ttl"), r.ttl.as_ref(), default_ttl);
-            rules.push(CacheRule { tables: r.tables, ttl });
+            let ttl = e.duration(
+                &format!("cache.rules[{i}].ttl"),
+                r.ttl.as_ref(),
+                default_ttl,
+            );
+            rules.push(CacheRule {
+                tables: r.tables,
+                ttl,
+            });
         }
         let cache = CacheConfig {
             backend,
@@ -407,7 +500,11 @@ impl Config {
             key_prefix: c.key_prefix.unwrap_or_else(|| "pgsift:".into()),
             max_memory: e.size("cache.max_memory", c.max_memory.as_ref(), 256 << 20),
             default_ttl,
-            max_result_bytes: e.size("cache.max_result_bytes", c.max_result_bytes.as_ref(), 1 << 20),
+            max_result_bytes: e.size(
+                "cache.max_result_bytes",
+                c.max_result_bytes.as_ref(),
+                1 << 20,
+            ),
             rules,
         };
 
@@ -415,14 +512,21 @@ impl Config {
         let n_plus_one = NPlusOneConfig {
             enabled: n.enabled.unwrap_or(true),
             min_repeats: e.count("n_plus_one.min_repeats", n.min_repeats, 5, 2),
-            max_gap: e.duration("n_plus_one.max_gap", n.max_gap.as_ref(), Duration::from_millis(100)),
+            max_gap: e.duration(
+                "n_plus_one.max_gap",
+                n.max_gap.as_ref(),
+                Duration::from_millis(100),
+            ),
             report_file: n.report_file,
         };
 
         let l = raw.logging.unwrap_or_default();
         let format = l.format.unwrap_or_else(|| "text".into());
         if !matches!(format.as_str(), "text" | "json") {
-            e.push("logging.format", format!("invalid value \"{format}\" (expected text or json)"));
+            e.push(
+                "logging.format",
+                format!("invalid value \"{format}\" (expected text or json)"),
+            );
         }
         let level = l.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
@@ -434,7 +538,10 @@ impl Config {
                 // An admin user without a login can never connect; say so, but
                 // only when users are configured at all (quick start has none).
                 if !users.is_empty() {
-                    e.push("admin.users", format!("user \"{name}\" is not listed under users"));
+                    e.push(
+                        "admin.users",
+                        format!("user \"{name}\" is not listed under users"),
+                    );
                 }
             }
         }
@@ -471,10 +578,18 @@ impl Config {
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default()
         };
-        let user = if u.username().is_empty() { "postgres".to_owned() } else { decode(u.username()) };
+        let user = if u.username().is_empty() {
+            "postgres".to_owned()
+        } else {
+            decode(u.username())
+        };
         let password = u.password().map(decode);
         let dbname = u.path().trim_start_matches('/');
-        let dbname = if dbname.is_empty() { user.clone() } else { decode(dbname) };
+        let dbname = if dbname.is_empty() {
+            user.clone()
+        } else {
+            decode(dbname)
+        };
         let host = match u.host() {
             Some(url::Host::Ipv6(a)) => a.to_string(),
             Some(h) => h.to_string(),
@@ -531,24 +646,49 @@ mod tests {
             "databases:\n  blog:\n    pool_size: 0\n    pool_mode: sometimes\npool:\n  connect_timeout: soon\n",
         )
         .unwrap_err();
-        assert!(err.0.contains(&"databases.blog.pool_size: must be > 0".to_string()), "{err}");
-        assert!(err.0.iter().any(|l| l.starts_with("databases.blog.pool_mode:")), "{err}");
-        assert!(err.0.iter().any(|l| l.starts_with("pool.connect_timeout:")), "{err}");
+        assert!(
+            err.0
+                .contains(&"databases.blog.pool_size: must be > 0".to_string()),
+            "{err}"
+        );
+        assert!(
+            err.0
+                .iter()
+                .any(|l| l.starts_with("databases.blog.pool_mode:")),
+            "{err}"
+        );
+        assert!(
+            err.0.iter().any(|l| l.starts_with("pool.connect_timeout:")),
+            "{err}"
+        );
     }
 
     #[test]
     fn upstream_url_gives_a_transaction_pool_for_its_database_and_user() {
-        let cfg = Config::from_upstream_url("postgresql://app:s%40cret@db.local:5433/shop").unwrap();
+        let cfg =
+            Config::from_upstream_url("postgresql://app:s%40cret@db.local:5433/shop").unwrap();
         let db = &cfg.databases["shop"];
-        assert_eq!((db.host.as_str(), db.port, db.pool_mode), ("db.local", 5433, PoolMode::Transaction));
-        assert_eq!(cfg.users["app"].password, Some(Password::Plain("s@cret".into())));
+        assert_eq!(
+            (db.host.as_str(), db.port, db.pool_mode),
+            ("db.local", 5433, PoolMode::Transaction)
+        );
+        assert_eq!(
+            cfg.users["app"].password,
+            Some(Password::Plain("s@cret".into()))
+        );
         assert_eq!(cfg.listen, DEFAULT_LISTEN);
     }
 
     #[test]
     fn password_kinds_are_recognised() {
-        assert_eq!(Password::parse("md5abcdefabcdefabcdefabcdefabcdefab").unwrap(), Password::Md5("md5abcdefabcdefabcdefabcdefabcdefab".into()));
-        assert_eq!(Password::parse("hunter2").unwrap(), Password::Plain("hunter2".into()));
+        assert_eq!(
+            Password::parse("md5abcdefabcdefabcdefabcdefabcdefab").unwrap(),
+            Password::Md5("md5abcdefabcdefabcdefabcdefabcdefab".into())
+        );
+        assert_eq!(
+            Password::parse("hunter2").unwrap(),
+            Password::Plain("hunter2".into())
+        );
         assert!(Password::parse("SCRAM-SHA-256$4096:bad").is_err());
     }
 }

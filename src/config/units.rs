@@ -20,7 +20,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         "d" => n * 86_400.0,
         "us" => n / 1_000_000.0,
-        _ => return Err(format!("invalid duration unit in \"{s}\" (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in \"{s}\" (use ms, s, m, h or d)"
+            ))
+        }
     };
     if !secs.is_finite() || secs > 1e9 {
         return Err(format!("duration \"{s}\" is out of range"));
@@ -41,7 +45,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("invalid size unit in \"{s}\" (use B, KiB, MiB or GiB)")),
+        _ => {
+            return Err(format!(
+                "invalid size unit in \"{s}\" (use B, KiB, MiB or GiB)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size \"{s}\" is out of range"))

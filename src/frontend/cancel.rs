@@ -53,7 +53,9 @@ impl CancelRegistry {
     /// Cancels whatever the key's client is running; unknown keys and idle
     /// clients are ignored silently, as Postgres does.
     pub async fn cancel(&self, pid: i32, secret: &[u8]) {
-        let Ok(secret) = <[u8; 4]>::try_from(secret) else { return };
+        let Ok(secret) = <[u8; 4]>::try_from(secret) else {
+            return;
+        };
         let key = (pid, i32::from_be_bytes(secret));
         let target = self.keys.get(&key).and_then(|t| t.get());
         if let Some((addr, spid, ssecret)) = target {

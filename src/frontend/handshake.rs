@@ -62,7 +62,11 @@ async fn refuse(stream: &mut ClientStream, code: &str, message: String) -> Hands
 /// Runs the handshake on a fresh connection.
 pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login, HandshakeEnd> {
     let config = app.config();
-    let tls_mode = config.tls.as_ref().map(|t| t.mode).unwrap_or(TlsMode::Disable);
+    let tls_mode = config
+        .tls
+        .as_ref()
+        .map(|t| t.mode)
+        .unwrap_or(TlsMode::Disable);
     let (major, minor, params) = loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
@@ -77,7 +81,9 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
             return Err(HandshakeEnd::Done);
         }
         match startup::parse(&body) {
-            Err(e @ StartupError::BadEncoding) => return Err(refuse(&mut stream, "22021", e.to_string()).await),
+            Err(e @ StartupError::BadEncoding) => {
+                return Err(refuse(&mut stream, "22021", e.to_string()).await)
+            }
             Err(e) => return Err(refuse(&mut stream, "08P01", e.to_string()).await),
             Ok(StartupPacket::SslRequest) => {
                 let acceptor = match (&app.tls, &stream) {
@@ -89,7 +95,9 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
                         continue;
                     }
                 };
-                let ClientStream::Plain(mut tcp) = stream else { unreachable!("checked above") };
+                let ClientStream::Plain(mut tcp) = stream else {
+                    unreachable!("checked above")
+                };
                 if tcp.write_all(b"S").await.is_err() {
                     return Err(HandshakeEnd::Done);
                 }
@@ -110,7 +118,11 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
                 app.cancels.cancel(pid, &secret).await;
                 return Err(HandshakeEnd::Done);
             }
-            Ok(StartupPacket::Startup { major, minor, params }) => break (major, minor, params),
+            Ok(StartupPacket::Startup {
+                major,
+                minor,
+                params,
+            }) => break (major, minor, params),
         }
     };
 
@@ -122,7 +134,11 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
         )
         .await);
     }
-    let unrecognized: Vec<&str> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.as_str()).collect();
+    let unrecognized: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
     if minor > 0 || !unrecognized.is_empty() {
         let mut b = BytesMut::new();
         messages::negotiate_protocol_version(&mut b, 0, &unrecognized);
@@ -131,13 +147,37 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
         }
     }
 
-    let lookup: HashMap<&str, &str> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let Some(user) = lookup.get("user").map(|s| s.to_string()).filter(|u| !u.is_empty()) else {
-        return Err(refuse(&mut stream, "28000", "no PostgreSQL user name specified in startup packet".into()).await);
+    let lookup: HashMap<&str, &str> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let Some(user) = lookup
+        .get("user")
+        .map(|s| s.to_string())
+        .filter(|u| !u.is_empty())
+    else {
+        return Err(refuse(
+            &mut stream,
+            "28000",
+            "no PostgreSQL user name specified in startup packet".into(),
+        )
+        .await);
     };
-    let database = lookup.get("database").filter(|d| !d.is_empty()).map(|s| s.to_string()).unwrap_or_else(|| user.clone());
-    if lookup.get("replication").is_some_and(|r| !matches!(*r, "false" | "off" | "no" | "0")) {
-        return Err(refuse(&mut stream, "08P01", "pgsift does not proxy replication connections".into()).await);
+    let database = lookup
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| user.clone());
+    if lookup
+        .get("replication")
+        .is_some_and(|r| !matches!(*r, "false" | "off" | "no" | "0"))
+    {
+        return Err(refuse(
+            &mut stream,
+            "08P01",
+            "pgsift does not proxy replication connections".into(),
+        )
+        .await);
     }
     if tls_mode == TlsMode::Require && !stream.is_tls() {
         return Err(refuse(
@@ -156,7 +196,10 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
     if let Some(opts) = lookup.get("options") {
         settings.extend(startup::parse_options(opts));
     }
-    let application_name = lookup.get("application_name").map(|s| s.to_string()).unwrap_or_default();
+    let application_name = lookup
+        .get("application_name")
+        .map(|s| s.to_string())
+        .unwrap_or_default();
 
     let mut rbuf = BytesMut::with_capacity(8192);
     let creds = app.credentials();
@@ -168,7 +211,12 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
     }
 
     let Some(pool) = app.pool(&database, &user) else {
-        return Err(refuse(&mut stream, "3D000", format!("database \"{database}\" does not exist")).await);
+        return Err(refuse(
+            &mut stream,
+            "3D000",
+            format!("database \"{database}\" does not exist"),
+        )
+        .await);
     };
 
     // A session-mode client holds a server from now on; a transaction-mode
@@ -195,7 +243,11 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
         }
     } else {
         for (k, v) in &settings {
-            if let Some(slot) = reported.iter_mut().find(|(rk, _)| rk.eq_ignore_ascii_case(k)).map(|(_, v)| v) {
+            if let Some(slot) = reported
+                .iter_mut()
+                .find(|(rk, _)| rk.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v)
+            {
                 *slot = v.clone();
             }
         }
@@ -233,4 +285,3 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
         cancel,
     })
 }
-

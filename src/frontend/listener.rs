@@ -50,18 +50,21 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
 
 async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAddr) {
     let login_timeout = app.config().pool.client_login_timeout;
-    let login = match tokio::time::timeout(login_timeout, handshake(&app, ClientStream::Plain(socket))).await {
-        Err(_) => {
-            tracing::info!(client = %peer, "client did not log in within client_login_timeout");
-            return;
-        }
-        Ok(Err(HandshakeEnd::Done)) => return,
-        Ok(Err(HandshakeEnd::Refused(code, msg))) => {
-            tracing::info!(client = %peer, code = %code, "login refused: {msg}");
-            return;
-        }
-        Ok(Ok(login)) => login,
-    };
+    let login =
+        match tokio::time::timeout(login_timeout, handshake(&app, ClientStream::Plain(socket)))
+            .await
+        {
+            Err(_) => {
+                tracing::info!(client = %peer, "client did not log in within client_login_timeout");
+                return;
+            }
+            Ok(Err(HandshakeEnd::Done)) => return,
+            Ok(Err(HandshakeEnd::Refused(code, msg))) => {
+                tracing::info!(client = %peer, code = %code, "login refused: {msg}");
+                return;
+            }
+            Ok(Ok(login)) => login,
+        };
     tracing::debug!(client = %peer, user = %login.user, database = %login.database, application = %login.application_name, "client logged in");
     let pool = login.pool.clone();
     pool.counts.clients.fetch_add(1, Ordering::Relaxed);
@@ -82,11 +85,14 @@ async fn refuse_too_many(app: Arc<App>, mut socket: TcpStream) {
             socket.read_exact(&mut body).await?;
             match crate::protocol::startup::parse(&body) {
                 Ok(crate::protocol::startup::StartupPacket::SslRequest)
-                | Ok(crate::protocol::startup::StartupPacket::GssEncRequest) => socket.write_all(b"N").await?,
+                | Ok(crate::protocol::startup::StartupPacket::GssEncRequest) => {
+                    socket.write_all(b"N").await?
+                }
                 _ => break,
             }
         }
-        let err = messages::error_bytes(Severity::Fatal, "53300", "sorry, too many clients already");
+        let err =
+            messages::error_bytes(Severity::Fatal, "53300", "sorry, too many clients already");
         socket.write_all(&err).await
     })
     .await;

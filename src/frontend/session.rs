@@ -17,7 +17,9 @@ use crate::app::App;
 use crate::backend::server::{note_parameter_status, send_cancel};
 use crate::backend::{Checkout, Pool};
 use crate::config::PoolMode;
-use crate::protocol::frame::{is_backend_type, is_frontend_type, missing_bytes, peek_frame, FrameError};
+use crate::protocol::frame::{
+    is_backend_type, is_frontend_type, missing_bytes, peek_frame, FrameError,
+};
 use crate::protocol::messages::{self, Severity};
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -146,7 +148,10 @@ impl Outbox {
     }
 }
 
-async fn read_opt(r: Option<&mut OwnedReadHalf>, buf: Option<&mut BytesMut>) -> std::io::Result<usize> {
+async fn read_opt(
+    r: Option<&mut OwnedReadHalf>,
+    buf: Option<&mut BytesMut>,
+) -> std::io::Result<usize> {
     match (r, buf) {
         (Some(r), Some(buf)) => {
             buf.reserve(missing_bytes(buf).clamp(16 * 1024, 1 << 20));
@@ -206,7 +211,8 @@ impl Session {
     }
 
     async fn forward(&mut self, stream: ClientStream, mut cbuf: BytesMut) {
-        let (mut cr, mut cw): (ReadHalf<ClientStream>, WriteHalf<ClientStream>) = tokio::io::split(stream);
+        let (mut cr, mut cw): (ReadHalf<ClientStream>, WriteHalf<ClientStream>) =
+            tokio::io::split(stream);
         let mut to_client = Outbox::default();
         let mut to_server = Outbox::default();
         let mut shutdown = self.app.shutdown_signal();
@@ -215,13 +221,22 @@ impl Session {
         let mut pending_input = !cbuf.is_empty();
 
         let end = loop {
-            if self.mode == PoolMode::Transaction && to_server.is_empty() && self.state.quiet() && self.state.tx == b'I' {
+            if self.mode == PoolMode::Transaction
+                && to_server.is_empty()
+                && self.state.quiet()
+                && self.state.tx == b'I'
+            {
                 if let Some(co) = self.server.take() {
                     self.cancel.clear();
                     self.pool.checkin(co);
                 }
             }
-            if draining && to_client.is_empty() && to_server.is_empty() && self.state.quiet() && self.state.tx == b'I' {
+            if draining
+                && to_client.is_empty()
+                && to_server.is_empty()
+                && self.state.quiet()
+                && self.state.tx == b'I'
+            {
                 break End::Shutdown;
             }
 
@@ -230,7 +245,11 @@ impl Session {
                 Event::ClientRead(Ok(cbuf.len()))
             } else {
                 let (sr, sw, sbuf) = match self.server.as_mut() {
-                    Some(co) => (Some(&mut co.server.reader), Some(&mut co.server.writer), Some(&mut co.server.rbuf)),
+                    Some(co) => (
+                        Some(&mut co.server.reader),
+                        Some(&mut co.server.writer),
+                        Some(&mut co.server.rbuf),
+                    ),
                     None => (None, None, None),
                 };
                 let read_client = to_server.len < HIGH_WATER;
@@ -254,15 +273,21 @@ impl Session {
                 }
                 Event::ClientWrote(_) => break End::ClientGone,
                 Event::ServerWrote(Ok(n)) if n > 0 => to_server.advance(n),
-                Event::ServerWrote(Ok(_)) => break End::ServerLost("server closed the connection".into()),
+                Event::ServerWrote(Ok(_)) => {
+                    break End::ServerLost("server closed the connection".into())
+                }
                 Event::ServerWrote(Err(e)) => break End::ServerLost(e.to_string()),
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => break End::ClientGone,
-                Event::ClientRead(Ok(_)) => match self.client_input(&mut cbuf, &mut to_server).await {
-                    Ok(true) => {}
-                    Ok(false) => break End::ClientGone,
-                    Err(end) => break end,
-                },
-                Event::ServerRead(Ok(0)) => break End::ServerLost("server closed the connection unexpectedly".into()),
+                Event::ClientRead(Ok(_)) => {
+                    match self.client_input(&mut cbuf, &mut to_server).await {
+                        Ok(true) => {}
+                        Ok(false) => break End::ClientGone,
+                        Err(end) => break end,
+                    }
+                }
+                Event::ServerRead(Ok(0)) => {
+                    break End::ServerLost("server closed the connection unexpectedly".into())
+                }
                 Event::ServerRead(Err(e)) => break End::ServerLost(e.to_string()),
                 Event::ServerRead(Ok(_)) => {
                     if let Err(end) = self.server_input(&mut to_client) {
@@ -276,10 +301,18 @@ impl Session {
         let farewell = match &end {
             End::ClientGone => None,
             End::ClientProtocol(e) => Some(("08P01".to_owned(), e.to_string())),
-            End::ServerLost(e) => Some(("08006".to_owned(), format!("server connection lost: {e}"))),
-            End::ServerProtocol(e) => Some(("08P01".to_owned(), format!("server sent an invalid message: {e}"))),
+            End::ServerLost(e) => {
+                Some(("08006".to_owned(), format!("server connection lost: {e}")))
+            }
+            End::ServerProtocol(e) => Some((
+                "08P01".to_owned(),
+                format!("server sent an invalid message: {e}"),
+            )),
             End::NoServer(code, e) => Some((code.clone(), e.clone())),
-            End::Shutdown => Some(("57P01".to_owned(), "terminating connection because pgsift is shutting down".to_owned())),
+            End::Shutdown => Some((
+                "57P01".to_owned(),
+                "terminating connection because pgsift is shutting down".to_owned(),
+            )),
         };
         if let Some((code, msg)) = farewell {
             let mut b = BytesMut::new();
@@ -302,8 +335,13 @@ impl Session {
         self.app.cancels.remove(self.cancel_key);
         self.cancel.clear();
         if let Some(co) = self.server.take() {
-            let state = if matches!(end, End::ServerLost(_) | End::ServerProtocol(_)) || !to_server.is_empty() {
-                ServerState { pending: 1, ..self.state }
+            let state = if matches!(end, End::ServerLost(_) | End::ServerProtocol(_))
+                || !to_server.is_empty()
+            {
+                ServerState {
+                    pending: 1,
+                    ..self.state
+                }
             } else {
                 self.state
             };
@@ -317,7 +355,11 @@ impl Session {
 
     /// Frames what the client sent and queues it for the server, checking out
     /// a server first when the client holds none. `Ok(false)`: Terminate.
-    async fn client_input(&mut self, cbuf: &mut BytesMut, to_server: &mut Outbox) -> Result<bool, End> {
+    async fn client_input(
+        &mut self,
+        cbuf: &mut BytesMut,
+        to_server: &mut Outbox,
+    ) -> Result<bool, End> {
         let mut end = 0;
         let mut terminate = false;
         loop {
@@ -360,13 +402,18 @@ impl Session {
             .checkout()
             .await
             .map_err(|e| End::NoServer(e.code(), e.to_string()))?;
-        if let Err(e) = co.server.sync_settings(&self.settings, &self.pool.defaults()).await {
+        if let Err(e) = co
+            .server
+            .sync_settings(&self.settings, &self.pool.defaults())
+            .await
+        {
             let msg = e.to_string();
             let code = e.code();
             self.pool.discard(co);
             return Err(End::NoServer(code, msg));
         }
-        self.cancel.set(co.server.addr, co.server.pid, co.server.secret);
+        self.cancel
+            .set(co.server.addr, co.server.pid, co.server.secret);
         self.server = Some(co);
         Ok(())
     }
@@ -374,7 +421,9 @@ impl Session {
     /// Frames what the server sent, tracks ReadyForQuery and ParameterStatus,
     /// and queues complete messages for the client.
     fn server_input(&mut self, to_client: &mut Outbox) -> Result<(), End> {
-        let Some(co) = self.server.as_mut() else { return Ok(()) };
+        let Some(co) = self.server.as_mut() else {
+            return Ok(());
+        };
         let server = &mut co.server;
         let mut end = 0;
         loop {
@@ -388,8 +437,14 @@ impl Session {
                     self.state.tx = server.rbuf[end + 5];
                     self.state.pending = self.state.pending.saturating_sub(1);
                 }
-                b'S' => note_parameter_status(&mut server.params, &mut server.applied, &server.rbuf[end + 5..end + total]),
-                t if !is_backend_type(t) => return Err(End::ServerProtocol(FrameError::UnknownType(t).to_string())),
+                b'S' => note_parameter_status(
+                    &mut server.params,
+                    &mut server.applied,
+                    &server.rbuf[end + 5..end + total],
+                ),
+                t if !is_backend_type(t) => {
+                    return Err(End::ServerProtocol(FrameError::UnknownType(t).to_string()))
+                }
                 _ => {}
             }
             end += total;

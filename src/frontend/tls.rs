@@ -13,7 +13,8 @@ pub fn acceptor(cfg: &TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
         .with_context(|| format!("tls.cert: cannot read \"{}\"", cfg.cert))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("tls.cert: invalid PEM in \"{}\"", cfg.cert))?;
-    let key = PrivateKeyDer::from_pem_file(&cfg.key).with_context(|| format!("tls.key: cannot read a private key from \"{}\"", cfg.key))?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key)
+        .with_context(|| format!("tls.key: cannot read a private key from \"{}\"", cfg.key))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

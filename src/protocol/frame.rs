@@ -64,7 +64,19 @@ pub fn missing_bytes(buf: &[u8]) -> usize {
 pub fn is_frontend_type(tag: u8) -> bool {
     matches!(
         tag,
-        b'B' | b'C' | b'd' | b'c' | b'f' | b'D' | b'E' | b'H' | b'F' | b'P' | b'p' | b'Q' | b'S' | b'X'
+        b'B' | b'C'
+            | b'd'
+            | b'c'
+            | b'f'
+            | b'D'
+            | b'E'
+            | b'H'
+            | b'F'
+            | b'P'
+            | b'p'
+            | b'Q'
+            | b'S'
+            | b'X'
     )
 }
 
@@ -132,13 +144,19 @@ mod tests {
 
     #[test]
     fn length_below_four_is_rejected() {
-        assert_eq!(peek_frame(b"Q\0\0\0\x03", 100), Err(FrameError::BadLength(3)));
+        assert_eq!(
+            peek_frame(b"Q\0\0\0\x03", 100),
+            Err(FrameError::BadLength(3))
+        );
     }
 
     #[test]
     fn oversized_length_is_rejected_before_buffering() {
         let msg = [b'd', 0x7f, 0xff, 0xff, 0xff];
-        assert!(matches!(peek_frame(&msg, 1 << 20), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            peek_frame(&msg, 1 << 20),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

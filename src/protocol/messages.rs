@@ -250,7 +250,12 @@ mod tests {
     #[test]
     fn error_response_round_trips_through_the_parser() {
         let mut b = BytesMut::new();
-        error_response(&mut b, Severity::Fatal, "28P01", "password authentication failed");
+        error_response(
+            &mut b,
+            Severity::Fatal,
+            "28P01",
+            "password authentication failed",
+        );
         assert_eq!(b[0], b'E');
         let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
         assert_eq!(len + 1, b.len());

@@ -182,7 +182,10 @@ mod tests {
             StartupPacket::Startup {
                 major: 3,
                 minor: 0,
-                params: vec![("user".into(), "blog".into()), ("database".into(), "blog".into())]
+                params: vec![
+                    ("user".into(), "blog".into()),
+                    ("database".into(), "blog".into())
+                ]
             }
         );
     }
@@ -197,13 +200,19 @@ mod tests {
     #[test]
     fn lengths_outside_postgres_limits_are_rejected() {
         assert_eq!(body_len(3u32.to_be_bytes()), Err(StartupError::BadLength));
-        assert_eq!(body_len(20_000u32.to_be_bytes()), Err(StartupError::BadLength));
+        assert_eq!(
+            body_len(20_000u32.to_be_bytes()),
+            Err(StartupError::BadLength)
+        );
         assert_eq!(body_len(8u32.to_be_bytes()), Ok(4));
     }
 
     #[test]
     fn ssl_and_cancel_requests_are_recognised() {
-        assert_eq!(parse(&SSL_REQUEST.to_be_bytes()), Ok(StartupPacket::SslRequest));
+        assert_eq!(
+            parse(&SSL_REQUEST.to_be_bytes()),
+            Ok(StartupPacket::SslRequest)
+        );
         let mut c = CANCEL_REQUEST.to_be_bytes().to_vec();
         c.extend_from_slice(&7i32.to_be_bytes());
         c.extend_from_slice(&[1, 2, 3, 4]);

@@ -19,11 +19,19 @@ pub const SUPERPASS: &str = "postgres";
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 fn pg_bin_dir() -> PathBuf {
@@ -59,33 +67,64 @@ impl Postgres {
     /// initdb (scram-sha-256 over TCP) and start on a free port.
     pub fn start() -> Postgres {
         let bin = pg_bin_dir();
-        let dir = std::env::temp_dir().join(format!("pgsift-test-pg-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "pgsift-test-pg-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, SUPERPASS).unwrap();
         if is_root() {
-            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
             assert!(ok.success());
         }
         let data = dir.join("data");
         let out = pg_command(&bin.join("initdb"))
             .arg("-D")
             .arg(&data)
-            .args(["-U", SUPERUSER, "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"])
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .unwrap();
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let conf = "\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\nshared_buffers = 64MB\nlisten_addresses = '127.0.0.1'\n";
-        let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
         f.write_all(conf.as_bytes()).unwrap();
         // md5 logins for the md5 test role, scram for everyone else
         let hba = "local all all trust\nhost all md5user 127.0.0.1/32 md5\nhost all all 127.0.0.1/32 scram-sha-256\n";
         std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
         if is_root() {
-            Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
         }
-        let pg = Postgres { port: free_port(), dir, bin };
+        let pg = Postgres {
+            port: free_port(),
+            dir,
+            bin,
+        };
         pg.pg_ctl_start();
         pg.watchdog();
         pg
@@ -107,7 +146,11 @@ impl Postgres {
             .stdout(Stdio::null())
             .output()
             .unwrap();
-        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Stops the server (`fast` or `immediate`).
@@ -127,6 +170,8 @@ impl Postgres {
     }
 
     /// Stops Postgres when this test process exits, however it exits.
+    // The watchdog must outlive this process, so it is never waited for.
+    #[allow(clippy::zombie_processes)]
     fn watchdog(&self) {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {cmd} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
@@ -153,16 +198,32 @@ impl Postgres {
         let out = Command::new("psql")
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
-            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", db, "-c", sql])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql failed on {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// A libpq URL straight to this server.
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
-        format!("postgresql://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+        format!(
+            "postgresql://{user}:{password}@127.0.0.1:{}/{db}",
+            self.port
+        )
     }
 }
 
@@ -182,7 +243,10 @@ pub fn setup_roles(pg: &Postgres) {
     pg.psql("postgres", "CREATE ROLE blog LOGIN PASSWORD 'blogpw'");
     pg.psql("postgres", "CREATE DATABASE blog OWNER blog");
     pg.psql("postgres", "CREATE DATABASE app OWNER blog");
-    pg.psql("postgres", "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5pw'");
+    pg.psql(
+        "postgres",
+        "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5pw'",
+    );
     pg.psql("postgres", "GRANT ALL ON DATABASE app TO md5user");
 }
 
@@ -215,7 +279,8 @@ impl Proxy {
 
     /// Starts pgsift with a complete config text.
     pub fn start_with_yaml(yaml: String, port: u16, admin_port: u16) -> Proxy {
-        let dir = std::env::temp_dir().join(format!("pgsift-test-proxy-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("pgsift-test-proxy-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, yaml).unwrap();
@@ -224,7 +289,10 @@ impl Proxy {
         let child = Command::new(env!("CARGO_BIN_EXE_pgsift"))
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", std::env::var("PGSIFT_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("PGSIFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -259,12 +327,18 @@ impl Proxy {
 
     /// A libpq URL through the proxy.
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
-        format!("postgresql://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+        format!(
+            "postgresql://{user}:{password}@127.0.0.1:{}/{db}",
+            self.port
+        )
     }
 
     /// A tokio-postgres config string through the proxy.
     pub fn conn_str(&self, user: &str, password: &str, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            self.port
+        )
     }
 
     /// The OS process id.
@@ -274,7 +348,11 @@ impl Proxy {
 
     /// Sends a signal (`TERM`, `HUP`, …).
     pub fn signal(&self, sig: &str) {
-        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
     }
 
     /// Waits for the process to exit; `None` on timeout.
@@ -302,13 +380,24 @@ impl Drop for Proxy {
 
 /// A minimal HTTP GET against 127.0.0.1; returns status and body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(2)).ok()?;
+    let mut s = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
