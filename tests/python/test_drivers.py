@@ -7,7 +7,8 @@ pgsift and sets:
   DIRECT_URL  libpq URL straight to Postgres (user blog, database app)
 
 Every test runs the same work once through each URL and compares the results
-exactly (values and their Python types; NaN compares equal to NaN).
+exactly (values, their Python types, column names and type OIDs; NaN
+compares equal to NaN), and for a failure names the first row that differs.
 """
 
 import asyncio
@@ -20,7 +21,6 @@ import asyncpg
 import psycopg
 import psycopg2
 import psycopg2.errors
-import psycopg2.extras
 import pytest
 
 DRIVERS = ["psycopg2", "psycopg3-text", "psycopg3-binary", "asyncpg"]
@@ -44,30 +44,28 @@ def direct_url():
     return _url("DIRECT_URL")
 
 
-def both(proxy_url, direct_url):
-    return [("pgsift", proxy_url), ("direct", direct_url)]
-
-
 # ---------------------------------------------------------------- helpers
 
 
-def canon(value):
-    """A comparable form of a driver value: exact, type-aware, NaN-safe."""
-    if isinstance(value, (list, tuple)):
-        return [canon(v) for v in value]
-    if isinstance(value, asyncpg.Record):
-        return [canon(v) for v in tuple(value)]
-    if isinstance(value, dict):
-        return {k: canon(v) for k, v in value.items()}
-    if isinstance(value, memoryview):
-        return ("bytes", bytes(value))
-    # repr keeps the type and every digit: Decimal('1.50') vs Decimal('1.5'),
-    # -0.0 vs 0.0, nan, tz offsets of datetimes.
-    return (type(value).__name__, repr(value))
+def canon(row):
+    """A comparable form of one row: exact, type-aware, NaN-safe.
+
+    repr keeps the type and every digit (Decimal('1.50') vs Decimal('1.5'),
+    -0.0 vs 0.0, 1 vs 1.0 vs True, nan, tz offsets of datetimes); psycopg2's
+    bytea memoryviews become bytes first.
+    """
+    return repr(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row))
 
 
 def canon_rows(rows):
     return [canon(r) for r in rows]
+
+
+def assert_same_rows(through, direct):
+    """Equal canonical rows; on failure names the first row that differs."""
+    assert len(through) == len(direct), f"{len(through)} rows through pgsift, {len(direct)} directly"
+    for i, (a, b) in enumerate(zip(through, direct)):
+        assert a == b, f"row {i} differs:\n  pgsift: {a}\n  direct: {b}"
 
 
 def run(coro):
@@ -93,31 +91,43 @@ def table(direct_url, request):
 
 
 def fetch_rows(driver, url, sql):
-    """All rows of `sql` read with `driver`, in canonical form."""
+    """(column names and type OIDs, canonical rows) of `sql` read with `driver`."""
     if driver == "psycopg2":
         conn = psycopg2.connect(url, connect_timeout=CONNECT_TIMEOUT)
         try:
             with conn.cursor() as cur:
                 cur.execute(sql)
-                return canon_rows(cur.fetchall())
+                rows = canon_rows(cur.fetchall())
+                return [(d.name, d.type_code) for d in cur.description], rows
         finally:
             conn.close()
     if driver.startswith("psycopg3"):
         with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT) as conn:
             with conn.cursor(binary=driver.endswith("binary")) as cur:
                 cur.execute(sql)
-                return canon_rows(cur.fetchall())
+                rows = canon_rows(cur.fetchall())
+                return [(d.name, d.type_code) for d in cur.description], rows
     if driver == "asyncpg":
 
         async def go():
             conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
             try:
-                return canon_rows(await conn.fetch(sql))
+                stmt = await conn.prepare(sql)
+                rows = canon_rows(await stmt.fetch())
+                return [(a.name, a.type.oid) for a in stmt.get_attributes()], rows
             finally:
                 await conn.close()
 
         return run(go())
     raise AssertionError(driver)
+
+
+def assert_same_result(driver, proxy_url, direct_url, sql, expected_rows):
+    through_cols, through = fetch_rows(driver, proxy_url, sql)
+    direct_cols, direct = fetch_rows(driver, direct_url, sql)
+    assert len(direct) == expected_rows
+    assert through_cols == direct_cols
+    assert_same_rows(through, direct)
 
 
 # ------------------------------------------------------- every common type
@@ -190,14 +200,11 @@ def types_table(direct_url):
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_every_common_type_reads_the_same_through_pgsift_as_directly(driver, types_table, proxy_url, direct_url):
     sql = f"SELECT * FROM {types_table} ORDER BY id"
-    through = fetch_rows(driver, proxy_url, sql)
-    direct = fetch_rows(driver, direct_url, sql)
-    assert len(direct) == TYPES_COUNT
-    assert through == direct
+    assert_same_result(driver, proxy_url, direct_url, sql, TYPES_COUNT)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_every_common_type_reads_the_same_as_literal_parameters(driver, proxy_url, direct_url):
+def test_every_common_type_as_literals_reads_the_same_through_pgsift_as_directly(driver, proxy_url, direct_url):
     # The same values as a bare SELECT of literals: no table, every column's
     # type comes straight from the expression.
     sql = (
@@ -207,7 +214,7 @@ def test_every_common_type_reads_the_same_as_literal_parameters(driver, proxy_ur
         "ARRAY[1, NULL]::int[], ARRAY['a', NULL]::text[], '{\"k\": [1]}'::json, '{\"k\": [1]}'::jsonb, "
         "NULL::int, NULL::text, NULL::bytea, NULL::jsonb, NULL::int[]"
     )
-    assert fetch_rows(driver, proxy_url, sql) == fetch_rows(driver, direct_url, sql)
+    assert_same_result(driver, proxy_url, direct_url, sql, 1)
 
 
 # ------------------------------------------------------------- big results
@@ -222,11 +229,7 @@ BIG_SQL = (
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_a_hundred_thousand_row_result_reads_the_same_through_pgsift_as_directly(driver, proxy_url, direct_url):
-    through = fetch_rows(driver, proxy_url, BIG_SQL)
-    direct = fetch_rows(driver, direct_url, BIG_SQL)
-    assert len(through) == BIG_ROWS
-    assert len(direct) == BIG_ROWS
-    assert through == direct
+    assert_same_result(driver, proxy_url, direct_url, BIG_SQL, BIG_ROWS)
 
 
 def test_a_hundred_thousand_row_result_streams_through_a_psycopg2_server_side_cursor(proxy_url, direct_url):
@@ -240,9 +243,9 @@ def test_a_hundred_thousand_row_result_streams_through_a_psycopg2_server_side_cu
         finally:
             conn.close()
 
-    through = read(proxy_url)
-    assert len(through) == BIG_ROWS
-    assert through == read(direct_url)
+    direct = read(direct_url)
+    assert len(direct) == BIG_ROWS
+    assert_same_rows(read(proxy_url), direct)
 
 
 # ------------------------------------------------------------------ COPY
@@ -347,7 +350,7 @@ def test_psycopg3_binary_copy_round_trips_a_hundred_thousand_rows_through_pgsift
                 back_text = b"".join(bytes(block) for block in copy)
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)
-    assert canon_rows(back_binary) == canon_rows(rows)
+    assert_same_rows(canon_rows(back_binary), canon_rows(rows))
     assert back_text.decode() == text
     assert direct_copy_text(direct_url, table) == text
 
@@ -371,7 +374,7 @@ def test_asyncpg_copy_round_trips_a_hundred_thousand_rows_through_pgsift(table, 
 
     out, fetched = run(go())
     assert out.decode() == text
-    assert canon_rows(fetched) == canon_rows(rows)
+    assert_same_rows(canon_rows(fetched), canon_rows(rows))
     assert direct_copy_text(direct_url, table) == text
 
 
