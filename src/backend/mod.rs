@@ -3,6 +3,7 @@
 //! limits (idle timeout, server lifetime, min_pool_size, reconnect backoff).
 
 pub mod pool;
+pub mod prepared;
 pub mod server;
 
 pub use pool::{Checkout, Pool, PoolError, PoolKey};

@@ -166,6 +166,11 @@ impl Pool {
         self.defaults.lock().clone().unwrap_or_default()
     }
 
+    /// True when a client could get a server without waiting in the queue.
+    pub fn has_free_slot(&self) -> bool {
+        self.slots.available_permits() > 0
+    }
+
     /// Waits (FIFO, at most checkout_timeout) for a slot, then hands out an
     /// idle server or opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {

@@ -94,6 +94,8 @@ pub struct ServerConnection {
     pub created: Instant,
     /// when it was last returned to the pool
     pub last_used: Instant,
+    /// pgsift's shared prepared statements on this server
+    pub prepared: super::prepared::PreparedOnServer,
 }
 
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -148,6 +150,7 @@ impl ServerConnection {
             applied: HashMap::new(),
             created: now,
             last_used: now,
+            prepared: Default::default(),
         })
     }
 
@@ -179,6 +182,7 @@ impl ServerConnection {
             match tag {
                 b'E' => error = Some(parse_error_fields(&msg[5..])),
                 b'S' => self.note_parameter_status(&msg[5..]),
+                b'C' if is_discard_tag(&msg[5..]) => self.prepared.clear(),
                 b'Z' => {
                     let status = msg.get(5).copied().unwrap_or(b'I');
                     return match error {
@@ -284,6 +288,12 @@ pub fn note_parameter_status(
         applied.remove(&k.to_ascii_lowercase());
         params.insert(k, v);
     }
+}
+
+/// True for the CommandComplete tags after which a server holds no prepared
+/// statements any more.
+pub fn is_discard_tag(body: &[u8]) -> bool {
+    body.starts_with(b"DISCARD ALL\0") || body.starts_with(b"DEALLOCATE ALL\0")
 }
 
 /// Quotes a string as an SQL literal.

@@ -5,6 +5,8 @@
 pub mod cancel;
 pub mod handshake;
 pub mod listener;
+pub mod pipeline;
 pub mod session;
+pub mod settings;
 pub mod stream;
 pub mod tls;

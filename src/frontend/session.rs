@@ -12,6 +12,8 @@
 
 use super::cancel::CancelTarget;
 use super::handshake::Login;
+use super::pipeline::Pipeline;
+use super::settings::SettingsTracker;
 use super::stream::ClientStream;
 use crate::app::App;
 use crate::backend::server::{note_parameter_status, send_cancel};
@@ -177,8 +179,11 @@ pub struct Session {
     cancel: Arc<CancelTarget>,
     cancel_key: (i32, i32),
     max_message: usize,
+    max_prepared: usize,
     server: Option<Checkout>,
     state: ServerState,
+    pipeline: Pipeline,
+    settings_changes: SettingsTracker,
 }
 
 impl Session {
@@ -195,17 +200,20 @@ impl Session {
             ..
         } = login;
         let mode = pool.settings().mode;
-        let max_message = app.config().pool.max_message_size;
+        let config = app.config();
         let mut session = Session {
+            max_message: config.pool.max_message_size,
+            max_prepared: config.pool.max_prepared_statements,
             app,
             pool,
             mode,
             settings,
             cancel,
             cancel_key,
-            max_message,
             server,
             state: ServerState::idle(),
+            pipeline: Pipeline::default(),
+            settings_changes: SettingsTracker::default(),
         };
         session.forward(stream, rbuf).await;
     }
@@ -223,19 +231,27 @@ impl Session {
         let end = loop {
             if self.mode == PoolMode::Transaction
                 && to_server.is_empty()
-                && self.state.quiet()
-                && self.state.tx == b'I'
+                && self.idle_outside_transaction()
             {
                 if let Some(co) = self.server.take() {
                     self.cancel.clear();
-                    self.pool.checkin(co);
+                    if self.pipeline.desync {
+                        tracing::warn!("server replies were out of step with the client's requests; closing that server");
+                        self.pipeline.desync = false;
+                        self.pool.discard(co);
+                    } else {
+                        self.pool.checkin(co);
+                    }
+                    if cbuf.is_empty() {
+                        // an idle client keeps no read buffer
+                        cbuf = BytesMut::new();
+                    }
                 }
             }
             if draining
                 && to_client.is_empty()
                 && to_server.is_empty()
-                && self.state.quiet()
-                && self.state.tx == b'I'
+                && self.idle_outside_transaction()
             {
                 break End::Shutdown;
             }
@@ -279,7 +295,10 @@ impl Session {
                 Event::ServerWrote(Err(e)) => break End::ServerLost(e.to_string()),
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => break End::ClientGone,
                 Event::ClientRead(Ok(_)) => {
-                    match self.client_input(&mut cbuf, &mut to_server).await {
+                    match self
+                        .client_input(&mut cbuf, &mut to_server, &mut to_client)
+                        .await
+                    {
                         Ok(true) => {}
                         Ok(false) => break End::ClientGone,
                         Err(end) => break end,
@@ -335,9 +354,9 @@ impl Session {
         self.app.cancels.remove(self.cancel_key);
         self.cancel.clear();
         if let Some(co) = self.server.take() {
-            let state = if matches!(end, End::ServerLost(_) | End::ServerProtocol(_))
-                || !to_server.is_empty()
-            {
+            let in_flight =
+                !to_server.is_empty() || !self.pipeline.is_empty() || self.pipeline.desync;
+            let state = if matches!(end, End::ServerLost(_) | End::ServerProtocol(_)) || in_flight {
                 ServerState {
                     pending: 1,
                     ..self.state
@@ -353,15 +372,22 @@ impl Session {
         }
     }
 
+    /// True when the server owes nothing and no transaction is open.
+    fn idle_outside_transaction(&self) -> bool {
+        self.state.quiet() && self.state.tx == b'I' && self.pipeline.is_empty()
+    }
+
     /// Frames what the client sent and queues it for the server, checking out
     /// a server first when the client holds none. `Ok(false)`: Terminate.
     async fn client_input(
         &mut self,
         cbuf: &mut BytesMut,
         to_server: &mut Outbox,
+        to_client: &mut Outbox,
     ) -> Result<bool, End> {
         let mut end = 0;
         let mut terminate = false;
+        let transaction_mode = self.mode == PoolMode::Transaction;
         loop {
             let (tag, total) = match peek_frame(&cbuf[end..], self.max_message) {
                 Ok(Some(f)) => f,
@@ -384,13 +410,39 @@ impl Session {
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.state.unsynced = true,
                 _ => {}
             }
+            if transaction_mode && matches!(tag, b'Q' | b'P') {
+                self.settings_changes.observe(tag, &cbuf[end..end + total]);
+            }
             end += total;
         }
         if end > 0 {
+            let chunk = cbuf.split_to(end).freeze();
             if self.server.is_none() {
+                if transaction_mode && !self.pool.has_free_slot() {
+                    if let Some(replies) = self.pipeline.acknowledge_prepares(&chunk) {
+                        self.state = ServerState::idle();
+                        replies.into_iter().for_each(|b| to_client.push(b));
+                        return Ok(!terminate);
+                    }
+                }
                 self.attach_server().await?;
             }
-            to_server.push(cbuf.split_to(end).freeze());
+            match self.server.as_mut() {
+                Some(co) if transaction_mode => {
+                    let mut out = Vec::new();
+                    self.pipeline.client_messages(
+                        &chunk,
+                        &mut co.server,
+                        self.max_prepared,
+                        &mut out,
+                    );
+                    out.into_iter().for_each(|b| to_server.push(b));
+                    let mut made = Vec::new();
+                    self.pipeline.emit_made(&mut made);
+                    made.into_iter().for_each(|b| to_client.push(b));
+                }
+                _ => to_server.push(chunk),
+            }
         }
         Ok(!terminate)
     }
@@ -424,6 +476,26 @@ impl Session {
         let Some(co) = self.server.as_mut() else {
             return Ok(());
         };
+        if self.mode == PoolMode::Transaction {
+            let mut out = Vec::new();
+            let state = &mut self.state;
+            let tracker = &mut self.settings_changes;
+            let settings = &mut self.settings;
+            let routed = self
+                .pipeline
+                .server_messages(&mut co.server, &mut out, |tag, msg| match tag {
+                    b'Z' if msg.len() == 6 => {
+                        state.tx = msg[5];
+                        state.pending = state.pending.saturating_sub(1);
+                        tracker.ready(msg[5], settings);
+                    }
+                    b'E' => tracker.failed(),
+                    b'S' => tracker.reported(&msg[5..], settings),
+                    _ => {}
+                });
+            out.into_iter().for_each(|b| to_client.push(b));
+            return routed.map_err(|t| End::ServerProtocol(FrameError::UnknownType(t).to_string()));
+        }
         let server = &mut co.server;
         let mut end = 0;
         loop {

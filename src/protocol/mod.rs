@@ -2,6 +2,7 @@
 //! the message stream, the untyped startup packet, and encoders for the few
 //! messages pgsift writes itself. Everything else passes through as bytes.
 
+pub mod extended;
 pub mod frame;
 pub mod io;
 pub mod messages;

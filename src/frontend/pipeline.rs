@@ -1,0 +1,436 @@
+//! Transaction-mode bookkeeping of the extended protocol: named prepared
+//! statements that survive moving between servers, and the order of replies.
+//!
+//! A client's statement names are private to it; on the server pgsift uses a
+//! shared name derived from the query text and parameter types
+//! (`pgsift_<hash>`), so every client with the same statement shares one
+//! server-side statement. On whichever server a client lands, pgsift
+//! prepares the statement lazily (injecting a Parse before a Bind or
+//! Describe that needs it), skips a Parse the server already has (answering
+//! ParseComplete itself), answers Close of a statement itself, and closes the
+//! least recently used statement when a server would exceed
+//! `max_prepared_statements`.
+//!
+//! Because some replies are made up and some are swallowed, pgsift keeps the
+//! list of replies the client is owed, in order ([`Reply`]). Server messages
+//! are matched against it, made-up replies are emitted when their turn comes,
+//! and after an error the server skips to the next Sync, so does the list.
+
+use crate::backend::server::{is_discard_tag, note_parameter_status};
+use crate::backend::ServerConnection;
+use crate::protocol::extended::{self, CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::protocol::frame::{is_backend_type, peek_frame};
+use bytes::{Buf, Bytes};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// How a forwarded or injected message's replies end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// exactly this many messages (ParseComplete, BindComplete, …)
+    Count(u8),
+    /// an Execute: rows, then CommandComplete / EmptyQuery / PortalSuspended
+    Execute,
+    /// Query, FunctionCall, Sync: everything up to ReadyForQuery
+    UntilReady,
+}
+
+/// One reply the client is owed, in order.
+#[derive(Debug)]
+enum Reply {
+    /// replies the server will send for a message pgsift sent it
+    Server {
+        expect: Expect,
+        /// false for messages pgsift injected: their replies are swallowed
+        forward: bool,
+        /// the shared statement a Parse prepares (forgotten if it fails)
+        parse_of: Option<Arc<str>>,
+    },
+    /// a reply pgsift makes up (ParseComplete, CloseComplete)
+    Made(&'static [u8]),
+}
+
+/// A client's prepared statement.
+#[derive(Debug, Clone)]
+struct ClientStatement {
+    shared: Arc<str>,
+    /// the Parse message under the shared name
+    parse: Bytes,
+}
+
+/// Per-client transaction-mode state.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    statements: HashMap<Vec<u8>, ClientStatement>,
+    replies: VecDeque<Reply>,
+    /// the server sent something the list did not expect: do not reuse it
+    pub desync: bool,
+}
+
+/// The shared server-side name of a statement.
+pub fn shared_name(query: &[u8], param_types: &[u8]) -> Arc<str> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(query);
+    h.update(&[0]);
+    h.update(param_types);
+    format!("pgsift_{:016x}", h.digest()).into()
+}
+
+/// Output towards the server: runs of untouched client bytes and rewritten
+/// or injected messages, in order.
+struct Out<'a> {
+    chunk: &'a Bytes,
+    run_start: usize,
+    dest: &'a mut Vec<Bytes>,
+}
+
+impl Out<'_> {
+    fn cut(&mut self, at: usize, resume: usize) {
+        if at > self.run_start {
+            self.dest.push(self.chunk.slice(self.run_start..at));
+        }
+        self.run_start = resume;
+    }
+}
+
+impl Pipeline {
+    /// True when no reply is owed.
+    pub fn is_empty(&self) -> bool {
+        self.replies.is_empty()
+    }
+
+    /// Forgets the replies owed (the server is gone).
+    pub fn reset_replies(&mut self) {
+        self.replies.clear();
+    }
+
+    /// Rewrites a batch of complete client messages for `server`, appending
+    /// what to send to `dest`.
+    pub fn client_messages(
+        &mut self,
+        chunk: &Bytes,
+        server: &mut ServerConnection,
+        limit: usize,
+        dest: &mut Vec<Bytes>,
+    ) {
+        let mut out = Out {
+            chunk,
+            run_start: 0,
+            dest,
+        };
+        let mut pos = 0;
+        while let Ok(Some((tag, total))) = peek_frame(&chunk[pos..], usize::MAX >> 1) {
+            let msg = &chunk[pos..pos + total];
+            match tag {
+                b'P' => match extended::parse_parse(msg) {
+                    Some(p) if !p.name.is_empty() => {
+                        let shared = shared_name(p.query, p.param_types);
+                        let parse = extended::build_parse(&shared, &p);
+                        self.statements.insert(
+                            p.name.to_vec(),
+                            ClientStatement {
+                                shared: shared.clone(),
+                                parse: parse.clone(),
+                            },
+                        );
+                        out.cut(pos, pos + total);
+                        if server.prepared.touch(&shared) {
+                            self.replies.push_back(Reply::Made(PARSE_COMPLETE));
+                        } else {
+                            self.evict_for(&shared, server, limit, out.dest);
+                            out.dest.push(parse);
+                            self.expect(Expect::Count(1), true, Some(shared));
+                        }
+                    }
+                    _ => self.expect(Expect::Count(1), true, None),
+                },
+                b'B' => {
+                    let stmt = extended::bind_statement(msg)
+                        .and_then(|(name, _)| self.statements.get(name).cloned());
+                    if let Some((s, bind)) =
+                        stmt.and_then(|s| extended::rebuild_bind(msg, &s.shared).map(|b| (s, b)))
+                    {
+                        out.cut(pos, pos + total);
+                        self.ensure_prepared(&s, server, limit, out.dest);
+                        out.dest.push(bind);
+                    }
+                    self.expect(Expect::Count(1), true, None);
+                }
+                b'D' => match extended::target(msg) {
+                    Some((b'S', name)) => {
+                        if let Some(s) = self.statements.get(name).cloned() {
+                            out.cut(pos, pos + total);
+                            self.ensure_prepared(&s, server, limit, out.dest);
+                            out.dest.push(extended::build_target(b'D', b'S', &s.shared));
+                        }
+                        self.expect(Expect::Count(2), true, None);
+                    }
+                    _ => self.expect(Expect::Count(1), true, None),
+                },
+                b'C' => match extended::target(msg) {
+                    Some((b'S', name)) if !name.is_empty() => {
+                        // The shared statement stays on the server for others;
+                        // closing a name that does not exist is no error.
+                        self.statements.remove(name);
+                        out.cut(pos, pos + total);
+                        self.replies.push_back(Reply::Made(CLOSE_COMPLETE));
+                    }
+                    _ => self.expect(Expect::Count(1), true, None),
+                },
+                b'E' => self.expect(Expect::Execute, true, None),
+                b'S' | b'Q' | b'F' => self.expect(Expect::UntilReady, true, None),
+                _ => {}
+            }
+            pos += total;
+        }
+        out.cut(pos, pos);
+    }
+
+    /// A batch of only named Parses and a final Sync, sent outside a
+    /// transaction (libpq's synchronous PQprepare), can be acknowledged
+    /// without a server: the statements are prepared on a server at their
+    /// first use, where any error in them is reported. pgsift does this only
+    /// when no server is free, because a client blocked in a synchronous
+    /// prepare may be the one that has to move for others to finish (pgbench
+    /// with more clients than servers). Returns the replies, or `None` when
+    /// the batch is anything else.
+    pub fn acknowledge_prepares(&mut self, chunk: &Bytes) -> Option<Vec<Bytes>> {
+        let mut pos = 0;
+        let mut parses = Vec::new();
+        let mut synced = false;
+        while let Ok(Some((tag, total))) = peek_frame(&chunk[pos..], usize::MAX >> 1) {
+            if synced {
+                return None;
+            }
+            match tag {
+                b'P' => {
+                    let p = extended::parse_parse(&chunk[pos..pos + total])?;
+                    if p.name.is_empty() {
+                        return None;
+                    }
+                    parses.push((
+                        p.name.to_vec(),
+                        shared_name(p.query, p.param_types),
+                        extended::build_parse(&shared_name(p.query, p.param_types), &p),
+                    ));
+                }
+                b'S' => synced = true,
+                _ => return None,
+            }
+            pos += total;
+        }
+        if !synced || parses.is_empty() {
+            return None;
+        }
+        let mut replies = Vec::with_capacity(parses.len() + 1);
+        for (name, shared, parse) in parses {
+            self.statements
+                .insert(name, ClientStatement { shared, parse });
+            replies.push(Bytes::from_static(PARSE_COMPLETE));
+        }
+        replies.push(Bytes::from_static(b"Z\0\0\0\x05I"));
+        Some(replies)
+    }
+
+    fn expect(&mut self, expect: Expect, forward: bool, parse_of: Option<Arc<str>>) {
+        self.replies.push_back(Reply::Server {
+            expect,
+            forward,
+            parse_of,
+        });
+    }
+
+    /// Prepares a client's statement on the server if it lacks it.
+    fn ensure_prepared(
+        &mut self,
+        s: &ClientStatement,
+        server: &mut ServerConnection,
+        limit: usize,
+        dest: &mut Vec<Bytes>,
+    ) {
+        if server.prepared.touch(&s.shared) {
+            return;
+        }
+        self.evict_for(&s.shared, server, limit, dest);
+        dest.push(s.parse.clone());
+        self.expect(Expect::Count(1), false, Some(s.shared.clone()));
+    }
+
+    /// Records `name` as prepared on the server, closing the least recently
+    /// used statement first when the server is full.
+    fn evict_for(
+        &mut self,
+        name: &Arc<str>,
+        server: &mut ServerConnection,
+        limit: usize,
+        dest: &mut Vec<Bytes>,
+    ) {
+        if let Some(victim) = server.prepared.insert(name.clone(), limit) {
+            dest.push(extended::build_target(b'C', b'S', &victim));
+            self.expect(Expect::Count(1), false, None);
+        }
+    }
+
+    /// Made-up replies whose turn has come go to the client.
+    pub fn emit_made(&mut self, dest: &mut Vec<Bytes>) {
+        while let Some(Reply::Made(bytes)) = self.replies.front() {
+            dest.push(Bytes::from_static(bytes));
+            self.replies.pop_front();
+        }
+    }
+
+    /// Routes the complete server messages at the start of `rbuf`: replies
+    /// the client is owed go to `dest` (as slices of the buffer, in order,
+    /// with made-up replies in their places), replies to injected messages
+    /// are dropped. `on_message` sees every message (tag, whole message).
+    /// Returns the type byte of a message no backend sends, if one came.
+    pub fn server_messages<F>(
+        &mut self,
+        server: &mut ServerConnection,
+        dest: &mut Vec<Bytes>,
+        mut on_message: F,
+    ) -> Result<(), u8>
+    where
+        F: FnMut(u8, &[u8]),
+    {
+        let mut pos = 0;
+        while let Ok(Some((tag, total))) = peek_frame(&server.rbuf[pos..], usize::MAX >> 1) {
+            if !is_backend_type(tag) {
+                return Err(tag);
+            }
+            on_message(tag, &server.rbuf[pos..pos + total]);
+            match tag {
+                b'C' if is_discard_tag(&server.rbuf[pos + 5..pos + total]) => {
+                    server.prepared.clear()
+                }
+                b'S' => note_parameter_status(
+                    &mut server.params,
+                    &mut server.applied,
+                    &server.rbuf[pos + 5..pos + total],
+                ),
+                _ => {}
+            }
+            if matches!(tag, b'N' | b'S' | b'A') {
+                pos += total;
+                continue;
+            }
+            let is_error = tag == b'E';
+            let (forward, done, expect) = match self.replies.front_mut() {
+                Some(Reply::Server {
+                    expect, forward, ..
+                }) => {
+                    let done = match expect {
+                        Expect::Count(n) => {
+                            *n = n.saturating_sub(1);
+                            *n == 0 || is_error
+                        }
+                        Expect::Execute => matches!(tag, b'C' | b'I' | b's' | b'E'),
+                        Expect::UntilReady => tag == b'Z',
+                    };
+                    (*forward || is_error, done, *expect)
+                }
+                _ => {
+                    // nothing owed, or out of step: pass it on, and never
+                    // reuse this server
+                    self.desync = true;
+                    (true, false, Expect::UntilReady)
+                }
+            };
+            if tag == b'Z' && expect != Expect::UntilReady {
+                self.desync = true;
+            }
+            if !forward {
+                if pos > 0 {
+                    dest.push(server.rbuf.split_to(pos).freeze());
+                }
+                server.rbuf.advance(total);
+                pos = 0;
+            } else {
+                pos += total;
+            }
+            if done {
+                if let Some(Reply::Server { parse_of, .. }) = self.replies.pop_front() {
+                    if is_error {
+                        if let Some(name) = parse_of {
+                            server.prepared.remove(&name);
+                        }
+                    }
+                }
+                if is_error && expect != Expect::UntilReady {
+                    self.skip_to_sync(server);
+                }
+                if matches!(self.replies.front(), Some(Reply::Made(_))) {
+                    if pos > 0 {
+                        dest.push(server.rbuf.split_to(pos).freeze());
+                        pos = 0;
+                    }
+                    self.emit_made(dest);
+                }
+            }
+        }
+        if pos > 0 {
+            dest.push(server.rbuf.split_to(pos).freeze());
+        }
+        Ok(())
+    }
+
+    /// After an error the server ignores everything up to Sync; so do the
+    /// owed replies (Parses that never ran are forgotten on the server).
+    fn skip_to_sync(&mut self, server: &mut ServerConnection) {
+        while let Some(front) = self.replies.front() {
+            if let Reply::Server {
+                expect: Expect::UntilReady,
+                ..
+            } = front
+            {
+                break;
+            }
+            if let Some(Reply::Server {
+                parse_of: Some(name),
+                ..
+            }) = self.replies.pop_front()
+            {
+                server.prepared.remove(&name);
+            }
+        }
+    }
+}
+
+/// Bytes of a complete message at the start of a buffer, for tests.
+#[cfg(test)]
+fn frames(b: &[u8]) -> Vec<u8> {
+    let mut tags = vec![];
+    crate::protocol::frame::scan(b, usize::MAX >> 1, |t, _| tags.push(t)).unwrap();
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_names_depend_on_text_and_parameter_types_only() {
+        assert_eq!(
+            shared_name(b"SELECT $1", b"\0\x01\0\0\0\x17"),
+            shared_name(b"SELECT $1", b"\0\x01\0\0\0\x17")
+        );
+        assert_ne!(
+            shared_name(b"SELECT $1", b"\0\0"),
+            shared_name(b"SELECT $1", b"\0\x01\0\0\0\x17")
+        );
+        assert!(shared_name(b"x", b"").starts_with("pgsift_"));
+    }
+
+    #[test]
+    fn made_up_replies_wait_for_their_turn() {
+        let mut p = Pipeline::default();
+        p.expect(Expect::Count(1), true, None);
+        p.replies.push_back(Reply::Made(PARSE_COMPLETE));
+        let mut out = vec![];
+        p.emit_made(&mut out);
+        assert!(out.is_empty(), "a server reply is owed first");
+        p.replies.pop_front();
+        p.emit_made(&mut out);
+        assert_eq!(frames(&out.concat()), vec![b'1']);
+    }
+}

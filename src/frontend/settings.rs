@@ -1,0 +1,235 @@
+//! Which session settings a transaction-mode client has changed, so that the
+//! next server it lands on can be given the same ones (SPEC §4).
+//!
+//! Settings that Postgres reports with ParameterStatus (TimeZone, DateStyle,
+//! application_name, …) are followed through those reports, which also
+//! covers `SET LOCAL` (reported on set and again when the transaction ends).
+//! `search_path` and `extra_float_digits` are not reported by the servers
+//! pgsift supports, so plain `SET`/`RESET` of them is read from the SQL and
+//! applied once the transaction it ran in has ended without error.
+
+/// The settings transaction mode carries from server to server.
+pub const TRACKED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "search_path",
+    "extra_float_digits",
+];
+
+/// Tracked settings the server does not report: read from the SQL.
+const UNREPORTED: &[&str] = &["search_path", "extra_float_digits"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    Set(&'static str, String),
+    Reset(&'static str),
+    ResetAll,
+}
+
+/// Follows a client's setting changes.
+#[derive(Debug, Default)]
+pub struct SettingsTracker {
+    pending: Vec<Change>,
+    failed: bool,
+}
+
+impl SettingsTracker {
+    /// Looks at a Query or Parse message for SET/RESET of an unreported
+    /// tracked setting.
+    pub fn observe(&mut self, tag: u8, msg: &[u8]) {
+        let text = match tag {
+            b'Q' => msg.get(5..),
+            b'P' => msg
+                .get(5..)
+                .and_then(|b| b.iter().position(|&c| c == 0).map(|i| &b[i + 1..])),
+            _ => None,
+        };
+        let Some(text) = text else { return };
+        // Only the start matters, and only when it is a SET/RESET/DISCARD.
+        let head = &text[..text.len().min(8)];
+        if !(head.len() >= 3
+            && (head[..3].eq_ignore_ascii_case(b"set")
+                || head.len() >= 5
+                    && (head[..5].eq_ignore_ascii_case(b"reset")
+                        || head[..5].eq_ignore_ascii_case(b"disca"))))
+        {
+            return;
+        }
+        let text =
+            String::from_utf8_lossy(text.split(|&c| c == 0).next().unwrap_or(&[])).into_owned();
+        if let Some(c) = parse_change(&text) {
+            self.pending.push(c);
+        }
+    }
+
+    /// The server reported an error.
+    pub fn failed(&mut self) {
+        self.failed = true;
+    }
+
+    /// ReadyForQuery: changes made outside a transaction, or in one that
+    /// ended cleanly, take effect; changes in a failed one are dropped.
+    pub fn ready(&mut self, tx: u8, settings: &mut Vec<(String, String)>) {
+        match tx {
+            b'I' => {
+                if !self.failed {
+                    for c in self.pending.drain(..) {
+                        apply(c, settings);
+                    }
+                }
+                self.pending.clear();
+                self.failed = false;
+            }
+            b'E' => self.failed = true,
+            _ => {}
+        }
+    }
+
+    /// A ParameterStatus from the client's server.
+    pub fn reported(&mut self, body: &[u8], settings: &mut Vec<(String, String)>) {
+        let mut parts = body.split(|&b| b == 0);
+        let (Some(k), Some(v)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let Ok(k) = std::str::from_utf8(k) else {
+            return;
+        };
+        if let Some(name) = TRACKED.iter().find(|t| t.eq_ignore_ascii_case(k)) {
+            apply(
+                Change::Set(name, String::from_utf8_lossy(v).into_owned()),
+                settings,
+            );
+        }
+    }
+}
+
+fn apply(c: Change, settings: &mut Vec<(String, String)>) {
+    match c {
+        Change::Set(name, value) => match settings
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            Some(slot) => slot.1 = value,
+            None => settings.push((name.to_owned(), value)),
+        },
+        Change::Reset(name) => settings.retain(|(k, _)| !k.eq_ignore_ascii_case(name)),
+        Change::ResetAll => {
+            settings.retain(|(k, _)| !UNREPORTED.iter().any(|u| u.eq_ignore_ascii_case(k)))
+        }
+    }
+}
+
+/// Reads `SET [SESSION] name {TO|=} value`, `RESET name`, `RESET ALL`,
+/// `DISCARD ALL` for the unreported settings.
+fn parse_change(sql: &str) -> Option<Change> {
+    let stmt = sql.split(';').next()?.trim();
+    let mut words = stmt.split_whitespace();
+    let first = words.next()?.to_ascii_lowercase();
+    match first.as_str() {
+        "discard" | "reset" if words.clone().next()?.eq_ignore_ascii_case("all") => {
+            Some(Change::ResetAll)
+        }
+        "reset" => unreported(words.next()?).map(Change::Reset),
+        "set" => {
+            let rest = stmt[3..].trim_start();
+            let rest = match rest.get(..8) {
+                Some(w) if w.eq_ignore_ascii_case("session ") => rest[8..].trim_start(),
+                _ => rest,
+            };
+            let name_end = rest.find(|c: char| c.is_whitespace() || c == '=')?;
+            let name = unreported(&rest[..name_end])?;
+            let after = rest[name_end..].trim_start();
+            let value = if let Some(v) = after.strip_prefix('=') {
+                v
+            } else if after.len() > 2 && after[..2].eq_ignore_ascii_case("to") {
+                &after[2..]
+            } else {
+                return None;
+            };
+            let value = value.trim();
+            if value.eq_ignore_ascii_case("default") {
+                return Some(Change::Reset(name));
+            }
+            let items: Vec<String> = value.split(',').map(|i| unquote(i.trim())).collect();
+            Some(Change::Set(name, items.join(", ")))
+        }
+        _ => None,
+    }
+}
+
+fn unreported(word: &str) -> Option<&'static str> {
+    UNREPORTED
+        .iter()
+        .copied()
+        .find(|u| u.eq_ignore_ascii_case(word.trim_matches('"')))
+}
+
+fn unquote(item: &str) -> String {
+    match item.strip_prefix('\'').and_then(|i| i.strip_suffix('\'')) {
+        Some(inner) => inner.replace("''", "'"),
+        None => item.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_and_reset_of_unreported_settings_are_read_from_sql() {
+        assert_eq!(
+            parse_change("SET search_path TO app, public"),
+            Some(Change::Set("search_path", "app, public".into()))
+        );
+        assert_eq!(
+            parse_change("set session search_path = 'x'; select 1"),
+            Some(Change::Set("search_path", "x".into()))
+        );
+        assert_eq!(
+            parse_change("SET extra_float_digits = 3"),
+            Some(Change::Set("extra_float_digits", "3".into()))
+        );
+        assert_eq!(
+            parse_change("RESET search_path"),
+            Some(Change::Reset("search_path"))
+        );
+        assert_eq!(parse_change("RESET ALL"), Some(Change::ResetAll));
+        assert_eq!(parse_change("DISCARD ALL"), Some(Change::ResetAll));
+        assert_eq!(parse_change("SET LOCAL search_path TO x"), None);
+        assert_eq!(parse_change("SET work_mem TO '8MB'"), None);
+        assert_eq!(parse_change("SELECT 1"), None);
+    }
+
+    #[test]
+    fn changes_apply_only_after_a_clean_end_of_transaction() {
+        let mut t = SettingsTracker::default();
+        let mut s = vec![];
+        let mut q = b"Q\0\0\0\0".to_vec();
+        q.extend_from_slice(b"SET search_path TO a\0");
+        t.observe(b'Q', &q);
+        t.ready(b'T', &mut s);
+        assert!(s.is_empty());
+        t.failed();
+        t.ready(b'I', &mut s);
+        assert!(s.is_empty(), "rolled back");
+        t.observe(b'Q', &q);
+        t.ready(b'I', &mut s);
+        assert_eq!(s, vec![("search_path".to_string(), "a".to_string())]);
+    }
+
+    #[test]
+    fn reported_parameters_update_tracked_settings() {
+        let mut t = SettingsTracker::default();
+        let mut s = vec![("TimeZone".to_string(), "UTC".to_string())];
+        t.reported(b"TimeZone\0Europe/Paris\0", &mut s);
+        t.reported(b"server_version\0x\0", &mut s);
+        assert_eq!(
+            s,
+            vec![("TimeZone".to_string(), "Europe/Paris".to_string())]
+        );
+    }
+}

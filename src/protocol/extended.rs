@@ -1,0 +1,175 @@
+//! The extended-query messages pgsift rewrites in transaction mode: Parse,
+//! Bind, Describe and Close carry statement names, which pgsift maps from
+//! the client's names to names shared by every client on a server.
+//! Decoders return `None` on a malformed body; the caller passes such a
+//! message through untouched and lets the server reject it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = buf.iter().position(|&b| b == 0)?;
+    Some((&buf[..end], &buf[end + 1..]))
+}
+
+/// The parts of a Parse message (`msg` is the whole message with header).
+pub struct ParseMsg<'a> {
+    /// statement name
+    pub name: &'a [u8],
+    /// query text
+    pub query: &'a [u8],
+    /// everything after the query text (parameter type count and OIDs)
+    pub param_types: &'a [u8],
+}
+
+/// Decodes a Parse message.
+pub fn parse_parse(msg: &[u8]) -> Option<ParseMsg<'_>> {
+    let (name, rest) = cstr(msg.get(5..)?)?;
+    let (query, param_types) = cstr(rest)?;
+    Some(ParseMsg {
+        name,
+        query,
+        param_types,
+    })
+}
+
+/// The statement name of a Bind message and the offset where the bytes after
+/// it begin.
+pub fn bind_statement(msg: &[u8]) -> Option<(&[u8], usize)> {
+    let body = msg.get(5..)?;
+    let (_portal, rest) = cstr(body)?;
+    let (stmt, _) = cstr(rest)?;
+    let after = msg.len() - rest.len() + stmt.len() + 1;
+    Some((stmt, after))
+}
+
+/// The kind (`S` or `P`) and name of a Describe or Close message.
+pub fn target(msg: &[u8]) -> Option<(u8, &[u8])> {
+    let kind = *msg.get(5)?;
+    let (name, _) = cstr(msg.get(6..)?)?;
+    Some((kind, name))
+}
+
+fn finish(mut b: BytesMut) -> Bytes {
+    let len = (b.len() - 1) as u32;
+    b[1..5].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
+/// A Parse message with another statement name.
+pub fn build_parse(name: &str, p: &ParseMsg<'_>) -> Bytes {
+    let mut b = BytesMut::with_capacity(8 + name.len() + p.query.len() + p.param_types.len());
+    b.put_u8(b'P');
+    b.put_u32(0);
+    b.put_slice(name.as_bytes());
+    b.put_u8(0);
+    b.put_slice(p.query);
+    b.put_u8(0);
+    b.put_slice(p.param_types);
+    finish(b)
+}
+
+/// The Bind message `msg` with its statement name replaced.
+pub fn rebuild_bind(msg: &[u8], stmt: &str) -> Option<Bytes> {
+    let (old, after) = bind_statement(msg)?;
+    let portal_end = after - old.len() - 1;
+    let mut b = BytesMut::with_capacity(msg.len() + stmt.len());
+    b.put_slice(&msg[..portal_end]);
+    b.put_slice(stmt.as_bytes());
+    b.put_u8(0);
+    b.put_slice(&msg[after..]);
+    Some(finish(b))
+}
+
+/// A Describe (`D`) or Close (`C`) message for a statement or portal.
+pub fn build_target(tag: u8, kind: u8, name: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(7 + name.len());
+    b.put_u8(tag);
+    b.put_u32(0);
+    b.put_u8(kind);
+    b.put_slice(name.as_bytes());
+    b.put_u8(0);
+    finish(b)
+}
+
+/// ParseComplete.
+pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+/// CloseComplete.
+pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::message::frontend;
+
+    #[test]
+    fn parse_is_decoded_and_rebuilt_with_a_new_name() {
+        let mut m = BytesMut::new();
+        frontend::parse("s1", "SELECT $1", [23u32], &mut m).unwrap();
+        let p = parse_parse(&m).unwrap();
+        assert_eq!(p.name, b"s1");
+        assert_eq!(p.query, b"SELECT $1");
+        let rebuilt = build_parse("pgsift_x", &p);
+        let q = parse_parse(&rebuilt).unwrap();
+        assert_eq!(q.name, b"pgsift_x");
+        assert_eq!(q.query, b"SELECT $1");
+        assert_eq!(q.param_types, p.param_types);
+        let mut expected = BytesMut::new();
+        frontend::parse("pgsift_x", "SELECT $1", [23u32], &mut expected).unwrap();
+        assert_eq!(&rebuilt[..], &expected[..]);
+    }
+
+    #[test]
+    fn bind_gets_a_new_statement_name_and_keeps_everything_else() {
+        let mut m = BytesMut::new();
+        frontend::bind(
+            "portal",
+            "s1",
+            [1i16],
+            [7i32],
+            |v: i32, buf: &mut BytesMut| {
+                buf.put_i32(v);
+                Ok::<_, Box<dyn std::error::Error + Sync + Send>>(postgres_protocol::IsNull::No)
+            },
+            [1i16],
+            &mut m,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        let (stmt, _) = bind_statement(&m).unwrap();
+        assert_eq!(stmt, b"s1");
+        let rebuilt = rebuild_bind(&m, "pgsift_abc").unwrap();
+        assert_eq!(bind_statement(&rebuilt).unwrap().0, b"pgsift_abc");
+        let mut expected = BytesMut::new();
+        frontend::bind(
+            "portal",
+            "pgsift_abc",
+            [1i16],
+            [7i32],
+            |v: i32, buf: &mut BytesMut| {
+                buf.put_i32(v);
+                Ok::<_, Box<dyn std::error::Error + Sync + Send>>(postgres_protocol::IsNull::No)
+            },
+            [1i16],
+            &mut expected,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        assert_eq!(&rebuilt[..], &expected[..]);
+    }
+
+    #[test]
+    fn describe_and_close_targets_round_trip() {
+        let d = build_target(b'D', b'S', "pgsift_1");
+        assert_eq!(target(&d), Some((b'S', &b"pgsift_1"[..])));
+        let mut m = BytesMut::new();
+        frontend::close(b'P', "p", &mut m).unwrap();
+        assert_eq!(target(&m), Some((b'P', &b"p"[..])));
+    }
+
+    #[test]
+    fn truncated_messages_decode_to_none() {
+        assert!(parse_parse(b"P\0\0\0\x06ab").is_none());
+        assert!(bind_statement(b"B\0\0\0\x05\0").is_none());
+        assert!(target(b"D\0\0\0\x04").is_none());
+    }
+}
