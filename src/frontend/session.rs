@@ -481,18 +481,22 @@ impl Session {
             let state = &mut self.state;
             let tracker = &mut self.settings_changes;
             let settings = &mut self.settings;
+            let mut changed = false;
             let routed = self
                 .pipeline
                 .server_messages(&mut co.server, &mut out, |tag, msg| match tag {
                     b'Z' if msg.len() == 6 => {
                         state.tx = msg[5];
                         state.pending = state.pending.saturating_sub(1);
-                        tracker.ready(msg[5], settings);
+                        changed |= tracker.ready(msg[5], settings);
                     }
                     b'E' => tracker.failed(),
                     b'S' => tracker.reported(&msg[5..], settings),
                     _ => {}
                 });
+            if changed {
+                SettingsTracker::mark_server(&self.settings, &mut co.server.applied);
+            }
             out.into_iter().for_each(|b| to_client.push(b));
             return routed.map_err(|t| End::ServerProtocol(FrameError::UnknownType(t).to_string()));
         }

@@ -73,12 +73,15 @@ impl SettingsTracker {
 
     /// ReadyForQuery: changes made outside a transaction, or in one that
     /// ended cleanly, take effect; changes in a failed one are dropped.
-    pub fn ready(&mut self, tx: u8, settings: &mut Vec<(String, String)>) {
+    /// Returns true when the client's settings changed.
+    pub fn ready(&mut self, tx: u8, settings: &mut Vec<(String, String)>) -> bool {
+        let mut changed = false;
         match tx {
             b'I' => {
                 if !self.failed {
                     for c in self.pending.drain(..) {
                         apply(c, settings);
+                        changed = true;
                     }
                 }
                 self.pending.clear();
@@ -86,6 +89,22 @@ impl SettingsTracker {
             }
             b'E' => self.failed = true,
             _ => {}
+        }
+        changed
+    }
+
+    /// The server now carries the client's values of the unreported
+    /// settings (the client set them there itself): record that on the
+    /// server so the next client gets them reset.
+    pub fn mark_server(
+        settings: &[(String, String)],
+        applied: &mut std::collections::HashMap<String, String>,
+    ) {
+        for name in UNREPORTED {
+            match settings.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                Some((_, v)) => applied.insert(name.to_ascii_lowercase(), v.clone()),
+                None => applied.remove(&name.to_ascii_lowercase()),
+            };
         }
     }
 

@@ -1,0 +1,368 @@
+//! Transaction pooling end to end: pgbench in every protocol mode with many
+//! more clients than servers, named prepared statements moving between
+//! servers (and the LRU limit), per-client session settings, hygiene.
+
+mod common;
+
+use common::{connect, databases_yaml, shared_postgres, Proxy};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+fn tx_proxy(pool_size: usize, extra: &str) -> Proxy {
+    Proxy::start(&format!(
+        "{}{extra}",
+        databases_yaml(shared_postgres(), "transaction", pool_size)
+    ))
+}
+
+fn pgbench(url: &str, args: &[&str]) -> (bool, Option<u64>, String) {
+    let out = std::process::Command::new("pgbench")
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    (out.status.success(), failed, text)
+}
+
+#[test]
+fn pgbench_with_64_clients_on_8_servers_has_no_failures_in_any_protocol_mode() {
+    let pg = shared_postgres();
+    pg.psql("postgres", "CREATE DATABASE txbench OWNER blog");
+    let proxy = Proxy::start(&format!(
+        "databases:\n  txbench: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 8}}\npool:\n  checkout_timeout: 30s\n",
+        pg.port
+    ));
+    let url = proxy.url("blog", "blogpw", "txbench");
+    let (ok, _, text) = pgbench(&url, &["-i", "-s", "2", "-q"]);
+    assert!(ok, "{text}");
+    let secs = std::env::var("PGSIFT_PGBENCH_SECONDS").unwrap_or_else(|_| "10".into());
+    for mode in ["prepared", "extended", "simple"] {
+        let (ok, failed, text) = pgbench(&url, &["-c", "64", "-j", "2", "-T", &secs, "-M", mode]);
+        assert!(ok, "pgbench -M {mode} failed:\n{text}");
+        assert_eq!(failed, Some(0), "pgbench -M {mode}:\n{text}");
+    }
+    // the pool never grew past its size
+    let servers = pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'txbench' AND usename = 'blog'",
+    );
+    assert!(
+        servers.parse::<i32>().unwrap() <= 8,
+        "{servers} server connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn named_statements_move_between_servers_with_their_clients() {
+    let proxy = tx_proxy(2, "");
+    // more clients than servers, each with its own named statements
+    // (tokio-postgres prepares every query as a named statement)
+    let mut tasks = Vec::new();
+    for c in 0..8i32 {
+        let conn = proxy.conn_str("blog", "blogpw", "app");
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&conn).await.unwrap();
+            let add = client.prepare("SELECT $1::int4 + $2::int4").await.unwrap();
+            let cat = client
+                .prepare("SELECT $1::text || '-' || $2::text")
+                .await
+                .unwrap();
+            let mut pids = HashSet::new();
+            for i in 0..200i32 {
+                let r: i32 = client.query_one(&add, &[&c, &i]).await.unwrap().get(0);
+                assert_eq!(r, c + i);
+                let s: String = client
+                    .query_one(&cat, &[&format!("c{c}"), &i.to_string()])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(s, format!("c{c}-{i}"));
+                if i % 20 == 0 {
+                    let pid: i32 = client
+                        .query_one("SELECT pg_backend_pid()", &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    pids.insert(pid);
+                }
+            }
+            pids.len()
+        }));
+    }
+    let mut moved = 0;
+    for t in tasks {
+        moved += (t.await.unwrap() > 1) as usize;
+    }
+    assert!(
+        moved > 0,
+        "clients were expected to land on different servers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_a_statement_keeps_the_shared_server_statement_for_others() {
+    let proxy = tx_proxy(1, "");
+    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let b = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let sa = a.prepare("SELECT 40 + $1::int4").await.unwrap();
+    let sb = b.prepare("SELECT 40 + $1::int4").await.unwrap();
+    assert_eq!(
+        a.query_one(&sa, &[&2i32]).await.unwrap().get::<_, i32>(0),
+        42
+    );
+    drop(sa); // tokio-postgres sends Close for the statement
+    assert_eq!(
+        a.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+    assert_eq!(
+        b.query_one(&sb, &[&3i32]).await.unwrap().get::<_, i32>(0),
+        43
+    );
+    // one shared statement on the server for both clients' text
+    let rows = b
+        .simple_query(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT 40 + $1::int4'",
+        )
+        .await
+        .unwrap();
+    let n = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(n, "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_after_a_skipped_parse_arrives_in_order_and_the_session_goes_on() {
+    let proxy = tx_proxy(1, "");
+    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let div = a.prepare("SELECT 10 / $1::int4").await.unwrap();
+    assert_eq!(
+        a.query_one(&div, &[&2i32]).await.unwrap().get::<_, i32>(0),
+        5
+    );
+    // a second client prepares the same text: its Parse is answered by pgsift
+    let b = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let div_b = b.prepare("SELECT 10 / $1::int4").await.unwrap();
+    let err = b.query_one(&div_b, &[&0i32]).await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &tokio_postgres::error::SqlState::DIVISION_BY_ZERO
+    );
+    // a pipeline of several statements with an error in the middle
+    let (r1, r2, r3) = tokio::join!(
+        b.query_one(&div_b, &[&5i32]),
+        b.query_one(&div_b, &[&0i32]),
+        b.query_one(&div_b, &[&1i32])
+    );
+    assert_eq!(r1.unwrap().get::<_, i32>(0), 2);
+    assert!(r2.is_err());
+    assert_eq!(r3.unwrap().get::<_, i32>(0), 10);
+    // a syntax error in a prepare is reported and forgotten
+    assert!(b.prepare("SELEC nonsense").await.is_err());
+    assert_eq!(
+        b.query_one(&div_b, &[&10i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_hold_at_most_max_prepared_statements() {
+    let proxy = tx_proxy(1, "pool:\n  max_prepared_statements: 3\n");
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let mut stmts = Vec::new();
+    for k in 0..10i32 {
+        stmts.push((
+            k,
+            c.prepare(&format!("SELECT $1::int4 * {k}")).await.unwrap(),
+        ));
+    }
+    for round in 0..3i32 {
+        for (k, s) in &stmts {
+            let v: i32 = c.query_one(s, &[&round]).await.unwrap().get(0);
+            assert_eq!(v, round * k);
+        }
+    }
+    let held = c
+        .simple_query("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgsift_%'")
+        .await
+        .unwrap();
+    let n: i32 = held
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|s| s.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(n <= 3, "server holds {n} statements");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_client_keeps_its_own_timezone_and_search_path_across_servers() {
+    let pg = shared_postgres();
+    pg.psql("app", "CREATE SCHEMA IF NOT EXISTS tz_a AUTHORIZATION blog; CREATE SCHEMA IF NOT EXISTS tz_b AUTHORIZATION blog");
+    pg.psql("app", "CREATE TABLE IF NOT EXISTS tz_a.marker AS SELECT 'a'::text AS v; CREATE TABLE IF NOT EXISTS tz_b.marker AS SELECT 'b'::text AS v");
+    pg.psql("app", "GRANT SELECT ON tz_a.marker, tz_b.marker TO blog");
+    let proxy = tx_proxy(3, "");
+    let a = connect(&format!(
+        "{} options='-c TimeZone=America/New_York'",
+        proxy.conn_str("blog", "blogpw", "app")
+    ))
+    .await
+    .unwrap();
+    a.batch_execute("SET search_path TO tz_a").await.unwrap();
+    let b = connect(&format!(
+        "{} options='-c TimeZone=Asia/Tokyo'",
+        proxy.conn_str("blog", "blogpw", "app")
+    ))
+    .await
+    .unwrap();
+    b.batch_execute("SET search_path = tz_b, public")
+        .await
+        .unwrap();
+    let plain = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let default_tz: String = plain.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+    let mut servers = HashSet::new();
+    for i in 0..200 {
+        let (ra, rb, rp) = tokio::join!(
+            a.query_one(
+                "SELECT current_setting('TimeZone'), (SELECT v FROM marker), pg_backend_pid()",
+                &[]
+            ),
+            b.query_one(
+                "SELECT current_setting('TimeZone'), (SELECT v FROM marker), pg_backend_pid()",
+                &[]
+            ),
+            plain.query_one(
+                "SELECT current_setting('TimeZone'), current_setting('search_path')",
+                &[]
+            ),
+        );
+        let (ra, rb, rp) = (ra.unwrap(), rb.unwrap(), rp.unwrap());
+        assert_eq!(
+            (ra.get::<_, String>(0), ra.get::<_, String>(1)),
+            ("America/New_York".into(), "a".into()),
+            "round {i}"
+        );
+        assert_eq!(
+            (rb.get::<_, String>(0), rb.get::<_, String>(1)),
+            ("Asia/Tokyo".into(), "b".into()),
+            "round {i}"
+        );
+        assert_eq!(rp.get::<_, String>(0), default_tz, "round {i}");
+        assert_eq!(rp.get::<_, String>(1), "\"$user\", public", "round {i}");
+        servers.insert(ra.get::<_, i32>(2));
+        if i % 10 == 0 {
+            // a transaction block with SET LOCAL must not leak
+            a.batch_execute("BEGIN; SET LOCAL TimeZone = 'UTC'; SELECT 1; COMMIT")
+                .await
+                .unwrap();
+        }
+    }
+    assert!(
+        servers.len() > 1,
+        "client a stayed on one server; the test proves nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_killed_inside_a_transaction_leaves_its_row_unlocked() {
+    let pg = shared_postgres();
+    pg.psql("app", "CREATE TABLE IF NOT EXISTS tx_gone (id int primary key, v int); INSERT INTO tx_gone VALUES (1, 0) ON CONFLICT DO NOTHING; GRANT ALL ON tx_gone TO blog");
+    let proxy = tx_proxy(2, "");
+    let (client, conn) = tokio_postgres::connect(
+        &proxy.conn_str("blog", "blogpw", "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute("BEGIN; UPDATE tx_gone SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    task.abort();
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let open = pg.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'blog' AND state LIKE 'idle in transaction%'");
+        if open == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transaction still open after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.psql(
+        "app",
+        "SET lock_timeout = '500ms'; UPDATE tx_gone SET v = 0 WHERE id = 1",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_and_errors_inside_transactions_keep_the_server_until_rollback() {
+    let proxy = tx_proxy(1, "");
+    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let b = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    let pid1: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(a.batch_execute("SELECT 1/0").await.is_err());
+    // in the failed transaction the client still holds its server: b waits
+    let b_query = tokio::spawn(async move {
+        b.query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !b_query.is_finished(),
+        "b got a server while a's transaction was open"
+    );
+    let err = a.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION
+    );
+    a.batch_execute("ROLLBACK").await.unwrap();
+    let pid_b = b_query.await.unwrap().unwrap();
+    assert_eq!(pid_b, pid1, "the one server went to b after the rollback");
+}
