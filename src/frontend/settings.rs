@@ -35,6 +35,61 @@ enum Change {
 pub struct SettingsTracker {
     pending: Vec<Change>,
     failed: bool,
+    /// session-only features this client tried (each logged once)
+    pub warned: Vec<&'static str>,
+}
+
+/// Features that need one server for the whole session and so cannot work
+/// in transaction mode, recognised by how a statement starts or what it
+/// calls.
+const SESSION_ONLY: &[(&str, &str)] = &[
+    (
+        "listen",
+        "LISTEN (notifications arrive only while the client holds a server)",
+    ),
+    (
+        "prepare",
+        "SQL-level PREPARE (the statement stays on one server)",
+    ),
+    ("create temp", "temporary tables (they stay on one server)"),
+    (
+        "create temporary",
+        "temporary tables (they stay on one server)",
+    ),
+    (
+        "declare",
+        "cursors declared WITH HOLD (they stay on one server)",
+    ),
+];
+
+/// Which session-only feature a statement uses, if any.
+pub fn session_only_feature(sql: &[u8]) -> Option<&'static str> {
+    let head = &sql[..sql.len().min(256)];
+    // cheap byte checks first: this runs for every statement
+    let first = head.iter().find(|b| !b.is_ascii_whitespace());
+    let may_start = matches!(
+        first,
+        Some(b'l' | b'L' | b'p' | b'P' | b'c' | b'C' | b'd' | b'D')
+    );
+    let may_lock = head
+        .windows(13)
+        .any(|w| w.eq_ignore_ascii_case(b"advisory_lock"));
+    if !may_start && !may_lock {
+        return None;
+    }
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let head = head.trim_start();
+    for (start, what) in SESSION_ONLY {
+        if head.starts_with(start) {
+            if *start == "declare" && !head.contains("with hold") {
+                continue;
+            }
+            return Some(what);
+        }
+    }
+    let advisory = head.contains("pg_advisory_lock") || head.contains("pg_try_advisory_lock");
+    advisory
+        .then_some("session-level advisory locks (released only when that server's session ends)")
 }
 
 impl SettingsTracker {
@@ -49,6 +104,12 @@ impl SettingsTracker {
             _ => None,
         };
         let Some(text) = text else { return };
+        if let Some(what) = session_only_feature(text) {
+            if !self.warned.contains(&what) {
+                self.warned.push(what);
+                tracing::warn!(feature = what, "a transaction-mode client used a session-only feature; it will not work as in session mode");
+            }
+        }
         // Only the start matters, and only when it is a SET/RESET/DISCARD.
         let head = &text[..text.len().min(8)];
         if !(head.len() >= 3
@@ -238,6 +299,18 @@ mod tests {
         t.observe(b'Q', &q);
         t.ready(b'I', &mut s);
         assert_eq!(s, vec![("search_path".to_string(), "a".to_string())]);
+    }
+
+    #[test]
+    fn session_only_features_are_recognised() {
+        assert!(session_only_feature(b"LISTEN chan").is_some());
+        assert!(session_only_feature(b"  prepare p AS SELECT 1").is_some());
+        assert!(session_only_feature(b"CREATE TEMP TABLE t (x int)").is_some());
+        assert!(session_only_feature(b"DECLARE c CURSOR WITH HOLD FOR SELECT 1").is_some());
+        assert!(session_only_feature(b"DECLARE c CURSOR FOR SELECT 1").is_none());
+        assert!(session_only_feature(b"SELECT pg_advisory_lock(1)").is_some());
+        assert!(session_only_feature(b"SELECT pg_advisory_xact_lock(1)").is_none());
+        assert!(session_only_feature(b"SELECT 1").is_none());
     }
 
     #[test]
