@@ -8,6 +8,10 @@ use crate::backend::pool::PoolSettings;
 use crate::backend::{Pool, PoolKey, UpstreamTarget};
 use crate::config::{Config, DatabaseConfig, Password};
 use crate::frontend::cancel::CancelRegistry;
+use crate::frontend::observer::Sinks;
+use crate::nplus1::ReportStore;
+use crate::sql::Analyzer;
+use crate::stats::QueryStats;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,6 +38,8 @@ pub struct App {
     pub upstream_answered: Arc<AtomicBool>,
     /// set once the client listener is bound (readiness)
     pub listening: AtomicBool,
+    /// what sessions report statements and bursts to
+    pub sinks: Sinks,
 }
 
 impl App {
@@ -46,7 +52,16 @@ impl App {
             _ => None,
         };
         let (shutdown, _) = watch::channel(false);
+        let sinks = Sinks {
+            analyzer: Arc::new(Analyzer::default()),
+            queries: Arc::new(QueryStats::new(5000)),
+            reports: Arc::new(ReportStore::new(
+                config.n_plus_one.min_total_time,
+                config.n_plus_one.report_file.as_deref(),
+            )),
+        };
         Ok(Arc::new(App {
+            sinks,
             credentials: RwLock::new(Arc::new(Credentials::new(config.users.values()))),
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
             config: RwLock::new(Arc::new(config)),
@@ -74,6 +89,15 @@ impl App {
     /// Replaces the config (reload): users, pool sizes and timeouts take
     /// effect for existing pools; connected clients stay.
     pub fn apply_config(&self, config: Config) {
+        let old = self.config();
+        if old.n_plus_one.report_file != config.n_plus_one.report_file {
+            self.sinks
+                .reports
+                .set_report_file(config.n_plus_one.report_file.as_deref());
+        }
+        self.sinks
+            .reports
+            .set_min_total(config.n_plus_one.min_total_time);
         *self.credentials.write() = Arc::new(Credentials::new(config.users.values()));
         self.pools
             .retain(|(db, user), pool| match config.databases.get(db) {

@@ -12,5 +12,8 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod frontend;
+pub mod nplus1;
 pub mod protocol;
 pub mod runtime;
+pub mod sql;
+pub mod stats;

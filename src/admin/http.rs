@@ -1,5 +1,6 @@
 //! HTTP admin endpoints: `/healthz` (the process serves), `/readyz` (the
-//! listener is bound and an upstream answered), `/api/pools`.
+//! listener is bound and an upstream answered), `/api/pools`,
+//! `/api/queries?limit=N`, `/api/n-plus-one` and the `/n-plus-one` page.
 
 use crate::app::App;
 use axum::extract::State;
@@ -17,6 +18,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/pools", get(pools))
+        .route("/api/queries", get(queries))
+        .route("/api/n-plus-one", get(n_plus_one_json))
+        .route("/n-plus-one", get(n_plus_one_html))
         .with_state(app)
 }
 
@@ -84,4 +88,25 @@ async fn pools(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         .collect();
     rows.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
     Json(serde_json::json!({ "pools": rows }))
+}
+
+#[derive(serde::Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn queries(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<Limit>,
+) -> Json<serde_json::Value> {
+    let rows = app.sinks.queries.top(q.limit.unwrap_or(50).min(10_000));
+    Json(serde_json::json!({ "queries": rows }))
+}
+
+async fn n_plus_one_json(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "reports": app.sinks.reports.reports() }))
+}
+
+async fn n_plus_one_html(State(app): State<Arc<App>>) -> axum::response::Html<String> {
+    axum::response::Html(super::pages::n_plus_one_page(&app.sinks.reports.reports()))
 }

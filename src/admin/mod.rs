@@ -2,3 +2,4 @@
 //! pool status; metrics and reports join it in later issues).
 
 pub mod http;
+pub mod pages;

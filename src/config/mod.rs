@@ -146,6 +146,8 @@ pub struct NPlusOneConfig {
     pub min_repeats: usize,
     /// idle time that ends a burst
     pub max_gap: Duration,
+    /// bursts that cost less than this in total are not reported
+    pub min_total_time: Duration,
     /// JSONL report file
     pub report_file: Option<String>,
 }
@@ -516,6 +518,11 @@ impl Config {
                 "n_plus_one.max_gap",
                 n.max_gap.as_ref(),
                 Duration::from_millis(100),
+            ),
+            min_total_time: e.duration(
+                "n_plus_one.min_total_time",
+                n.min_total_time.as_ref(),
+                Duration::ZERO,
             ),
             report_file: n.report_file,
         };

@@ -96,6 +96,7 @@ pub struct RawNPlusOne {
     pub enabled: Option<bool>,
     pub min_repeats: Option<i64>,
     pub max_gap: Option<String>,
+    pub min_total_time: Option<String>,
     pub report_file: Option<String>,
 }
 

@@ -68,7 +68,7 @@ async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAd
     tracing::debug!(client = %peer, user = %login.user, database = %login.database, application = %login.application_name, "client logged in");
     let pool = login.pool.clone();
     pool.counts.clients.fetch_add(1, Ordering::Relaxed);
-    Session::run(app, login).await;
+    Session::run(app, login, peer).await;
     pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
 }
 

@@ -5,6 +5,7 @@
 pub mod cancel;
 pub mod handshake;
 pub mod listener;
+pub mod observer;
 pub mod pipeline;
 pub mod session;
 pub mod settings;

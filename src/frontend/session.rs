@@ -12,6 +12,7 @@
 
 use super::cancel::CancelTarget;
 use super::handshake::Login;
+use super::observer::Observer;
 use super::pipeline::Pipeline;
 use super::settings::SettingsTracker;
 use super::stream::ClientStream;
@@ -19,6 +20,8 @@ use crate::app::App;
 use crate::backend::server::{note_parameter_status, send_cancel};
 use crate::backend::{Checkout, Pool};
 use crate::config::PoolMode;
+use crate::nplus1::store::Origin;
+use crate::nplus1::Detector;
 use crate::protocol::frame::{
     is_backend_type, is_frontend_type, missing_bytes, peek_frame, FrameError,
 };
@@ -27,7 +30,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::future::pending;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -115,6 +118,7 @@ enum Event {
     ClientWrote(std::io::Result<usize>),
     ServerWrote(std::io::Result<usize>),
     Shutdown,
+    BurstDeadline,
 }
 
 /// A queue of byte chunks waiting for a socket.
@@ -163,6 +167,13 @@ async fn read_opt(
     }
 }
 
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => pending().await,
+    }
+}
+
 async fn write_opt(w: Option<&mut OwnedWriteHalf>, data: &[u8]) -> std::io::Result<usize> {
     match w {
         Some(w) if !data.is_empty() => w.write(data).await,
@@ -184,11 +195,12 @@ pub struct Session {
     state: ServerState,
     pipeline: Pipeline,
     settings_changes: SettingsTracker,
+    observer: Observer,
 }
 
 impl Session {
     /// Runs a logged-in client until it leaves.
-    pub async fn run(app: Arc<App>, login: Login) {
+    pub async fn run(app: Arc<App>, login: Login, peer: std::net::SocketAddr) {
         let Login {
             stream,
             rbuf,
@@ -197,11 +209,25 @@ impl Session {
             server,
             cancel_key,
             cancel,
-            ..
+            user,
+            database,
+            application_name,
         } = login;
         let mode = pool.settings().mode;
         let config = app.config();
+        let n1 = &config.n_plus_one;
+        let detector = n1
+            .enabled
+            .then(|| Detector::new(n1.min_repeats, n1.max_gap));
+        let origin = Origin {
+            database,
+            user,
+            application: application_name,
+            client_addr: peer.ip().to_string(),
+        };
+        let observer = Observer::new(app.sinks.clone(), origin, detector);
         let mut session = Session {
+            observer,
             max_message: config.pool.max_message_size,
             max_prepared: config.pool.max_prepared_statements,
             app,
@@ -268,6 +294,7 @@ impl Session {
                     ),
                     None => (None, None, None),
                 };
+                let burst_deadline = self.observer.deadline();
                 let read_client = to_server.len < HIGH_WATER;
                 let read_server = to_client.len < HIGH_WATER;
                 tokio::select! {
@@ -276,11 +303,13 @@ impl Session {
                     r = cw.write(to_client.front()), if !to_client.is_empty() => Event::ClientWrote(r),
                     r = write_opt(sw, to_server.front()), if !to_server.is_empty() => Event::ServerWrote(r),
                     _ = shutdown.changed(), if !draining => Event::Shutdown,
+                    _ = sleep_until_opt(burst_deadline) => Event::BurstDeadline,
                 }
             };
 
             match event {
                 Event::Shutdown => draining = true,
+                Event::BurstDeadline => self.observer.tick(Instant::now()),
                 Event::ClientWrote(Ok(n)) if n > 0 => {
                     to_client.advance(n);
                     if to_client.is_empty() && cw.flush().await.is_err() {
@@ -351,6 +380,7 @@ impl Session {
         let _ = cw.shutdown().await;
         to_client.clear();
 
+        self.observer.finish();
         self.app.cancels.remove(self.cancel_key);
         self.cancel.clear();
         if let Some(co) = self.server.take() {
@@ -388,6 +418,7 @@ impl Session {
         let mut end = 0;
         let mut terminate = false;
         let transaction_mode = self.mode == PoolMode::Transaction;
+        let now = Instant::now();
         loop {
             let (tag, total) = match peek_frame(&cbuf[end..], self.max_message) {
                 Ok(Some(f)) => f,
@@ -413,6 +444,8 @@ impl Session {
             if transaction_mode && matches!(tag, b'Q' | b'P') {
                 self.settings_changes.observe(tag, &cbuf[end..end + total]);
             }
+            self.observer
+                .client_message(tag, &cbuf[end..end + total], now);
             end += total;
         }
         if end > 0 {
@@ -481,18 +514,23 @@ impl Session {
             let state = &mut self.state;
             let tracker = &mut self.settings_changes;
             let settings = &mut self.settings;
+            let observer = &mut self.observer;
+            let now = Instant::now();
             let mut changed = false;
             let routed = self
                 .pipeline
-                .server_messages(&mut co.server, &mut out, |tag, msg| match tag {
-                    b'Z' if msg.len() == 6 => {
-                        state.tx = msg[5];
-                        state.pending = state.pending.saturating_sub(1);
-                        changed |= tracker.ready(msg[5], settings);
+                .server_messages(&mut co.server, &mut out, |tag, msg| {
+                    observer.server_message(tag, now);
+                    match tag {
+                        b'Z' if msg.len() == 6 => {
+                            state.tx = msg[5];
+                            state.pending = state.pending.saturating_sub(1);
+                            changed |= tracker.ready(msg[5], settings);
+                        }
+                        b'E' => tracker.failed(),
+                        b'S' => tracker.reported(&msg[5..], settings),
+                        _ => {}
                     }
-                    b'E' => tracker.failed(),
-                    b'S' => tracker.reported(&msg[5..], settings),
-                    _ => {}
                 });
             if changed {
                 SettingsTracker::mark_server(&self.settings, &mut co.server.applied);
@@ -502,12 +540,14 @@ impl Session {
         }
         let server = &mut co.server;
         let mut end = 0;
+        let now = Instant::now();
         loop {
             let (tag, total) = match peek_frame(&server.rbuf[end..], usize::MAX >> 1) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => return Err(End::ServerProtocol(e.to_string())),
             };
+            self.observer.server_message(tag, now);
             match tag {
                 b'Z' if total == 6 => {
                     self.state.tx = server.rbuf[end + 5];

@@ -1,0 +1,81 @@
+//! HTML pages for people: the N+1 report a DBA reads in a browser. Plain
+//! server-rendered HTML with every value escaped; no scripts.
+
+use crate::nplus1::Report;
+
+/// Escapes text for HTML.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#1d2330}\
+h1{font-size:1.5rem}table{border-collapse:collapse;width:100%}\
+th,td{border-bottom:1px solid #d8dce4;padding:.5rem;text-align:left;vertical-align:top}\
+th{background:#f3f5f9}code{font-family:ui-monospace,monospace;font-size:.85rem;white-space:pre-wrap;word-break:break-word}\
+.kind-n_plus_one{color:#b3261e;font-weight:600}.kind-duplicate{color:#8a5a00;font-weight:600}\
+.num{text-align:right;white-space:nowrap}.muted{color:#667085}";
+
+/// The N+1 report page, most costly first.
+pub fn n_plus_one_page(reports: &[Report]) -> String {
+    let mut html = String::with_capacity(4096 + reports.len() * 1024);
+    html.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>pgsift — N+1 report</title><style>");
+    html.push_str(STYLE);
+    html.push_str("</style></head><body><h1>N+1 query report</h1>");
+    html.push_str(&format!(
+        "<p class=\"muted\">{} pattern(s), sorted by total time. An N+1 burst is one statement run once per row of a parent query; a duplicate is the same statement with the same values again and again.</p>",
+        reports.len()
+    ));
+    if reports.is_empty() {
+        html.push_str("<p id=\"empty\">No N+1 bursts seen yet.</p>");
+    } else {
+        html.push_str("<table id=\"reports\"><thead><tr><th>kind</th><th>application / database</th><th>repeated statement</th><th>parent statement</th><th>example</th><th class=\"num\">bursts</th><th class=\"num\">max repeats</th><th class=\"num\">total repeats</th><th class=\"num\">total ms</th><th>suggestion</th><th>last seen</th></tr></thead><tbody>");
+        for r in reports {
+            html.push_str(&format!(
+                "<tr data-id=\"{id}\" data-fingerprint=\"{fp}\"><td class=\"kind-{kind}\">{kind}</td><td>{app}<br><span class=\"muted\">{db} · {user} · {addr}</span></td><td><code>{query}</code></td><td><code>{parent}</code></td><td><code>{example}</code></td><td class=\"num\">{occ}</td><td class=\"num\">{max}</td><td class=\"num\">{total}</td><td class=\"num\">{ms:.2}</td><td>{sugg}</td><td class=\"muted\">{last}</td></tr>",
+                id = escape(&r.id),
+                fp = escape(&r.fingerprint),
+                kind = r.kind.as_str(),
+                app = escape(if r.application.is_empty() { "(no application_name)" } else { &r.application }),
+                db = escape(&r.database),
+                user = escape(&r.user),
+                addr = escape(&r.client_addr),
+                query = escape(&r.query),
+                parent = escape(r.parent_query.as_deref().unwrap_or("(unknown)")),
+                example = escape(&r.example),
+                occ = r.occurrences,
+                max = r.max_repeats,
+                total = r.total_repeats,
+                ms = r.total_ms,
+                sugg = escape(&r.suggestion),
+                last = escape(&r.last_seen),
+            ));
+        }
+        html.push_str("</tbody></table>");
+    }
+    html.push_str("<p class=\"muted\">JSON: <a href=\"/api/n-plus-one\">/api/n-plus-one</a> · top statements: <a href=\"/api/queries\">/api/queries</a></p></body></html>");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_escaped() {
+        assert_eq!(
+            escape("<script>'a'&\"b\""),
+            "&lt;script&gt;&#39;a&#39;&amp;&quot;b&quot;"
+        );
+    }
+}

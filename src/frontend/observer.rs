@@ -1,0 +1,224 @@
+//! What a session tells the statistics and the N+1 detector: every
+//! statement execution with its analysis, duration, rows and outcome.
+//!
+//! It watches the client's messages (Query, Parse, Bind, Execute, Sync,
+//! Close) to know which statement each execution runs with which values, and
+//! the server's replies (DataRow, CommandComplete, EmptyQueryResponse,
+//! PortalSuspended, ErrorResponse, ReadyForQuery) to know when each ends.
+//! Executions complete in the order they were sent, so a queue suffices.
+
+use crate::nplus1::store::Origin;
+use crate::nplus1::ReportStore;
+use crate::nplus1::{Detector, Execution};
+use crate::protocol::extended;
+use crate::sql::shape::split_statements;
+use crate::sql::{Analysis, Analyzer};
+use crate::stats::QueryStats;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A statement known by name (or the unnamed one) or bound to a portal.
+#[derive(Debug, Clone)]
+struct Known {
+    analysis: Arc<Analysis>,
+    text: Arc<str>,
+    values: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    known: Known,
+    sent: Instant,
+    rows: u64,
+}
+
+/// The shared tables a session reports to.
+#[derive(Clone)]
+pub struct Sinks {
+    /// statement analysis
+    pub analyzer: Arc<Analyzer>,
+    /// per-fingerprint statistics
+    pub queries: Arc<QueryStats>,
+    /// N+1 reports
+    pub reports: Arc<ReportStore>,
+}
+
+/// The observer of one session.
+pub struct Observer {
+    sinks: Sinks,
+    origin: Origin,
+    detector: Option<Detector>,
+    statements: HashMap<Vec<u8>, Known>,
+    portals: HashMap<Vec<u8>, Known>,
+    pending: VecDeque<Pending>,
+    last_done: Option<Instant>,
+}
+
+/// Most statements kept by name per client (drivers close theirs; this
+/// bounds a client that never does).
+const MAX_NAMED: usize = 10_000;
+
+impl Observer {
+    /// An observer; `detector` is `None` when N+1 detection is off.
+    pub fn new(sinks: Sinks, origin: Origin, detector: Option<Detector>) -> Observer {
+        Observer {
+            sinks,
+            origin,
+            detector,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            pending: VecDeque::new(),
+            last_done: None,
+        }
+    }
+
+    fn known(&self, sql: &str) -> Known {
+        let a = self.sinks.analyzer.analyze(sql);
+        Known {
+            analysis: a.analysis,
+            text: sql.into(),
+            values: a.values,
+        }
+    }
+
+    /// A complete client message on its way to the server.
+    pub fn client_message(&mut self, tag: u8, msg: &[u8], now: Instant) {
+        match tag {
+            b'Q' => {
+                let body = &msg[5..];
+                let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                for stmt in split_statements(&text) {
+                    let known = self.known(stmt);
+                    self.pending.push_back(Pending {
+                        known,
+                        sent: now,
+                        rows: 0,
+                    });
+                }
+            }
+            b'P' => {
+                if let Some(p) = extended::parse_parse(msg) {
+                    let known = self.known(&String::from_utf8_lossy(p.query));
+                    if self.statements.len() >= MAX_NAMED && !self.statements.contains_key(p.name) {
+                        self.statements.clear();
+                    }
+                    self.statements.insert(p.name.to_vec(), known);
+                }
+            }
+            b'B' => {
+                let body = &msg[5..];
+                let Some(portal_end) = body.iter().position(|&b| b == 0) else {
+                    return;
+                };
+                let portal = &body[..portal_end];
+                if let Some((stmt, after)) = extended::bind_statement(msg) {
+                    if let Some(k) = self.statements.get(stmt) {
+                        let mut known = k.clone();
+                        known.values = xxhash_rust::xxh3::xxh3_64(&msg[after..]);
+                        if self.portals.len() >= MAX_NAMED {
+                            self.portals.clear();
+                        }
+                        self.portals.insert(portal.to_vec(), known);
+                    }
+                }
+            }
+            b'E' => {
+                let body = &msg[5..];
+                let Some(end) = body.iter().position(|&b| b == 0) else {
+                    return;
+                };
+                if let Some(known) = self.portals.get(&body[..end]).cloned() {
+                    self.pending.push_back(Pending {
+                        known,
+                        sent: now,
+                        rows: 0,
+                    });
+                }
+            }
+            b'C' => {
+                if let Some((kind, name)) = extended::target(msg) {
+                    if kind == b'S' {
+                        self.statements.remove(name);
+                    } else {
+                        self.portals.remove(name);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A server message on its way to the client.
+    pub fn server_message(&mut self, tag: u8, now: Instant) {
+        match tag {
+            b'D' => {
+                if let Some(p) = self.pending.front_mut() {
+                    p.rows += 1;
+                }
+            }
+            b'C' | b'I' | b's' => self.complete(now, false),
+            b'E' => self.complete(now, true),
+            b'Z' => {
+                // whatever did not complete was skipped after an error
+                self.pending.clear();
+                self.portals.remove(&b""[..]);
+            }
+            _ => {}
+        }
+    }
+
+    fn complete(&mut self, now: Instant, error: bool) {
+        let Some(p) = self.pending.pop_front() else {
+            return;
+        };
+        // pipelined executions run one after the other on the server
+        let start = match self.last_done {
+            Some(d) if d > p.sent => d,
+            _ => p.sent,
+        };
+        self.last_done = Some(now);
+        let duration = now.saturating_duration_since(start);
+        self.sinks
+            .queries
+            .record(&p.known.analysis, duration, p.rows, error, false);
+        if error {
+            return;
+        }
+        if let Some(d) = self.detector.as_mut() {
+            let bursts = d.observe(Execution {
+                analysis: p.known.analysis,
+                values: p.known.values,
+                example: p.known.text,
+                start,
+                duration,
+            });
+            for b in &bursts {
+                self.sinks.reports.add(b, &self.origin);
+            }
+        }
+    }
+
+    /// When open bursts end if the client stays quiet.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.detector.as_ref().and_then(Detector::deadline)
+    }
+
+    /// Ends bursts whose gap has passed.
+    pub fn tick(&mut self, now: Instant) {
+        if let Some(d) = self.detector.as_mut() {
+            for b in d.finish_idle(now) {
+                self.sinks.reports.add(&b, &self.origin);
+            }
+        }
+    }
+
+    /// The client left: its open bursts end.
+    pub fn finish(&mut self) {
+        if let Some(d) = self.detector.as_mut() {
+            for b in d.finish_all() {
+                self.sinks.reports.add(&b, &self.origin);
+            }
+        }
+    }
+}

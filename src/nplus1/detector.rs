@@ -1,0 +1,364 @@
+//! The burst detector of one client connection.
+//!
+//! A burst is a run of executions of one fingerprint, each starting within
+//! `max_gap` of the end of the connection's previous statement, possibly
+//! interleaved with other statements (an ORM loop alternating author and
+//! comments lookups gives two bursts). A burst with different parameter
+//! values is N+1; one whose executions all had the same values is a
+//! duplicate. Its parent is the last statement before the burst began that
+//! is not itself a repetition in another burst — usually the list query.
+//!
+//! Memory is bounded (at most [`MAX_BURSTS`] open bursts and [`HISTORY`]
+//! remembered statement runs) and the work per statement is O(1).
+
+use crate::sql::{Analysis, Kind};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Open bursts kept per connection.
+pub const MAX_BURSTS: usize = 64;
+/// Runs of statements remembered for finding parents.
+pub const HISTORY: usize = 32;
+/// Distinct parameter values remembered per burst.
+const MAX_DISTINCT: usize = 8;
+
+/// One finished statement execution.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// the statement
+    pub analysis: Arc<Analysis>,
+    /// hash of its parameter or literal values
+    pub values: u64,
+    /// the concrete statement text
+    pub example: Arc<str>,
+    /// when it was sent to the server
+    pub start: Instant,
+    /// how long it took
+    pub duration: Duration,
+}
+
+/// N+1 or duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BurstKind {
+    /// one lookup per row of a parent query, with different values
+    NPlusOne,
+    /// the same statement with the same values, again and again
+    Duplicate,
+}
+
+impl BurstKind {
+    /// As written in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BurstKind::NPlusOne => "n_plus_one",
+            BurstKind::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// A finished burst with at least `min_repeats` executions.
+#[derive(Debug, Clone)]
+pub struct Burst {
+    /// N+1 or duplicate
+    pub kind: BurstKind,
+    /// the repeated statement
+    pub analysis: Arc<Analysis>,
+    /// the statement that ran before the burst
+    pub parent: Option<Arc<Analysis>>,
+    /// one concrete execution
+    pub example: Arc<str>,
+    /// executions in the burst
+    pub repeats: usize,
+    /// time the repeated executions spent
+    pub total: Duration,
+    /// wall clock of the first execution
+    pub first_seen: SystemTime,
+    /// wall clock of the last execution
+    pub last_seen: SystemTime,
+}
+
+#[derive(Debug)]
+struct Open {
+    analysis: Arc<Analysis>,
+    example: Arc<str>,
+    first_seq: u64,
+    count: usize,
+    distinct: Vec<u64>,
+    parent: Option<Arc<Analysis>>,
+    parent_resolved: bool,
+    total: Duration,
+    first_seen: SystemTime,
+    last_seen: SystemTime,
+    last_seq: u64,
+}
+
+#[derive(Debug)]
+struct Run {
+    fingerprint: u64,
+    analysis: Arc<Analysis>,
+    first_seq: u64,
+}
+
+/// The detector of one connection.
+#[derive(Debug)]
+pub struct Detector {
+    min_repeats: usize,
+    max_gap: Duration,
+    seq: u64,
+    last_end: Option<Instant>,
+    history: VecDeque<Run>,
+    open: HashMap<u64, Open>,
+}
+
+impl Detector {
+    /// A detector with the configured thresholds.
+    pub fn new(min_repeats: usize, max_gap: Duration) -> Detector {
+        Detector {
+            min_repeats,
+            max_gap,
+            seq: 0,
+            last_end: None,
+            history: VecDeque::with_capacity(8),
+            open: HashMap::new(),
+        }
+    }
+
+    /// When the open bursts end if no statement comes.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.open.values().any(|b| b.count >= 2) {
+            self.last_end.map(|t| t + self.max_gap)
+        } else {
+            None
+        }
+    }
+
+    /// Feeds one execution; returns the bursts it finished.
+    pub fn observe(&mut self, e: Execution) -> Vec<Burst> {
+        let mut done = Vec::new();
+        if let Some(last) = self.last_end {
+            if e.start.saturating_duration_since(last) > self.max_gap {
+                done = self.finish_all();
+            }
+        }
+        let end = e.start + e.duration;
+        self.last_end = Some(self.last_end.map_or(end, |l| l.max(end)));
+        if matches!(e.analysis.kind, Kind::Transaction | Kind::Utility) {
+            return done;
+        }
+        self.seq += 1;
+        let fp = e.analysis.fingerprint;
+        let now = SystemTime::now();
+        if self.open.contains_key(&fp) {
+            let unresolved = self.open.get(&fp).is_some_and(|b| !b.parent_resolved);
+            let parent = if unresolved {
+                let first_seq = self.open[&fp].first_seq;
+                Some(self.parent_before(first_seq))
+            } else {
+                None
+            };
+            if let Some(b) = self.open.get_mut(&fp) {
+                b.count += 1;
+                if b.distinct.len() < MAX_DISTINCT && !b.distinct.contains(&e.values) {
+                    b.distinct.push(e.values);
+                }
+                b.total += e.duration;
+                b.last_seen = now;
+                b.last_seq = self.seq;
+                if let Some(p) = parent {
+                    b.parent = p;
+                    b.parent_resolved = true;
+                }
+            }
+        } else {
+            if self.open.len() >= MAX_BURSTS {
+                if let Some((&victim, _)) = self.open.iter().min_by_key(|(_, b)| b.last_seq) {
+                    if let Some(b) = self.open.remove(&victim) {
+                        done.extend(self.finished(b));
+                    }
+                }
+            }
+            self.open.insert(
+                fp,
+                Open {
+                    analysis: e.analysis.clone(),
+                    example: e.example.clone(),
+                    first_seq: self.seq,
+                    count: 1,
+                    distinct: vec![e.values],
+                    parent: None,
+                    parent_resolved: false,
+                    total: e.duration,
+                    first_seen: now,
+                    last_seen: now,
+                    last_seq: self.seq,
+                },
+            );
+        }
+        match self.history.back() {
+            Some(r) if r.fingerprint == fp => {}
+            _ => {
+                if self.history.len() == HISTORY {
+                    self.history.pop_front();
+                }
+                self.history.push_back(Run {
+                    fingerprint: fp,
+                    analysis: e.analysis.clone(),
+                    first_seq: self.seq,
+                });
+            }
+        }
+        done
+    }
+
+    /// The last statement before `seq` that is not a repetition in a burst.
+    fn parent_before(&self, seq: u64) -> Option<Arc<Analysis>> {
+        self.history
+            .iter()
+            .rev()
+            .filter(|r| r.first_seq < seq)
+            .find(|r| self.open.get(&r.fingerprint).is_none_or(|b| b.count < 2))
+            .map(|r| r.analysis.clone())
+    }
+
+    /// Ends every open burst (idle gap, disconnect).
+    pub fn finish_all(&mut self) -> Vec<Burst> {
+        let open: Vec<Open> = self.open.drain().map(|(_, b)| b).collect();
+        self.history.clear();
+        open.into_iter().filter_map(|b| self.finished(b)).collect()
+    }
+
+    /// Ends the bursts whose gap has passed at `now`.
+    pub fn finish_idle(&mut self, now: Instant) -> Vec<Burst> {
+        match self.last_end {
+            Some(last) if now.saturating_duration_since(last) > self.max_gap => self.finish_all(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn finished(&self, b: Open) -> Option<Burst> {
+        if b.count < self.min_repeats {
+            return None;
+        }
+        let kind = if b.distinct.len() >= 2 {
+            BurstKind::NPlusOne
+        } else {
+            BurstKind::Duplicate
+        };
+        Some(Burst {
+            kind,
+            analysis: b.analysis,
+            parent: b.parent,
+            example: b.example,
+            repeats: b.count,
+            total: b.total,
+            first_seen: b.first_seen,
+            last_seen: b.last_seen,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::Analyzer;
+
+    struct Feed {
+        a: Analyzer,
+        d: Detector,
+        t: Instant,
+        out: Vec<Burst>,
+    }
+
+    impl Feed {
+        fn new() -> Feed {
+            Feed {
+                a: Analyzer::new(100),
+                d: Detector::new(5, Duration::from_millis(100)),
+                t: Instant::now(),
+                out: vec![],
+            }
+        }
+        fn run(&mut self, sql: &str) {
+            let x = self.a.analyze(sql);
+            self.t += Duration::from_millis(1);
+            let e = Execution {
+                analysis: x.analysis,
+                values: x.values,
+                example: sql.into(),
+                start: self.t,
+                duration: Duration::from_micros(300),
+            };
+            self.out.extend(self.d.observe(e));
+        }
+        fn end(&mut self) -> Vec<Burst> {
+            self.out.extend(self.d.finish_all());
+            std::mem::take(&mut self.out)
+        }
+    }
+
+    #[test]
+    fn interleaved_author_and_comment_lookups_are_two_bursts_with_the_list_query_as_parent() {
+        let mut f = Feed::new();
+        f.run("SELECT * FROM posts ORDER BY created_at DESC LIMIT 20");
+        for i in 0..20 {
+            f.run(&format!("SELECT * FROM users WHERE id = {}", i % 7));
+            f.run(&format!("SELECT * FROM comments WHERE post_id = {i}"));
+        }
+        let mut bursts = f.end();
+        bursts.sort_by_key(|b| b.analysis.normalized.clone());
+        assert_eq!(bursts.len(), 2);
+        for b in &bursts {
+            assert_eq!(b.kind, BurstKind::NPlusOne);
+            assert_eq!(b.repeats, 20);
+            assert!(
+                b.parent.as_ref().unwrap().normalized.contains("FROM posts"),
+                "{:?}",
+                b.parent
+            );
+        }
+    }
+
+    #[test]
+    fn identical_repeats_are_duplicates_not_n_plus_one() {
+        let mut f = Feed::new();
+        for _ in 0..6 {
+            f.run("SELECT * FROM settings WHERE key = 'theme'");
+        }
+        let b = f.end();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].kind, BurstKind::Duplicate);
+    }
+
+    #[test]
+    fn unrelated_statements_and_short_runs_report_nothing() {
+        let mut f = Feed::new();
+        for sql in [
+            "SELECT 1",
+            "SELECT * FROM a",
+            "SELECT * FROM b",
+            "UPDATE c SET x = 1",
+            "SELECT * FROM d",
+        ] {
+            f.run(sql);
+        }
+        for i in 0..4 {
+            f.run(&format!("SELECT * FROM users WHERE id = {i}"));
+        }
+        assert!(f.end().is_empty());
+    }
+
+    #[test]
+    fn an_idle_gap_ends_a_burst() {
+        let mut f = Feed::new();
+        for i in 0..3 {
+            f.run(&format!("SELECT * FROM users WHERE id = {i}"));
+        }
+        f.t += Duration::from_millis(500);
+        for i in 0..3 {
+            f.run(&format!("SELECT * FROM users WHERE id = {i}"));
+        }
+        assert!(f.end().is_empty(), "two runs of 3 are not one of 6");
+    }
+}

@@ -1,0 +1,305 @@
+//! The analyzer: memoized per exact text and per literal-stripped shape,
+//! libpg_query (`pg_query`: normalize, fingerprint, summary) on a miss, and a
+//! token-based fallback for text the parser rejects.
+
+use super::shape::{self, Shape};
+use moka::sync::Cache;
+use std::sync::Arc;
+
+/// What kind of statement it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// SELECT, VALUES, TABLE
+    Select,
+    /// INSERT
+    Insert,
+    /// UPDATE
+    Update,
+    /// DELETE
+    Delete,
+    /// MERGE
+    Merge,
+    /// COPY
+    Copy,
+    /// CREATE, ALTER, DROP, GRANT, TRUNCATE, …
+    Ddl,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT, …
+    Transaction,
+    /// SET, SHOW, EXPLAIN, LISTEN, … and what does not parse
+    Utility,
+}
+
+impl Kind {
+    /// The label value used in metrics and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Select => "select",
+            Kind::Insert => "insert",
+            Kind::Update => "update",
+            Kind::Delete => "delete",
+            Kind::Merge => "merge",
+            Kind::Copy => "copy",
+            Kind::Ddl => "ddl",
+            Kind::Transaction => "transaction",
+            Kind::Utility => "utility",
+        }
+    }
+}
+
+/// Everything pgsift knows about one statement text (shared by every text of
+/// the same shape).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// 64-bit fingerprint
+    pub fingerprint: u64,
+    /// constants replaced by `$n`, as Postgres's own normalizer writes it
+    pub normalized: String,
+    /// statement kind
+    pub kind: Kind,
+    /// tables the statement reads
+    pub reads: Vec<String>,
+    /// tables the statement writes
+    pub writes: Vec<String>,
+    /// false when the parser rejected the text (token-based fallback)
+    pub parsed: bool,
+}
+
+impl Analysis {
+    /// The fingerprint as 16 hex digits.
+    pub fn fingerprint_hex(&self) -> String {
+        format!("{:016x}", self.fingerprint)
+    }
+}
+
+/// Memoized statement analysis, shared by all sessions.
+pub struct Analyzer {
+    /// exact text → analysis and literal-values hash
+    by_text: Cache<u64, (Arc<Analysis>, u64)>,
+    by_shape: Cache<u64, Arc<Analysis>>,
+}
+
+impl Default for Analyzer {
+    fn default() -> Self {
+        Self::new(50_000)
+    }
+}
+
+/// The analysis of one execution: the statement's analysis and a hash of its
+/// literal values (inlined literals; 0 when there are none).
+#[derive(Debug, Clone)]
+pub struct Analyzed {
+    /// the statement
+    pub analysis: Arc<Analysis>,
+    /// hash of the literals in the text
+    pub values: u64,
+}
+
+impl Analyzer {
+    /// An analyzer remembering up to `capacity` texts and as many shapes.
+    pub fn new(capacity: u64) -> Analyzer {
+        Analyzer {
+            by_text: Cache::new(capacity),
+            by_shape: Cache::new(capacity),
+        }
+    }
+
+    /// Analyzes one statement. Never fails.
+    pub fn analyze(&self, sql: &str) -> Analyzed {
+        let text_hash = xxhash_rust::xxh3::xxh3_64(sql.as_bytes());
+        if let Some((analysis, values)) = self.by_text.get(&text_hash) {
+            return Analyzed { analysis, values };
+        }
+        let s = shape::scan(sql.as_bytes(), None);
+        let values = if s.literals == 0 { 0 } else { s.values };
+        let analysis = match self.by_shape.get(&s.hash) {
+            Some(a) => a,
+            None => {
+                let a = Arc::new(analyze_with_parser(sql, &s));
+                self.by_shape.insert(s.hash, a.clone());
+                a
+            }
+        };
+        self.by_text.insert(text_hash, (analysis.clone(), values));
+        Analyzed { analysis, values }
+    }
+}
+
+/// The slow path: libpg_query. Fingerprints are taken of the normalized
+/// text so that inlined literals and `$n` parameters give the same one.
+fn analyze_with_parser(sql: &str, s: &Shape) -> Analysis {
+    let normalized = pg_query::normalize(sql);
+    let Ok(normalized) = normalized else {
+        return fallback(sql, s);
+    };
+    let fp = pg_query::fingerprint(&normalized, 0, pg_query::FingerprintOptions::FULL_RELNAME);
+    let summary = pg_query::summary(&normalized, 0, -1);
+    match (fp, summary) {
+        (Ok(fp), Ok(summary)) => {
+            let kind = summary
+                .statement_types()
+                .first()
+                .map(|t| kind_of(t))
+                .unwrap_or(Kind::Utility);
+            let mut writes = summary.dml_tables();
+            if kind == Kind::Ddl {
+                writes.extend(summary.ddl_tables());
+            }
+            let mut reads = summary.select_tables();
+            reads.sort();
+            reads.dedup();
+            writes.sort();
+            writes.dedup();
+            Analysis {
+                fingerprint: fp.value,
+                normalized,
+                kind,
+                reads,
+                writes,
+                parsed: true,
+            }
+        }
+        _ => fallback(sql, s),
+    }
+}
+
+/// Text the parser rejects: fingerprint of the shape, kind from the first word.
+fn fallback(sql: &str, s: &Shape) -> Analysis {
+    let mut folded = String::new();
+    shape::scan(sql.as_bytes(), Some(&mut folded));
+    let first = folded.split_whitespace().next().unwrap_or("");
+    let kind = match first {
+        "select" | "values" | "table" | "with" => Kind::Select,
+        "insert" => Kind::Insert,
+        "update" => Kind::Update,
+        "delete" => Kind::Delete,
+        "merge" => Kind::Merge,
+        "copy" => Kind::Copy,
+        "create" | "alter" | "drop" | "truncate" | "grant" | "revoke" | "comment" => Kind::Ddl,
+        "begin" | "commit" | "rollback" | "savepoint" | "release" | "start" | "end" | "abort" => {
+            Kind::Transaction
+        }
+        _ => Kind::Utility,
+    };
+    Analysis {
+        fingerprint: s.hash,
+        normalized: folded,
+        kind,
+        reads: vec![],
+        writes: vec![],
+        parsed: false,
+    }
+}
+
+fn kind_of(statement_type: &str) -> Kind {
+    match statement_type {
+        "SelectStmt" => Kind::Select,
+        "InsertStmt" => Kind::Insert,
+        "UpdateStmt" => Kind::Update,
+        "DeleteStmt" => Kind::Delete,
+        "MergeStmt" => Kind::Merge,
+        "CopyStmt" => Kind::Copy,
+        "TransactionStmt" => Kind::Transaction,
+        "TruncateStmt" | "GrantStmt" | "GrantRoleStmt" | "RenameStmt" | "CommentStmt"
+        | "IndexStmt" | "ViewStmt" | "CreateTableAsStmt" | "RefreshMatViewStmt" => Kind::Ddl,
+        t if t.starts_with("Create") || t.starts_with("Alter") || t.starts_with("Drop") => {
+            Kind::Ddl
+        }
+        _ => Kind::Utility,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(sql: &str) -> u64 {
+        Analyzer::new(100).analyze(sql).analysis.fingerprint
+    }
+
+    #[test]
+    fn statements_differing_only_in_constants_whitespace_comments_or_case_share_a_fingerprint() {
+        let base = fp("SELECT * FROM users WHERE id = 1");
+        assert_eq!(base, fp("select *   from users\n where id = 42 -- hi"));
+        assert_eq!(base, fp("SELECT /* c */ * FROM Users WHERE ID = 7"));
+    }
+
+    #[test]
+    fn in_lists_of_any_length_share_a_fingerprint() {
+        assert_eq!(
+            fp("SELECT * FROM t WHERE id IN (1, 2, 3)"),
+            fp("SELECT * FROM t WHERE id IN (4)")
+        );
+    }
+
+    #[test]
+    fn inlined_literals_and_dollar_parameters_share_a_fingerprint() {
+        assert_eq!(
+            fp("SELECT * FROM comments WHERE post_id = 17"),
+            fp("SELECT * FROM comments WHERE post_id = $1")
+        );
+        assert_eq!(
+            fp("UPDATE users SET name = 'x' WHERE id = 3"),
+            fp("UPDATE users SET name = $1 WHERE id = $2")
+        );
+    }
+
+    #[test]
+    fn different_statements_get_different_fingerprints() {
+        assert_ne!(
+            fp("SELECT * FROM users WHERE id = 1"),
+            fp("SELECT * FROM posts WHERE id = 1")
+        );
+        assert_ne!(
+            fp("SELECT * FROM users WHERE id = 1"),
+            fp("SELECT * FROM users WHERE name = 'a'")
+        );
+        assert_ne!(fp("SELECT a FROM t"), fp("SELECT b FROM t"));
+    }
+
+    #[test]
+    fn kinds_and_tables_are_classified() {
+        let a = Analyzer::new(100);
+        let s = a
+            .analyze("SELECT u.name FROM users u JOIN posts p ON p.user_id = u.id")
+            .analysis;
+        assert_eq!(s.kind, Kind::Select);
+        assert_eq!(s.reads, vec!["posts".to_string(), "users".to_string()]);
+        assert!(s.writes.is_empty());
+        let w = a.analyze("WITH d AS (DELETE FROM comments WHERE id = 1 RETURNING post_id) UPDATE posts SET n = n - 1 WHERE id IN (SELECT post_id FROM d)").analysis;
+        assert!(
+            w.writes.contains(&"comments".to_string()) && w.writes.contains(&"posts".to_string()),
+            "{w:?}"
+        );
+        assert_eq!(a.analyze("BEGIN").analysis.kind, Kind::Transaction);
+        assert_eq!(a.analyze("CREATE TABLE x (a int)").analysis.kind, Kind::Ddl);
+        assert_eq!(
+            a.analyze("INSERT INTO users (name) VALUES ('a')")
+                .analysis
+                .writes,
+            vec!["users".to_string()]
+        );
+        assert_eq!(
+            a.analyze("SET search_path TO x").analysis.kind,
+            Kind::Utility
+        );
+    }
+
+    #[test]
+    fn unparsable_text_still_gets_a_stable_fingerprint() {
+        let a = fp("SELEC * FROM nowhere WHERE x = 1");
+        assert_eq!(a, fp("selec *  from nowhere where x = 2"));
+        assert!(!Analyzer::new(10).analyze("SELEC 1").analysis.parsed);
+    }
+
+    #[test]
+    fn normalized_text_replaces_constants() {
+        let a = Analyzer::new(10)
+            .analyze("SELECT * FROM users WHERE id = 5 AND name = 'bob'")
+            .analysis;
+        assert_eq!(
+            a.normalized,
+            "SELECT * FROM users WHERE id = $1 AND name = $2"
+        );
+    }
+}
