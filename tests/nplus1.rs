@@ -1,0 +1,286 @@
+//! N+1 detection end to end: the blog example's naive request through
+//! pgsift, with psycopg2 (literals inlined) and asyncpg ($n parameters),
+//! must produce exactly the two N+1 reports a DBA needs; the eager version,
+//! a loop of identical queries and unrelated statements must not. The
+//! reports are served as JSON, as an HTML page (checked in headless
+//! Chromium) and appended to the JSONL report file.
+
+mod common;
+
+use common::{http_get, shared_postgres, Proxy};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Once;
+
+fn venv_python() -> PathBuf {
+    let venv = std::env::var("PGSIFT_VENV")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv").into());
+    let py = PathBuf::from(venv).join("bin/python");
+    assert!(
+        py.exists(),
+        "no Python venv at {}: run scripts/test.sh (it creates it)",
+        py.display()
+    );
+    py
+}
+
+fn load_blog_schema() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let pg = shared_postgres();
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                &pg.url("blog", "blogpw", "blog"),
+                "-f",
+            ])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/blog/schema.sql"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+fn blog_proxy(report_file: Option<&std::path::Path>) -> Proxy {
+    load_blog_schema();
+    let pg = shared_postgres();
+    let file = report_file
+        .map(|f| format!("  report_file: {}\n", f.display()))
+        .unwrap_or_default();
+    Proxy::start(&format!(
+        "databases:\n  blog: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 4}}\nn_plus_one:\n  min_repeats: 5\n  max_gap: 100ms\n{file}",
+        pg.port
+    ))
+}
+
+/// Runs one request of examples/blog/blog.py and returns pgsift's reports for it.
+fn run_request(proxy: &Proxy, driver: &str, request: &str) -> Vec<Value> {
+    let out = Command::new(venv_python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/blog/blog.py"
+        ))
+        .args([
+            "--dsn",
+            &proxy.url("blog", "blogpw", "blog"),
+            "--driver",
+            driver,
+            "--request",
+            request,
+            "--json",
+        ])
+        .arg("--admin")
+        .arg(format!("http://127.0.0.1:{}", proxy.admin_port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "blog.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON reports");
+    v.as_array().unwrap().clone()
+}
+
+fn assert_naive_reports(reports: &[Value], app: &str) {
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    let queries: Vec<&str> = reports
+        .iter()
+        .map(|r| r["query"].as_str().unwrap())
+        .collect();
+    assert!(
+        queries
+            .iter()
+            .any(|q| q.contains("FROM comments WHERE post_id = $1")),
+        "{queries:?}"
+    );
+    assert!(
+        queries
+            .iter()
+            .any(|q| q.contains("FROM users WHERE id = $1")),
+        "{queries:?}"
+    );
+    for r in reports {
+        assert_eq!(r["kind"], "n_plus_one");
+        assert_eq!(
+            r["max_repeats"], 20,
+            "one lookup per post of the page: {r:#}"
+        );
+        assert_eq!(r["application"], app);
+        assert_eq!(r["database"], "blog");
+        assert_eq!(r["user"], "blog");
+        let parent = r["parent_query"].as_str().unwrap();
+        assert!(
+            parent.contains("FROM posts ORDER BY created_at DESC LIMIT"),
+            "parent is the posts list: {parent}"
+        );
+        assert_eq!(
+            r["parent_fingerprint"], reports[0]["parent_fingerprint"],
+            "both bursts have the same parent"
+        );
+        assert!(r["total_ms"].as_f64().unwrap() > 0.0);
+        let s = r["suggestion"].as_str().unwrap();
+        assert!(s.contains("= ANY($1)") && s.contains("selectinload"), "{s}");
+        for key in [
+            "fingerprint",
+            "example",
+            "client_addr",
+            "occurrences",
+            "total_repeats",
+            "first_seen",
+            "last_seen",
+            "id",
+        ] {
+            assert!(!r[key].is_null(), "{key} missing in {r:#}");
+        }
+    }
+}
+
+#[test]
+fn psycopg2_naive_request_gives_two_n_plus_one_reports_with_the_posts_query_as_parent() {
+    let proxy = blog_proxy(None);
+    let reports = run_request(&proxy, "psycopg2", "naive");
+    assert_naive_reports(&reports, "blog-naive-psycopg2");
+    // literals are kept in the example
+    assert!(reports
+        .iter()
+        .any(|r| r["example"].as_str().unwrap().contains("WHERE id = ")));
+}
+
+#[test]
+fn asyncpg_naive_request_gives_the_same_two_reports() {
+    let proxy = blog_proxy(None);
+    let reports = run_request(&proxy, "asyncpg", "naive");
+    assert_naive_reports(&reports, "blog-naive-asyncpg");
+}
+
+#[test]
+fn inlined_literals_and_parameters_land_on_the_same_fingerprints() {
+    let proxy = blog_proxy(None);
+    let mut a: Vec<String> = run_request(&proxy, "psycopg2", "naive")
+        .iter()
+        .map(|r| r["fingerprint"].to_string())
+        .collect();
+    let mut b: Vec<String> = run_request(&proxy, "asyncpg", "naive")
+        .iter()
+        .map(|r| r["fingerprint"].to_string())
+        .collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn eager_loading_duplicates_and_unrelated_statements_are_told_apart() {
+    let proxy = blog_proxy(None);
+    for driver in ["psycopg2", "asyncpg"] {
+        assert!(
+            run_request(&proxy, driver, "eager").is_empty(),
+            "eager loading is not N+1 ({driver})"
+        );
+        assert!(
+            run_request(&proxy, driver, "unrelated").is_empty(),
+            "5 unrelated statements ({driver})"
+        );
+        let dups = run_request(&proxy, driver, "duplicate");
+        assert_eq!(dups.len(), 1, "{dups:#?}");
+        assert_eq!(dups[0]["kind"], "duplicate");
+        assert_eq!(dups[0]["max_repeats"], 10);
+    }
+}
+
+#[test]
+fn reports_reach_the_jsonl_file_the_html_page_and_top_statements() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("n_plus_one.jsonl");
+    let proxy = blog_proxy(Some(&file));
+    run_request(&proxy, "psycopg2", "naive");
+    // JSONL: one line per finished burst
+    let mut lines = 0;
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&file)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if lines >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(lines, 2);
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["kind"], "n_plus_one");
+    // top statements
+    let (status, body) = http_get(proxy.admin_port, "/api/queries?limit=5").unwrap();
+    assert_eq!(status, 200);
+    let q: Value = serde_json::from_str(&body).unwrap();
+    let rows = q["queries"].as_array().unwrap();
+    assert!(rows.len() <= 5 && !rows.is_empty());
+    let users = rows
+        .iter()
+        .find(|r| {
+            r["query"]
+                .as_str()
+                .unwrap()
+                .contains("FROM users WHERE id = $1")
+        })
+        .expect("the lookup is a top statement");
+    assert_eq!(users["calls"], 20);
+    assert_eq!(users["rows"], 20);
+    // the HTML page, rendered by a real browser
+    let url = format!("http://127.0.0.1:{}/n-plus-one", proxy.admin_port);
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok());
+    let chromium =
+        chromium.expect("chromium is not installed: run scripts/test.sh (it installs it)");
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<table id=\"reports\">"),
+        "rendered page: {dom}"
+    );
+    assert!(
+        dom.contains("FROM users WHERE id = $1")
+            && dom.contains("FROM comments WHERE post_id = $1"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("blog-naive-psycopg2") && dom.contains("selectinload"),
+        "{dom}"
+    );
+    assert_eq!(dom.matches("class=\"kind-n_plus_one\"").count(), 2);
+}
