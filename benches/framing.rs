@@ -8,7 +8,10 @@ fn data_rows(n: usize) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
     for i in 0..n {
         let v = format!("row {i} with some text payload");
-        pgsift::protocol::messages::data_row_text(&mut buf, &[Some(i.to_string()), Some(v), None::<String>]);
+        pgsift::protocol::messages::data_row_text(
+            &mut buf,
+            &[Some(i.to_string()), Some(v), None::<String>],
+        );
     }
     buf.to_vec()
 }
