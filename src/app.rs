@@ -9,6 +9,7 @@ use crate::backend::{Pool, PoolKey, UpstreamTarget};
 use crate::config::{Config, DatabaseConfig, Password};
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::observer::Sinks;
+use crate::metrics::Metrics;
 use crate::nplus1::ReportStore;
 use crate::sql::Analyzer;
 use crate::stats::QueryStats;
@@ -40,6 +41,8 @@ pub struct App {
     pub listening: AtomicBool,
     /// what sessions report statements and bursts to
     pub sinks: Sinks,
+    /// the Prometheus metric families
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -52,7 +55,9 @@ impl App {
             _ => None,
         };
         let (shutdown, _) = watch::channel(false);
+        let metrics = Arc::new(Metrics::new());
         let sinks = Sinks {
+            metrics: metrics.clone(),
             analyzer: Arc::new(Analyzer::default()),
             queries: Arc::new(QueryStats::new(5000)),
             reports: Arc::new(ReportStore::new(
@@ -62,6 +67,7 @@ impl App {
         };
         Ok(Arc::new(App {
             sinks,
+            metrics,
             credentials: RwLock::new(Arc::new(Credentials::new(config.users.values()))),
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
             config: RwLock::new(Arc::new(config)),
@@ -132,6 +138,7 @@ impl App {
                     upstream_target(&config, d, user),
                     pool_settings(&config, d),
                     self.upstream_answered.clone(),
+                    self.metrics.clone(),
                 )
             })
             .clone();

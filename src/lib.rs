@@ -12,6 +12,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod frontend;
+pub mod metrics;
 pub mod nplus1;
 pub mod protocol;
 pub mod runtime;

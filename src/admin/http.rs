@@ -17,6 +17,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/pools", get(pools))
         .route("/api/queries", get(queries))
         .route("/api/n-plus-one", get(n_plus_one_json))
@@ -109,4 +110,47 @@ async fn n_plus_one_json(State(app): State<Arc<App>>) -> Json<serde_json::Value>
 
 async fn n_plus_one_html(State(app): State<Arc<App>>) -> axum::response::Html<String> {
     axum::response::Html(super::pages::n_plus_one_page(&app.sinks.reports.reports()))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    refresh_gauges(&app);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+}
+
+/// Connection gauges are computed from the pools at scrape time.
+pub fn refresh_gauges(app: &App) {
+    let m = &app.metrics;
+    for p in app.pools.iter() {
+        let (db, user) = (p.database.as_str(), p.user.as_str());
+        let active = p.counts.active.load(Ordering::Relaxed) as i64;
+        let waiting = p.counts.waiting.load(Ordering::Relaxed) as i64;
+        let clients = p.counts.clients.load(Ordering::Relaxed) as i64;
+        let client_active = active.min(clients);
+        m.client_connections
+            .with_label_values(&[db, user, "active"])
+            .set(client_active);
+        m.client_connections
+            .with_label_values(&[db, user, "waiting"])
+            .set(waiting);
+        m.client_connections
+            .with_label_values(&[db, user, "idle"])
+            .set((clients - client_active - waiting).max(0));
+        m.server_connections
+            .with_label_values(&[db, user, "active"])
+            .set(active);
+        m.server_connections
+            .with_label_values(&[db, user, "idle"])
+            .set(p.idle_count() as i64);
+        m.server_connections
+            .with_label_values(&[db, user, "connecting"])
+            .set(p.counts.connecting.load(Ordering::Relaxed) as i64);
+    }
+    let backend = app.config().cache.backend.clone();
+    m.cache_bytes.with_label_values(&[&backend]).set(0.0);
 }

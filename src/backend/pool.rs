@@ -5,6 +5,7 @@
 
 use super::server::{ServerConnection, ServerError, UpstreamTarget};
 use crate::config::PoolMode;
+use crate::metrics::Metrics;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -110,6 +111,8 @@ pub struct Pool {
     defaults: Mutex<Option<Arc<HashMap<String, String>>>>,
     backoff: Mutex<Backoff>,
     upstream_answered: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    wait: prometheus::Histogram,
     /// live counts
     pub counts: PoolCounts,
 }
@@ -136,8 +139,14 @@ impl Pool {
         target: UpstreamTarget,
         settings: PoolSettings,
         upstream_answered: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Pool> {
+        let wait = metrics
+            .pool_wait_seconds
+            .with_label_values(&[&database, &user]);
         Arc::new(Pool {
+            metrics,
+            wait,
             database,
             user,
             target: Mutex::new(target),
@@ -185,12 +194,13 @@ impl Pool {
         self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
         let slot = match acquired {
             Err(_) => {
+                self.metrics.error("checkout_timeout");
                 return Err(PoolError::Timeout {
                     db: self.database.clone(),
                     user: self.user.clone(),
                     waited: start.elapsed(),
                     size: settings.size,
-                })
+                });
             }
             Ok(Err(_)) => {
                 return Err(PoolError::Closed(format!(
@@ -201,6 +211,7 @@ impl Pool {
             Ok(Ok(slot)) => slot,
         };
         let waited = start.elapsed();
+        self.wait.observe(waited.as_secs_f64());
         let server = match self.take_idle(&settings) {
             Some(s) => s,
             None => self.open(&settings).await?,
@@ -267,6 +278,7 @@ impl Pool {
                     b.until = Some(Instant::now() + b.delay);
                     b.last_error = e.to_string();
                 }
+                self.metrics.error("upstream_connect");
                 tracing::warn!(database = %self.database, user = %self.user, error = %e, "server connection failed");
                 Err(err(e))
             }

@@ -206,7 +206,10 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
     if let Err(e) = authenticate(&mut stream, &mut rbuf, &creds, &user).await {
         return Err(match e {
             ClientAuthError::Read(_) => HandshakeEnd::Done,
-            e => refuse(&mut stream, e.code(), e.to_string()).await,
+            e => {
+                app.metrics.error("auth");
+                refuse(&mut stream, e.code(), e.to_string()).await
+            }
         });
     }
 

@@ -41,6 +41,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
                 });
             }
             Err(_) => {
+                app.metrics.error("too_many_clients");
                 tokio::spawn(async move { refuse_too_many(app, socket).await });
             }
         }

@@ -7,13 +7,15 @@
 //! PortalSuspended, ErrorResponse, ReadyForQuery) to know when each ends.
 //! Executions complete in the order they were sent, so a queue suffices.
 
+use crate::metrics::Metrics;
 use crate::nplus1::store::Origin;
 use crate::nplus1::ReportStore;
-use crate::nplus1::{Detector, Execution};
+use crate::nplus1::{Burst, BurstKind, Detector, Execution};
 use crate::protocol::extended;
 use crate::sql::shape::split_statements;
-use crate::sql::{Analysis, Analyzer};
+use crate::sql::{Analysis, Analyzer, Kind};
 use crate::stats::QueryStats;
+use prometheus::{Histogram, IntCounter};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,6 +44,8 @@ pub struct Sinks {
     pub queries: Arc<QueryStats>,
     /// N+1 reports
     pub reports: Arc<ReportStore>,
+    /// metric families
+    pub metrics: Arc<Metrics>,
 }
 
 /// The observer of one session.
@@ -53,6 +57,9 @@ pub struct Observer {
     portals: HashMap<Vec<u8>, Known>,
     pending: VecDeque<Pending>,
     last_done: Option<Instant>,
+    /// metric handles per statement kind, resolved on first use
+    kind_metrics: HashMap<Kind, (IntCounter, Histogram)>,
+    burst_counter: Option<IntCounter>,
 }
 
 /// Most statements kept by name per client (drivers close theirs; this
@@ -70,6 +77,8 @@ impl Observer {
             portals: HashMap::new(),
             pending: VecDeque::new(),
             last_done: None,
+            kind_metrics: HashMap::new(),
+            burst_counter: None,
         }
     }
 
@@ -182,7 +191,25 @@ impl Observer {
         self.sinks
             .queries
             .record(&p.known.analysis, duration, p.rows, error, false);
+        let kind = p.known.analysis.kind;
+        let (sinks, origin) = (&self.sinks, &self.origin);
+        let (count, hist) = self.kind_metrics.entry(kind).or_insert_with(|| {
+            (
+                sinks.metrics.queries_total.with_label_values(&[
+                    &origin.database,
+                    &origin.user,
+                    kind.as_str(),
+                ]),
+                sinks
+                    .metrics
+                    .query_duration_seconds
+                    .with_label_values(&[&origin.database, kind.as_str()]),
+            )
+        });
+        count.inc();
+        hist.observe(duration.as_secs_f64());
         if error {
+            self.sinks.metrics.error("query");
             return;
         }
         if let Some(d) = self.detector.as_mut() {
@@ -194,8 +221,22 @@ impl Observer {
                 duration,
             });
             for b in &bursts {
-                self.sinks.reports.add(b, &self.origin);
+                Self::report(&self.sinks, &self.origin, &mut self.burst_counter, b);
             }
+        }
+    }
+
+    fn report(sinks: &Sinks, origin: &Origin, counter: &mut Option<IntCounter>, b: &Burst) {
+        if sinks.reports.add(b, origin) && b.kind == BurstKind::NPlusOne {
+            counter
+                .get_or_insert_with(|| {
+                    let app = sinks.metrics.application_label(&origin.application);
+                    sinks
+                        .metrics
+                        .n_plus_one_bursts_total
+                        .with_label_values(&[&origin.database, &app])
+                })
+                .inc();
         }
     }
 
@@ -208,7 +249,7 @@ impl Observer {
     pub fn tick(&mut self, now: Instant) {
         if let Some(d) = self.detector.as_mut() {
             for b in d.finish_idle(now) {
-                self.sinks.reports.add(&b, &self.origin);
+                Self::report(&self.sinks, &self.origin, &mut self.burst_counter, &b);
             }
         }
     }
@@ -217,7 +258,7 @@ impl Observer {
     pub fn finish(&mut self) {
         if let Some(d) = self.detector.as_mut() {
             for b in d.finish_all() {
-                self.sinks.reports.add(&b, &self.origin);
+                Self::report(&self.sinks, &self.origin, &mut self.burst_counter, &b);
             }
         }
     }

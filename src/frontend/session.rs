@@ -20,6 +20,7 @@ use crate::app::App;
 use crate::backend::server::{note_parameter_status, send_cancel};
 use crate::backend::{Checkout, Pool};
 use crate::config::PoolMode;
+use crate::metrics::ByteCounters;
 use crate::nplus1::store::Origin;
 use crate::nplus1::Detector;
 use crate::protocol::frame::{
@@ -27,6 +28,7 @@ use crate::protocol::frame::{
 };
 use crate::protocol::messages::{self, Severity};
 use bytes::{Buf, Bytes, BytesMut};
+use prometheus::IntCounter;
 use std::collections::VecDeque;
 use std::future::pending;
 use std::sync::Arc;
@@ -196,6 +198,8 @@ pub struct Session {
     pipeline: Pipeline,
     settings_changes: SettingsTracker,
     observer: Observer,
+    bytes: ByteCounters,
+    transactions: IntCounter,
 }
 
 impl Session {
@@ -225,9 +229,16 @@ impl Session {
             application: application_name,
             client_addr: peer.ip().to_string(),
         };
+        let transactions = app
+            .metrics
+            .transactions_total
+            .with_label_values(&[&origin.database, &origin.user]);
+        let bytes = app.metrics.bytes.clone();
         let observer = Observer::new(app.sinks.clone(), origin, detector);
         let mut session = Session {
             observer,
+            bytes,
+            transactions,
             max_message: config.pool.max_message_size,
             max_prepared: config.pool.max_prepared_statements,
             app,
@@ -251,6 +262,10 @@ impl Session {
         let mut to_server = Outbox::default();
         let mut shutdown = self.app.shutdown_signal();
         let mut draining = *shutdown.borrow();
+        // one future for the whole session: re-creating it per wake-up costs
+        let mut shutdown_signal = std::pin::pin!(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        });
         // Bytes already buffered during the handshake are handled first.
         let mut pending_input = !cbuf.is_empty();
 
@@ -302,7 +317,7 @@ impl Session {
                     r = read_opt(sr, sbuf), if read_server => Event::ServerRead(r),
                     r = cw.write(to_client.front()), if !to_client.is_empty() => Event::ClientWrote(r),
                     r = write_opt(sw, to_server.front()), if !to_server.is_empty() => Event::ServerWrote(r),
-                    _ = shutdown.changed(), if !draining => Event::Shutdown,
+                    _ = &mut shutdown_signal, if !draining => Event::Shutdown,
                     _ = sleep_until_opt(burst_deadline) => Event::BurstDeadline,
                 }
             };
@@ -311,19 +326,24 @@ impl Session {
                 Event::Shutdown => draining = true,
                 Event::BurstDeadline => self.observer.tick(Instant::now()),
                 Event::ClientWrote(Ok(n)) if n > 0 => {
+                    self.bytes.client_out.inc_by(n as u64);
                     to_client.advance(n);
                     if to_client.is_empty() && cw.flush().await.is_err() {
                         break End::ClientGone;
                     }
                 }
                 Event::ClientWrote(_) => break End::ClientGone,
-                Event::ServerWrote(Ok(n)) if n > 0 => to_server.advance(n),
+                Event::ServerWrote(Ok(n)) if n > 0 => {
+                    self.bytes.server_out.inc_by(n as u64);
+                    to_server.advance(n);
+                }
                 Event::ServerWrote(Ok(_)) => {
                     break End::ServerLost("server closed the connection".into())
                 }
                 Event::ServerWrote(Err(e)) => break End::ServerLost(e.to_string()),
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => break End::ClientGone,
-                Event::ClientRead(Ok(_)) => {
+                Event::ClientRead(Ok(n)) => {
+                    self.bytes.client_in.inc_by(n as u64);
                     match self
                         .client_input(&mut cbuf, &mut to_server, &mut to_client)
                         .await
@@ -337,7 +357,8 @@ impl Session {
                     break End::ServerLost("server closed the connection unexpectedly".into())
                 }
                 Event::ServerRead(Err(e)) => break End::ServerLost(e.to_string()),
-                Event::ServerRead(Ok(_)) => {
+                Event::ServerRead(Ok(n)) => {
+                    self.bytes.server_in.inc_by(n as u64);
                     if let Err(end) = self.server_input(&mut to_client) {
                         break end;
                     }
@@ -346,6 +367,12 @@ impl Session {
         };
 
         // Tell the client why, when it is still there to hear it.
+        match &end {
+            End::ClientProtocol(_) => self.app.metrics.error("client_protocol"),
+            End::ServerProtocol(_) => self.app.metrics.error("server_protocol"),
+            End::ServerLost(_) => self.app.metrics.error("server_lost"),
+            _ => {}
+        }
         let farewell = match &end {
             End::ClientGone => None,
             End::ClientProtocol(e) => Some(("08P01".to_owned(), e.to_string())),
@@ -441,8 +468,11 @@ impl Session {
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.state.unsynced = true,
                 _ => {}
             }
-            if transaction_mode && matches!(tag, b'Q' | b'P') {
-                self.settings_changes.observe(tag, &cbuf[end..end + total]);
+            if transaction_mode
+                && matches!(tag, b'Q' | b'P')
+                && self.settings_changes.observe(tag, &cbuf[end..end + total])
+            {
+                self.app.metrics.error("session_only_feature");
             }
             self.observer
                 .client_message(tag, &cbuf[end..end + total], now);
@@ -515,6 +545,7 @@ impl Session {
             let tracker = &mut self.settings_changes;
             let settings = &mut self.settings;
             let observer = &mut self.observer;
+            let transactions = &self.transactions;
             let now = Instant::now();
             let mut changed = false;
             let routed = self
@@ -524,6 +555,9 @@ impl Session {
                     match tag {
                         b'Z' if msg.len() == 6 => {
                             state.tx = msg[5];
+                            if msg[5] == b'I' {
+                                transactions.inc();
+                            }
                             state.pending = state.pending.saturating_sub(1);
                             changed |= tracker.ready(msg[5], settings);
                         }
@@ -551,6 +585,9 @@ impl Session {
             match tag {
                 b'Z' if total == 6 => {
                     self.state.tx = server.rbuf[end + 5];
+                    if self.state.tx == b'I' {
+                        self.transactions.inc();
+                    }
                     self.state.pending = self.state.pending.saturating_sub(1);
                 }
                 b'S' => note_parameter_status(

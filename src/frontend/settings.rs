@@ -95,7 +95,9 @@ pub fn session_only_feature(sql: &[u8]) -> Option<&'static str> {
 impl SettingsTracker {
     /// Looks at a Query or Parse message for SET/RESET of an unreported
     /// tracked setting.
-    pub fn observe(&mut self, tag: u8, msg: &[u8]) {
+    /// Returns true the first time this client uses a given session-only
+    /// feature.
+    pub fn observe(&mut self, tag: u8, msg: &[u8]) -> bool {
         let text = match tag {
             b'Q' => msg.get(5..),
             b'P' => msg
@@ -103,9 +105,11 @@ impl SettingsTracker {
                 .and_then(|b| b.iter().position(|&c| c == 0).map(|i| &b[i + 1..])),
             _ => None,
         };
-        let Some(text) = text else { return };
+        let Some(text) = text else { return false };
+        let mut first_use = false;
         if let Some(what) = session_only_feature(text) {
             if !self.warned.contains(&what) {
+                first_use = true;
                 self.warned.push(what);
                 tracing::warn!(feature = what, "a transaction-mode client used a session-only feature; it will not work as in session mode");
             }
@@ -118,13 +122,14 @@ impl SettingsTracker {
                     && (head[..5].eq_ignore_ascii_case(b"reset")
                         || head[..5].eq_ignore_ascii_case(b"disca"))))
         {
-            return;
+            return first_use;
         }
         let text =
             String::from_utf8_lossy(text.split(|&c| c == 0).next().unwrap_or(&[])).into_owned();
         if let Some(c) = parse_change(&text) {
             self.pending.push(c);
         }
+        first_use
     }
 
     /// The server reported an error.
