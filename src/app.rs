@@ -9,6 +9,7 @@ use crate::backend::{Pool, PoolKey, UpstreamTarget};
 use crate::config::{Config, DatabaseConfig, Password};
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::observer::Sinks;
+use crate::frontend::registry::ClientRegistry;
 use crate::metrics::Metrics;
 use crate::nplus1::ReportStore;
 use crate::sql::Analyzer;
@@ -43,6 +44,12 @@ pub struct App {
     pub sinks: Sinks,
     /// the Prometheus metric families
     pub metrics: Arc<Metrics>,
+    /// connected clients
+    pub registry: ClientRegistry,
+    /// databases paused by the admin console (`*` = all)
+    pub paused: RwLock<std::collections::HashSet<String>>,
+    /// the config file, for RELOAD (None with --upstream)
+    pub config_path: RwLock<Option<std::path::PathBuf>>,
 }
 
 impl App {
@@ -68,6 +75,9 @@ impl App {
         Ok(Arc::new(App {
             sinks,
             metrics,
+            registry: ClientRegistry::default(),
+            config_path: RwLock::new(None),
+            paused: RwLock::new(Default::default()),
             credentials: RwLock::new(Arc::new(Credentials::new(config.users.values()))),
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
             config: RwLock::new(Arc::new(config)),
@@ -142,6 +152,10 @@ impl App {
                 )
             })
             .clone();
+        let paused = self.paused.read();
+        if paused.contains("*") || paused.contains(database) {
+            pool.pause();
+        }
         Some(pool)
     }
 

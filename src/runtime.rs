@@ -21,6 +21,9 @@ pub enum ConfigSource {
 /// Runs pgsift until a shutdown signal and the drain that follows.
 pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let app = App::new(config.clone())?;
+    if let ConfigSource::File(p) = &source {
+        *app.config_path.write() = Some(p.clone());
+    }
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;

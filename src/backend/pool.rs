@@ -113,6 +113,7 @@ pub struct Pool {
     upstream_answered: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     wait: prometheus::Histogram,
+    paused: tokio::sync::watch::Sender<bool>,
     /// live counts
     pub counts: PoolCounts,
 }
@@ -147,6 +148,7 @@ impl Pool {
         Arc::new(Pool {
             metrics,
             wait,
+            paused: tokio::sync::watch::channel(false).0,
             database,
             user,
             target: Mutex::new(target),
@@ -165,6 +167,15 @@ impl Pool {
         self.settings.lock().clone()
     }
 
+    /// Idle servers: id, backend pid, age.
+    pub fn idle_servers(&self) -> Vec<(u64, i32, Duration)> {
+        self.idle
+            .lock()
+            .iter()
+            .map(|s| (s.id, s.pid, s.created.elapsed()))
+            .collect()
+    }
+
     /// Number of idle servers.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().len()
@@ -175,9 +186,24 @@ impl Pool {
         self.defaults.lock().clone().unwrap_or_default()
     }
 
+    /// PAUSE: new transactions wait until [`Pool::resume`].
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// RESUME.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
+    /// True while paused.
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
     /// True when a client could get a server without waiting in the queue.
     pub fn has_free_slot(&self) -> bool {
-        self.slots.available_permits() > 0
+        self.slots.available_permits() > 0 && !self.is_paused()
     }
 
     /// Waits (FIFO, at most checkout_timeout) for a slot, then hands out an
@@ -186,6 +212,11 @@ impl Pool {
         let settings = self.settings();
         let start = Instant::now();
         self.counts.waiting.fetch_add(1, Ordering::Relaxed);
+        if self.is_paused() {
+            // Paused: wait (without a time limit, as the operator asked) for RESUME.
+            let mut rx = self.paused.subscribe();
+            let _ = rx.wait_for(|p| !*p).await;
+        }
         let acquired = tokio::time::timeout(
             settings.checkout_timeout,
             self.slots.clone().acquire_owned(),

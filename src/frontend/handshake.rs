@@ -50,7 +50,23 @@ pub enum HandshakeEnd {
     Done,
     /// refused with an ErrorResponse
     Refused(String, String),
+    /// an admin logged in to the `pgsift` console database
+    Admin(Box<AdminLogin>),
 }
+
+/// An admin logged in to the console.
+#[derive(Debug)]
+pub struct AdminLogin {
+    /// the socket
+    pub stream: ClientStream,
+    /// bytes read past the handshake
+    pub rbuf: BytesMut,
+    /// who
+    pub user: String,
+}
+
+/// The name of the admin console's virtual database.
+pub const ADMIN_DATABASE: &str = "pgsift";
 
 async fn refuse(stream: &mut ClientStream, code: &str, message: String) -> HandshakeEnd {
     let err = messages::error_bytes(Severity::Fatal, code, &message);
@@ -211,6 +227,22 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
                 refuse(&mut stream, e.code(), e.to_string()).await
             }
         });
+    }
+
+    if database == ADMIN_DATABASE {
+        if !config.admin_users.contains(&user) {
+            return Err(refuse(
+                &mut stream,
+                "28000",
+                format!("user \"{user}\" is not allowed into the pgsift admin console"),
+            )
+            .await);
+        }
+        return Err(HandshakeEnd::Admin(Box::new(AdminLogin {
+            stream,
+            rbuf,
+            user,
+        })));
     }
 
     let Some(pool) = app.pool(&database, &user) else {

@@ -60,6 +60,11 @@ async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAd
                 return;
             }
             Ok(Err(HandshakeEnd::Done)) => return,
+            Ok(Err(HandshakeEnd::Admin(admin))) => {
+                tracing::info!(client = %peer, user = %admin.user, "admin console login");
+                crate::admin::console::run(app, *admin).await;
+                return;
+            }
             Ok(Err(HandshakeEnd::Refused(code, msg))) => {
                 tracing::info!(client = %peer, code = %code, "login refused: {msg}");
                 return;
@@ -68,9 +73,13 @@ async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAd
         };
     tracing::debug!(client = %peer, user = %login.user, database = %login.database, application = %login.application_name, "client logged in");
     let pool = login.pool.clone();
+    let info = app
+        .registry
+        .add(peer, &login.user, &login.database, &login.application_name);
     pool.counts.clients.fetch_add(1, Ordering::Relaxed);
-    Session::run(app, login, peer).await;
+    Session::run(app.clone(), login, info.clone()).await;
     pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
+    app.registry.remove(info.id);
 }
 
 /// Over max_client_conn: read the startup packet (so the client is listening)

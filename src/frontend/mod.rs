@@ -7,6 +7,7 @@ pub mod handshake;
 pub mod listener;
 pub mod observer;
 pub mod pipeline;
+pub mod registry;
 pub mod session;
 pub mod settings;
 pub mod stream;

@@ -14,6 +14,7 @@ use super::cancel::CancelTarget;
 use super::handshake::Login;
 use super::observer::Observer;
 use super::pipeline::Pipeline;
+use super::registry::{ClientInfo, ClientState};
 use super::settings::SettingsTracker;
 use super::stream::ClientStream;
 use crate::app::App;
@@ -200,11 +201,13 @@ pub struct Session {
     observer: Observer,
     bytes: ByteCounters,
     transactions: IntCounter,
+    info: Arc<ClientInfo>,
 }
 
 impl Session {
     /// Runs a logged-in client until it leaves.
-    pub async fn run(app: Arc<App>, login: Login, peer: std::net::SocketAddr) {
+    pub async fn run(app: Arc<App>, login: Login, info: Arc<ClientInfo>) {
+        let peer = info.addr;
         let Login {
             stream,
             rbuf,
@@ -235,7 +238,11 @@ impl Session {
             .with_label_values(&[&origin.database, &origin.user]);
         let bytes = app.metrics.bytes.clone();
         let observer = Observer::new(app.sinks.clone(), origin, detector);
+        if let Some(co) = &server {
+            info.set(ClientState::Active, Some((co.server.id, co.server.pid)));
+        }
         let mut session = Session {
+            info,
             observer,
             bytes,
             transactions,
@@ -276,6 +283,7 @@ impl Session {
             {
                 if let Some(co) = self.server.take() {
                     self.cancel.clear();
+                    self.info.set(ClientState::Idle, None);
                     if self.pipeline.desync {
                         tracing::warn!("server replies were out of step with the client's requests; closing that server");
                         self.pipeline.desync = false;
@@ -512,11 +520,10 @@ impl Session {
 
     /// Checks out a server and brings its settings in line with the client's.
     async fn attach_server(&mut self) -> Result<(), End> {
-        let mut co = self
-            .pool
-            .checkout()
-            .await
-            .map_err(|e| End::NoServer(e.code(), e.to_string()))?;
+        self.info.set(ClientState::Waiting, None);
+        let checkout = self.pool.checkout().await;
+        self.info.set(ClientState::Idle, None);
+        let mut co = checkout.map_err(|e| End::NoServer(e.code(), e.to_string()))?;
         if let Err(e) = co
             .server
             .sync_settings(&self.settings, &self.pool.defaults())
@@ -529,6 +536,8 @@ impl Session {
         }
         self.cancel
             .set(co.server.addr, co.server.pid, co.server.secret);
+        self.info
+            .set(ClientState::Active, Some((co.server.id, co.server.pid)));
         self.server = Some(co);
         Ok(())
     }

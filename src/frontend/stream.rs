@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 /// A client connection, plain or encrypted.
+#[derive(Debug)]
 pub enum ClientStream {
     /// plain TCP
     Plain(TcpStream),
