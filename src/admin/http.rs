@@ -17,6 +17,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/", get(status))
         .route("/metrics", get(metrics))
         .route("/api/pools", get(pools))
         .route("/api/queries", get(queries))
@@ -153,4 +154,51 @@ pub fn refresh_gauges(app: &App) {
     }
     let backend = app.config().cache.backend.clone();
     m.cache_bytes.with_label_values(&[&backend]).set(0.0);
+}
+
+async fn status(State(app): State<Arc<App>>) -> axum::response::Html<String> {
+    let mut pools: Vec<_> = app
+        .pools
+        .iter()
+        .map(|p| {
+            let s = p.settings();
+            (
+                p.database.clone(),
+                p.user.clone(),
+                match s.mode {
+                    crate::config::PoolMode::Session => "session",
+                    crate::config::PoolMode::Transaction => "transaction",
+                },
+                s.size,
+                p.counts.active.load(Ordering::Relaxed),
+                p.idle_count(),
+                p.counts.waiting.load(Ordering::Relaxed),
+                p.counts.clients.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    pools.sort();
+    let config = app.config();
+    let (mut hits, mut misses) = (0, 0);
+    for db in config.databases.keys() {
+        hits += app
+            .metrics
+            .cache_requests_total
+            .with_label_values(&[db, "hit"])
+            .get();
+        misses += app
+            .metrics
+            .cache_requests_total
+            .with_label_values(&[db, "miss"])
+            .get();
+    }
+    let status = super::pages::Status {
+        version: env!("CARGO_PKG_VERSION"),
+        pools,
+        cache: (hits, misses),
+        cache_backend: config.cache.backend.clone(),
+        queries: app.sinks.queries.top(10),
+        n_plus_one: app.sinks.reports.reports().len(),
+    };
+    axum::response::Html(super::pages::status_page(&status))
 }

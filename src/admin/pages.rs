@@ -67,6 +67,78 @@ pub fn n_plus_one_page(reports: &[Report]) -> String {
     html
 }
 
+/// What the status page shows.
+pub struct Status {
+    /// pgsift version
+    pub version: &'static str,
+    /// (database, user, mode, size, active, idle, waiting, clients)
+    pub pools: Vec<(
+        String,
+        String,
+        &'static str,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    )>,
+    /// cache lookups: hits, misses
+    pub cache: (u64, u64),
+    /// cache backend name
+    pub cache_backend: String,
+    /// top statements
+    pub queries: Vec<crate::stats::QueryRow>,
+    /// N+1 patterns known
+    pub n_plus_one: usize,
+}
+
+/// The small status page at `/`: pools, cache hit ratio, top statements.
+pub fn status_page(s: &Status) -> String {
+    let mut html = String::with_capacity(8192);
+    html.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>pgsift status</title><style>");
+    html.push_str(STYLE);
+    html.push_str("</style></head><body>");
+    html.push_str(&format!("<h1>pgsift {}</h1>", escape(s.version)));
+    html.push_str("<h2>Pools</h2><table id=\"pools\"><thead><tr><th>database</th><th>user</th><th>mode</th><th class=\"num\">size</th><th class=\"num\">active</th><th class=\"num\">idle</th><th class=\"num\">waiting</th><th class=\"num\">clients</th></tr></thead><tbody>");
+    for (db, user, mode, size, active, idle, waiting, clients) in &s.pools {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{mode}</td><td class=\"num\">{size}</td><td class=\"num\">{active}</td><td class=\"num\">{idle}</td><td class=\"num\">{waiting}</td><td class=\"num\">{clients}</td></tr>",
+            escape(db),
+            escape(user)
+        ));
+    }
+    html.push_str("</tbody></table>");
+    let (hits, misses) = s.cache;
+    let ratio = if hits + misses == 0 {
+        "n/a".to_owned()
+    } else {
+        format!("{:.1} %", 100.0 * hits as f64 / (hits + misses) as f64)
+    };
+    html.push_str(&format!(
+        "<h2>Cache</h2><p id=\"cache\">backend <b>{}</b> · hit ratio <b>{ratio}</b> ({hits} hits, {misses} misses)</p>",
+        escape(&s.cache_backend)
+    ));
+    html.push_str(&format!(
+        "<h2>N+1</h2><p><a href=\"/n-plus-one\">{} N+1 / duplicate pattern(s)</a></p>",
+        s.n_plus_one
+    ));
+    html.push_str("<h2>Top statements by total time</h2><table id=\"queries\"><thead><tr><th>statement</th><th>kind</th><th class=\"num\">calls</th><th class=\"num\">total ms</th><th class=\"num\">mean ms</th><th class=\"num\">rows</th><th class=\"num\">errors</th></tr></thead><tbody>");
+    for q in &s.queries {
+        html.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{:.2}</td><td class=\"num\">{:.3}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            escape(&q.query),
+            q.kind,
+            q.calls,
+            q.total_ms,
+            q.mean_ms,
+            q.rows,
+            q.errors
+        ));
+    }
+    html.push_str("</tbody></table><p class=\"muted\"><a href=\"/metrics\">/metrics</a> · <a href=\"/api/pools\">/api/pools</a> · <a href=\"/api/queries\">/api/queries</a> · <a href=\"/api/n-plus-one\">/api/n-plus-one</a></p></body></html>");
+    html
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

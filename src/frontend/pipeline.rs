@@ -65,6 +65,9 @@ pub struct Pipeline {
     replies: VecDeque<Reply>,
     /// the server sent something the list did not expect: do not reuse it
     pub desync: bool,
+    /// an error came before the client sent its Sync: the server ignores
+    /// everything up to that Sync, and so does the bookkeeping
+    skipping: bool,
 }
 
 /// The shared server-side name of a statement.
@@ -96,7 +99,7 @@ impl Out<'_> {
 impl Pipeline {
     /// True when no reply is owed.
     pub fn is_empty(&self) -> bool {
-        self.replies.is_empty()
+        self.replies.is_empty() && !self.skipping
     }
 
     /// Forgets the replies owed (the server is gone).
@@ -121,6 +124,15 @@ impl Pipeline {
         let mut pos = 0;
         while let Ok(Some((tag, total))) = peek_frame(&chunk[pos..], usize::MAX >> 1) {
             let msg = &chunk[pos..pos + total];
+            if self.skipping {
+                // The server discards these; they create, close or owe nothing.
+                if tag == b'S' {
+                    self.skipping = false;
+                    self.expect(Expect::UntilReady, true, None);
+                }
+                pos += total;
+                continue;
+            }
             match tag {
                 b'P' => match extended::parse_parse(msg) {
                     Some(p) if !p.name.is_empty() => {
@@ -383,7 +395,7 @@ impl Pipeline {
                 ..
             } = front
             {
-                break;
+                return;
             }
             if let Some(Reply::Server {
                 parse_of: Some(name),
@@ -393,6 +405,9 @@ impl Pipeline {
                 server.prepared.remove(&name);
             }
         }
+        // The client has not sent its Sync yet: what it sends until then
+        // is skipped by the server, so it must not be booked either.
+        self.skipping = true;
     }
 }
 
