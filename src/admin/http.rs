@@ -162,19 +162,19 @@ async fn status(State(app): State<Arc<App>>) -> axum::response::Html<String> {
         .iter()
         .map(|p| {
             let s = p.settings();
-            (
-                p.database.clone(),
-                p.user.clone(),
-                match s.mode {
+            super::pages::PoolLine {
+                database: p.database.clone(),
+                user: p.user.clone(),
+                mode: match s.mode {
                     crate::config::PoolMode::Session => "session",
                     crate::config::PoolMode::Transaction => "transaction",
                 },
-                s.size,
-                p.counts.active.load(Ordering::Relaxed),
-                p.idle_count(),
-                p.counts.waiting.load(Ordering::Relaxed),
-                p.counts.clients.load(Ordering::Relaxed),
-            )
+                size: s.size,
+                active: p.counts.active.load(Ordering::Relaxed),
+                idle: p.idle_count(),
+                waiting: p.counts.waiting.load(Ordering::Relaxed),
+                clients: p.counts.clients.load(Ordering::Relaxed),
+            }
         })
         .collect();
     pools.sort();

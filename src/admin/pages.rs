@@ -67,21 +67,33 @@ pub fn n_plus_one_page(reports: &[Report]) -> String {
     html
 }
 
+/// One pool on the status page.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PoolLine {
+    /// database
+    pub database: String,
+    /// user
+    pub user: String,
+    /// session or transaction
+    pub mode: &'static str,
+    /// pool_size
+    pub size: usize,
+    /// servers in use
+    pub active: usize,
+    /// idle servers
+    pub idle: usize,
+    /// clients waiting
+    pub waiting: usize,
+    /// clients connected
+    pub clients: usize,
+}
+
 /// What the status page shows.
 pub struct Status {
     /// pgsift version
     pub version: &'static str,
-    /// (database, user, mode, size, active, idle, waiting, clients)
-    pub pools: Vec<(
-        String,
-        String,
-        &'static str,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-    )>,
+    /// one line per pool
+    pub pools: Vec<PoolLine>,
     /// cache lookups: hits, misses
     pub cache: (u64, u64),
     /// cache backend name
@@ -100,11 +112,17 @@ pub fn status_page(s: &Status) -> String {
     html.push_str("</style></head><body>");
     html.push_str(&format!("<h1>pgsift {}</h1>", escape(s.version)));
     html.push_str("<h2>Pools</h2><table id=\"pools\"><thead><tr><th>database</th><th>user</th><th>mode</th><th class=\"num\">size</th><th class=\"num\">active</th><th class=\"num\">idle</th><th class=\"num\">waiting</th><th class=\"num\">clients</th></tr></thead><tbody>");
-    for (db, user, mode, size, active, idle, waiting, clients) in &s.pools {
+    for p in &s.pools {
         html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{mode}</td><td class=\"num\">{size}</td><td class=\"num\">{active}</td><td class=\"num\">{idle}</td><td class=\"num\">{waiting}</td><td class=\"num\">{clients}</td></tr>",
-            escape(db),
-            escape(user)
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            escape(&p.database),
+            escape(&p.user),
+            p.mode,
+            p.size,
+            p.active,
+            p.idle,
+            p.waiting,
+            p.clients
         ));
     }
     html.push_str("</tbody></table>");
