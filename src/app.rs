@@ -63,6 +63,7 @@ impl App {
         };
         let (shutdown, _) = watch::channel(false);
         let metrics = Arc::new(Metrics::new());
+        metrics.init_databases(config.databases.keys());
         let sinks = Sinks {
             metrics: metrics.clone(),
             analyzer: Arc::new(Analyzer::default()),
@@ -105,6 +106,7 @@ impl App {
     /// Replaces the config (reload): users, pool sizes and timeouts take
     /// effect for existing pools; connected clients stay.
     pub fn apply_config(&self, config: Config) {
+        self.metrics.init_databases(config.databases.keys());
         let old = self.config();
         if old.n_plus_one.report_file != config.n_plus_one.report_file {
             self.sinks

@@ -183,6 +183,17 @@ impl Metrics {
         }
     }
 
+    /// Creates the per-database series that exist before any traffic, so
+    /// dashboards show zeros rather than "no data".
+    pub fn init_databases<'a>(&self, databases: impl IntoIterator<Item = &'a String>) {
+        for db in databases {
+            for result in ["hit", "miss", "bypass", "error"] {
+                self.cache_requests_total.with_label_values(&[db, result]);
+            }
+            self.cache_invalidations_total.with_label_values(&[db]);
+        }
+    }
+
     /// Counts an error.
     pub fn error(&self, kind: &'static str) {
         self.errors_total.with_label_values(&[kind]).inc();

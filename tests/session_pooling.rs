@@ -167,13 +167,12 @@ async fn unknown_database_is_refused_with_3d000() {
 async fn md5_verifier_users_log_in_with_md5_on_both_sides() {
     let pg = shared_postgres();
     let verifier = format!("md5{:x}", md5::compute("md5pwmd5user"));
-    let port = common::free_port();
-    let admin = common::free_port();
-    let yaml = format!(
-        "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}, users: [md5user]}}\nusers:\n  - {{name: md5user, password: {verifier}}}\n{}",
-        databases_yaml(pg, "session", 2)
-    );
-    let proxy = Proxy::start_with_yaml(yaml, port, admin);
+    let dbs = databases_yaml(pg, "session", 2);
+    let proxy = Proxy::start_with(|port, admin| {
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}, users: [md5user]}}\nusers:\n  - {{name: md5user, password: {verifier}}}\n{dbs}"
+        )
+    });
     let c = connect(&proxy.conn_str("md5user", "md5pw", "app"))
         .await
         .unwrap();

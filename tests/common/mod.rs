@@ -269,16 +269,36 @@ impl Proxy {
     /// Starts pgsift with `body` (databases, pool, … sections) appended to a
     /// config that sets the listen addresses and users, and waits for /readyz.
     pub fn start(body: &str) -> Proxy {
-        let port = free_port();
-        let admin_port = free_port();
-        let yaml = format!(
-            "listen: 127.0.0.1:{port}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  users: [admin]\n{USERS_YAML}{body}"
-        );
-        Self::start_with_yaml(yaml, port, admin_port)
+        Self::start_with(|port, admin_port| {
+            format!("listen: 127.0.0.1:{port}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  users: [admin]\n{USERS_YAML}{body}")
+        })
     }
 
-    /// Starts pgsift with a complete config text.
-    pub fn start_with_yaml(yaml: String, port: u16, admin_port: u16) -> Proxy {
+    /// Starts pgsift with the config `yaml(port, admin_port)` returns. A free
+    /// port can be taken by someone else before pgsift binds it; then it is
+    /// tried again with other ports.
+    pub fn start_with(yaml: impl Fn(u16, u16) -> String) -> Proxy {
+        for _ in 0..5 {
+            let (port, admin_port) = (free_port(), free_port());
+            let mut proxy = Self::spawn(yaml(port, admin_port), port, admin_port);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                if let Some((200, _)) = http_get(admin_port, "/readyz") {
+                    return proxy;
+                }
+                if let Ok(Some(_)) = proxy.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !proxy.log().contains("Address already in use") {
+                panic!("pgsift did not become ready; log:\n{}", proxy.log());
+            }
+        }
+        panic!("no free ports for pgsift after 5 tries");
+    }
+
+    fn spawn(yaml: String, port: u16, admin_port: u16) -> Proxy {
         let dir =
             std::env::temp_dir().join(format!("pgsift-test-proxy-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -297,15 +317,13 @@ impl Proxy {
             .stderr(log)
             .spawn()
             .expect("start pgsift");
-        let proxy = Proxy {
+        Proxy {
             port,
             admin_port,
             child,
             config_path,
             log_path,
-        };
-        proxy.wait_ready(Duration::from_secs(20));
-        proxy
+        }
     }
 
     /// Waits until /readyz answers 200.

@@ -1,0 +1,445 @@
+//! Observability and operations: /metrics parsed as Prometheus text with
+//! every SPEC family and label and counters that move with traffic; the
+//! Grafana dashboard's queries checked against a live scrape; the admin
+//! console; PAUSE/RESUME and SIGHUP reload under pgbench load; the status
+//! page in headless Chromium.
+
+mod common;
+
+use common::{databases_yaml, http_get, shared_postgres, Proxy};
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+use std::time::Duration;
+
+fn scrape(proxy: &Proxy) -> prometheus_parse::Scrape {
+    let (status, body) = http_get(proxy.admin_port, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format")
+}
+
+fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(ref h) => {
+                h.iter().map(|c| c.count).fold(0.0, f64::max)
+            }
+            prometheus_parse::Value::Summary(_) => 0.0,
+        })
+}
+
+const FAMILIES: &[(&str, &[&str])] = &[
+    ("pgsift_client_connections", &["database", "user", "state"]),
+    ("pgsift_server_connections", &["database", "user", "state"]),
+    ("pgsift_pool_wait_seconds", &["database", "user"]),
+    ("pgsift_queries_total", &["database", "user", "kind"]),
+    ("pgsift_query_duration_seconds", &["database", "kind"]),
+    ("pgsift_transactions_total", &["database", "user"]),
+    ("pgsift_cache_requests_total", &["database", "result"]),
+    ("pgsift_cache_invalidations_total", &["database"]),
+    ("pgsift_cache_bytes", &["backend"]),
+    (
+        "pgsift_n_plus_one_bursts_total",
+        &["database", "application"],
+    ),
+    ("pgsift_errors_total", &["kind"]),
+    ("pgsift_bytes_total", &["direction"]),
+];
+
+fn psql(url: &str, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args(["-X", "-A", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_expose_every_family_and_label_and_move_with_traffic() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "transaction", 4));
+    let c = common::connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    let before = scrape(&proxy);
+    for _ in 0..10 {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    c.batch_execute("CREATE TEMP TABLE IF NOT EXISTS m (x int)")
+        .await
+        .unwrap();
+    assert!(c.simple_query("SELECT 1/0").await.is_err());
+    // an N+1 burst from a named application
+    let app = common::connect(&format!(
+        "{} application_name=metrics-app",
+        proxy.conn_str("blog", "blogpw", "app")
+    ))
+    .await
+    .unwrap();
+    app.simple_query("SELECT relname FROM pg_class LIMIT 5")
+        .await
+        .unwrap();
+    for i in 0..6 {
+        app.simple_query(&format!(
+            "SELECT oid FROM pg_class WHERE oid = {}",
+            1000 + i
+        ))
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = scrape(&proxy);
+
+    // every family with its labels
+    for (family, labels) in FAMILIES {
+        let samples: Vec<_> = after
+            .samples
+            .iter()
+            .filter(|s| s.metric == *family)
+            .collect();
+        assert!(!samples.is_empty(), "{family} missing");
+        for s in samples {
+            let keys: BTreeSet<&str> = s
+                .labels
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != "le" && *k != "quantile")
+                .collect();
+            let want: BTreeSet<&str> = labels.iter().copied().collect();
+            assert_eq!(keys, want, "labels of {family}");
+        }
+    }
+    // no fingerprint or SQL text in any label value
+    for s in &after.samples {
+        for v in s.labels.values() {
+            assert!(
+                !v.contains(' ') && v.len() < 64,
+                "suspicious label value {v:?} on {}",
+                s.metric
+            );
+        }
+    }
+    let q = |s: &prometheus_parse::Scrape| {
+        sample(
+            s,
+            "pgsift_queries_total",
+            &[("database", "app"), ("user", "blog"), ("kind", "select")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        q(&after) - q(&before) >= 11.0,
+        "select counter moved by {}",
+        q(&after) - q(&before)
+    );
+    let tx = |s: &prometheus_parse::Scrape| {
+        sample(
+            s,
+            "pgsift_transactions_total",
+            &[("database", "app"), ("user", "blog")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(tx(&after) - tx(&before) >= 10.0);
+    let err = |s: &prometheus_parse::Scrape| {
+        sample(s, "pgsift_errors_total", &[("kind", "query")]).unwrap_or(0.0)
+    };
+    assert_eq!(err(&after) - err(&before), 1.0);
+    let bytes = |s: &prometheus_parse::Scrape| {
+        sample(s, "pgsift_bytes_total", &[("direction", "client_in")]).unwrap_or(0.0)
+    };
+    assert!(bytes(&after) > bytes(&before));
+    assert_eq!(
+        sample(
+            &after,
+            "pgsift_n_plus_one_bursts_total",
+            &[("database", "app"), ("application", "metrics-app")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "pgsift_errors_total",
+            &[("kind", "session_only_feature")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &after,
+            "pgsift_client_connections",
+            &[("database", "app"), ("user", "blog"), ("state", "idle")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(after.docs.contains_key("pgsift_query_duration_seconds"));
+}
+
+#[test]
+fn every_dashboard_query_references_an_exported_metric() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "transaction", 2));
+    // traffic, including one N+1 burst, so every family has samples
+    let mut sql = String::from("SELECT relname FROM pg_class LIMIT 5;");
+    for i in 0..6 {
+        sql.push_str(&format!(
+            "SELECT oid FROM pg_class WHERE oid = {};",
+            1000 + i
+        ));
+    }
+    let out = psql(&proxy.url("blog", "blogpw", "app"), &sql);
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let exported: BTreeSet<String> = scrape(&proxy)
+        .samples
+        .iter()
+        .map(|s| s.metric.clone())
+        .collect();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dashboards/pgsift.json"
+    ))
+    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dash["__inputs"][0]["name"], "DS_PROMETHEUS");
+    let mut exprs = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::String(e)) = m.get("expr") {
+                    out.push(e.clone());
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(&dash, &mut exprs);
+    assert!(exprs.len() >= 12, "{} queries", exprs.len());
+    let titles: Vec<&str> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "row")
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for row in ["Traffic", "Pools", "Cache", "N+1", "Errors"] {
+        assert!(titles.contains(&row), "row {row} missing: {titles:?}");
+    }
+    for e in &exprs {
+        let names: Vec<&str> = e
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("pgsift_"))
+            .collect();
+        assert!(!names.is_empty(), "query without a pgsift metric: {e}");
+        for n in names {
+            // histograms are scraped as _bucket/_sum/_count samples
+            let known = exported.contains(n)
+                || ["_bucket", "_sum", "_count"].iter().any(|s| {
+                    n.strip_suffix(s)
+                        .is_some_and(|b| exported.iter().any(|x| x.starts_with(b)))
+                });
+            assert!(
+                known,
+                "dashboard uses {n}, which pgsift does not export; exported: {exported:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn admin_console_answers_every_show_command_and_refuses_other_users() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "transaction", 2));
+    assert!(psql(&proxy.url("blog", "blogpw", "app"), "SELECT 1")
+        .status
+        .success());
+    let admin = proxy.url("admin", "adminpw", "pgsift");
+    for cmd in [
+        "SHOW POOLS",
+        "SHOW CLIENTS",
+        "SHOW SERVERS",
+        "SHOW STATS",
+        "SHOW QUERIES",
+        "SHOW N_PLUS_ONE",
+        "SHOW CACHE",
+        "SHOW CONFIG",
+    ] {
+        let out = psql(&admin, cmd);
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.lines().count() >= 2, "{cmd} gave no table: {text}");
+        assert!(
+            text.lines().last().unwrap().ends_with(" rows)")
+                || text.lines().last().unwrap().ends_with(" row)"),
+            "{cmd}: {text}"
+        );
+    }
+    let pools = String::from_utf8_lossy(&psql(&admin, "SHOW POOLS").stdout).to_string();
+    assert!(pools.contains("app|blog|transaction|2|"), "{pools}");
+    let queries = String::from_utf8_lossy(&psql(&admin, "SHOW QUERIES").stdout).to_string();
+    assert!(queries.contains("SELECT $1"), "{queries}");
+    assert!(psql(&admin, "RELOAD").status.success());
+    let out = psql(&admin, "SHOW NONSENSE");
+    assert!(!out.status.success());
+    // the blog user is not an admin
+    let out = psql(&proxy.url("blog", "blogpw", "pgsift"), "SHOW POOLS");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not allowed into the pgsift admin console")
+    );
+    // and a wrong password fails like anywhere else
+    let out = psql(&proxy.url("admin", "nope", "pgsift"), "SHOW POOLS");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
+}
+
+fn pgbench(url: &str, args: &[&str]) -> (bool, Option<u64>, String) {
+    let out = Command::new("pgbench")
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    (out.status.success(), failed, text)
+}
+
+fn bench_proxy(db: &str, pool_size: usize) -> Proxy {
+    let pg = shared_postgres();
+    pg.psql("postgres", &format!("CREATE DATABASE {db} OWNER blog"));
+    let proxy = Proxy::start(&format!(
+        "databases:\n  {db}: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: {pool_size}}}\n",
+        pg.port
+    ));
+    let (ok, _, text) = pgbench(&proxy.url("blog", "blogpw", db), &["-i", "-s", "1", "-q"]);
+    assert!(ok, "{text}");
+    proxy
+}
+
+#[test]
+fn pause_and_resume_under_pgbench_load_lose_no_transaction() {
+    let proxy = bench_proxy("opsbench", 4);
+    let url = proxy.url("blog", "blogpw", "opsbench");
+    let bench = std::thread::spawn(move || {
+        pgbench(&url, &["-c", "8", "-j", "2", "-T", "6", "-M", "extended"])
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let admin = proxy.url("admin", "adminpw", "pgsift");
+    let out = psql(&admin, "PAUSE opsbench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pools = String::from_utf8_lossy(&psql(&admin, "SHOW POOLS").stdout).to_string();
+    assert!(pools.contains("|true"), "paused: {pools}");
+    assert!(
+        pools.contains("opsbench|blog|transaction|4|0|"),
+        "no server in use while paused: {pools}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(psql(&admin, "RESUME opsbench").status.success());
+    let (ok, failed, text) = bench.join().unwrap();
+    assert!(ok, "{text}");
+    assert_eq!(failed, Some(0), "{text}");
+}
+
+#[test]
+fn sighup_with_a_new_pool_size_applies_under_load() {
+    let proxy = bench_proxy("opsreload", 2);
+    let url = proxy.url("blog", "blogpw", "opsreload");
+    let bench = std::thread::spawn(move || {
+        pgbench(&url, &["-c", "8", "-j", "2", "-T", "5", "-M", "prepared"])
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        yaml.replace("pool_size: 2", "pool_size: 6"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = http_get(proxy.admin_port, "/api/pools").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sizes: HashMap<String, u64> = v["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["database"].as_str().unwrap().to_owned(),
+                p["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sizes.get("opsreload"), Some(&6), "{body}");
+    let (ok, failed, text) = bench.join().unwrap();
+    assert!(ok, "{text}");
+    assert_eq!(failed, Some(0), "{text}");
+    assert!(proxy.log().contains("configuration reloaded"));
+}
+
+#[test]
+fn the_status_page_renders_in_a_browser() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "transaction", 2));
+    assert!(psql(
+        &proxy.url("blog", "blogpw", "app"),
+        "SELECT count(*) FROM pg_class"
+    )
+    .status
+    .success());
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok());
+    let chromium =
+        chromium.expect("chromium is not installed: run scripts/test.sh (it installs it)");
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://127.0.0.1:{}/", proxy.admin_port))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<table id=\"pools\">")
+            && dom.contains("<td>app</td><td>blog</td><td>transaction</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("hit ratio") && dom.contains("SELECT count(*) FROM pg_class"),
+        "{dom}"
+    );
+}
