@@ -65,6 +65,7 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.effective_worker_threads())
         .enable_all()
         .build()
     {

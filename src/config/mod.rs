@@ -159,6 +159,8 @@ pub struct LoggingConfig {
     pub level: String,
     /// `text` or `json`
     pub format: String,
+    /// statements slower than this are logged with their fingerprint (0 = off)
+    pub slow_statement: Duration,
 }
 
 /// Client-facing TLS files and mode.
@@ -179,6 +181,8 @@ pub struct Config {
     pub listen: String,
     /// graceful drain limit
     pub shutdown_timeout: Duration,
+    /// runtime worker threads (0 = half the cores, at least 1)
+    pub worker_threads: usize,
     /// HTTP admin listener
     pub admin_listen: String,
     /// users allowed into the `pgsift` admin database
@@ -267,6 +271,17 @@ impl Config {
         Self::parse(&text)
     }
 
+    /// The number of runtime worker threads to start.
+    pub fn effective_worker_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        (cores / 2).max(1)
+    }
+
     /// Parses and validates config.yaml text.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = if text.trim().is_empty() {
@@ -285,6 +300,7 @@ impl Config {
             raw.shutdown_timeout.as_ref(),
             Duration::from_secs(30),
         );
+        let worker_threads = e.count("worker_threads", raw.worker_threads, 0, 0);
         let admin = raw.admin.unwrap_or_default();
         let admin_listen = e.addr("admin.listen", admin.listen.as_ref(), DEFAULT_ADMIN_LISTEN);
         let admin_users = admin.users.unwrap_or_else(|| vec!["admin".into()]);
@@ -528,6 +544,11 @@ impl Config {
         };
 
         let l = raw.logging.unwrap_or_default();
+        let slow_statement = e.duration(
+            "logging.slow_statement",
+            l.slow_statement.as_ref(),
+            Duration::from_secs(1),
+        );
         let format = l.format.unwrap_or_else(|| "text".into());
         if !matches!(format.as_str(), "text" | "json") {
             e.push(
@@ -559,6 +580,7 @@ impl Config {
         Ok(Config {
             listen,
             shutdown_timeout,
+            worker_threads,
             admin_listen,
             admin_users,
             tls,
@@ -567,7 +589,11 @@ impl Config {
             pool,
             cache,
             n_plus_one,
-            logging: LoggingConfig { level, format },
+            logging: LoggingConfig {
+                level,
+                format,
+                slow_statement,
+            },
         })
     }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 pub struct RawConfig {
     pub listen: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub worker_threads: Option<i64>,
     pub admin: Option<RawAdmin>,
     pub tls: Option<RawTls>,
     #[serde(default)]
@@ -105,4 +106,5 @@ pub struct RawNPlusOne {
 pub struct RawLogging {
     pub level: Option<String>,
     pub format: Option<String>,
+    pub slow_statement: Option<String>,
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 /// Accepts clients until shutdown begins.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
@@ -77,7 +78,17 @@ async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAd
         .registry
         .add(peer, &login.user, &login.database, &login.application_name);
     pool.counts.clients.fetch_add(1, Ordering::Relaxed);
-    Session::run(app.clone(), login, info.clone()).await;
+    let span = tracing::info_span!(
+        "client",
+        conn = info.id,
+        addr = %peer,
+        database = %info.database,
+        user = %info.user,
+        application = %info.application
+    );
+    Session::run(app.clone(), login, info.clone())
+        .instrument(span)
+        .await;
     pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
     app.registry.remove(info.id);
 }

@@ -18,7 +18,7 @@ use crate::stats::QueryStats;
 use prometheus::{Histogram, IntCounter};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A statement known by name (or the unnamed one) or bound to a portal.
 #[derive(Debug, Clone)]
@@ -60,6 +60,8 @@ pub struct Observer {
     /// metric handles per statement kind, resolved on first use
     kind_metrics: HashMap<Kind, (IntCounter, Histogram)>,
     burst_counter: Option<IntCounter>,
+    /// log statements slower than this (zero: never)
+    pub slow: Duration,
 }
 
 /// Most statements kept by name per client (drivers close theirs; this
@@ -79,6 +81,7 @@ impl Observer {
             last_done: None,
             kind_metrics: HashMap::new(),
             burst_counter: None,
+            slow: Duration::ZERO,
         }
     }
 
@@ -208,6 +211,14 @@ impl Observer {
         });
         count.inc();
         hist.observe(duration.as_secs_f64());
+        if !self.slow.is_zero() && duration >= self.slow {
+            tracing::warn!(
+                fingerprint = %p.known.analysis.fingerprint_hex(),
+                duration_ms = duration.as_secs_f64() * 1000.0,
+                query = %p.known.analysis.normalized,
+                "slow statement"
+            );
+        }
         if error {
             self.sinks.metrics.error("query");
             return;

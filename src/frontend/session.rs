@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use std::future::pending;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Queue bound per direction before pgsift stops reading the sender.
@@ -237,7 +237,8 @@ impl Session {
             .transactions_total
             .with_label_values(&[&origin.database, &origin.user]);
         let bytes = app.metrics.bytes.clone();
-        let observer = Observer::new(app.sinks.clone(), origin, detector);
+        let mut observer = Observer::new(app.sinks.clone(), origin, detector);
+        observer.slow = config.logging.slow_statement;
         if let Some(co) = &server {
             info.set(ClientState::Active, Some((co.server.id, co.server.pid)));
         }
@@ -263,8 +264,7 @@ impl Session {
     }
 
     async fn forward(&mut self, stream: ClientStream, mut cbuf: BytesMut) {
-        let (mut cr, mut cw): (ReadHalf<ClientStream>, WriteHalf<ClientStream>) =
-            tokio::io::split(stream);
+        let (mut cr, mut cw) = stream.into_split();
         let mut to_client = Outbox::default();
         let mut to_server = Outbox::default();
         let mut shutdown = self.app.shutdown_signal();

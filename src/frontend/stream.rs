@@ -76,3 +76,73 @@ impl AsyncWrite for ClientStream {
         }
     }
 }
+
+/// The read half of a client connection.
+pub enum ClientReader {
+    /// plain TCP: no lock between the halves
+    Plain(tokio::net::tcp::OwnedReadHalf),
+    /// TLS: the halves share the session state
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The write half of a client connection.
+pub enum ClientWriter {
+    /// plain TCP
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    /// TLS
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    /// Splits the connection so that reading and writing can wait at once.
+    pub fn into_split(self) -> (ClientReader, ClientWriter) {
+        match self {
+            ClientStream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ClientReader::Plain(r), ClientWriter::Plain(w))
+            }
+            ClientStream::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (ClientReader::Tls(r), ClientWriter::Tls(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for ClientReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientReader::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientReader::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientWriter::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientWriter::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientWriter::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientWriter::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientWriter::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientWriter::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
