@@ -48,6 +48,8 @@ pub struct App {
     pub registry: ClientRegistry,
     /// databases paused by the admin console (`*` = all)
     pub paused: RwLock<std::collections::HashSet<String>>,
+    /// bumped on every reload, so sessions can pick up new thresholds
+    pub generation: std::sync::atomic::AtomicU64,
     /// the config file, for RELOAD (None with --upstream)
     pub config_path: RwLock<Option<std::path::PathBuf>>,
 }
@@ -78,6 +80,7 @@ impl App {
             metrics,
             registry: ClientRegistry::default(),
             config_path: RwLock::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
             paused: RwLock::new(Default::default()),
             credentials: RwLock::new(Arc::new(Credentials::new(config.users.values()))),
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
@@ -129,6 +132,7 @@ impl App {
                 }
             });
         *self.config.write() = Arc::new(config);
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The pool for a (database, user), created on first use; `None` when the

@@ -443,3 +443,53 @@ fn the_status_page_renders_in_a_browser() {
         "{dom}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_changes_n_plus_one_thresholds_for_connected_clients() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}n_plus_one:\n  min_repeats: 10\n",
+        databases_yaml(pg, "transaction", 2)
+    ));
+    let c = common::connect(&format!(
+        "{} application_name=reload-app",
+        proxy.conn_str("blog", "blogpw", "app")
+    ))
+    .await
+    .unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        yaml.replace("min_repeats: 10", "min_repeats: 3"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.simple_query("SELECT relname FROM pg_class LIMIT 3")
+        .await
+        .unwrap();
+    for i in 0..4 {
+        c.simple_query(&format!(
+            "SELECT oid FROM pg_class WHERE oid = {}",
+            2000 + i
+        ))
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, body) = http_get(proxy.admin_port, "/api/n-plus-one").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mine: Vec<_> = v["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["application"] == "reload-app")
+        .collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "the connected client uses the reloaded min_repeats: {body}"
+    );
+    assert_eq!(mine[0]["max_repeats"], 4);
+}

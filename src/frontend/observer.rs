@@ -251,6 +251,17 @@ impl Observer {
         }
     }
 
+    /// Applies reloaded settings: N+1 on/off and thresholds, slow-statement
+    /// threshold.
+    pub fn reconfigure(&mut self, n1: &crate::config::NPlusOneConfig, slow: Duration) {
+        self.slow = slow;
+        match (&mut self.detector, n1.enabled) {
+            (Some(d), true) => d.set_thresholds(n1.min_repeats, n1.max_gap),
+            (None, true) => self.detector = Some(Detector::new(n1.min_repeats, n1.max_gap)),
+            (_, false) => self.detector = None,
+        }
+    }
+
     /// When open bursts end if the client stays quiet.
     pub fn deadline(&self) -> Option<Instant> {
         self.detector.as_ref().and_then(Detector::deadline)

@@ -202,6 +202,8 @@ pub struct Session {
     bytes: ByteCounters,
     transactions: IntCounter,
     info: Arc<ClientInfo>,
+    /// the config generation this session last applied
+    generation: u64,
 }
 
 impl Session {
@@ -242,7 +244,9 @@ impl Session {
         if let Some(co) = &server {
             info.set(ClientState::Active, Some((co.server.id, co.server.pid)));
         }
+        let generation = app.generation.load(std::sync::atomic::Ordering::SeqCst);
         let mut session = Session {
+            generation,
             info,
             observer,
             bytes,
@@ -453,6 +457,17 @@ impl Session {
         let mut end = 0;
         let mut terminate = false;
         let transaction_mode = self.mode == PoolMode::Transaction;
+        let generation = self
+            .app
+            .generation
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if generation != self.generation {
+            // a reload happened: take up the new N+1 and logging thresholds
+            self.generation = generation;
+            let config = self.app.config();
+            self.observer
+                .reconfigure(&config.n_plus_one, config.logging.slow_statement);
+        }
         let now = Instant::now();
         loop {
             let (tag, total) = match peek_frame(&cbuf[end..], self.max_message) {

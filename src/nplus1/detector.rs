@@ -125,6 +125,12 @@ impl Detector {
         }
     }
 
+    /// New thresholds (reload); open bursts keep going.
+    pub fn set_thresholds(&mut self, min_repeats: usize, max_gap: Duration) {
+        self.min_repeats = min_repeats;
+        self.max_gap = max_gap;
+    }
+
     /// When the open bursts end if no statement comes.
     pub fn deadline(&self) -> Option<Instant> {
         if self.open.values().any(|b| b.count >= 2) {
