@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{databases_yaml, shared_postgres, Proxy};
+use common::{databases_yaml, pgbench, shared_postgres, Proxy};
 use std::process::Command;
 
 fn pgsift() -> Command {
@@ -119,26 +119,6 @@ fn psql_runs_multi_statement_queries_and_copy_through_pgsift() {
     let out = psql(&url, &["-c", "SELECT 1/0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("division by zero"));
-}
-
-/// Runs pgbench and returns (exit ok, failed transaction count, output).
-pub fn pgbench(url: &str, args: &[&str]) -> (bool, Option<u64>, String) {
-    let out = Command::new("pgbench")
-        .args(args)
-        .arg(url)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let failed = text
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions: "))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok());
-    (out.status.success(), failed, text)
 }
 
 #[test]

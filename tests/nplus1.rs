@@ -9,21 +9,8 @@ mod common;
 
 use common::{http_get, shared_postgres, Proxy};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Once;
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var("PGSIFT_VENV")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv").into());
-    let py = PathBuf::from(venv).join("bin/python");
-    assert!(
-        py.exists(),
-        "no Python venv at {}: run scripts/test.sh (it creates it)",
-        py.display()
-    );
-    py
-}
 
 fn load_blog_schema() {
     static ONCE: Once = Once::new();
@@ -66,7 +53,7 @@ fn blog_proxy(report_file: Option<&std::path::Path>) -> Proxy {
 
 /// Runs one request of examples/blog/blog.py and returns pgsift's reports for it.
 fn run_request(proxy: &Proxy, driver: &str, request: &str) -> Vec<Value> {
-    let out = Command::new(venv_python())
+    let out = Command::new(common::venv_python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/examples/blog/blog.py"
@@ -246,29 +233,7 @@ fn reports_reach_the_jsonl_file_the_html_page_and_top_statements() {
     assert_eq!(users["rows"], 20);
     // the HTML page, rendered by a real browser
     let url = format!("http://127.0.0.1:{}/n-plus-one", proxy.admin_port);
-    let chromium = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok());
-    let chromium =
-        chromium.expect("chromium is not installed: run scripts/test.sh (it installs it)");
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(&url)
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = common::chromium_dom(&url);
     assert!(
         dom.contains("<table id=\"reports\">"),
         "rendered page: {dom}"

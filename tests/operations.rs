@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{databases_yaml, http_get, shared_postgres, Proxy};
+use common::{databases_yaml, http_get, pgbench, shared_postgres, Proxy};
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 use std::time::Duration;
@@ -305,25 +305,6 @@ fn admin_console_answers_every_show_command_and_refuses_other_users() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
 }
 
-fn pgbench(url: &str, args: &[&str]) -> (bool, Option<u64>, String) {
-    let out = Command::new("pgbench")
-        .args(args)
-        .arg(url)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let failed = text
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions: "))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok());
-    (out.status.success(), failed, text)
-}
-
 fn bench_proxy(db: &str, pool_size: usize) -> Proxy {
     let pg = shared_postgres();
     pg.psql("postgres", &format!("CREATE DATABASE {db} OWNER blog"));
@@ -410,29 +391,7 @@ fn the_status_page_renders_in_a_browser() {
     )
     .status
     .success());
-    let chromium = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok());
-    let chromium =
-        chromium.expect("chromium is not installed: run scripts/test.sh (it installs it)");
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("http://127.0.0.1:{}/", proxy.admin_port))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = common::chromium_dom(&format!("http://127.0.0.1:{}/", proxy.admin_port));
     assert!(
         dom.contains("<table id=\"pools\">")
             && dom.contains("<td>app</td><td>blog</td><td>transaction</td>"),

@@ -7,23 +7,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Generous upper bound for the whole pytest run; it normally takes seconds.
 const PYTEST_LIMIT: Duration = Duration::from_secs(300);
 
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("PGSIFT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
-    venv.join("bin").join("python")
-}
-
 #[test]
 fn python_drivers_read_the_same_rows_through_pgsift_as_directly() {
-    let python = venv_python();
+    let python = common::venv_python();
     assert!(
         python.exists(),
         "{} does not exist: the Python driver tests need a virtualenv with the packages of \

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,16 +16,9 @@ use std::time::{Duration, Instant};
 /// under a minute.
 const PYTEST_LIMIT: Duration = Duration::from_secs(300);
 
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("PGSIFT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
-    venv.join("bin").join("python")
-}
-
 #[test]
 fn python_drivers_survive_transaction_pooling() {
-    let python = venv_python();
+    let python = common::venv_python();
     assert!(
         python.exists(),
         "{} does not exist: the Python driver tests need a virtualenv with the packages of \

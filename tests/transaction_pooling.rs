@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{connect, databases_yaml, shared_postgres, Proxy};
+use common::{connect, databases_yaml, pgbench, shared_postgres, Proxy};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -13,25 +13,6 @@ fn tx_proxy(pool_size: usize, extra: &str) -> Proxy {
         "{}{extra}",
         databases_yaml(shared_postgres(), "transaction", pool_size)
     ))
-}
-
-fn pgbench(url: &str, args: &[&str]) -> (bool, Option<u64>, String) {
-    let out = std::process::Command::new("pgbench")
-        .args(args)
-        .arg(url)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let failed = text
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions: "))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok());
-    (out.status.success(), failed, text)
 }
 
 #[test]

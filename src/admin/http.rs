@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -52,27 +51,18 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
     }
 }
 
-/// One row of /api/pools.
-#[derive(Serialize)]
-struct PoolRow {
-    database: String,
-    user: String,
-    mode: &'static str,
-    size: usize,
-    active: usize,
-    idle: usize,
-    waiting: usize,
-    connecting: usize,
-    clients: usize,
+async fn pools(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "pools": pool_lines(&app) }))
 }
 
-async fn pools(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    let mut rows: Vec<PoolRow> = app
+/// One line per pool, sorted by database and user (for /api/pools and `/`).
+fn pool_lines(app: &App) -> Vec<super::pages::PoolLine> {
+    let mut pools: Vec<_> = app
         .pools
         .iter()
         .map(|p| {
             let s = p.settings();
-            PoolRow {
+            super::pages::PoolLine {
                 database: p.database.clone(),
                 user: p.user.clone(),
                 mode: match s.mode {
@@ -88,8 +78,8 @@ async fn pools(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             }
         })
         .collect();
-    rows.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
-    Json(serde_json::json!({ "pools": rows }))
+    pools.sort();
+    pools
 }
 
 #[derive(serde::Deserialize)]
@@ -157,27 +147,7 @@ pub fn refresh_gauges(app: &App) {
 }
 
 async fn status(State(app): State<Arc<App>>) -> axum::response::Html<String> {
-    let mut pools: Vec<_> = app
-        .pools
-        .iter()
-        .map(|p| {
-            let s = p.settings();
-            super::pages::PoolLine {
-                database: p.database.clone(),
-                user: p.user.clone(),
-                mode: match s.mode {
-                    crate::config::PoolMode::Session => "session",
-                    crate::config::PoolMode::Transaction => "transaction",
-                },
-                size: s.size,
-                active: p.counts.active.load(Ordering::Relaxed),
-                idle: p.idle_count(),
-                waiting: p.counts.waiting.load(Ordering::Relaxed),
-                clients: p.counts.clients.load(Ordering::Relaxed),
-            }
-        })
-        .collect();
-    pools.sort();
+    let pools = pool_lines(&app);
     let config = app.config();
     let (mut hits, mut misses) = (0, 0);
     for db in config.databases.keys() {

@@ -68,7 +68,7 @@ pub fn n_plus_one_page(reports: &[Report]) -> String {
 }
 
 /// One pool on the status page.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct PoolLine {
     /// database
     pub database: String,
@@ -84,6 +84,8 @@ pub struct PoolLine {
     pub idle: usize,
     /// clients waiting
     pub waiting: usize,
+    /// servers being opened
+    pub connecting: usize,
     /// clients connected
     pub clients: usize,
 }

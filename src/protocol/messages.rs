@@ -52,22 +52,17 @@ impl Severity {
 
 /// ErrorResponse with severity, SQLSTATE and message, as Postgres writes it.
 pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
-    let at = begin(buf, b'E');
-    for field in [b'S', b'V'] {
-        buf.put_u8(field);
-        put_cstr(buf, severity.as_str());
-    }
-    buf.put_u8(b'C');
-    put_cstr(buf, code);
-    buf.put_u8(b'M');
-    put_cstr(buf, message);
-    buf.put_u8(0);
-    finish(buf, at);
+    report(buf, b'E', severity, code, message);
 }
 
 /// NoticeResponse (WARNING or NOTICE) with SQLSTATE and message.
 pub fn notice_response(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
-    let at = begin(buf, b'N');
+    report(buf, b'N', severity, code, message);
+}
+
+/// The shared layout of ErrorResponse and NoticeResponse.
+fn report(buf: &mut BytesMut, tag: u8, severity: Severity, code: &str, message: &str) {
+    let at = begin(buf, tag);
     for field in [b'S', b'V'] {
         buf.put_u8(field);
         put_cstr(buf, severity.as_str());

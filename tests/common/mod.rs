@@ -435,3 +435,66 @@ pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio_pos
     });
     Ok(client)
 }
+
+/// The venv's python (`$PGSIFT_VENV`, default `<repo>/.venv`); fails the
+/// test with a clear message when it is missing.
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("PGSIFT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let python = venv.join("bin").join("python");
+    assert!(
+        python.exists(),
+        "{} does not exist: the Python tests need a virtualenv with the packages of \
+         tests/python/requirements.txt. Run scripts/test.sh (it creates the venv), or set \
+         PGSIFT_VENV to an existing one.",
+        python.display()
+    );
+    python
+}
+
+/// Runs pgbench against `url`: (exit ok, failed transactions, output).
+pub fn pgbench(url: &str, args: &[&str]) -> (bool, Option<u64>, String) {
+    let out = Command::new("pgbench")
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    (out.status.success(), failed, text)
+}
+
+/// Loads `url` in headless Chromium and returns the DOM after rendering.
+pub fn chromium_dom(url: &str) -> String {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok())
+        .expect("chromium is not installed: run scripts/test.sh (it installs it)");
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
