@@ -6,6 +6,7 @@ use crate::auth::upstream::UpstreamSecret;
 use crate::auth::Credentials;
 use crate::backend::pool::PoolSettings;
 use crate::backend::{Pool, PoolKey, UpstreamTarget};
+use crate::cache::QueryCache;
 use crate::config::{Config, DatabaseConfig, Password};
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::observer::Sinks;
@@ -46,6 +47,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// connected clients
     pub registry: ClientRegistry,
+    /// the SELECT cache (memory backend), when `cache.backend` asks for it
+    pub cache: Option<Arc<QueryCache>>,
     /// databases paused by the admin console (`*` = all)
     pub paused: RwLock<std::collections::HashSet<String>>,
     /// bumped on every reload, so sessions can pick up new thresholds
@@ -64,6 +67,14 @@ impl App {
             _ => None,
         };
         let (shutdown, _) = watch::channel(false);
+        let cache = match config.cache.backend.as_str() {
+            "memory" => Some(Arc::new(QueryCache::new(config.cache.max_memory))),
+            "redis" => {
+                tracing::warn!("cache.backend: redis is not built yet; the cache is off");
+                None
+            }
+            _ => None,
+        };
         let metrics = Arc::new(Metrics::new());
         metrics.init_databases(config.databases.keys());
         let sinks = Sinks {
@@ -79,6 +90,7 @@ impl App {
             sinks,
             metrics,
             registry: ClientRegistry::default(),
+            cache,
             config_path: RwLock::new(None),
             generation: std::sync::atomic::AtomicU64::new(0),
             paused: RwLock::new(Default::default()),

@@ -347,3 +347,37 @@ async fn copy_and_errors_inside_transactions_keep_the_server_until_rollback() {
     let pid_b = b_query.await.unwrap().unwrap();
     assert_eq!(pid_b, pid1, "the one server went to b after the rollback");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extended_protocol_copy_in_works_in_transaction_mode() {
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE IF NOT EXISTS tx_copy (id int, v int); GRANT ALL ON tx_copy TO blog",
+    );
+    let proxy = tx_proxy(2, "");
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let sink = c.copy_in("COPY tx_copy FROM STDIN").await.unwrap();
+        futures_util::pin_mut!(sink);
+        use futures_util::SinkExt;
+        sink.send(bytes::Bytes::from_static(b"1\t1\n2\t2\n"))
+            .await
+            .unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 2, "round {round}");
+        c.batch_execute("SELECT 1").await.unwrap();
+    }
+    c.batch_execute("TRUNCATE tx_copy").await.unwrap();
+    // the client is not pinned: another client gets a server
+    let d = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let e = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(d.simple_query("SELECT 1"), e.simple_query("SELECT 1"));
+    a.unwrap();
+    b.unwrap();
+}

@@ -143,7 +143,10 @@ pub fn refresh_gauges(app: &App) {
             .set(p.counts.connecting.load(Ordering::Relaxed) as i64);
     }
     let backend = app.config().cache.backend.clone();
-    m.cache_bytes.with_label_values(&[&backend]).set(0.0);
+    let bytes = app.cache.as_ref().map(|c| c.bytes()).unwrap_or(0);
+    m.cache_bytes
+        .with_label_values(&[&backend])
+        .set(bytes as f64);
 }
 
 async fn status(State(app): State<Arc<App>>) -> axum::response::Html<String> {

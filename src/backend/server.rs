@@ -263,6 +263,31 @@ impl ServerConnection {
         Ok(())
     }
 
+    /// Runs a query pgsift issued itself and returns its rows as text.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::new();
+        messages::query(&mut out, sql);
+        self.writer.write_all(&out).await.map_err(ReadError::Io)?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let (tag, msg) =
+                read_message(&mut self.reader, &mut self.rbuf, MAX_SERVER_MESSAGE).await?;
+            match tag {
+                b'D' => rows.push(decode_text_row(&msg[5..])),
+                b'E' => error = Some(parse_error_fields(&msg[5..])),
+                b'S' => self.note_parameter_status(&msg[5..]),
+                b'Z' => {
+                    return match error {
+                        Some(e) => Err(ServerError::Statement(e)),
+                        None => Ok(rows),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// True when the server has sent something while idle (an error before
     /// a shutdown, or EOF): such a connection must not be handed out.
     pub fn is_broken_while_idle(&mut self) -> bool {
@@ -288,6 +313,31 @@ pub fn note_parameter_status(
         applied.remove(&k.to_ascii_lowercase());
         params.insert(k, v);
     }
+}
+
+/// Decodes a DataRow body of text values.
+fn decode_text_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    if body.len() < 2 {
+        return out;
+    }
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut pos = 2;
+    for _ in 0..n {
+        let Some(len) = body.get(pos..pos + 4) else {
+            break;
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        pos += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let end = (pos + len as usize).min(body.len());
+        out.push(Some(String::from_utf8_lossy(&body[pos..end]).into_owned()));
+        pos = end;
+    }
+    out
 }
 
 /// True for the CommandComplete tags after which a server holds no prepared

@@ -7,6 +7,8 @@
 //! PortalSuspended, ErrorResponse, ReadyForQuery) to know when each ends.
 //! Executions complete in the order they were sent, so a queue suffices.
 
+use super::caching::{effect_of, Effect};
+use crate::cache::volatility::VolatilityTable;
 use crate::metrics::Metrics;
 use crate::nplus1::store::Origin;
 use crate::nplus1::ReportStore;
@@ -62,6 +64,11 @@ pub struct Observer {
     burst_counter: Option<IntCounter>,
     /// log statements slower than this (zero: never)
     pub slow: Duration,
+    /// when the cache is on: where to learn function volatility, and the
+    /// database the session writes to
+    pub effects_of: Option<(Arc<VolatilityTable>, Arc<str>)>,
+    /// effects of completed statements, taken by the session's cache state
+    pub effects: Vec<Effect>,
 }
 
 /// Most statements kept by name per client (drivers close theirs; this
@@ -82,6 +89,8 @@ impl Observer {
             kind_metrics: HashMap::new(),
             burst_counter: None,
             slow: Duration::ZERO,
+            effects_of: None,
+            effects: Vec::new(),
         }
     }
 
@@ -169,8 +178,8 @@ impl Observer {
                     p.rows += 1;
                 }
             }
-            b'C' | b'I' | b's' => self.complete(now, false),
-            b'E' => self.complete(now, true),
+            b'C' | b'I' | b's' => self.complete(now, false, false),
+            b'E' => self.complete(now, true, false),
             b'Z' => {
                 // whatever did not complete was skipped after an error
                 self.pending.clear();
@@ -180,7 +189,18 @@ impl Observer {
         }
     }
 
-    fn complete(&mut self, now: Instant, error: bool) {
+    /// The execution just sent was answered from the cache with `rows` rows.
+    pub fn served_from_cache(&mut self, now: Instant, rows: u64) {
+        if let Some(p) = self.pending.back_mut() {
+            p.rows = rows;
+        }
+        if let Some(p) = self.pending.pop_back() {
+            self.pending.push_front(p);
+        }
+        self.complete(now, false, true);
+    }
+
+    fn complete(&mut self, now: Instant, error: bool, cache_hit: bool) {
         let Some(p) = self.pending.pop_front() else {
             return;
         };
@@ -193,7 +213,14 @@ impl Observer {
         let duration = now.saturating_duration_since(start);
         self.sinks
             .queries
-            .record(&p.known.analysis, duration, p.rows, error, false);
+            .record(&p.known.analysis, duration, p.rows, error, cache_hit);
+        if !error && !cache_hit {
+            if let Some((volatility, db)) = &self.effects_of {
+                if let Some(e) = effect_of(&p.known.analysis, volatility.get(db).as_deref()) {
+                    self.effects.push(e);
+                }
+            }
+        }
         let kind = p.known.analysis.kind;
         let (sinks, origin) = (&self.sinks, &self.origin);
         let (count, hist) = self.kind_metrics.entry(kind).or_insert_with(|| {

@@ -48,6 +48,9 @@ enum Reply {
     },
     /// a reply pgsift makes up (ParseComplete, CloseComplete)
     Made(&'static [u8]),
+    /// the client ended a COPY (CopyDone / CopyFail): no reply, but Syncs
+    /// before it were ignored by a server in copy-in mode
+    CopyEnd,
 }
 
 /// A client's prepared statement.
@@ -68,6 +71,8 @@ pub struct Pipeline {
     /// an error came before the client sent its Sync: the server ignores
     /// everything up to that Sync, and so does the bookkeeping
     skipping: bool,
+    /// the server is in copy-in mode and the client has not ended the copy
+    copy_in: bool,
 }
 
 /// The shared server-side name of a statement.
@@ -124,6 +129,23 @@ impl Pipeline {
         let mut pos = 0;
         while let Ok(Some((tag, total))) = peek_frame(&chunk[pos..], usize::MAX >> 1) {
             let msg = &chunk[pos..pos + total];
+            match tag {
+                b'c' | b'f' => {
+                    if self.copy_in {
+                        self.copy_in = false;
+                    } else {
+                        self.replies.push_back(Reply::CopyEnd);
+                    }
+                    pos += total;
+                    continue;
+                }
+                // a server in copy-in mode ignores Sync
+                b'S' if self.copy_in => {
+                    pos += total;
+                    continue;
+                }
+                _ => {}
+            }
             if self.skipping {
                 // The server discards these; they create, close or owe nothing.
                 if tag == b'S' {
@@ -326,6 +348,12 @@ impl Pipeline {
                 pos += total;
                 continue;
             }
+            while matches!(self.replies.front(), Some(Reply::CopyEnd)) {
+                self.replies.pop_front();
+            }
+            if tag == b'G' {
+                self.copy_in_started();
+            }
             let is_error = tag == b'E';
             let (forward, done, expect) = match self.replies.front_mut() {
                 Some(Reply::Server {
@@ -384,6 +412,29 @@ impl Pipeline {
             dest.push(server.rbuf.split_to(pos).freeze());
         }
         Ok(())
+    }
+
+    /// CopyInResponse: until the client ends the copy, the server ignores
+    /// Sync; Syncs already sent since the COPY's Execute owe no reply.
+    fn copy_in_started(&mut self) {
+        let mut i = 1;
+        let mut ended = false;
+        while i < self.replies.len() {
+            match self.replies[i] {
+                Reply::CopyEnd => {
+                    ended = true;
+                    break;
+                }
+                Reply::Server {
+                    expect: Expect::UntilReady,
+                    ..
+                } => {
+                    self.replies.remove(i);
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = !ended;
     }
 
     /// After an error the server ignores everything up to Sync; so do the

@@ -10,6 +10,7 @@
 //! back to the pool: in transaction mode at ReadyForQuery `I` with nothing
 //! owed, in session mode when the client leaves.
 
+use super::caching::{self, SessionCache};
 use super::cancel::CancelTarget;
 use super::handshake::Login;
 use super::observer::Observer;
@@ -28,6 +29,7 @@ use crate::protocol::frame::{
     is_backend_type, is_frontend_type, missing_bytes, peek_frame, FrameError,
 };
 use crate::protocol::messages::{self, Severity};
+use crate::sql::Kind;
 use bytes::{Buf, Bytes, BytesMut};
 use prometheus::IntCounter;
 use std::collections::VecDeque;
@@ -51,6 +53,14 @@ pub struct ServerState {
     pub unsynced: bool,
     /// transaction status of the last ReadyForQuery
     pub tx: u8,
+    /// the server is in copy-in mode (it ignores Sync) until the client
+    /// sends CopyDone or CopyFail
+    pub copy_in: bool,
+    /// Syncs sent since the last Execute and before a CopyDone/CopyFail: if
+    /// that Execute starts a COPY FROM STDIN, the server ignores them
+    pub syncs_in_copy: usize,
+    /// the client ended a copy since its last Execute
+    pub copy_ended: bool,
 }
 
 impl ServerState {
@@ -60,6 +70,47 @@ impl ServerState {
             pending: 0,
             unsynced: false,
             tx: b'I',
+            copy_in: false,
+            syncs_in_copy: 0,
+            copy_ended: false,
+        }
+    }
+
+    /// A client message is on its way to the server.
+    fn client_sent(&mut self, tag: u8) {
+        match tag {
+            b'Q' | b'F' => self.pending += 1,
+            b'S' if self.copy_in => {} // ignored by the server
+            b'S' => {
+                self.pending += 1;
+                self.unsynced = false;
+                if !self.copy_ended {
+                    self.syncs_in_copy += 1;
+                }
+            }
+            b'E' => {
+                self.unsynced = true;
+                self.syncs_in_copy = 0;
+                self.copy_ended = false;
+            }
+            b'P' | b'B' | b'D' | b'C' | b'H' => self.unsynced = true,
+            b'c' | b'f' => {
+                if self.copy_in {
+                    self.copy_in = false;
+                } else {
+                    self.copy_ended = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// CopyInResponse: Syncs sent since the COPY's Execute owe nothing.
+    fn copy_in_started(&mut self) {
+        self.pending = self.pending.saturating_sub(self.syncs_in_copy);
+        self.syncs_in_copy = 0;
+        if !self.copy_ended {
+            self.copy_in = true;
         }
     }
 
@@ -199,6 +250,7 @@ pub struct Session {
     pipeline: Pipeline,
     settings_changes: SettingsTracker,
     observer: Observer,
+    cache: Option<SessionCache>,
     bytes: ByteCounters,
     transactions: IntCounter,
     info: Arc<ClientInfo>,
@@ -228,6 +280,7 @@ impl Session {
         let detector = n1
             .enabled
             .then(|| Detector::new(n1.min_repeats, n1.max_gap));
+        let observer_db: Arc<str> = database.as_str().into();
         let origin = Origin {
             database,
             user,
@@ -245,7 +298,24 @@ impl Session {
             info.set(ClientState::Active, Some((co.server.id, co.server.pid)));
         }
         let generation = app.generation.load(std::sync::atomic::Ordering::SeqCst);
+        // Every session records its writes' invalidations, even while no
+        // rule allows caching: rules can be added by a reload.
+        let cache = app.cache.as_ref().map(|c| {
+            let db: Arc<str> = observer_db.clone();
+            if !config.cache.rules.is_empty() {
+                c.volatility.load(db.clone(), pool.clone());
+            }
+            let counter = app
+                .metrics
+                .cache_invalidations_total
+                .with_label_values(&[&db]);
+            SessionCache::new(c.clone(), db, counter)
+        });
+        if let Some(c) = &cache {
+            observer.effects_of = Some((c.cache.volatility.clone(), c.db.clone()));
+        }
         let mut session = Session {
+            cache,
             generation,
             info,
             observer,
@@ -420,6 +490,10 @@ impl Session {
         to_client.clear();
 
         self.observer.finish();
+        if let Some(sc) = self.cache.as_mut() {
+            sc.take_effects(&mut self.observer.effects);
+            sc.finish();
+        }
         self.app.cancels.remove(self.cancel_key);
         self.cancel.clear();
         if let Some(co) = self.server.take() {
@@ -469,6 +543,9 @@ impl Session {
                 .reconfigure(&config.n_plus_one, config.logging.slow_statement);
         }
         let now = Instant::now();
+        // nothing in flight before this batch: a cache hit may answer it
+        let idle_before = self.state.quiet() && to_server.is_empty() && self.pipeline.is_empty();
+        let mut messages = 0;
         loop {
             let (tag, total) = match peek_frame(&cbuf[end..], self.max_message) {
                 Ok(Some(f)) => f,
@@ -483,26 +560,119 @@ impl Session {
                     terminate = true;
                     break;
                 }
-                b'Q' | b'F' => self.state.pending += 1,
-                b'S' => {
-                    self.state.pending += 1;
-                    self.state.unsynced = false;
-                }
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.state.unsynced = true,
-                _ => {}
+                t => self.state.client_sent(t),
             }
-            if transaction_mode
-                && matches!(tag, b'Q' | b'P')
-                && self.settings_changes.observe(tag, &cbuf[end..end + total])
-            {
-                self.app.metrics.error("session_only_feature");
+            if matches!(tag, b'Q' | b'P') {
+                let msg = &cbuf[end..end + total];
+                if self.settings_changes.observe(tag, msg, transaction_mode) {
+                    self.app.metrics.error("session_only_feature");
+                }
+                if let Some(sc) = self.cache.as_mut() {
+                    sc.strict_isolation |= caching::strict_isolation(msg);
+                }
             }
             self.observer
                 .client_message(tag, &cbuf[end..end + total], now);
             end += total;
+            messages += 1;
+        }
+        if messages == 1 && idle_before && cbuf[0] == b'Q' && self.cache.is_some() {
+            let msg = cbuf.split_to(end).freeze();
+            if self.try_cache_hit(&msg, now, to_client) {
+                return Ok(!terminate);
+            }
+            // a miss: forward the query as usual
+            return self
+                .forward_chunk(msg, to_server, to_client, transaction_mode, terminate)
+                .await;
         }
         if end > 0 {
             let chunk = cbuf.split_to(end).freeze();
+            return self
+                .forward_chunk(chunk, to_server, to_client, transaction_mode, terminate)
+                .await;
+        }
+        Ok(!terminate)
+    }
+
+    /// Answers a single simple-query SELECT from the cache when it may be;
+    /// on a miss of a cacheable one, arranges for the reply to be stored.
+    /// Returns true when the client has been answered.
+    fn try_cache_hit(&mut self, msg: &Bytes, now: Instant, to_client: &mut Outbox) -> bool {
+        let app = self.app.clone();
+        let Some(sc) = self.cache.as_mut() else {
+            return false;
+        };
+        let body = &msg[5..];
+        let sql = body.strip_suffix(&[0]).unwrap_or(body);
+        let text = String::from_utf8_lossy(sql);
+        let a = app.sinks.analyzer.analyze(&text).analysis;
+        if a.kind != Kind::Select {
+            return false;
+        }
+        let db = sc.db.clone();
+        let result = |r: &str| {
+            app.metrics
+                .cache_requests_total
+                .with_label_values(&[&db, r])
+                .inc()
+        };
+        let config = app.config();
+        if config.cache.rules.is_empty() {
+            return false;
+        }
+        let facts = sc.cache.volatility.get(&sc.db);
+        let ttl = crate::cache::rules::covering_ttl(&config.cache.rules, &a.reads);
+        let eligible = a.read_only
+            && !self.settings_changes.unmodeled
+            && !sc.strict_isolation
+            && !sc.wrote_in_transaction()
+            && self.state.tx != b'E'
+            && facts.as_ref().is_some_and(|f| {
+                a.functions.iter().all(|n| f.immutable.contains(n))
+                    && !a
+                        .reads
+                        .iter()
+                        .any(|t| f.rls_tables.contains(&crate::cache::table_name(t)))
+            });
+        let (true, Some(ttl)) = (eligible, ttl) else {
+            if facts.is_none() {
+                sc.cache.volatility.load(sc.db.clone(), self.pool.clone());
+            }
+            result("bypass");
+            return false;
+        };
+        let key = caching::key(&sc.db, &self.info.user, sql, &self.settings);
+        if let Some(bytes) = sc.cache.get(key, &sc.db) {
+            result("hit");
+            let mut data_rows = 0;
+            let _ = crate::protocol::frame::scan(&bytes, usize::MAX >> 1, |t, _| {
+                data_rows += (t == b'D') as u64
+            });
+            for b in SessionCache::hit_reply(bytes, self.state.tx) {
+                to_client.push(b);
+            }
+            // the Query was counted as owing a ReadyForQuery: it does not
+            self.state.pending = self.state.pending.saturating_sub(1);
+            self.observer.served_from_cache(now, data_rows);
+            return true;
+        }
+        result("miss");
+        sc.begin_capture(key, &a.reads, ttl, config.cache.max_result_bytes as usize);
+        false
+    }
+
+    /// Sends a batch of complete client messages to the server, checking
+    /// one out first when the client holds none.
+    async fn forward_chunk(
+        &mut self,
+        chunk: Bytes,
+        to_server: &mut Outbox,
+        to_client: &mut Outbox,
+        transaction_mode: bool,
+        terminate: bool,
+    ) -> Result<bool, End> {
+        {
             if self.server.is_none() {
                 if transaction_mode && !self.pool.has_free_slot() {
                     if let Some(replies) = self.pipeline.acknowledge_prepares(&chunk) {
@@ -569,6 +739,7 @@ impl Session {
             let tracker = &mut self.settings_changes;
             let settings = &mut self.settings;
             let observer = &mut self.observer;
+            let cache = &mut self.cache;
             let transactions = &self.transactions;
             let now = Instant::now();
             let mut changed = false;
@@ -576,7 +747,12 @@ impl Session {
                 .pipeline
                 .server_messages(&mut co.server, &mut out, |tag, msg| {
                     observer.server_message(tag, now);
+                    if let Some(sc) = cache.as_mut() {
+                        sc.take_effects(&mut observer.effects);
+                        sc.server_message(tag, msg);
+                    }
                     match tag {
+                        b'G' => state.copy_in_started(),
                         b'Z' if msg.len() == 6 => {
                             state.tx = msg[5];
                             if msg[5] == b'I' {
@@ -606,19 +782,31 @@ impl Session {
                 Err(e) => return Err(End::ServerProtocol(e.to_string())),
             };
             self.observer.server_message(tag, now);
+            let msg = &server.rbuf[end..end + total];
+            if let Some(sc) = self.cache.as_mut() {
+                sc.take_effects(&mut self.observer.effects);
+                sc.server_message(tag, msg);
+            }
             match tag {
+                b'G' => self.state.copy_in_started(),
                 b'Z' if total == 6 => {
                     self.state.tx = server.rbuf[end + 5];
                     if self.state.tx == b'I' {
                         self.transactions.inc();
                     }
                     self.state.pending = self.state.pending.saturating_sub(1);
+                    self.settings_changes
+                        .ready(self.state.tx, &mut self.settings);
                 }
-                b'S' => note_parameter_status(
-                    &mut server.params,
-                    &mut server.applied,
-                    &server.rbuf[end + 5..end + total],
-                ),
+                b'S' => {
+                    self.settings_changes
+                        .reported(&server.rbuf[end + 5..end + total], &mut self.settings);
+                    note_parameter_status(
+                        &mut server.params,
+                        &mut server.applied,
+                        &server.rbuf[end + 5..end + total],
+                    )
+                }
                 t if !is_backend_type(t) => {
                     return Err(End::ServerProtocol(FrameError::UnknownType(t).to_string()))
                 }

@@ -37,6 +37,10 @@ pub struct SettingsTracker {
     failed: bool,
     /// session-only features this client tried (each logged once)
     pub warned: Vec<&'static str>,
+    /// the client changed something pgsift does not model (a setting outside
+    /// [`TRACKED`], the role, set_config, a temporary table): its results
+    /// may differ from other clients', so the cache is off for it
+    pub unmodeled: bool,
 }
 
 /// Features that need one server for the whole session and so cannot work
@@ -97,7 +101,7 @@ impl SettingsTracker {
     /// tracked setting.
     /// Returns true the first time this client uses a given session-only
     /// feature.
-    pub fn observe(&mut self, tag: u8, msg: &[u8]) -> bool {
+    pub fn observe(&mut self, tag: u8, msg: &[u8], transaction_mode: bool) -> bool {
         let text = match tag {
             b'Q' => msg.get(5..),
             b'P' => msg
@@ -107,8 +111,14 @@ impl SettingsTracker {
         };
         let Some(text) = text else { return false };
         let mut first_use = false;
+        if !self.unmodeled && has_set_config(text) {
+            self.unmodeled = true;
+        }
         if let Some(what) = session_only_feature(text) {
-            if !self.warned.contains(&what) {
+            if what.starts_with("temporary") {
+                self.unmodeled = true;
+            }
+            if transaction_mode && !self.warned.contains(&what) {
                 first_use = true;
                 self.warned.push(what);
                 tracing::warn!(feature = what, "a transaction-mode client used a session-only feature; it will not work as in session mode");
@@ -126,8 +136,13 @@ impl SettingsTracker {
         }
         let text =
             String::from_utf8_lossy(text.split(|&c| c == 0).next().unwrap_or(&[])).into_owned();
-        if let Some(c) = parse_change(&text) {
-            self.pending.push(c);
+        match parse_change(&text) {
+            Some(c) => self.pending.push(c),
+            None => {
+                if !set_of_reported_setting(&text) {
+                    self.unmodeled = true;
+                }
+            }
         }
         first_use
     }
@@ -246,6 +261,32 @@ fn parse_change(sql: &str) -> Option<Change> {
     }
 }
 
+/// `set_config(` anywhere in a statement (case-insensitive).
+fn has_set_config(text: &[u8]) -> bool {
+    text.windows(10)
+        .any(|w| w.eq_ignore_ascii_case(b"set_config"))
+}
+
+/// True for a plain `SET [SESSION] name …` / `RESET name` of a tracked
+/// setting that the server reports (TimeZone, DateStyle, …), which pgsift
+/// follows through ParameterStatus.
+fn set_of_reported_setting(sql: &str) -> bool {
+    let stmt = sql.split(';').next().unwrap_or("").trim();
+    let mut words = stmt.split(|c: char| c.is_whitespace() || c == '=');
+    let first = words.next().unwrap_or("");
+    if !(first.eq_ignore_ascii_case("set") || first.eq_ignore_ascii_case("reset")) {
+        return false;
+    }
+    let mut name = words.find(|w| !w.is_empty()).unwrap_or("");
+    if name.eq_ignore_ascii_case("session") {
+        name = words.find(|w| !w.is_empty()).unwrap_or("");
+    }
+    let name = name.trim_matches('"');
+    TRACKED.iter().any(|t| {
+        t.eq_ignore_ascii_case(name) && !UNREPORTED.iter().any(|u| u.eq_ignore_ascii_case(name))
+    })
+}
+
 fn unreported(word: &str) -> Option<&'static str> {
     UNREPORTED
         .iter()
@@ -295,15 +336,37 @@ mod tests {
         let mut s = vec![];
         let mut q = b"Q\0\0\0\0".to_vec();
         q.extend_from_slice(b"SET search_path TO a\0");
-        t.observe(b'Q', &q);
+        t.observe(b'Q', &q, true);
         t.ready(b'T', &mut s);
         assert!(s.is_empty());
         t.failed();
         t.ready(b'I', &mut s);
         assert!(s.is_empty(), "rolled back");
-        t.observe(b'Q', &q);
+        t.observe(b'Q', &q, true);
         t.ready(b'I', &mut s);
         assert_eq!(s, vec![("search_path".to_string(), "a".to_string())]);
+    }
+
+    #[test]
+    fn changes_pgsift_does_not_model_turn_the_cache_off() {
+        let q = |sql: &str| {
+            let mut m = b"Q\0\0\0\0".to_vec();
+            m.extend_from_slice(sql.as_bytes());
+            m.push(0);
+            let mut t = SettingsTracker::default();
+            t.observe(b'Q', &m, false);
+            t.unmodeled
+        };
+        assert!(!q("SET TimeZone = 'UTC'"));
+        assert!(!q("SET search_path TO app"));
+        assert!(!q("SELECT 1"));
+        assert!(q("SET ROLE reader"));
+        assert!(q("SET SESSION AUTHORIZATION reader"));
+        assert!(q("SET bytea_output = 'escape'"));
+        assert!(q("SET default_transaction_isolation = 'serializable'"));
+        assert!(q("SELECT set_config('role', 'x', false)"));
+        assert!(q("CREATE TEMP TABLE posts (id int)"));
+        assert!(q("SET LOCAL statement_timeout = 5"));
     }
 
     #[test]

@@ -63,6 +63,15 @@ pub struct Analysis {
     pub writes: Vec<String>,
     /// false when the parser rejected the text (token-based fallback)
     pub parsed: bool,
+    /// functions called (lower-case, without schema)
+    pub functions: Vec<String>,
+    /// a single read-only SELECT/VALUES/TABLE: no locking clause, no
+    /// data-modifying CTE, no SELECT INTO, no CURRENT_TIMESTAMP-style value
+    /// function. Whether its functions are immutable is decided per database.
+    pub read_only: bool,
+    /// what it writes cannot be known from the text (CALL, DO, EXECUTE,
+    /// text the parser rejects): it invalidates the whole database
+    pub opaque: bool,
 }
 
 impl Analysis {
@@ -146,10 +155,32 @@ fn analyze_with_parser(sql: &str, s: &Shape) -> Analysis {
                 writes.extend(summary.ddl_tables());
             }
             let mut reads = summary.select_tables();
+            let statements = summary.statement_types().len();
+            if kind == Kind::Copy && has_word(&normalized, "from") {
+                writes.extend(summary.tables());
+            }
             reads.sort();
             reads.dedup();
             writes.sort();
             writes.dedup();
+            let mut functions: Vec<String> = summary
+                .functions()
+                .into_iter()
+                .map(|f| f.rsplit('.').next().unwrap_or(&f).to_ascii_lowercase())
+                .collect();
+            functions.sort();
+            functions.dedup();
+            let opaque = summary.statement_types().iter().any(|t| {
+                matches!(
+                    *t,
+                    "CallStmt" | "DoStmt" | "ExecuteStmt" | "CreateFunctionStmt"
+                )
+            });
+            let read_only = kind == Kind::Select
+                && statements == 1
+                && writes.is_empty()
+                && !reads.is_empty()
+                && !has_locking_or_value_function(&normalized);
             Analysis {
                 fingerprint: fp.value,
                 normalized,
@@ -157,6 +188,9 @@ fn analyze_with_parser(sql: &str, s: &Shape) -> Analysis {
                 reads,
                 writes,
                 parsed: true,
+                functions,
+                read_only,
+                opaque,
             }
         }
         _ => fallback(sql, s),
@@ -188,7 +222,47 @@ fn fallback(sql: &str, s: &Shape) -> Analysis {
         reads: vec![],
         writes: vec![],
         parsed: false,
+        functions: vec![],
+        read_only: false,
+        opaque: kind != Kind::Transaction,
     }
+}
+
+/// True when `word` appears as a whole word (case-insensitive) outside
+/// string literals (normalized text has none).
+fn has_word(text: &str, word: &str) -> bool {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|w| w.eq_ignore_ascii_case(word))
+}
+
+/// Locking clauses, SELECT INTO, and the SQL value functions that are not
+/// function calls in the parse tree (CURRENT_TIMESTAMP, CURRENT_USER, …):
+/// none of these may be cached.
+fn has_locking_or_value_function(normalized: &str) -> bool {
+    let words: Vec<String> = normalized
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let value_functions = [
+        "current_date",
+        "current_time",
+        "current_timestamp",
+        "localtime",
+        "localtimestamp",
+        "current_user",
+        "current_role",
+        "session_user",
+        "user",
+        "current_catalog",
+        "current_schema",
+    ];
+    words
+        .iter()
+        .any(|w| value_functions.contains(&w.as_str()) || w == "into")
+        || words
+            .windows(2)
+            .any(|p| p[0] == "for" && matches!(p[1].as_str(), "update" | "share" | "no" | "key"))
 }
 
 fn kind_of(statement_type: &str) -> Kind {
@@ -283,6 +357,45 @@ mod tests {
             a.analyze("SET search_path TO x").analysis.kind,
             Kind::Utility
         );
+    }
+
+    #[test]
+    fn read_only_selects_are_told_from_everything_else() {
+        let a = Analyzer::new(100);
+        let ro = |sql: &str| a.analyze(sql).analysis.read_only;
+        assert!(ro("SELECT * FROM posts WHERE id = 1"));
+        assert!(ro(
+            "SELECT p.id, u.name FROM posts p JOIN users u ON u.id = p.user_id"
+        ));
+        assert!(!ro("SELECT * FROM posts FOR UPDATE"));
+        assert!(!ro("SELECT * FROM posts WHERE id = 1 FOR SHARE"));
+        assert!(
+            !ro("SELECT now(), * FROM posts")
+                || !a
+                    .analyze("SELECT now(), * FROM posts")
+                    .analysis
+                    .functions
+                    .is_empty()
+        );
+        assert!(!ro("SELECT CURRENT_TIMESTAMP, * FROM posts"));
+        assert!(!ro("SELECT current_user, * FROM posts"));
+        assert!(!ro("SELECT * INTO copy_of_posts FROM posts"));
+        assert!(!ro(
+            "WITH d AS (DELETE FROM posts RETURNING *) SELECT * FROM d"
+        ));
+        assert!(!ro("SELECT 1"), "no table: nothing to invalidate it by");
+        assert!(!ro("INSERT INTO posts VALUES (1)"));
+        assert_eq!(
+            a.analyze("SELECT lower(name), count(*) FROM users GROUP BY 1")
+                .analysis
+                .functions,
+            vec!["count".to_string(), "lower".to_string()]
+        );
+        assert_eq!(
+            a.analyze("COPY posts FROM STDIN").analysis.writes,
+            vec!["posts".to_string()]
+        );
+        assert!(a.analyze("COPY posts TO STDOUT").analysis.writes.is_empty());
     }
 
     #[test]

@@ -1,0 +1,90 @@
+//! Facts about a database that decide cacheability and that only the server
+//! knows: which functions are IMMUTABLE (read from `pg_proc`, never a hand
+//! list: a name counts as immutable only if every overload is) and which
+//! tables have row-level security. Loaded once per database in the
+//! background; until then, statements that depend on them are not cached.
+
+use crate::backend::Pool;
+use dashmap::DashMap;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// What pgsift knows about one database.
+#[derive(Debug, Default)]
+pub struct DatabaseFacts {
+    /// functions whose every overload is IMMUTABLE
+    pub immutable: HashSet<String>,
+    /// functions none of whose overloads is VOLATILE (they cannot write)
+    pub not_volatile: HashSet<String>,
+    /// tables with row-level security enabled
+    pub rls_tables: HashSet<String>,
+}
+
+/// Facts per database.
+#[derive(Default)]
+pub struct VolatilityTable {
+    facts: DashMap<Arc<str>, Arc<DatabaseFacts>>,
+    loading: DashMap<Arc<str>, ()>,
+}
+
+const QUERY: &str = "SELECT 'i', proname FROM pg_catalog.pg_proc GROUP BY proname HAVING bool_and(provolatile = 'i') \
+                     UNION ALL SELECT 'n', proname FROM pg_catalog.pg_proc GROUP BY proname HAVING NOT bool_or(provolatile = 'v') \
+                     UNION ALL SELECT 'r', relname FROM pg_catalog.pg_class WHERE relrowsecurity";
+
+impl VolatilityTable {
+    /// The facts of a database, once loaded.
+    pub fn get(&self, db: &Arc<str>) -> Option<Arc<DatabaseFacts>> {
+        self.facts.get(db).map(|f| f.clone())
+    }
+
+    /// Starts loading a database's facts through one of its pools (once).
+    pub fn load(self: &Arc<Self>, db: Arc<str>, pool: Arc<Pool>) {
+        if self.facts.contains_key(&db) || self.loading.insert(db.clone(), ()).is_some() {
+            return;
+        }
+        let table = self.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let mut co = pool.checkout().await.map_err(|e| e.to_string())?;
+                let rows = co.server.query_rows(QUERY).await;
+                match rows {
+                    Ok(rows) => {
+                        pool.checkin(co);
+                        Ok(rows)
+                    }
+                    Err(e) => {
+                        pool.discard(co);
+                        Err(e.to_string())
+                    }
+                }
+            }
+            .await;
+            match result {
+                Ok(rows) => {
+                    let mut facts = DatabaseFacts::default();
+                    for r in rows {
+                        if let [Some(kind), Some(name)] = r.as_slice() {
+                            let name = name.to_ascii_lowercase();
+                            match kind.as_str() {
+                                "i" => facts.immutable.insert(name),
+                                "n" => facts.not_volatile.insert(name),
+                                _ => facts.rls_tables.insert(name),
+                            };
+                        }
+                    }
+                    tracing::debug!(database = %db, immutable = facts.immutable.len(), rls = facts.rls_tables.len(), "loaded function volatility");
+                    table.facts.insert(db.clone(), Arc::new(facts));
+                }
+                Err(e) => {
+                    tracing::warn!(database = %db, error = %e, "could not read pg_proc; nothing with functions is cached yet")
+                }
+            }
+            table.loading.remove(&db);
+        });
+    }
+
+    /// Forgets what is known (DDL may have changed functions or policies).
+    pub fn forget(&self, db: &Arc<str>) {
+        self.facts.remove(db);
+    }
+}
