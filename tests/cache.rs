@@ -369,3 +369,28 @@ async fn concurrent_writers_and_readers_never_see_a_stale_read() {
     assert!(hits > 0.0, "the cache served some reads");
     assert_eq!(stale, 0, "stale reads");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_misses_of_one_key_run_the_query_once() {
+    let proxy = cache_proxy(false);
+    let conn = proxy.conn_str("blog", "blogpw", "cachedb");
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(connect(&conn).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // slow enough (a 1M-row join) that the six requests overlap
+    let sql = "SELECT count(*) FROM items a, items b, items c WHERE a.id + b.id + c.id > 7";
+    let (misses, hits) = (metric(&proxy, "miss"), metric(&proxy, "hit"));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| tokio::spawn(async move { one(&c, sql).await }))
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    assert_eq!(metric(&proxy, "miss") - misses, 1.0, "one upstream query");
+    assert_eq!(metric(&proxy, "hit") - hits, 5.0);
+}

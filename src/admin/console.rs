@@ -459,17 +459,50 @@ fn show_n_plus_one(app: &App) -> Table {
 }
 
 fn show_cache(app: &App) -> Table {
-    let c = &app.config().cache;
+    let config = app.config();
+    let c = &config.cache;
     let mut t = Table::new(&[
         "backend",
         "status",
+        "entries",
+        "bytes",
+        "hits",
+        "misses",
+        "bypasses",
         "rules",
         "default_ttl",
         "max_result_bytes",
     ]);
+    let (status, entries, bytes) = match &app.cache {
+        Some(cache) if c.rules.is_empty() => (
+            "on, but no rule covers any table",
+            cache.len(),
+            cache.bytes(),
+        ),
+        Some(cache) => ("on", cache.len(), cache.bytes()),
+        None if c.backend == "redis" => ("off: the redis backend is not built yet", 0, 0),
+        None => ("off", 0, 0),
+    };
+    let count = |r: &str| -> u64 {
+        config
+            .databases
+            .keys()
+            .map(|db| {
+                app.metrics
+                    .cache_requests_total
+                    .with_label_values(&[db, r])
+                    .get()
+            })
+            .sum()
+    };
     t.push(vec![
         c.backend.clone(),
-        "not built yet: every statement goes to PostgreSQL".into(),
+        status.into(),
+        entries.to_string(),
+        bytes.to_string(),
+        count("hit").to_string(),
+        count("miss").to_string(),
+        count("bypass").to_string(),
         c.rules.len().to_string(),
         format!("{:?}", c.default_ttl),
         c.max_result_bytes.to_string(),

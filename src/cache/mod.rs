@@ -70,6 +70,23 @@ pub struct QueryCache {
     epochs: DashMap<Arc<str>, u64>,
     /// per database: which functions are immutable, which tables use RLS
     pub volatility: Arc<volatility::VolatilityTable>,
+    /// misses being fetched right now: later misses of the same key wait
+    inflight: DashMap<u128, tokio::sync::watch::Receiver<bool>>,
+}
+
+/// A miss being fetched; dropping it (or [`Flight::land`]) wakes the
+/// sessions waiting for the same key.
+pub struct Flight {
+    key: u128,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+/// What a miss should do.
+pub enum Miss {
+    /// fetch it; others wait for this session
+    Lead(Flight),
+    /// another session is fetching it: wait on this, then look again
+    Wait(tokio::sync::watch::Receiver<bool>),
 }
 
 impl QueryCache {
@@ -84,6 +101,7 @@ impl QueryCache {
             versions: DashMap::new(),
             epochs: DashMap::new(),
             volatility: Arc::new(volatility::VolatilityTable::default()),
+            inflight: DashMap::new(),
         }
     }
 
@@ -116,6 +134,24 @@ impl QueryCache {
             .iter()
             .all(|(k, v)| self.versions.get(k).map(|x| *x).unwrap_or(0) == *v);
         current.then(|| e.bytes.clone())
+    }
+
+    /// Single-flight: the first miss of a key leads, later ones wait.
+    pub fn miss(&self, key: u128) -> Miss {
+        match self.inflight.entry(key) {
+            dashmap::Entry::Occupied(o) => Miss::Wait(o.get().clone()),
+            dashmap::Entry::Vacant(v) => {
+                let (done, rx) = tokio::sync::watch::channel(false);
+                v.insert(rx);
+                Miss::Lead(Flight { key, done })
+            }
+        }
+    }
+
+    /// The leader of a flight is done (stored or gave up).
+    pub fn land(&self, flight: Flight) {
+        self.inflight.remove(&flight.key);
+        let _ = flight.done.send(true);
     }
 
     /// Stores a result read under `versions` and `epoch`.

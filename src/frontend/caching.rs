@@ -64,6 +64,7 @@ struct Capture {
     buf: BytesMut,
     limit: usize,
     failed: bool,
+    flight: Option<cache::Flight>,
 }
 
 /// The cache state of one session.
@@ -103,7 +104,14 @@ impl SessionCache {
     }
 
     /// Starts capturing the reply to a miss, with the versions read now.
-    pub fn begin_capture(&mut self, key: u128, tables: &[String], ttl: Duration, limit: usize) {
+    pub fn begin_capture(
+        &mut self,
+        key: u128,
+        tables: &[String],
+        ttl: Duration,
+        limit: usize,
+        flight: Option<cache::Flight>,
+    ) {
         let (versions, epoch) = self.cache.snapshot(&self.db, tables);
         self.capture = Some(Capture {
             key,
@@ -113,6 +121,7 @@ impl SessionCache {
             buf: BytesMut::new(),
             limit,
             failed: false,
+            flight,
         });
     }
 
@@ -135,10 +144,14 @@ impl SessionCache {
                 }
                 b'E' | b'G' | b'H' | b'I' => c.failed = true,
                 b'Z' => {
-                    if let Some(c) = self.capture.take() {
+                    if let Some(mut c) = self.capture.take() {
+                        let flight = c.flight.take();
                         if !c.failed && !c.buf.is_empty() {
                             self.cache
                                 .put(c.key, c.buf.freeze(), c.versions, c.epoch, c.ttl);
+                        }
+                        if let Some(f) = flight {
+                            self.cache.land(f);
                         }
                     }
                 }
@@ -169,6 +182,9 @@ impl SessionCache {
 
     /// The session ends: whatever is pending is recorded.
     pub fn finish(&mut self) {
+        if let Some(f) = self.capture.take().and_then(|mut c| c.flight.take()) {
+            self.cache.land(f);
+        }
         self.commit();
     }
 

@@ -21,6 +21,7 @@ use super::stream::ClientStream;
 use crate::app::App;
 use crate::backend::server::{note_parameter_status, send_cancel};
 use crate::backend::{Checkout, Pool};
+use crate::cache::Miss;
 use crate::config::PoolMode;
 use crate::metrics::ByteCounters;
 use crate::nplus1::store::Origin;
@@ -41,6 +42,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Queue bound per direction before pgsift stops reading the sender.
 const HIGH_WATER: usize = 1 << 20;
+/// Longest wait for another session's fetch of the same cache key.
+const SINGLE_FLIGHT_WAIT: Duration = Duration::from_secs(5);
 /// How long cleanup statements may take before the server is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -578,7 +581,7 @@ impl Session {
         }
         if messages == 1 && idle_before && cbuf[0] == b'Q' && self.cache.is_some() {
             let msg = cbuf.split_to(end).freeze();
-            if self.try_cache_hit(&msg, now, to_client) {
+            if self.try_cache_hit(&msg, now, to_client).await {
                 return Ok(!terminate);
             }
             // a miss: forward the query as usual
@@ -598,7 +601,7 @@ impl Session {
     /// Answers a single simple-query SELECT from the cache when it may be;
     /// on a miss of a cacheable one, arranges for the reply to be stored.
     /// Returns true when the client has been answered.
-    fn try_cache_hit(&mut self, msg: &Bytes, now: Instant, to_client: &mut Outbox) -> bool {
+    async fn try_cache_hit(&mut self, msg: &Bytes, now: Instant, to_client: &mut Outbox) -> bool {
         let app = self.app.clone();
         let Some(sc) = self.cache.as_mut() else {
             return false;
@@ -643,7 +646,21 @@ impl Session {
             return false;
         };
         let key = caching::key(&sc.db, &self.info.user, sql, &self.settings);
-        if let Some(bytes) = sc.cache.get(key, &sc.db) {
+        let mut found = sc.cache.get(key, &sc.db);
+        let mut flight = None;
+        if found.is_none() {
+            match sc.cache.miss(key) {
+                Miss::Lead(f) => flight = Some(f),
+                Miss::Wait(mut rx) => {
+                    // another session is fetching the same result: wait for
+                    // it (bounded), then look again
+                    let _ =
+                        tokio::time::timeout(SINGLE_FLIGHT_WAIT, rx.wait_for(|done| *done)).await;
+                    found = sc.cache.get(key, &sc.db);
+                }
+            }
+        }
+        if let Some(bytes) = found {
             result("hit");
             let mut data_rows = 0;
             let _ = crate::protocol::frame::scan(&bytes, usize::MAX >> 1, |t, _| {
@@ -658,7 +675,13 @@ impl Session {
             return true;
         }
         result("miss");
-        sc.begin_capture(key, &a.reads, ttl, config.cache.max_result_bytes as usize);
+        sc.begin_capture(
+            key,
+            &a.reads,
+            ttl,
+            config.cache.max_result_bytes as usize,
+            flight,
+        );
         false
     }
 
