@@ -394,3 +394,48 @@ async fn concurrent_misses_of_one_key_run_the_query_once() {
     assert_eq!(metric(&proxy, "miss") - misses, 1.0, "one upstream query");
     assert_eq!(metric(&proxy, "hit") - hits, 5.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extended_protocol_reads_are_served_and_invalidated_too() {
+    let proxy = cache_proxy(false);
+    let c = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
+        .await
+        .unwrap();
+    let other = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stmt = c
+        .prepare("SELECT v, owner FROM items WHERE id = $1")
+        .await
+        .unwrap();
+    let read = |id: i32| {
+        let (c, stmt) = (&c, &stmt);
+        async move {
+            let r = c.query_one(stmt, &[&id]).await.unwrap();
+            (r.get::<_, i32>(0), r.get::<_, String>(1))
+        }
+    };
+    let first = read(20).await;
+    let hits = metric(&proxy, "hit");
+    assert_eq!(read(20).await, first);
+    assert_eq!(read(20).await, first);
+    assert_eq!(
+        metric(&proxy, "hit"),
+        hits + 2.0,
+        "binary-format extended reads are cached"
+    );
+    // different parameter values are different keys
+    assert_ne!(read(21).await.1, first.1);
+    // a write by another client through pgsift invalidates
+    other
+        .execute("UPDATE items SET v = v + 100 WHERE id = 20", &[])
+        .await
+        .unwrap();
+    assert_eq!(read(20).await.0, first.0 + 100);
+    // and one-shot statements (Parse + Bind + Describe + Execute + Sync) too
+    let q = "SELECT owner FROM items WHERE id = 22";
+    let a: String = other.query_one(q, &[]).await.unwrap().get(0);
+    let b: String = other.query_one(q, &[]).await.unwrap().get(0);
+    assert_eq!(a, b);
+}

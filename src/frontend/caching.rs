@@ -130,19 +130,28 @@ impl SessionCache {
         self.pending.append(effects);
     }
 
-    /// A server message on its way to the client (called before it is
-    /// passed on).
-    pub fn server_message(&mut self, tag: u8, msg: &[u8]) {
+    /// Bytes on their way to the client (after pgsift's own bookkeeping):
+    /// what a miss stores is exactly what the client received.
+    pub fn client_bound(&mut self, bytes: &[u8]) {
+        if self.capture.is_none() {
+            return;
+        }
+        let _ = crate::protocol::frame::scan(bytes, usize::MAX >> 1, |tag, msg| {
+            self.capture_message(tag, msg)
+        });
+    }
+
+    fn capture_message(&mut self, tag: u8, msg: &[u8]) {
         if let Some(c) = self.capture.as_mut() {
             match tag {
-                b'T' | b'D' | b'C' => {
+                b'1' | b'2' | b'T' | b'n' | b'D' | b'C' => {
                     if c.buf.len() + msg.len() > c.limit {
                         c.failed = true;
                     } else if !c.failed {
                         c.buf.extend_from_slice(msg);
                     }
                 }
-                b'E' | b'G' | b'H' | b'I' => c.failed = true,
+                b'E' | b'G' | b'H' | b'I' | b's' | b'W' | b't' | b'3' => c.failed = true,
                 b'Z' => {
                     if let Some(mut c) = self.capture.take() {
                         let flight = c.flight.take();
@@ -158,6 +167,11 @@ impl SessionCache {
                 _ => {}
             }
         }
+    }
+
+    /// A server message on its way to the client (called before it is
+    /// passed on): records invalidations when a transaction ends.
+    pub fn server_message(&mut self, tag: u8, msg: &[u8]) {
         if tag == b'Z' && msg.get(5) == Some(&b'I') {
             self.commit();
         }
@@ -205,9 +219,93 @@ pub fn strict_isolation(sql: &[u8]) -> bool {
         && lower.contains("isolation")
 }
 
-/// The cache key of a simple query.
-pub fn key(db: &str, user: &str, sql: &[u8], settings: &[(String, String)]) -> u128 {
-    cache::key(db, user, sql, settings)
+/// The cache key of a query: its text, and for the extended protocol the
+/// shape of the batch, the parameter types, values and formats, and the
+/// result formats (`extra`).
+pub fn key(db: &str, user: &str, sql: &[u8], extra: &[u8], settings: &[(String, String)]) -> u128 {
+    let mut material = Vec::with_capacity(sql.len() + extra.len() + 1);
+    material.extend_from_slice(sql);
+    material.push(0xff);
+    material.extend_from_slice(extra);
+    cache::key(db, user, &material, settings)
+}
+
+/// An extended-protocol batch that may be answered from the cache:
+/// `[Parse] Bind [Describe portal] Execute Sync` on the unnamed portal, with
+/// no row limit.
+pub struct ExtendedRead {
+    /// the statement's name in the batch's Parse or Bind
+    pub statement: Vec<u8>,
+    /// the Parse message, when the batch has one
+    pub parse: Option<Bytes>,
+    /// the query text, when the batch has a Parse
+    pub text: Option<String>,
+    /// key material: message types, parameter types, the Bind's parameters
+    /// and formats
+    pub extra: Vec<u8>,
+}
+
+/// Recognises a cacheable extended-protocol batch.
+pub fn extended_read(chunk: &Bytes) -> Option<ExtendedRead> {
+    use crate::protocol::extended as ext;
+    let mut pos = 0;
+    let mut tags = Vec::new();
+    let mut out = ExtendedRead {
+        statement: Vec::new(),
+        parse: None,
+        text: None,
+        extra: Vec::new(),
+    };
+    let mut tail = Vec::new();
+    while let Ok(Some((tag, total))) =
+        crate::protocol::frame::peek_frame(&chunk[pos..], usize::MAX >> 1)
+    {
+        let msg = &chunk[pos..pos + total];
+        let expected = match tags.as_slice() {
+            [] => matches!(tag, b'P' | b'B'),
+            [b'P'] => tag == b'B',
+            [.., b'B'] => matches!(tag, b'D' | b'E'),
+            [.., b'D'] => tag == b'E',
+            [.., b'E'] => tag == b'S',
+            _ => false,
+        };
+        if !expected {
+            return None;
+        }
+        match tag {
+            b'P' => {
+                let p = ext::parse_parse(msg)?;
+                out.statement = p.name.to_vec();
+                out.text = Some(String::from_utf8_lossy(p.query).into_owned());
+                tail.extend_from_slice(p.param_types);
+                out.parse = Some(chunk.slice(pos..pos + total));
+            }
+            b'B' => {
+                let (stmt, after) = ext::bind_statement(msg)?;
+                if msg.get(5) != Some(&0) {
+                    return None; // a named portal
+                }
+                if out.parse.is_some() && stmt != out.statement.as_slice() {
+                    return None;
+                }
+                out.statement = stmt.to_vec();
+                tail.push(0xfe);
+                tail.extend_from_slice(&msg[after..]);
+            }
+            b'D' if ext::target(msg)? != (b'P', &b""[..]) => return None,
+            // unnamed portal, no row limit: never a partial result
+            b'E' if msg.len() != 10 || msg[5] != 0 || msg[6..10] != [0, 0, 0, 0] => return None,
+            _ => {}
+        }
+        tags.push(tag);
+        pos += total;
+    }
+    if pos != chunk.len() || tags.last() != Some(&b'S') {
+        return None;
+    }
+    out.extra = tags;
+    out.extra.extend_from_slice(&tail);
+    Some(out)
 }
 
 #[cfg(test)]

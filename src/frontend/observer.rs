@@ -189,6 +189,11 @@ impl Observer {
         }
     }
 
+    /// The text of a statement the client prepared under `name`.
+    pub fn statement_text(&self, name: &[u8]) -> Option<Arc<str>> {
+        self.statements.get(name).map(|k| k.text.clone())
+    }
+
     /// The execution just sent was answered from the cache with `rows` rows.
     pub fn served_from_cache(&mut self, now: Instant, rows: u64) {
         if let Some(p) = self.pending.back_mut() {

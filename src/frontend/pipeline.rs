@@ -266,6 +266,17 @@ impl Pipeline {
         Some(replies)
     }
 
+    /// Records a named Parse that pgsift answered itself (from the cache):
+    /// the statement is prepared on a server at its first use there.
+    pub fn register_parse(&mut self, msg: &[u8]) {
+        if let Some(p) = extended::parse_parse(msg).filter(|p| !p.name.is_empty()) {
+            let shared = shared_name(p.query, p.param_types);
+            let parse = extended::build_parse(&shared, &p);
+            self.statements
+                .insert(p.name.to_vec(), ClientStatement { shared, parse });
+        }
+    }
+
     fn expect(&mut self, expect: Expect, forward: bool, parse_of: Option<Arc<str>>) {
         self.replies.push_back(Reply::Server {
             expect,

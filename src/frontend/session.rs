@@ -581,7 +581,9 @@ impl Session {
         }
         if messages == 1 && idle_before && cbuf[0] == b'Q' && self.cache.is_some() {
             let msg = cbuf.split_to(end).freeze();
-            if self.try_cache_hit(&msg, now, to_client).await {
+            let body = &msg[5..];
+            let sql = body.strip_suffix(&[0]).unwrap_or(body);
+            if self.try_cache_hit(sql, &[], None, now, to_client).await {
                 return Ok(!terminate);
             }
             // a miss: forward the query as usual
@@ -591,6 +593,31 @@ impl Session {
         }
         if end > 0 {
             let chunk = cbuf.split_to(end).freeze();
+            if messages >= 3 && idle_before && !terminate && self.cache.is_some() {
+                if let Some(read) = caching::extended_read(&chunk) {
+                    // session mode has no statement mapping: a Parse pgsift
+                    // answered itself would be missing on the server
+                    let named_parse = read.parse.is_some() && !read.statement.is_empty();
+                    let text = read
+                        .text
+                        .clone()
+                        .map(Arc::<str>::from)
+                        .or_else(|| self.observer.statement_text(&read.statement));
+                    if let (Some(text), true) = (text, transaction_mode || !named_parse) {
+                        let parse = if named_parse {
+                            read.parse.clone()
+                        } else {
+                            None
+                        };
+                        if self
+                            .try_cache_hit(text.as_bytes(), &read.extra, parse, now, to_client)
+                            .await
+                        {
+                            return Ok(true);
+                        }
+                    }
+                }
+            }
             return self
                 .forward_chunk(chunk, to_server, to_client, transaction_mode, terminate)
                 .await;
@@ -601,13 +628,18 @@ impl Session {
     /// Answers a single simple-query SELECT from the cache when it may be;
     /// on a miss of a cacheable one, arranges for the reply to be stored.
     /// Returns true when the client has been answered.
-    async fn try_cache_hit(&mut self, msg: &Bytes, now: Instant, to_client: &mut Outbox) -> bool {
+    async fn try_cache_hit(
+        &mut self,
+        sql: &[u8],
+        extra: &[u8],
+        parse: Option<Bytes>,
+        now: Instant,
+        to_client: &mut Outbox,
+    ) -> bool {
         let app = self.app.clone();
         let Some(sc) = self.cache.as_mut() else {
             return false;
         };
-        let body = &msg[5..];
-        let sql = body.strip_suffix(&[0]).unwrap_or(body);
         let text = String::from_utf8_lossy(sql);
         let a = app.sinks.analyzer.analyze(&text).analysis;
         if a.kind != Kind::Select {
@@ -645,7 +677,7 @@ impl Session {
             result("bypass");
             return false;
         };
-        let key = caching::key(&sc.db, &self.info.user, sql, &self.settings);
+        let key = caching::key(&sc.db, &self.info.user, sql, extra, &self.settings);
         let mut found = sc.cache.get(key, &sc.db);
         let mut flight = None;
         if found.is_none() {
@@ -669,8 +701,12 @@ impl Session {
             for b in SessionCache::hit_reply(bytes, self.state.tx) {
                 to_client.push(b);
             }
-            // the Query was counted as owing a ReadyForQuery: it does not
+            // the Query or Sync was counted as owing a ReadyForQuery: it does not
             self.state.pending = self.state.pending.saturating_sub(1);
+            if let Some(p) = parse {
+                // the client now has this statement; servers get it at first use
+                self.pipeline.register_parse(&p);
+            }
             self.observer.served_from_cache(now, data_rows);
             return true;
         }
@@ -718,7 +754,12 @@ impl Session {
                     out.into_iter().for_each(|b| to_server.push(b));
                     let mut made = Vec::new();
                     self.pipeline.emit_made(&mut made);
-                    made.into_iter().for_each(|b| to_client.push(b));
+                    for b in made {
+                        if let Some(sc) = self.cache.as_mut() {
+                            sc.client_bound(&b);
+                        }
+                        to_client.push(b);
+                    }
                 }
                 _ => to_server.push(chunk),
             }
@@ -792,7 +833,12 @@ impl Session {
             if changed {
                 SettingsTracker::mark_server(&self.settings, &mut co.server.applied);
             }
-            out.into_iter().for_each(|b| to_client.push(b));
+            for b in out {
+                if let Some(sc) = self.cache.as_mut() {
+                    sc.client_bound(&b);
+                }
+                to_client.push(b);
+            }
             return routed.map_err(|t| End::ServerProtocol(FrameError::UnknownType(t).to_string()));
         }
         let server = &mut co.server;
@@ -838,7 +884,11 @@ impl Session {
             end += total;
         }
         if end > 0 {
-            to_client.push(server.rbuf.split_to(end).freeze());
+            let chunk = server.rbuf.split_to(end).freeze();
+            if let Some(sc) = self.cache.as_mut() {
+                sc.client_bound(&chunk);
+            }
+            to_client.push(chunk);
         }
         Ok(())
     }
