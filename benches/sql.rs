@@ -13,13 +13,16 @@ use pgsift::sql::Analyzer;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-const ORM: &str = "SELECT users.id AS users_id, users.name AS users_name, users.email AS users_email \
+const ORM: &str =
+    "SELECT users.id AS users_id, users.name AS users_name, users.email AS users_email \
                    FROM users WHERE users.id = 42";
 
 fn analysis(c: &mut Criterion) {
     let a = Analyzer::new(1_000_000);
     a.analyze(ORM);
-    c.bench_function("analyze/seen_text", |b| b.iter(|| black_box(a.analyze(black_box(ORM)))));
+    c.bench_function("analyze/seen_text", |b| {
+        b.iter(|| black_box(a.analyze(black_box(ORM))))
+    });
 
     let texts: Vec<String> = (0..100_000)
         .map(|i| format!("SELECT users.id AS users_id, users.name AS users_name, users.email AS users_email FROM users WHERE users.id = {i}"))
@@ -48,7 +51,9 @@ fn analysis(c: &mut Criterion) {
 
 fn detector(c: &mut Criterion) {
     let a = Analyzer::new(1000);
-    let lookups: Vec<_> = (0..64).map(|i| a.analyze(&format!("SELECT * FROM users WHERE id = {i}"))).collect();
+    let lookups: Vec<_> = (0..64)
+        .map(|i| a.analyze(&format!("SELECT * FROM users WHERE id = {i}")))
+        .collect();
     let parent = a.analyze("SELECT * FROM posts ORDER BY created_at DESC LIMIT 20");
     let mut d = Detector::new(5, Duration::from_millis(100));
     let mut t = Instant::now();
@@ -57,7 +62,11 @@ fn detector(c: &mut Criterion) {
         b.iter(|| {
             k += 1;
             t += Duration::from_micros(50);
-            let x = if k % 21 == 0 { &parent } else { &lookups[k % 64] };
+            let x = if k % 21 == 0 {
+                &parent
+            } else {
+                &lookups[k % 64]
+            };
             let e = Execution {
                 analysis: x.analysis.clone(),
                 values: x.values,
