@@ -24,6 +24,8 @@ fn setup() {
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE secret (id int, owner text); INSERT INTO secret VALUES (1, 'blog'), (2, 'reader'); ALTER TABLE secret ENABLE ROW LEVEL SECURITY; ALTER TABLE secret FORCE ROW LEVEL SECURITY; CREATE POLICY own ON secret USING (owner = current_user)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE stamps (id int, at timestamptz); INSERT INTO stamps VALUES (1, '2026-01-01 12:00:00+00'); CREATE TABLE staging (id int, v int)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE privy (id int, v int); INSERT INTO privy VALUES (1, 0)");
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE parents (id int PRIMARY KEY); CREATE TABLE kids (id int, parent int REFERENCES parents ON DELETE CASCADE); INSERT INTO parents VALUES (1), (2); INSERT INTO kids VALUES (1, 1), (2, 1), (3, 2)");
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE audited (id int, v int); CREATE TABLE audit_log (n int); INSERT INTO audited VALUES (1, 0); CREATE FUNCTION log_it() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN INSERT INTO audit_log VALUES (1); RETURN NEW; END'; CREATE TRIGGER t AFTER UPDATE ON audited FOR EACH ROW EXECUTE FUNCTION log_it()");
         pg.psql("cachedb", "GRANT SELECT ON items, secret, stamps TO reader; GRANT SELECT (id) ON privy TO reader");
     });
 }
@@ -38,7 +40,7 @@ fn cache_proxy(extra_users: bool) -> Proxy {
     };
     Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  backend: memory\n  rules:\n    - tables: [items, counters, secret, stamps, staging, privy]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  backend: memory\n  rules:\n    - tables: [items, counters, secret, stamps, staging, privy, parents, kids, audited, audit_log]\n      ttl: 60s\n",
             pg.port
         )
     })
@@ -438,4 +440,31 @@ async fn extended_protocol_reads_are_served_and_invalidated_too() {
     let a: String = other.query_one(q, &[]).await.unwrap().get(0);
     let b: String = other.query_one(q, &[]).await.unwrap().get(0);
     assert_eq!(a, b);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cascading_foreign_keys_and_triggers_invalidate_the_tables_they_reach() {
+    let proxy = cache_proxy(false);
+    let c = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kids = "SELECT count(*) FROM kids";
+    assert_eq!(one(&c, kids).await, "3");
+    assert_eq!(one(&c, kids).await, "3");
+    c.batch_execute("DELETE FROM parents WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(one(&c, kids).await, "1", "the cascade deleted two kids");
+    let log = "SELECT count(*) FROM audit_log";
+    let before: i64 = one(&c, log).await.parse().unwrap();
+    assert_eq!(one(&c, log).await, before.to_string());
+    c.batch_execute("UPDATE audited SET v = v + 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&c, log).await,
+        (before + 1).to_string(),
+        "the trigger wrote audit_log"
+    );
 }

@@ -18,6 +18,9 @@ pub struct DatabaseFacts {
     pub not_volatile: HashSet<String>,
     /// tables with row-level security enabled
     pub rls_tables: HashSet<String>,
+    /// tables whose writes can change other tables: user triggers, rules,
+    /// or foreign keys with cascading actions pointing at them
+    pub side_effects: HashSet<String>,
 }
 
 /// Facts per database.
@@ -29,7 +32,11 @@ pub struct VolatilityTable {
 
 const QUERY: &str = "SELECT 'i', proname FROM pg_catalog.pg_proc GROUP BY proname HAVING bool_and(provolatile = 'i') \
                      UNION ALL SELECT 'n', proname FROM pg_catalog.pg_proc GROUP BY proname HAVING NOT bool_or(provolatile = 'v') \
-                     UNION ALL SELECT 'r', relname FROM pg_catalog.pg_class WHERE relrowsecurity";
+                     UNION ALL SELECT 'r', relname FROM pg_catalog.pg_class WHERE relrowsecurity \
+                     UNION ALL SELECT 'w', c.relname FROM pg_catalog.pg_class c WHERE c.relhasrules \
+                        OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal) \
+                     UNION ALL SELECT 'w', c.relname FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.confrelid \
+                        WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))";
 
 impl VolatilityTable {
     /// The facts of a database, once loaded.
@@ -68,6 +75,7 @@ impl VolatilityTable {
                             match kind.as_str() {
                                 "i" => facts.immutable.insert(name),
                                 "n" => facts.not_volatile.insert(name),
+                                "w" => facts.side_effects.insert(name),
                                 _ => facts.rls_tables.insert(name),
                             };
                         }

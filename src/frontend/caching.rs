@@ -41,7 +41,18 @@ pub fn effect_of(a: &Analysis, facts: Option<&DatabaseFacts>) -> Option<Effect> 
         return Some(Effect::Database);
     }
     if !a.writes.is_empty() {
-        return Some(Effect::Tables(a.writes.clone()));
+        // a trigger, rule or cascading foreign key may write other tables:
+        // then (or while that is unknown) the whole database is invalidated
+        let contained = facts.is_some_and(|f| {
+            !a.writes
+                .iter()
+                .any(|t| f.side_effects.contains(&cache::table_name(t)))
+        });
+        return Some(if contained {
+            Effect::Tables(a.writes.clone())
+        } else {
+            Effect::Database
+        });
     }
     if matches!(
         a.kind,
@@ -317,6 +328,7 @@ mod tests {
     fn writes_and_unknown_effects_are_classified() {
         let a = Analyzer::new(100);
         let mut known = DatabaseFacts::default();
+        known.side_effects.insert("users".into());
         for f in ["lower", "now"] {
             known.not_volatile.insert(f.into());
         }
@@ -349,6 +361,16 @@ mod tests {
         assert_eq!(e("SELECT my_func(1)", None), Some(Effect::Database));
         assert_eq!(e("SELECT lower(name) FROM users", Some(true)), None);
         assert_eq!(e("SELECT * FROM users", None), None);
+        assert_eq!(
+            e("DELETE FROM users WHERE id = 1", Some(true)),
+            Some(Effect::Database),
+            "cascades"
+        );
+        assert_eq!(
+            e("UPDATE posts SET title = 'x'", None),
+            Some(Effect::Database),
+            "facts unknown"
+        );
         assert_eq!(e("CALL proc()", Some(true)), Some(Effect::Database));
         assert_eq!(e("SELEC garbage", Some(true)), Some(Effect::Database));
         assert_eq!(e("BEGIN", Some(true)), None);
