@@ -40,6 +40,6 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --lib --bins --tests --examples -- --test-threads="${PGSIFT_TEST_THREADS:-4}"
+cargo test --no-fail-fast --lib --bins --tests --examples -- --test-threads="${PGSIFT_TEST_THREADS:-4}"
 echo "== benchmarks (criterion test mode: each runs once)"
 cargo test --benches

@@ -46,7 +46,7 @@ fn blog_proxy(report_file: Option<&std::path::Path>) -> Proxy {
         .map(|f| format!("  report_file: {}\n", f.display()))
         .unwrap_or_default();
     Proxy::start(&format!(
-        "databases:\n  blog: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 4}}\nn_plus_one:\n  min_repeats: 5\n  max_gap: 100ms\n{file}",
+        "databases:\n  blog: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 4}}\nn_plus_one:\n  min_repeats: 5\n  max_gap: 2s\n{file}",
         pg.port
     ))
 }

@@ -61,7 +61,11 @@ fn psql(url: &str, sql: &str) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_expose_every_family_and_label_and_move_with_traffic() {
     let pg = shared_postgres();
-    let proxy = Proxy::start(&databases_yaml(pg, "transaction", 4));
+    // a generous max_gap: a loaded CI machine must not split the burst
+    let proxy = Proxy::start(&format!(
+        "{}n_plus_one:\n  max_gap: 2s\n",
+        databases_yaml(pg, "transaction", 4)
+    ));
     let c = common::connect(&proxy.conn_str("blog", "blogpw", "app"))
         .await
         .unwrap();
@@ -92,7 +96,8 @@ async fn metrics_expose_every_family_and_label_and_move_with_traffic() {
         .await
         .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(app); // the burst ends with the connection
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let after = scrape(&proxy);
 
     // every family with its labels
@@ -407,7 +412,7 @@ fn the_status_page_renders_in_a_browser() {
 async fn a_reload_changes_n_plus_one_thresholds_for_connected_clients() {
     let pg = shared_postgres();
     let proxy = Proxy::start(&format!(
-        "{}n_plus_one:\n  min_repeats: 10\n",
+        "{}n_plus_one:\n  min_repeats: 10\n  max_gap: 2s\n",
         databases_yaml(pg, "transaction", 2)
     ));
     let c = common::connect(&format!(
@@ -436,7 +441,8 @@ async fn a_reload_changes_n_plus_one_thresholds_for_connected_clients() {
         .await
         .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(c); // the burst ends with the connection
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, body) = http_get(proxy.admin_port, "/api/n-plus-one").unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let mine: Vec<_> = v["reports"]
