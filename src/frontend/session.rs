@@ -394,7 +394,13 @@ impl Session {
                     ),
                     None => (None, None, None),
                 };
-                let burst_deadline = self.observer.deadline();
+                // Bursts end by idleness only: while a statement is in flight there is
+                // no gap, so no timer is armed (a timer per wake-up is not free).
+                let burst_deadline = if self.state.quiet() && to_server.is_empty() {
+                    self.observer.deadline()
+                } else {
+                    None
+                };
                 let read_client = to_server.len < HIGH_WATER;
                 let read_server = to_client.len < HIGH_WATER;
                 tokio::select! {
