@@ -64,11 +64,17 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.effective_worker_threads())
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime, which wakes tasks without the
+    // cross-thread machinery a multi-thread scheduler pays for.
+    let workers = config.effective_worker_threads();
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
