@@ -498,3 +498,49 @@ pub fn chromium_dom(url: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs pytest on `target` (relative to the repository) in the venv with
+/// `env`, within a generous time limit; fails the test unless every Python
+/// test passed, and returns pytest's output.
+pub fn run_pytest(target: &str, env: &[(&str, String)]) -> String {
+    const LIMIT: Duration = Duration::from_secs(300);
+    let python = venv_python();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out_path = out_dir.path().join("pytest.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut cmd = Command::new(&python);
+    cmd.args(["-m", "pytest", target, "-q", "-p", "no:cacheprovider"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    println!("---- pytest output ----\n{output}");
+    match status {
+        None => panic!("pytest did not finish within {LIMIT:?}; output so far:\n{output}"),
+        Some(status) => assert!(
+            status.success(),
+            "pytest failed ({status}); output:\n{output}"
+        ),
+    }
+    output
+}
