@@ -241,40 +241,8 @@ async fn cancel_with_an_unknown_key_is_ignored() {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_gone_mid_transaction_leaves_no_open_transaction_or_lock() {
     let pg = shared_postgres();
-    pg.psql("app", "CREATE TABLE IF NOT EXISTS gone_rows (id int primary key, v int); INSERT INTO gone_rows VALUES (1, 0) ON CONFLICT DO NOTHING");
-    pg.psql("app", "GRANT ALL ON gone_rows TO blog");
     let proxy = session_proxy(1);
-    let (client, conn) = tokio_postgres::connect(
-        &proxy.conn_str("blog", "blogpw", "app"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    let conn_task = tokio::spawn(conn);
-    client
-        .batch_execute("BEGIN; UPDATE gone_rows SET v = v + 1 WHERE id = 1")
-        .await
-        .unwrap();
-    // kill the connection without a Terminate message
-    conn_task.abort();
-    drop(client);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        let open = pg.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'blog' AND state LIKE 'idle in transaction%'");
-        if open == "0" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "transaction still open after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // the row is not locked: an update with lock_timeout succeeds
-    pg.psql(
-        "app",
-        "SET lock_timeout = '500ms'; UPDATE gone_rows SET v = 0 WHERE id = 1",
-    );
+    common::kill_client_inside_update_and_check_the_row_is_free(pg, &proxy, "gone_rows").await;
     // and the server went back to the pool clean: the next client gets it
     let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
         .await

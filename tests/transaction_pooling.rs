@@ -6,7 +6,7 @@ mod common;
 
 use common::{connect, databases_yaml, pgbench, shared_postgres, Proxy};
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn tx_proxy(pool_size: usize, extra: &str) -> Proxy {
     Proxy::start(&format!(
@@ -277,38 +277,13 @@ async fn each_client_keeps_its_own_timezone_and_search_path_across_servers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_killed_inside_a_transaction_leaves_its_row_unlocked() {
-    let pg = shared_postgres();
-    pg.psql("app", "CREATE TABLE IF NOT EXISTS tx_gone (id int primary key, v int); INSERT INTO tx_gone VALUES (1, 0) ON CONFLICT DO NOTHING; GRANT ALL ON tx_gone TO blog");
     let proxy = tx_proxy(2, "");
-    let (client, conn) = tokio_postgres::connect(
-        &proxy.conn_str("blog", "blogpw", "app"),
-        tokio_postgres::NoTls,
+    common::kill_client_inside_update_and_check_the_row_is_free(
+        shared_postgres(),
+        &proxy,
+        "tx_gone",
     )
-    .await
-    .unwrap();
-    let task = tokio::spawn(conn);
-    client
-        .batch_execute("BEGIN; UPDATE tx_gone SET v = v + 1 WHERE id = 1")
-        .await
-        .unwrap();
-    task.abort();
-    drop(client);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        let open = pg.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'blog' AND state LIKE 'idle in transaction%'");
-        if open == "0" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "transaction still open after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    pg.psql(
-        "app",
-        "SET lock_timeout = '500ms'; UPDATE tx_gone SET v = 0 WHERE id = 1",
-    );
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

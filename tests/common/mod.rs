@@ -544,3 +544,51 @@ pub fn run_pytest(target: &str, env: &[(&str, String)]) -> String {
     }
     output
 }
+
+/// Opens a transaction through `proxy` that updates row 1 of `table`, kills
+/// the client's connection without a Terminate, and checks that within 1 s
+/// no transaction of `blog` is left open and the row is not locked.
+pub async fn kill_client_inside_update_and_check_the_row_is_free(
+    pg: &Postgres,
+    proxy: &Proxy,
+    table: &str,
+) {
+    pg.psql(
+        "app",
+        &format!("CREATE TABLE IF NOT EXISTS {table} (id int primary key, v int); INSERT INTO {table} VALUES (1, 0) ON CONFLICT DO NOTHING; GRANT ALL ON {table} TO blog"),
+    );
+    let (client, conn) = tokio_postgres::connect(
+        &proxy.conn_str("blog", "blogpw", "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("BEGIN; UPDATE {table} SET v = v + 1 WHERE id = 1"))
+        .await
+        .unwrap();
+    // kill the connection without a Terminate message
+    task.abort();
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let open = pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'blog' AND state LIKE 'idle in transaction%'",
+        );
+        if open == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transaction still open after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the row is not locked: an update with lock_timeout succeeds
+    pg.psql(
+        "app",
+        &format!("SET lock_timeout = '500ms'; UPDATE {table} SET v = 0 WHERE id = 1"),
+    );
+}
