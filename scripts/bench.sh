@@ -28,6 +28,10 @@
 #   PGSIFT_LOG=warn                    pgsift logging.level during the run
 #   PGSIFT_N_PLUS_ONE=true             n_plus_one.enabled (cache.backend is always off: this measures pooling)
 #   PGSIFT_WORKER_THREADS=             worker_threads (unset: key omitted, pgsift's default = half the cores)
+#   PGSIFT_BUSY_POLL=                  busy_poll of the pgsift instance (unset: key omitted = off)
+#   PGSIFT_B_BUSY_POLL=$PGSIFT_BUSY_POLL busy_poll of the second pgsift (e.g. busy polling on vs. off:
+#                                      PGSIFT_BUSY_POLL=200us PGSIFT_B_N_PLUS_ONE=true PGSIFT_B_BUSY_POLL=0s
+#                                      PGSIFT_NAME=pgsift-bp PGSIFT_B_NAME=pgsift)
 #   PGSIFT_B_N_PLUS_ONE=               set (true|false): also start a second pgsift, identical except for
 #                                      n_plus_one.enabled, named PGSIFT_B_NAME (pgsift-np1-<value>) on
 #                                      PGSIFT_B_PORT=16435, admin PGSIFT_B_ADMIN=127.0.0.1:19931
@@ -64,6 +68,8 @@ PGSIFT_LOG=${PGSIFT_LOG:-warn}
 PGSIFT_N_PLUS_ONE=${PGSIFT_N_PLUS_ONE:-true}
 PGSIFT_WORKER_THREADS=${PGSIFT_WORKER_THREADS:-}
 PGSIFT_B_N_PLUS_ONE=${PGSIFT_B_N_PLUS_ONE:-}
+PGSIFT_BUSY_POLL=${PGSIFT_BUSY_POLL:-}
+PGSIFT_B_BUSY_POLL=${PGSIFT_B_BUSY_POLL:-$PGSIFT_BUSY_POLL}
 PGSIFT_B_NAME=${PGSIFT_B_NAME:-pgsift-np1-$PGSIFT_B_N_PLUS_ONE}
 PGSIFT_B_PORT=${PGSIFT_B_PORT:-16435}
 PGSIFT_B_ADMIN=${PGSIFT_B_ADMIN:-127.0.0.1:19931}
@@ -146,12 +152,13 @@ if wants pgbouncer-tx; then
 fi
 
 # --- pgsift ------------------------------------------------------------------------------------
-start_pgsift() { # name port admin n_plus_one -> sets $started_pid
-  local name=$1 port=$2 admin=$3 np1=$4 cfg="$OUT/$1.yaml" log="$OUT/$1.log" pid ready=0
+start_pgsift() { # name port admin n_plus_one busy_poll -> sets $started_pid
+  local name=$1 port=$2 admin=$3 np1=$4 bp=$5 cfg="$OUT/$1.yaml" log="$OUT/$1.log" pid ready=0
   {
     echo "# written by scripts/bench.sh; same pool size as the PgBouncer instances"
     echo "listen: 127.0.0.1:$port"
     [ -n "$PGSIFT_WORKER_THREADS" ] && echo "worker_threads: $PGSIFT_WORKER_THREADS"
+    [ -n "$bp" ] && echo "busy_poll: $bp"
     cat <<YAML
 admin:
   listen: $admin
@@ -200,10 +207,10 @@ YAML
 }
 pgsift_pid=""; pgsift_b_pid=""
 if wants "$PGSIFT_NAME"; then
-  start_pgsift "$PGSIFT_NAME" "$PGSIFT_PORT" "$PGSIFT_ADMIN" "$PGSIFT_N_PLUS_ONE"; pgsift_pid=$started_pid
+  start_pgsift "$PGSIFT_NAME" "$PGSIFT_PORT" "$PGSIFT_ADMIN" "$PGSIFT_N_PLUS_ONE" "$PGSIFT_BUSY_POLL"; pgsift_pid=$started_pid
 fi
 if [ -n "$PGSIFT_B_N_PLUS_ONE" ] && wants "$PGSIFT_B_NAME"; then
-  start_pgsift "$PGSIFT_B_NAME" "$PGSIFT_B_PORT" "$PGSIFT_B_ADMIN" "$PGSIFT_B_N_PLUS_ONE"; pgsift_b_pid=$started_pid
+  start_pgsift "$PGSIFT_B_NAME" "$PGSIFT_B_PORT" "$PGSIFT_B_ADMIN" "$PGSIFT_B_N_PLUS_ONE" "$PGSIFT_B_BUSY_POLL"; pgsift_b_pid=$started_pid
 fi
 
 # --- run ---------------------------------------------------------------------------------------
@@ -211,7 +218,7 @@ fi
   echo "pgsift: $PGSIFT_BIN $("$PGSIFT_BIN" --version 2>/dev/null || true)"
   echo "pgsift commit: ${PGSIFT_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (working tree has uncommitted changes in src/)')}"
   echo "pgsift pool_mode=$PGSIFT_POOL_MODE pool_size=$POOL_SIZE n_plus_one=$PGSIFT_N_PLUS_ONE worker_threads=${PGSIFT_WORKER_THREADS:-default} cache=off log=$PGSIFT_LOG"
-  [ -n "$PGSIFT_B_N_PLUS_ONE" ] && echo "second pgsift $PGSIFT_B_NAME: n_plus_one=$PGSIFT_B_N_PLUS_ONE on $PGSIFT_B_PORT"
+  [ -n "$PGSIFT_B_N_PLUS_ONE" ] && echo "second pgsift $PGSIFT_B_NAME: n_plus_one=$PGSIFT_B_N_PLUS_ONE busy_poll=${PGSIFT_B_BUSY_POLL:-off} on $PGSIFT_B_PORT"
   echo "pgbouncer: $(pgbouncer --version 2>/dev/null | head -1) pool $POOL_SIZE"
   echo "targets: $TARGETS; goal: $GOAL_SUBJECT / $GOAL_REF >= $GOAL_MIN"
   echo "uptime before: $(uptime)"

@@ -47,8 +47,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// connected clients
     pub registry: ClientRegistry,
-    /// the SELECT cache (memory backend), when `cache.backend` asks for it
+    /// the SELECT cache, when `cache.backend` asks for it
     pub cache: Option<Arc<QueryCache>>,
+    /// busy polling while clients are active (`busy_poll`)
+    pub busy_poll: Arc<crate::busy_poll::BusyPoll>,
     /// databases paused by the admin console (`*` = all)
     pub paused: RwLock<std::collections::HashSet<String>>,
     /// bumped on every reload, so sessions can pick up new thresholds
@@ -69,10 +71,10 @@ impl App {
         let (shutdown, _) = watch::channel(false);
         let cache = match config.cache.backend.as_str() {
             "memory" => Some(Arc::new(QueryCache::new(config.cache.max_memory))),
-            "redis" => {
-                tracing::warn!("cache.backend: redis is not built yet; the cache is off");
-                None
-            }
+            "redis" => Some(Arc::new(
+                QueryCache::redis(&config.cache.redis_url, &config.cache.key_prefix)
+                    .map_err(|e| anyhow::anyhow!("cache.redis_url: {e}"))?,
+            )),
             _ => None,
         };
         let metrics = Arc::new(Metrics::new());
@@ -91,6 +93,7 @@ impl App {
             metrics,
             registry: ClientRegistry::default(),
             cache,
+            busy_poll: crate::busy_poll::BusyPoll::new(config.busy_poll),
             config_path: RwLock::new(None),
             generation: std::sync::atomic::AtomicU64::new(0),
             paused: RwLock::new(Default::default()),
@@ -122,6 +125,7 @@ impl App {
     /// effect for existing pools; connected clients stay.
     pub fn apply_config(&self, config: Config) {
         self.metrics.init_databases(config.databases.keys());
+        self.busy_poll.set_window(config.busy_poll);
         let old = self.config();
         if old.n_plus_one.report_file != config.n_plus_one.report_file {
             self.sinks

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub cache_invalidations_total: IntCounterVec,
     /// bytes held by the cache
     pub cache_bytes: GaugeVec,
+    /// 1 while the cache backend serves reads, 0 while it cannot
+    pub cache_healthy: GaugeVec,
     /// N+1 bursts
     pub n_plus_one_bursts_total: IntCounterVec,
     /// errors by kind
@@ -148,6 +150,17 @@ impl Metrics {
         registry
             .register(Box::new(cache_bytes.clone()))
             .expect("unique metric");
+        let cache_healthy = GaugeVec::new(
+            Opts::new(
+                "pgsift_cache_healthy",
+                "1 while the cache backend serves reads; 0 while it is unreachable or owes an invalidation",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cache_healthy.clone()))
+            .expect("unique metric");
         let n_plus_one_bursts_total = counter(
             "pgsift_n_plus_one_bursts_total",
             "N+1 bursts detected",
@@ -175,6 +188,7 @@ impl Metrics {
             cache_requests_total,
             cache_invalidations_total,
             cache_bytes,
+            cache_healthy,
             n_plus_one_bursts_total,
             errors_total,
             bytes_total,

@@ -34,6 +34,7 @@ pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
 
     tokio::spawn(crate::admin::http::serve(app.clone(), admin_listener));
     tokio::spawn(upkeep(app.clone()));
+    tokio::spawn(app.busy_poll.clone().run());
     tokio::spawn(probe_upstreams(app.clone()));
     let accept = tokio::spawn(crate::frontend::listener::serve(app.clone(), listener));
 

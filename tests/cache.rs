@@ -1,9 +1,14 @@
-//! The SELECT cache (memory backend) end to end: hits are byte-identical to
+//! The SELECT cache end to end: hits are byte-identical to
 //! misses and skip the server, writes through pgsift invalidate before they
 //! are acknowledged (autocommit, transactions, MERGE, prepared DML without a
 //! new Parse, COPY, TRUNCATE, DDL, volatile functions), keys separate roles
 //! and settings, RLS tables and non-immutable functions are never cached,
 //! and a stress test with concurrent writers and readers sees no stale read.
+//! The Redis backend: two instances share entries and invalidations (stress
+//! with writers on one and readers on both), Redis killed and restarted
+//! under load costs no client an error and serves no stale read, and an
+//! invalidation that could not be recorded stops the instance from serving
+//! until it has bumped the epoch. A three-master Redis Cluster works the same.
 
 mod common;
 
@@ -20,7 +25,7 @@ fn setup() {
         pg.psql("postgres", "CREATE DATABASE cachedb OWNER blog");
         pg.psql("postgres", "CREATE ROLE reader LOGIN PASSWORD 'readerpw'; GRANT reader TO blog");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE items (id int PRIMARY KEY, v int, owner text); INSERT INTO items SELECT g, 0, CASE WHEN g % 2 = 0 THEN 'blog' ELSE 'reader' END FROM generate_series(1, 100) g");
-        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE counters (id int PRIMARY KEY, v bigint); INSERT INTO counters SELECT g, 0 FROM generate_series(1, 8) g");
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE counters (id int PRIMARY KEY, v bigint); INSERT INTO counters SELECT g, 0 FROM generate_series(1, 8) g; CREATE TABLE counters_r (LIKE counters INCLUDING ALL); INSERT INTO counters_r SELECT * FROM counters; CREATE TABLE counters_f (LIKE counters INCLUDING ALL); INSERT INTO counters_f SELECT * FROM counters; CREATE TABLE flaky (id int, v int); INSERT INTO flaky VALUES (42, 1)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE secret (id int, owner text); INSERT INTO secret VALUES (1, 'blog'), (2, 'reader'); ALTER TABLE secret ENABLE ROW LEVEL SECURITY; ALTER TABLE secret FORCE ROW LEVEL SECURITY; CREATE POLICY own ON secret USING (owner = current_user)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE stamps (id int, at timestamptz); INSERT INTO stamps VALUES (1, '2026-01-01 12:00:00+00'); CREATE TABLE staging (id int, v int)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE privy (id int, v int); INSERT INTO privy VALUES (1, 0)");
@@ -31,7 +36,29 @@ fn setup() {
 }
 
 fn cache_proxy(extra_users: bool) -> Proxy {
+    // busy polling on: every memory-backend test also runs it
+    cache_proxy_with(extra_users, "backend: memory")
+}
+
+/// A proxy on the Redis backend at `redis`.
+fn redis_proxy(redis: &common::Redis) -> Proxy {
+    redis_url_proxy(&redis.url())
+}
+
+fn redis_url_proxy(url: &str) -> Proxy {
+    cache_proxy_with(
+        false,
+        &format!("backend: redis\n  redis_url: \"{url}\"\n  key_prefix: \"t:\""),
+    )
+}
+
+fn cache_proxy_with(extra_users: bool, backend: &str) -> Proxy {
     setup();
+    let busy = if backend.contains("memory") {
+        "busy_poll: 200us\n"
+    } else {
+        ""
+    };
     let pg = shared_postgres();
     let users = if extra_users {
         "  - {name: reader, password: readerpw}\n"
@@ -40,10 +67,20 @@ fn cache_proxy(extra_users: bool) -> Proxy {
     };
     Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  backend: memory\n  rules:\n    - tables: [items, counters, secret, stamps, staging, privy, parents, kids, audited, audit_log]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, parents, kids, audited, audit_log]\n      ttl: 60s\n",
             pg.port
         )
     })
+}
+
+/// Where the `blog` role reaches `cachedb` through `proxy`.
+fn dsn(proxy: &Proxy) -> String {
+    proxy.conn_str("blog", "blogpw", "cachedb")
+}
+
+/// A client of `proxy` as the `blog` role on `cachedb`.
+async fn client(proxy: &Proxy) -> tokio_postgres::Client {
+    connect(&dsn(proxy)).await.unwrap()
 }
 
 fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
@@ -84,9 +121,7 @@ fn write_directly(sql: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hit_is_byte_identical_to_the_miss_and_skips_the_server() {
     let proxy = cache_proxy(false);
-    let c = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
-        .await
-        .unwrap();
+    let c = client(&proxy).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // pg_proc facts load
     let sql =
         "SELECT id, v, owner, id * 2.5 AS x, NULL::text AS n FROM items WHERE id <= 3 ORDER BY id";
@@ -105,9 +140,7 @@ async fn a_hit_is_byte_identical_to_the_miss_and_skips_the_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_through_pgsift_invalidate_before_they_are_acknowledged() {
     let proxy = cache_proxy(false);
-    let c = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
-        .await
-        .unwrap();
+    let c = client(&proxy).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let read = "SELECT v FROM items WHERE id = 10";
     assert_eq!(one(&c, read).await, "0");
@@ -119,9 +152,7 @@ async fn writes_through_pgsift_invalidate_before_they_are_acknowledged() {
     assert_eq!(one(&c, read).await, "1");
     // inside a transaction: the transaction sees its own write (no cache),
     // others see the new value once COMMIT is acknowledged
-    let other = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
-        .await
-        .unwrap();
+    let other = client(&proxy).await;
     assert_eq!(one(&other, read).await, "1");
     c.batch_execute("BEGIN; UPDATE items SET v = 2 WHERE id = 10")
         .await
@@ -185,9 +216,7 @@ async fn writes_through_pgsift_invalidate_before_they_are_acknowledged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn roles_settings_and_rls_never_share_a_result() {
     let proxy = cache_proxy(true);
-    let blog = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
-        .await
-        .unwrap();
+    let blog = client(&proxy).await;
     let reader = connect(&proxy.conn_str("reader", "readerpw", "cachedb"))
         .await
         .unwrap();
@@ -216,18 +245,12 @@ async fn roles_settings_and_rls_never_share_a_result() {
     );
     // TimeZone, DateStyle and search_path give different, correct results
     let q = "SELECT at::text FROM stamps WHERE id = 1";
-    let utc = connect(&format!(
-        "{} options='-c TimeZone=UTC'",
-        proxy.conn_str("blog", "blogpw", "cachedb")
-    ))
-    .await
-    .unwrap();
-    let tokyo = connect(&format!(
-        "{} options='-c TimeZone=Asia/Tokyo'",
-        proxy.conn_str("blog", "blogpw", "cachedb")
-    ))
-    .await
-    .unwrap();
+    let utc = connect(&format!("{} options='-c TimeZone=UTC'", dsn(&proxy)))
+        .await
+        .unwrap();
+    let tokyo = connect(&format!("{} options='-c TimeZone=Asia/Tokyo'", dsn(&proxy)))
+        .await
+        .unwrap();
     for _ in 0..2 {
         assert_eq!(one(&utc, q).await, "2026-01-01 12:00:00+00");
         assert_eq!(one(&tokyo, q).await, "2026-01-01 21:00:00+09");
@@ -260,9 +283,7 @@ async fn roles_settings_and_rls_never_share_a_result() {
 #[tokio::test(flavor = "multi_thread")]
 async fn non_immutable_functions_and_locking_reads_are_not_cached() {
     let proxy = cache_proxy(false);
-    let c = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
-        .await
-        .unwrap();
+    let c = client(&proxy).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hits = metric(&proxy, "hit");
     for sql in [
@@ -285,97 +306,356 @@ async fn non_immutable_functions_and_locking_reads_are_not_cached() {
     assert_eq!(metric(&proxy, "hit"), hits + 1.0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_writers_and_readers_never_see_a_stale_read() {
-    let proxy = cache_proxy(false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let secs: u64 = std::env::var("PGSIFT_STRESS_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
+/// What a stress run saw.
+#[derive(Debug, Default)]
+struct Stress {
+    writes: u64,
+    reads: u64,
+    stale: u64,
+    errors: u64,
+}
+
+/// 4 writers (round-robin over `writers`) increment rows of `table` and 8
+/// readers (round-robin over `readers`) read them for `secs` seconds while
+/// `during` runs. A read that returns less than the newest value
+/// acknowledged to any writer before the read started is stale. Errors are
+/// counted, not fatal.
+async fn stress(
+    table: &str,
+    writers: &[String],
+    readers: &[String],
+    secs: u64,
+    during: impl FnOnce() + Send + 'static,
+) -> Stress {
     let acked: Arc<Vec<AtomicI64>> = Arc::new((0..8).map(|_| AtomicI64::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
-    let conn = proxy.conn_str("blog", "blogpw", "cachedb");
-    common::connect(&conn)
+    common::connect(&writers[0])
         .await
         .unwrap()
-        .batch_execute("UPDATE counters SET v = 0")
+        .batch_execute(&format!("UPDATE {table} SET v = 0"))
         .await
         .unwrap();
     let mut tasks = Vec::new();
     for w in 0..4usize {
-        let (acked, stop, conn) = (acked.clone(), stop.clone(), conn.clone());
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let (conn, table) = (writers[w % writers.len()].clone(), table.to_owned());
         tasks.push(tokio::spawn(async move {
             let c = common::connect(&conn).await.unwrap();
-            let mut n = 0u64;
+            let mut s = Stress::default();
+            let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                let id = 1 + ((n as usize * 4 + w) % 8);
-                let r = rows(
-                    &c.simple_query(&format!(
-                        "UPDATE counters SET v = v + 1 WHERE id = {id} RETURNING v"
-                    ))
-                    .await
-                    .unwrap(),
-                );
-                let v: i64 = r[0][0].as_ref().unwrap().parse().unwrap();
-                acked[id - 1].fetch_max(v, Ordering::SeqCst);
+                let id = 1 + ((n * 4 + w) % 8);
                 n += 1;
+                let sql = format!("UPDATE {table} SET v = v + 1 WHERE id = {id} RETURNING v");
+                match c.simple_query(&sql).await {
+                    Ok(m) => {
+                        let v: i64 = rows(&m)[0][0].as_ref().unwrap().parse().unwrap();
+                        acked[id - 1].fetch_max(v, Ordering::SeqCst);
+                        s.writes += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("writer error: {e}");
+                        s.errors += 1;
+                    }
+                }
             }
-            (n, 0u64)
+            s
         }));
     }
     for r in 0..8usize {
-        let (acked, stop, conn) = (acked.clone(), stop.clone(), conn.clone());
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let (conn, table) = (readers[r % readers.len()].clone(), table.to_owned());
         tasks.push(tokio::spawn(async move {
             let c = common::connect(&conn).await.unwrap();
-            let (mut reads, mut stale) = (0u64, 0u64);
+            let mut s = Stress::default();
             let mut k = r;
             while !stop.load(Ordering::Relaxed) {
                 let id = 1 + (k % 8);
                 k += 3;
                 let floor = acked[id - 1].load(Ordering::SeqCst);
-                let v: i64 = one(&c, &format!("SELECT v FROM counters WHERE id = {id}"))
-                    .await
-                    .parse()
-                    .unwrap();
-                if v < floor {
-                    stale += 1;
+                let sql = format!("SELECT v FROM {table} WHERE id = {id}");
+                match c.simple_query(&sql).await {
+                    Ok(m) => {
+                        let v: i64 = rows(&m)[0][0].as_ref().unwrap().parse().unwrap();
+                        if v < floor {
+                            s.stale += 1;
+                        }
+                        s.reads += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("reader error: {e}");
+                        s.errors += 1;
+                    }
                 }
-                reads += 1;
             }
-            (reads, stale)
+            s
         }));
     }
     let started = Instant::now();
+    let during = tokio::task::spawn_blocking(during);
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    during.await.unwrap();
     stop.store(true, Ordering::Relaxed);
-    let (mut writes, mut reads, mut stale) = (0, 0, 0);
-    for (i, t) in tasks.into_iter().enumerate() {
-        let (a, b) = t.await.unwrap();
-        if i < 4 {
-            writes += a;
-        } else {
-            reads += a;
-            stale += b;
-        }
+    let mut total = Stress::default();
+    for t in tasks {
+        let s = t.await.unwrap();
+        total.writes += s.writes;
+        total.reads += s.reads;
+        total.stale += s.stale;
+        total.errors += s.errors;
     }
+    eprintln!("stress on {table}: {total:?} in {:?}", started.elapsed());
+    total
+}
+
+fn stress_seconds() -> u64 {
+    std::env::var("PGSIFT_STRESS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writers_and_readers_never_see_a_stale_read() {
+    let proxy = cache_proxy(false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let conn = vec![dsn(&proxy)];
+    let s = stress("counters", &conn, &conn, stress_seconds(), || {}).await;
     let hits = metric(&proxy, "hit");
-    eprintln!(
-        "stress: {writes} writes, {reads} reads, {hits} cache hits, {stale} stale in {:?}",
-        started.elapsed()
-    );
-    assert!(
-        writes > 100 && reads > 100,
-        "{writes} writes, {reads} reads"
-    );
+    assert!(s.writes > 100 && s.reads > 100, "{s:?}");
     assert!(hits > 0.0, "the cache served some reads");
-    assert_eq!(stale, 0, "stale reads");
+    assert_eq!((s.stale, s.errors), (0, 0), "stale reads, errors");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_on_one_redis_share_entries_and_invalidations() {
+    let redis = common::Redis::start();
+    let (a, b) = (redis_proxy(&redis), redis_proxy(&redis));
+    let ca = client(&a).await;
+    let cb = client(&b).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sql = "SELECT v FROM privy WHERE id = 1";
+    let v = one(&ca, sql).await;
+    let hits_b = metric(&b, "hit");
+    assert_eq!(one(&cb, sql).await, v);
+    assert_eq!(metric(&b, "hit"), hits_b + 1.0, "B is served what A stored");
+    // a write through A is seen by a read through B right after its ack
+    ca.batch_execute("UPDATE privy SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let newer = one(&cb, sql).await;
+    assert_eq!(newer.parse::<i64>().unwrap(), v.parse::<i64>().unwrap() + 1);
+    // every key is under the prefix, the versions of a database in one
+    // hash-tagged key
+    let keys = redis.cli(&["--scan"]);
+    assert!(keys.lines().count() >= 2, "{keys}");
+    assert!(keys.lines().all(|k| k.starts_with("t:")), "{keys}");
+    assert!(keys.lines().any(|k| k == "t:{cachedb}:v"), "{keys}");
+    assert!(keys.lines().any(|k| k.starts_with("t:c:")), "{keys}");
+    let (_, body) = common::http_get(a.admin_port, "/metrics").unwrap();
+    assert!(
+        body.contains("pgsift_cache_healthy{backend=\"redis\"} 1"),
+        "{body}"
+    );
+
+    // the stress test: writers on A, readers on both
+    let (wa, rb) = (dsn(&a), dsn(&b));
+    let s = stress(
+        "counters_r",
+        std::slice::from_ref(&wa),
+        &[wa.clone(), rb],
+        stress_seconds(),
+        || {},
+    )
+    .await;
+    assert!(s.writes > 100 && s.reads > 100, "{s:?}");
+    assert!(
+        metric(&b, "hit") > hits_b + 1.0,
+        "B served reads from Redis"
+    );
+    assert_eq!((s.stale, s.errors), (0, 0), "stale reads, errors");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_through_one_instance_makes_the_others_read_the_catalog_again() {
+    let redis = common::Redis::start();
+    let (a, b) = (redis_proxy(&redis), redis_proxy(&redis));
+    let ca = client(&a).await;
+    let cb = client(&b).await;
+    ca.batch_execute(
+        "CREATE OR REPLACE FUNCTION twice(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 * 2'",
+    )
+    .await
+    .unwrap();
+    let sql = "SELECT twice(v) FROM items WHERE id = 50";
+    // B learns that twice() is immutable and serves the query from Redis
+    let start = Instant::now();
+    loop {
+        let hits = metric(&b, "hit");
+        one(&cb, sql).await;
+        if metric(&b, "hit") > hits {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "never cached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A makes it volatile: B must stop caching it, not go on with what it
+    // read from the catalog before
+    ca.batch_execute(
+        "CREATE OR REPLACE FUNCTION twice(int) RETURNS int VOLATILE LANGUAGE sql AS 'SELECT $1 * 2'",
+    )
+    .await
+    .unwrap();
+    let hits = metric(&b, "hit");
+    for _ in 0..8 {
+        one(&cb, sql).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&b, "hit"),
+        hits,
+        "a volatile function's result was served from the cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_cluster_shares_entries_and_invalidations_too() {
+    let cluster = common::RedisCluster::start();
+    let (a, b) = (
+        redis_url_proxy(&cluster.url()),
+        redis_url_proxy(&cluster.url()),
+    );
+    let ca = client(&a).await;
+    let cb = client(&b).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // several entries, so that they land on different nodes
+    let sql = |id: i32| format!("SELECT v FROM items WHERE id = {}", 40 + id);
+    for i in 0..6 {
+        one(&ca, &sql(i)).await;
+    }
+    let hits = metric(&b, "hit");
+    for i in 0..6 {
+        one(&cb, &sql(i)).await;
+    }
+    assert_eq!(metric(&b, "hit"), hits + 6.0, "B is served what A stored");
+    let before: i64 = one(&cb, &sql(0)).await.parse().unwrap();
+    ca.batch_execute("UPDATE items SET v = v + 1 WHERE id = 40")
+        .await
+        .unwrap();
+    assert_eq!(one(&cb, &sql(0)).await.parse::<i64>().unwrap(), before + 1);
+    // the versions of the database sit in one hash-tagged key; the entries
+    // are spread over the masters
+    let holding: Vec<usize> = cluster
+        .ports
+        .iter()
+        .map(|p| {
+            cluster
+                .cli(*p, &["--scan", "--pattern", "t:c:*"])
+                .lines()
+                .count()
+        })
+        .collect();
+    assert!(
+        holding.iter().filter(|n| **n > 0).count() >= 2,
+        "entries on one node only: {holding:?}"
+    );
+    let slot = cluster.cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", "t:{cachedb}:v"]);
+    assert_eq!(
+        slot,
+        cluster.cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", "{cachedb}"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_killed_and_restarted_under_load_costs_no_error_and_no_stale_read() {
+    let redis = Arc::new(common::Redis::start());
+    let (a, b) = (redis_proxy(&redis), redis_proxy(&redis));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (wa, rb) = (dsn(&a), dsn(&b));
+    let r = redis.clone();
+    let admin = a.admin_port;
+    let s = stress(
+        "counters_f",
+        std::slice::from_ref(&wa),
+        &[wa.clone(), rb],
+        stress_seconds().max(6),
+        move || {
+            // warm, then Redis dies; writes go on while it is down; it comes
+            // back with its old entries and counters (append-only file)
+            std::thread::sleep(Duration::from_secs(2));
+            r.kill();
+            std::thread::sleep(Duration::from_millis(1500));
+            let (_, body) = common::http_get(admin, "/metrics").unwrap();
+            assert!(
+                body.contains("pgsift_cache_healthy{backend=\"redis\"} 0"),
+                "marked unhealthy while Redis is down"
+            );
+            r.restart();
+        },
+    )
+    .await;
+    assert!(s.writes > 100 && s.reads > 100, "{s:?}");
+    assert_eq!((s.stale, s.errors), (0, 0), "stale reads, errors");
+    let (_, body) = common::http_get(a.admin_port, "/metrics").unwrap();
+    assert!(
+        body.contains("pgsift_cache_healthy{backend=\"redis\"} 1"),
+        "healthy again after the epoch bump"
+    );
+    let errors = metric(&a, "error") + metric(&b, "error");
+    assert!(errors > 0.0, "lookups failed while Redis was down");
+    // and it serves from Redis again
+    let c = connect(&wa).await.unwrap();
+    one(&c, "SELECT v FROM counters_f WHERE id = 1").await;
+    let hits = metric(&a, "hit");
+    one(&c, "SELECT v FROM counters_f WHERE id = 1").await;
+    assert_eq!(metric(&a, "hit"), hits + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_invalidation_stops_reads_until_the_epoch_is_bumped() {
+    let redis = common::Redis::start();
+    let a = redis_proxy(&redis);
+    let c = client(&a).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sql = "SELECT v FROM flaky WHERE id = 42";
+    assert_eq!(one(&c, sql).await, "1");
+    let hits = metric(&a, "hit");
+    assert_eq!(one(&c, sql).await, "1");
+    assert_eq!(metric(&a, "hit"), hits + 1.0, "cached in Redis");
+    // Redis hangs: the write is acknowledged once its invalidation timed out
+    redis.signal("STOP");
+    let t = Instant::now();
+    c.batch_execute("UPDATE flaky SET v = 2 WHERE id = 42")
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Redis is back with the old entry and the old versions: pgsift must
+    // not serve it, not even before its repair has run
+    redis.signal("CONT");
+    for _ in 0..20 {
+        assert_eq!(one(&c, sql).await, "2", "stale entry served");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // after the repair the cache serves again, the new value
+    let start = Instant::now();
+    loop {
+        let (_, body) = common::http_get(a.admin_port, "/metrics").unwrap();
+        if body.contains("pgsift_cache_healthy{backend=\"redis\"} 1") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    one(&c, sql).await;
+    let hits = metric(&a, "hit");
+    assert_eq!(one(&c, sql).await, "2");
+    assert_eq!(metric(&a, "hit"), hits + 1.0, "served from Redis again");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_misses_of_one_key_run_the_query_once() {
     let proxy = cache_proxy(false);
-    let conn = proxy.conn_str("blog", "blogpw", "cachedb");
+    let conn = dsn(&proxy);
     let mut clients = Vec::new();
     for _ in 0..6 {
         clients.push(connect(&conn).await.unwrap());
@@ -400,12 +680,8 @@ async fn concurrent_misses_of_one_key_run_the_query_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn extended_protocol_reads_are_served_and_invalidated_too() {
     let proxy = cache_proxy(false);
-    let c = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
-        .await
-        .unwrap();
-    let other = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
-        .await
-        .unwrap();
+    let c = client(&proxy).await;
+    let other = client(&proxy).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stmt = c
         .prepare("SELECT v, owner FROM items WHERE id = $1")
@@ -443,11 +719,59 @@ async fn extended_protocol_reads_are_served_and_invalidated_too() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cascading_foreign_keys_and_triggers_invalidate_the_tables_they_reach() {
+async fn partial_executes_are_never_cached_and_their_writes_invalidate() {
     let proxy = cache_proxy(false);
-    let c = connect(&proxy.conn_str("blog", "blogpw", "cachedb"))
+    let mut c = client(&proxy).await;
+    let other = client(&proxy).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // a SELECT read 10 rows at a time (Execute with max rows, PortalSuspended)
+    let (hits, misses) = (metric(&proxy, "hit"), metric(&proxy, "miss"));
+    for _ in 0..2 {
+        let t = c.transaction().await.unwrap();
+        let stmt = t
+            .prepare("SELECT id FROM items WHERE id <= 25 ORDER BY id")
+            .await
+            .unwrap();
+        let portal = t.bind(&stmt, &[]).await.unwrap();
+        let mut ids = Vec::new();
+        loop {
+            let rows = t.query_portal(&portal, 10).await.unwrap();
+            if rows.is_empty() {
+                break;
+            }
+            assert!(rows.len() <= 10, "a partial result stays partial");
+            ids.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+        }
+        assert_eq!(ids, (1..=25).collect::<Vec<_>>());
+        t.commit().await.unwrap();
+    }
+    assert_eq!(metric(&proxy, "hit"), hits, "nothing served from the cache");
+    assert_eq!(metric(&proxy, "miss"), misses, "nothing stored either");
+
+    // DML executed with max rows invalidates like any other write
+    let read = "SELECT v FROM items WHERE id = 30";
+    let before: i64 = one(&other, read).await.parse().unwrap();
+    assert_eq!(one(&other, read).await.parse::<i64>().unwrap(), before);
+    let t = c.transaction().await.unwrap();
+    let stmt = t
+        .prepare("UPDATE items SET v = v + 1 WHERE id = 30 RETURNING v")
         .await
         .unwrap();
+    let portal = t.bind(&stmt, &[]).await.unwrap();
+    let rows = t.query_portal(&portal, 1).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    t.commit().await.unwrap();
+    assert_eq!(
+        one(&other, read).await.parse::<i64>().unwrap(),
+        before + 1,
+        "the write through a partial Execute invalidated the cached read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cascading_foreign_keys_and_triggers_invalidate_the_tables_they_reach() {
+    let proxy = cache_proxy(false);
+    let c = client(&proxy).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let kids = "SELECT count(*) FROM kids";
     assert_eq!(one(&c, kids).await, "3");

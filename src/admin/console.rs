@@ -142,7 +142,7 @@ async fn execute(app: &Arc<App>, command: &str) -> Reply {
         ["SHOW", "STATS"] => Reply::Table(show_stats(app)),
         ["SHOW", "QUERIES"] => Reply::Table(show_queries(app)),
         ["SHOW", "N_PLUS_ONE"] => Reply::Table(show_n_plus_one(app)),
-        ["SHOW", "CACHE"] => Reply::Table(show_cache(app)),
+        ["SHOW", "CACHE"] => Reply::Table(show_cache(app).await),
         ["SHOW", "CONFIG"] => Reply::Table(show_config(app)),
         ["RELOAD"] => {
             let path = app.config_path.read().clone();
@@ -458,7 +458,7 @@ fn show_n_plus_one(app: &App) -> Table {
     t
 }
 
-fn show_cache(app: &App) -> Table {
+async fn show_cache(app: &App) -> Table {
     let config = app.config();
     let c = &config.cache;
     let mut t = Table::new(&[
@@ -474,14 +474,21 @@ fn show_cache(app: &App) -> Table {
         "max_result_bytes",
     ]);
     let (status, entries, bytes) = match &app.cache {
-        Some(cache) if c.rules.is_empty() => (
-            "on, but no rule covers any table",
-            cache.len(),
-            cache.bytes(),
-        ),
-        Some(cache) => ("on", cache.len(), cache.bytes()),
-        None if c.backend == "redis" => ("off: the redis backend is not built yet", 0, 0),
-        None => ("off", 0, 0),
+        Some(cache) => {
+            let status = if c.rules.is_empty() {
+                "on, but no rule covers any table"
+            } else if !cache.healthy() {
+                "unhealthy: reads go to Postgres until the backend recovers"
+            } else {
+                "on"
+            };
+            let entries = cache
+                .entries()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "shared".into());
+            (status, entries, cache.bytes().await)
+        }
+        None => ("off", "0".into(), 0),
     };
     let count = |r: &str| -> u64 {
         config
@@ -498,7 +505,7 @@ fn show_cache(app: &App) -> Table {
     t.push(vec![
         c.backend.clone(),
         status.into(),
-        entries.to_string(),
+        entries,
         bytes.to_string(),
         count("hit").to_string(),
         count("miss").to_string(),

@@ -105,6 +105,7 @@ async fn n_plus_one_html(State(app): State<Arc<App>>) -> axum::response::Html<St
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     refresh_gauges(&app);
+    refresh_cache_gauges(&app).await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -142,11 +143,21 @@ pub fn refresh_gauges(app: &App) {
             .with_label_values(&[db, user, "connecting"])
             .set(p.counts.connecting.load(Ordering::Relaxed) as i64);
     }
-    let backend = app.config().cache.backend.clone();
-    let bytes = app.cache.as_ref().map(|c| c.bytes()).unwrap_or(0);
-    m.cache_bytes
-        .with_label_values(&[&backend])
-        .set(bytes as f64);
+}
+
+/// Cache gauges: bytes held (Redis: its `used_memory`) and health.
+pub async fn refresh_cache_gauges(app: &App) {
+    if let Some(c) = &app.cache {
+        let backend = c.backend_name();
+        let bytes = c.bytes().await;
+        let m = &app.metrics;
+        m.cache_bytes
+            .with_label_values(&[backend])
+            .set(bytes as f64);
+        m.cache_healthy
+            .with_label_values(&[backend])
+            .set(if c.healthy() { 1.0 } else { 0.0 });
+    }
 }
 
 async fn status(State(app): State<Arc<App>>) -> axum::response::Html<String> {

@@ -1,6 +1,8 @@
-//! The SELECT cache (SPEC §8), memory backend: results of cacheable SELECTs
-//! stored as the exact server messages, keyed by everything that changes
-//! them, and invalidated through per-table versions and a per-database epoch.
+//! The SELECT cache (SPEC §8): results of cacheable SELECTs stored as the
+//! exact server messages, keyed by everything that changes them, and
+//! invalidated through per-table versions and a per-database epoch. Two
+//! backends: in-process (`memory`) and shared through Redis
+//! ([`remote::RedisStore`]).
 //!
 //! The protocol that keeps it from ever serving a stale read after a write
 //! is acknowledged:
@@ -14,6 +16,7 @@
 //! A read that races a write can therefore only store an entry under
 //! versions that the write's bump has already made stale.
 
+pub mod remote;
 pub mod rules;
 pub mod volatility;
 
@@ -63,22 +66,79 @@ pub fn table_name(t: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// Versions, epochs and entries of this pgsift.
-pub struct QueryCache {
-    entries: Cache<u128, Arc<Entry>>,
+/// What a completed statement did to the database's contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// wrote these tables
+    Tables(Vec<String>),
+    /// may have written anything (CALL, DO, volatile functions, text the
+    /// parser rejects)
+    Database,
+    /// changed the schema (DDL, GRANT, …): anything, and what pgsift knows
+    /// about functions and row-level security may be out of date
+    Schema,
+}
+
+/// The versions of the tables a query reads and the database epoch, read
+/// before the query is forwarded; its result is stored under them.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// (table key, version)
+    pub versions: Vec<(TableKey, u64)>,
+    /// the database epoch
+    pub epoch: u64,
+}
+
+/// The result of looking a key up.
+pub enum Lookup {
+    /// a current entry
+    Hit(Bytes),
+    /// none; a result read now is stored under this snapshot
+    Miss(Snapshot),
+    /// the backend cannot be used now: go to Postgres, store nothing
+    Unavailable,
+    /// another instance changed the schema since this one read the
+    /// catalog: go to Postgres, store nothing, read the catalog again
+    Skip,
+}
+
+/// Entries, versions and epochs kept in this process.
+pub struct MemoryStore {
+    entries: Cache<u128, Arc<Entry>, rustc_hash::FxBuildHasher>,
     versions: DashMap<TableKey, u64>,
     epochs: DashMap<Arc<str>, u64>,
+}
+
+enum Backend {
+    Memory(MemoryStore),
+    Redis(Arc<remote::RedisStore>),
+}
+
+/// The cache of this pgsift: a backend, the function facts per database,
+/// and the misses in flight (single-flight is per instance).
+pub struct QueryCache {
+    backend: Backend,
     /// per database: which functions are immutable, which tables use RLS
     pub volatility: Arc<volatility::VolatilityTable>,
     /// misses being fetched right now: later misses of the same key wait
-    inflight: DashMap<u128, tokio::sync::watch::Receiver<bool>>,
+    inflight: Arc<Inflight>,
 }
 
-/// A miss being fetched; dropping it (or [`Flight::land`]) wakes the
-/// sessions waiting for the same key.
+type Inflight = DashMap<u128, tokio::sync::watch::Receiver<bool>>;
+
+/// A miss being fetched. It lands when dropped — stored, given up, or its
+/// session gone — and wakes the sessions waiting for the same key.
 pub struct Flight {
     key: u128,
     done: tokio::sync::watch::Sender<bool>,
+    inflight: Arc<Inflight>,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.inflight.remove(&self.key);
+        let _ = self.done.send(true);
+    }
 }
 
 /// What a miss should do.
@@ -89,19 +149,17 @@ pub enum Miss {
     Wait(tokio::sync::watch::Receiver<bool>),
 }
 
-impl QueryCache {
-    /// A memory cache holding at most `max_bytes` of results.
-    pub fn new(max_bytes: u64) -> QueryCache {
-        QueryCache {
+impl MemoryStore {
+    /// A store holding at most `max_bytes` of results.
+    pub fn new(max_bytes: u64) -> MemoryStore {
+        MemoryStore {
             entries: Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_k, v: &Arc<Entry>| (v.bytes.len() + 64).min(u32::MAX as usize) as u32)
                 .expire_after(PerEntryTtl)
-                .build(),
+                .build_with_hasher(rustc_hash::FxBuildHasher),
             versions: DashMap::new(),
             epochs: DashMap::new(),
-            volatility: Arc::new(volatility::VolatilityTable::default()),
-            inflight: DashMap::new(),
         }
     }
 
@@ -134,24 +192,6 @@ impl QueryCache {
             .iter()
             .all(|(k, v)| self.versions.get(k).map(|x| *x).unwrap_or(0) == *v);
         current.then(|| e.bytes.clone())
-    }
-
-    /// Single-flight: the first miss of a key leads, later ones wait.
-    pub fn miss(&self, key: u128) -> Miss {
-        match self.inflight.entry(key) {
-            dashmap::Entry::Occupied(o) => Miss::Wait(o.get().clone()),
-            dashmap::Entry::Vacant(v) => {
-                let (done, rx) = tokio::sync::watch::channel(false);
-                v.insert(rx);
-                Miss::Lead(Flight { key, done })
-            }
-        }
-    }
-
-    /// The leader of a flight is done (stored or gave up).
-    pub fn land(&self, flight: Flight) {
-        self.inflight.remove(&flight.key);
-        let _ = flight.done.send(true);
     }
 
     /// Stores a result read under `versions` and `epoch`.
@@ -207,6 +247,164 @@ impl QueryCache {
     }
 }
 
+impl QueryCache {
+    /// An in-process cache holding at most `max_bytes` of results.
+    pub fn new(max_bytes: u64) -> QueryCache {
+        QueryCache::with_backend(Backend::Memory(MemoryStore::new(max_bytes)))
+    }
+
+    /// A cache shared through Redis at `url`, its keys under `prefix`.
+    pub fn redis(url: &str, prefix: &str) -> anyhow::Result<QueryCache> {
+        Ok(QueryCache::with_backend(Backend::Redis(Arc::new(
+            remote::RedisStore::new(url, prefix)?,
+        ))))
+    }
+
+    fn with_backend(backend: Backend) -> QueryCache {
+        let shared = match &backend {
+            Backend::Redis(r) => Some(r.clone()),
+            Backend::Memory(_) => None,
+        };
+        QueryCache {
+            backend,
+            volatility: Arc::new(volatility::VolatilityTable::new(shared)),
+            inflight: Arc::default(),
+        }
+    }
+
+    /// The backend's name, as in `cache.backend`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// False while the backend cannot be read (Redis unreachable, or an
+    /// invalidation not yet made up for).
+    pub fn healthy(&self) -> bool {
+        match &self.backend {
+            Backend::Memory(_) => true,
+            Backend::Redis(r) => !r.degraded(),
+        }
+    }
+
+    /// Looks `key` up; on a miss, the versions of `tables` (the tables the
+    /// query reads) and the epoch, read now, before the query is forwarded.
+    pub async fn lookup(&self, key: u128, db: &Arc<str>, tables: &[String]) -> Lookup {
+        match &self.backend {
+            Backend::Memory(m) => match m.get(key, db) {
+                Some(bytes) => Lookup::Hit(bytes),
+                None => {
+                    let (versions, epoch) = m.snapshot(db, tables);
+                    Lookup::Miss(Snapshot { versions, epoch })
+                }
+            },
+            Backend::Redis(r) => {
+                let (found, schema) = match r.lookup(key, db, tables).await {
+                    remote::Found::Hit(b, s) => (Lookup::Hit(b), s),
+                    remote::Found::Miss(snapshot, s) => (Lookup::Miss(snapshot), s),
+                    remote::Found::Unavailable => return Lookup::Unavailable,
+                };
+                let facts = self.volatility.get(db).and_then(|f| f.schema_epoch);
+                if facts != Some(schema) {
+                    self.volatility.forget(db);
+                    return Lookup::Skip;
+                }
+                found
+            }
+        }
+    }
+
+    /// Stores a result read under `snapshot`, then lands the miss's flight
+    /// (the waiting sessions look again once the entry is there).
+    pub fn put(
+        &self,
+        key: u128,
+        bytes: Bytes,
+        snapshot: Snapshot,
+        ttl: Duration,
+        flight: Option<Flight>,
+    ) {
+        match &self.backend {
+            Backend::Memory(m) => {
+                m.put(key, bytes, snapshot.versions, snapshot.epoch, ttl);
+                drop(flight);
+            }
+            Backend::Redis(r) => r.put(key, bytes, snapshot, ttl, flight),
+        }
+    }
+
+    /// True when invalidations are recorded at once ([`Self::invalidate_now`]);
+    /// otherwise they take a round trip ([`Self::invalidate`]).
+    pub fn records_at_once(&self) -> bool {
+        matches!(self.backend, Backend::Memory(_))
+    }
+
+    /// Records invalidations in the memory backend (no-op for others).
+    pub fn invalidate_now(&self, db: &Arc<str>, effects: &[Effect]) {
+        if let Backend::Memory(m) = &self.backend {
+            for e in effects {
+                match e {
+                    Effect::Tables(t) => m.invalidate_tables(db, t),
+                    Effect::Database | Effect::Schema => m.invalidate_database(db),
+                }
+            }
+        }
+        self.forget_facts_after(db, effects);
+    }
+
+    /// Records invalidations, whatever the backend; returns once they are
+    /// recorded (or recording failed and the backend stopped serving).
+    pub async fn invalidate(&self, db: &Arc<str>, effects: &[Effect]) {
+        match &self.backend {
+            Backend::Memory(_) => self.invalidate_now(db, effects),
+            Backend::Redis(r) => {
+                r.invalidate(db, effects).await;
+                self.forget_facts_after(db, effects);
+            }
+        }
+    }
+
+    fn forget_facts_after(&self, db: &Arc<str>, effects: &[Effect]) {
+        if effects.contains(&Effect::Schema) {
+            self.volatility.forget(db);
+        }
+    }
+
+    /// Bytes held: in process, or in use by Redis.
+    pub async fn bytes(&self) -> u64 {
+        match &self.backend {
+            Backend::Memory(m) => m.bytes(),
+            Backend::Redis(r) => r.used_memory().await.unwrap_or(0),
+        }
+    }
+
+    /// Entries held in process (`None` for a shared backend).
+    pub fn entries(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Memory(m) => Some(m.len()),
+            Backend::Redis(_) => None,
+        }
+    }
+
+    /// Single-flight: the first miss of a key leads, later ones wait.
+    pub fn miss(&self, key: u128) -> Miss {
+        match self.inflight.entry(key) {
+            dashmap::Entry::Occupied(o) => Miss::Wait(o.get().clone()),
+            dashmap::Entry::Vacant(v) => {
+                let (done, rx) = tokio::sync::watch::channel(false);
+                v.insert(rx);
+                Miss::Lead(Flight {
+                    key,
+                    done,
+                    inflight: self.inflight.clone(),
+                })
+            }
+        }
+    }
+}
+
 /// The cache key of a simple-query SELECT: database, role, the exact text,
 /// and every setting that changes what the server returns or how it prints
 /// it (the client's own settings; the rest are the pool's defaults, the
@@ -237,7 +435,7 @@ mod tests {
 
     #[test]
     fn an_entry_read_before_a_write_is_never_served_after_it() {
-        let c = QueryCache::new(1 << 20);
+        let c = MemoryStore::new(1 << 20);
         let db: Arc<str> = "blog".into();
         let k = key("blog", "u", b"SELECT * FROM posts", &[]);
         let (v, e) = c.snapshot(&db, &["posts".into()]);

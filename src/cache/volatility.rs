@@ -21,6 +21,9 @@ pub struct DatabaseFacts {
     /// tables whose writes can change other tables: user triggers, rules,
     /// or foreign keys with cascading actions pointing at them
     pub side_effects: HashSet<String>,
+    /// shared cache: the schema epoch read before the catalog was (the
+    /// facts are current while it has not moved)
+    pub schema_epoch: Option<u64>,
 }
 
 /// Facts per database.
@@ -28,6 +31,8 @@ pub struct DatabaseFacts {
 pub struct VolatilityTable {
     facts: DashMap<Arc<str>, Arc<DatabaseFacts>>,
     loading: DashMap<Arc<str>, ()>,
+    /// the shared store whose schema epoch facts are read under
+    pub shared: Option<Arc<super::remote::RedisStore>>,
 }
 
 const QUERY: &str = "SELECT 'i', proname FROM pg_catalog.pg_proc GROUP BY proname HAVING bool_and(provolatile = 'i') \
@@ -39,6 +44,14 @@ const QUERY: &str = "SELECT 'i', proname FROM pg_catalog.pg_proc GROUP BY pronam
                         WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))";
 
 impl VolatilityTable {
+    /// Facts per database; with a shared store, read under its schema epoch.
+    pub fn new(shared: Option<Arc<super::remote::RedisStore>>) -> VolatilityTable {
+        VolatilityTable {
+            shared,
+            ..Default::default()
+        }
+    }
+
     /// The facts of a database, once loaded.
     pub fn get(&self, db: &Arc<str>) -> Option<Arc<DatabaseFacts>> {
         self.facts.get(db).map(|f| f.clone())
@@ -51,6 +64,10 @@ impl VolatilityTable {
         }
         let table = self.clone();
         tokio::spawn(async move {
+            let schema_epoch = match &table.shared {
+                Some(s) => s.schema_epoch(&db).await,
+                None => None,
+            };
             let result = async {
                 let mut co = pool.checkout().await.map_err(|e| e.to_string())?;
                 let rows = co.server.query_rows(QUERY).await;
@@ -68,7 +85,10 @@ impl VolatilityTable {
             .await;
             match result {
                 Ok(rows) => {
-                    let mut facts = DatabaseFacts::default();
+                    let mut facts = DatabaseFacts {
+                        schema_epoch,
+                        ..Default::default()
+                    };
                     for r in rows {
                         if let [Some(kind), Some(name)] = r.as_slice() {
                             let name = name.to_ascii_lowercase();

@@ -183,6 +183,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// runtime worker threads (0 = half the cores, at least 1)
     pub worker_threads: usize,
+    /// keep polling sockets this long after the last activity instead of
+    /// sleeping (0: off)
+    pub busy_poll: Duration,
     /// HTTP admin listener
     pub admin_listen: String,
     /// users allowed into the `pgsift` admin database
@@ -301,6 +304,7 @@ impl Config {
             Duration::from_secs(30),
         );
         let worker_threads = e.count("worker_threads", raw.worker_threads, 0, 0);
+        let busy_poll = e.duration("busy_poll", raw.busy_poll.as_ref(), Duration::ZERO);
         let admin = raw.admin.unwrap_or_default();
         let admin_listen = e.addr("admin.listen", admin.listen.as_ref(), DEFAULT_ADMIN_LISTEN);
         let admin_users = admin.users.unwrap_or_else(|| vec!["admin".into()]);
@@ -483,10 +487,15 @@ impl Config {
         let redis_url = c
             .redis_url
             .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+        // one URL, or several comma-separated cluster nodes
+        if redis_url.split(',').any(|u| {
+            let u = u.trim();
+            !(u.starts_with("redis://") || u.starts_with("rediss://"))
+                || ::redis::parse_redis_url(u).is_none()
+        }) {
             e.push(
                 "cache.redis_url",
-                format!("invalid value \"{redis_url}\" (expected redis:// or rediss://)"),
+                format!("invalid value \"{redis_url}\" (expected redis:// or rediss:// URLs, comma-separated for a cluster)"),
             );
         }
         let default_ttl = e.duration(
@@ -581,6 +590,7 @@ impl Config {
             listen,
             shutdown_timeout,
             worker_threads,
+            busy_poll,
             admin_listen,
             admin_users,
             tls,
@@ -694,6 +704,28 @@ mod tests {
             err.0.iter().any(|l| l.starts_with("pool.connect_timeout:")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn redis_urls_and_busy_poll_are_validated() {
+        let ok = Config::parse(
+            "busy_poll: 200us\ncache:\n  backend: redis\n  redis_url: \"redis://a:6379, redis://b:6379\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.busy_poll, Duration::from_micros(200));
+        for bad in [
+            "http://a:6379",
+            "redis://a:6379,http://b",
+            "redis://a:notaport",
+        ] {
+            let err = Config::parse(&format!("cache:\n  redis_url: \"{bad}\"\n")).unwrap_err();
+            assert!(
+                err.0.iter().any(|l| l.starts_with("cache.redis_url:")),
+                "{bad}: {err}"
+            );
+        }
+        let err = Config::parse("busy_poll: often\n").unwrap_err();
+        assert!(err.0.iter().any(|l| l.starts_with("busy_poll:")), "{err}");
     }
 
     #[test]

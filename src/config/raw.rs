@@ -10,6 +10,7 @@ pub struct RawConfig {
     pub listen: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub worker_threads: Option<i64>,
+    pub busy_poll: Option<String>,
     pub admin: Option<RawAdmin>,
     pub tls: Option<RawTls>,
     #[serde(default)]

@@ -11,24 +11,12 @@
 //! tag, so a rollback cannot be told apart safely).
 
 use crate::cache::volatility::DatabaseFacts;
-use crate::cache::{self, QueryCache, TableKey};
+pub use crate::cache::Effect;
+use crate::cache::{self, QueryCache, Snapshot};
 use crate::sql::{Analysis, Kind};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What a completed statement did to the database's contents.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
-    /// wrote these tables
-    Tables(Vec<String>),
-    /// may have written anything (CALL, DO, volatile functions, text the
-    /// parser rejects)
-    Database,
-    /// changed the schema (DDL, GRANT, …): anything, and what pgsift knows
-    /// about functions and row-level security may be out of date
-    Schema,
-}
 
 /// The effect of a successfully completed statement, if it wrote anything.
 /// `facts` are the database's function volatilities (`None`: not known yet,
@@ -69,8 +57,7 @@ pub fn effect_of(a: &Analysis, facts: Option<&DatabaseFacts>) -> Option<Effect> 
 /// A miss being captured.
 struct Capture {
     key: u128,
-    versions: Vec<(TableKey, u64)>,
-    epoch: u64,
+    snapshot: Snapshot,
     ttl: Duration,
     buf: BytesMut,
     limit: usize,
@@ -85,6 +72,10 @@ pub struct SessionCache {
     /// the client-facing database
     pub db: Arc<str>,
     pending: Vec<Effect>,
+    /// effects of ended transactions whose invalidation is still to be
+    /// recorded (backends that take a round trip): the ReadyForQuery that
+    /// acknowledges them waits until [`SessionCache::record`] has run
+    unrecorded: Vec<Effect>,
     capture: Option<Capture>,
     /// the current transaction asked for REPEATABLE READ or SERIALIZABLE
     pub strict_isolation: bool,
@@ -103,6 +94,7 @@ impl SessionCache {
             cache,
             db,
             pending: Vec::new(),
+            unrecorded: Vec::new(),
             capture: None,
             strict_isolation: false,
         }
@@ -114,20 +106,19 @@ impl SessionCache {
         !self.pending.is_empty()
     }
 
-    /// Starts capturing the reply to a miss, with the versions read now.
+    /// Starts capturing the reply to a miss, with the versions read before
+    /// it is forwarded.
     pub fn begin_capture(
         &mut self,
         key: u128,
-        tables: &[String],
+        snapshot: Snapshot,
         ttl: Duration,
         limit: usize,
         flight: Option<cache::Flight>,
     ) {
-        let (versions, epoch) = self.cache.snapshot(&self.db, tables);
         self.capture = Some(Capture {
             key,
-            versions,
-            epoch,
+            snapshot,
             ttl,
             buf: BytesMut::new(),
             limit,
@@ -165,13 +156,10 @@ impl SessionCache {
                 b'E' | b'G' | b'H' | b'I' | b's' | b'W' | b't' | b'3' => c.failed = true,
                 b'Z' => {
                     if let Some(mut c) = self.capture.take() {
-                        let flight = c.flight.take();
                         if !c.failed && !c.buf.is_empty() {
+                            let flight = c.flight.take();
                             self.cache
-                                .put(c.key, c.buf.freeze(), c.versions, c.epoch, c.ttl);
-                        }
-                        if let Some(f) = flight {
-                            self.cache.land(f);
+                                .put(c.key, c.buf.freeze(), c.snapshot, c.ttl, flight);
                         }
                     }
                 }
@@ -189,28 +177,42 @@ impl SessionCache {
     }
 
     /// The transaction ended: its writes took effect (or were rolled
-    /// back); either way their invalidation is recorded now.
+    /// back); either way their invalidation is recorded now — at once in
+    /// process, or by [`SessionCache::record`] before the client is told.
     fn commit(&mut self) {
         self.strict_isolation = false;
-        for e in self.pending.drain(..) {
-            self.invalidations.inc();
-            match e {
-                Effect::Tables(t) => self.cache.invalidate_tables(&self.db, &t),
-                Effect::Database => self.cache.invalidate_database(&self.db),
-                Effect::Schema => {
-                    self.cache.invalidate_database(&self.db);
-                    self.cache.volatility.forget(&self.db);
-                }
-            }
+        if self.pending.is_empty() {
+            return;
+        }
+        self.invalidations.inc_by(self.pending.len() as u64);
+        if self.cache.records_at_once() {
+            self.cache.invalidate_now(&self.db, &self.pending);
+            self.pending.clear();
+        } else {
+            self.unrecorded.append(&mut self.pending);
         }
     }
 
-    /// The session ends: whatever is pending is recorded.
-    pub fn finish(&mut self) {
-        if let Some(f) = self.capture.take().and_then(|mut c| c.flight.take()) {
-            self.cache.land(f);
+    /// True when ended transactions wait for their invalidation to be
+    /// recorded: nothing may reach the client before [`Self::record`].
+    pub fn must_record(&self) -> bool {
+        !self.unrecorded.is_empty()
+    }
+
+    /// Records the invalidations of ended transactions.
+    pub async fn record(&mut self) {
+        if self.unrecorded.is_empty() {
+            return;
         }
+        let effects = std::mem::take(&mut self.unrecorded);
+        self.cache.invalidate(&self.db, &effects).await;
+    }
+
+    /// The session ends: whatever is pending is recorded.
+    pub async fn finish(&mut self) {
+        self.capture = None; // an unfinished miss lands its flight
         self.commit();
+        self.record().await;
     }
 
     /// The reply to a hit: the stored messages and ReadyForQuery.

@@ -18,7 +18,8 @@ use crate::sql::shape::split_statements;
 use crate::sql::{Analysis, Analyzer, Kind};
 use crate::stats::QueryStats;
 use prometheus::{Histogram, IntCounter};
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,12 +56,12 @@ pub struct Observer {
     sinks: Sinks,
     origin: Origin,
     detector: Option<Detector>,
-    statements: HashMap<Vec<u8>, Known>,
-    portals: HashMap<Vec<u8>, Known>,
+    statements: FxHashMap<Vec<u8>, Known>,
+    portals: FxHashMap<Vec<u8>, Known>,
     pending: VecDeque<Pending>,
     last_done: Option<Instant>,
     /// metric handles per statement kind, resolved on first use
-    kind_metrics: HashMap<Kind, (IntCounter, Histogram)>,
+    kind_metrics: FxHashMap<Kind, (IntCounter, Histogram)>,
     burst_counter: Option<IntCounter>,
     /// log statements slower than this (zero: never)
     pub slow: Duration,
@@ -82,11 +83,11 @@ impl Observer {
             sinks,
             origin,
             detector,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: FxHashMap::default(),
+            portals: FxHashMap::default(),
             pending: VecDeque::new(),
             last_done: None,
-            kind_metrics: HashMap::new(),
+            kind_metrics: FxHashMap::default(),
             burst_counter: None,
             slow: Duration::ZERO,
             effects_of: None,

@@ -21,7 +21,7 @@ use super::stream::ClientStream;
 use crate::app::App;
 use crate::backend::server::{note_parameter_status, send_cancel};
 use crate::backend::{Checkout, Pool};
-use crate::cache::Miss;
+use crate::cache::{Lookup, Miss};
 use crate::config::PoolMode;
 use crate::metrics::ByteCounters;
 use crate::nplus1::store::Origin;
@@ -35,9 +35,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use prometheus::IntCounter;
 use std::collections::VecDeque;
 use std::future::pending;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Queue bound per direction before pgsift stops reading the sender.
@@ -193,16 +194,28 @@ impl Outbox {
     fn is_empty(&self) -> bool {
         self.len == 0
     }
-    fn front(&self) -> &[u8] {
-        self.chunks.front().map(|b| &b[..]).unwrap_or(&[])
+    /// The queued chunks, as many as fit in `out`: one `writev` sends them
+    /// all (one wake-up of the peer instead of one per chunk).
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
+        let mut n = 0;
+        for (slot, c) in out.iter_mut().zip(self.chunks.iter()) {
+            *slot = IoSlice::new(c);
+            n += 1;
+        }
+        n
     }
-    fn advance(&mut self, n: usize) {
+    fn advance(&mut self, mut n: usize) {
         self.len -= n;
-        if let Some(f) = self.chunks.front_mut() {
-            f.advance(n);
-            if f.is_empty() {
-                self.chunks.pop_front();
+        while n > 0 {
+            let Some(f) = self.chunks.front_mut() else {
+                break;
+            };
+            if n < f.len() {
+                f.advance(n);
+                break;
             }
+            n -= f.len();
+            self.chunks.pop_front();
         }
     }
     fn clear(&mut self) {
@@ -224,16 +237,43 @@ async fn read_opt(
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => pending().await,
+/// Chunks handed to one `writev`.
+const MAX_SLICES: usize = 16;
+
+/// Writes as much of `outbox` as the socket takes, in one call.
+async fn write_outbox<W: AsyncWrite + Unpin>(w: &mut W, outbox: &Outbox) -> std::io::Result<usize> {
+    if outbox.chunks.len() == 1 {
+        return w.write(&outbox.chunks[0]).await;
+    }
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    let n = outbox.slices(&mut slices);
+    w.write_vectored(&slices[..n]).await
+}
+
+/// Sends what the socket takes right now, without waiting: a request or a
+/// reply goes out in the wake-up that produced it instead of the next trip
+/// through the event loop. Errors are left for the regular write to meet.
+fn send_now(w: Option<&OwnedWriteHalf>, outbox: &mut Outbox, sent: &IntCounter) {
+    let Some(w) = w else {
+        return;
+    };
+    if outbox.is_empty() {
+        return;
+    }
+    let n = {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let k = outbox.slices(&mut slices);
+        w.try_write_vectored(&slices[..k]).unwrap_or(0)
+    };
+    if n > 0 {
+        sent.inc_by(n as u64);
+        outbox.advance(n);
     }
 }
 
-async fn write_opt(w: Option<&mut OwnedWriteHalf>, data: &[u8]) -> std::io::Result<usize> {
+async fn write_opt(w: Option<&mut OwnedWriteHalf>, outbox: &Outbox) -> std::io::Result<usize> {
     match w {
-        Some(w) if !data.is_empty() => w.write(data).await,
+        Some(w) if !outbox.is_empty() => write_outbox(w, outbox).await,
         _ => pending().await,
     }
 }
@@ -350,6 +390,13 @@ impl Session {
         let mut shutdown_signal = std::pin::pin!(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         });
+        // The N+1 burst timer: one for the session, armed when the session
+        // goes quiet with a burst open and left alone while it is armed, so
+        // statements in quick succession cost no timer work. It may fire
+        // early (bursts went on); then only the bursts whose gap really
+        // passed end, and it is armed again.
+        let mut burst_timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
+        let mut timer_at: Option<Instant> = None;
         // Bytes already buffered during the handshake are handled first.
         let mut pending_input = !cbuf.is_empty();
 
@@ -396,26 +443,37 @@ impl Session {
                 };
                 // Bursts end by idleness only: while a statement is in flight there is
                 // no gap, so no timer is armed (a timer per wake-up is not free).
-                let burst_deadline = if self.state.quiet() && to_server.is_empty() {
-                    self.observer.deadline()
-                } else {
-                    None
-                };
+                if self.state.quiet() && to_server.is_empty() {
+                    if let Some(d) = self.observer.deadline() {
+                        if timer_at.is_none_or(|t| d < t) {
+                            burst_timer.as_mut().reset(d.into());
+                            timer_at = Some(d);
+                        }
+                    }
+                }
                 let read_client = to_server.len < HIGH_WATER;
                 let read_server = to_client.len < HIGH_WATER;
                 tokio::select! {
                     r = async { cbuf.reserve(8192); cr.read_buf(&mut cbuf).await }, if read_client => Event::ClientRead(r),
                     r = read_opt(sr, sbuf), if read_server => Event::ServerRead(r),
-                    r = cw.write(to_client.front()), if !to_client.is_empty() => Event::ClientWrote(r),
-                    r = write_opt(sw, to_server.front()), if !to_server.is_empty() => Event::ServerWrote(r),
+                    r = write_outbox(&mut cw, &to_client), if !to_client.is_empty() => Event::ClientWrote(r),
+                    r = write_opt(sw, &to_server), if !to_server.is_empty() => Event::ServerWrote(r),
                     _ = &mut shutdown_signal, if !draining => Event::Shutdown,
-                    _ = sleep_until_opt(burst_deadline) => Event::BurstDeadline,
+                    _ = &mut burst_timer, if timer_at.is_some() => Event::BurstDeadline,
                 }
             };
 
+            self.app.busy_poll.touch();
             match event {
                 Event::Shutdown => draining = true,
-                Event::BurstDeadline => self.observer.tick(Instant::now()),
+                Event::BurstDeadline => {
+                    timer_at = None;
+                    // a statement in flight is no gap: the timer is armed
+                    // again when the session is quiet
+                    if self.state.quiet() && to_server.is_empty() {
+                        self.observer.tick(Instant::now());
+                    }
+                }
                 Event::ClientWrote(Ok(n)) if n > 0 => {
                     self.bytes.client_out.inc_by(n as u64);
                     to_client.advance(n);
@@ -443,6 +501,9 @@ impl Session {
                         Ok(false) => break End::ClientGone,
                         Err(end) => break end,
                     }
+                    let server = self.server.as_ref().map(|co| &co.server.writer);
+                    send_now(server, &mut to_server, &self.bytes.server_out);
+                    send_now(cw.plain(), &mut to_client, &self.bytes.client_out);
                 }
                 Event::ServerRead(Ok(0)) => {
                     break End::ServerLost("server closed the connection unexpectedly".into())
@@ -453,6 +514,12 @@ impl Session {
                     if let Err(end) = self.server_input(&mut to_client) {
                         break end;
                     }
+                    if let Some(sc) = self.cache.as_mut().filter(|sc| sc.must_record()) {
+                        // a write's acknowledgement is queued: the client
+                        // sees it only once its invalidation is recorded
+                        sc.record().await;
+                    }
+                    send_now(cw.plain(), &mut to_client, &self.bytes.client_out);
                 }
             }
         };
@@ -486,7 +553,7 @@ impl Session {
             to_client.push(b.freeze());
             let flush = async {
                 while !to_client.is_empty() {
-                    match cw.write(to_client.front()).await {
+                    match write_outbox(&mut cw, &to_client).await {
                         Ok(n) if n > 0 => to_client.advance(n),
                         _ => break,
                     }
@@ -501,7 +568,7 @@ impl Session {
         self.observer.finish();
         if let Some(sc) = self.cache.as_mut() {
             sc.take_effects(&mut self.observer.effects);
-            sc.finish();
+            sc.finish().await;
         }
         self.app.cancels.remove(self.cancel_key);
         self.cancel.clear();
@@ -684,9 +751,9 @@ impl Session {
             return false;
         };
         let key = caching::key(&sc.db, &self.info.user, sql, extra, &self.settings);
-        let mut found = sc.cache.get(key, &sc.db);
+        let mut found = sc.cache.lookup(key, &sc.db, &a.reads).await;
         let mut flight = None;
-        if found.is_none() {
+        if matches!(found, Lookup::Miss(_)) {
             match sc.cache.miss(key) {
                 Miss::Lead(f) => flight = Some(f),
                 Miss::Wait(mut rx) => {
@@ -694,37 +761,49 @@ impl Session {
                     // it (bounded), then look again
                     let _ =
                         tokio::time::timeout(SINGLE_FLIGHT_WAIT, rx.wait_for(|done| *done)).await;
-                    found = sc.cache.get(key, &sc.db);
+                    found = sc.cache.lookup(key, &sc.db, &a.reads).await;
                 }
             }
         }
-        if let Some(bytes) = found {
-            result("hit");
-            let mut data_rows = 0;
-            let _ = crate::protocol::frame::scan(&bytes, usize::MAX >> 1, |t, _| {
-                data_rows += (t == b'D') as u64
-            });
-            for b in SessionCache::hit_reply(bytes, self.state.tx) {
-                to_client.push(b);
+        let bytes = match found {
+            Lookup::Hit(bytes) => bytes,
+            Lookup::Miss(snapshot) => {
+                result("miss");
+                sc.begin_capture(
+                    key,
+                    snapshot,
+                    ttl,
+                    config.cache.max_result_bytes as usize,
+                    flight,
+                );
+                return false;
             }
-            // the Query or Sync was counted as owing a ReadyForQuery: it does not
-            self.state.pending = self.state.pending.saturating_sub(1);
-            if let Some(p) = parse {
-                // the client now has this statement; servers get it at first use
-                self.pipeline.register_parse(&p);
+            Lookup::Unavailable => {
+                result("error");
+                return false;
             }
-            self.observer.served_from_cache(now, data_rows);
-            return true;
+            Lookup::Skip => {
+                sc.cache.volatility.load(sc.db.clone(), self.pool.clone());
+                result("bypass");
+                return false;
+            }
+        };
+        result("hit");
+        let mut data_rows = 0;
+        let _ = crate::protocol::frame::scan(&bytes, usize::MAX >> 1, |t, _| {
+            data_rows += (t == b'D') as u64
+        });
+        for b in SessionCache::hit_reply(bytes, self.state.tx) {
+            to_client.push(b);
         }
-        result("miss");
-        sc.begin_capture(
-            key,
-            &a.reads,
-            ttl,
-            config.cache.max_result_bytes as usize,
-            flight,
-        );
-        false
+        // the Query or Sync was counted as owing a ReadyForQuery: it does not
+        self.state.pending = self.state.pending.saturating_sub(1);
+        if let Some(p) = parse {
+            // the client now has this statement; servers get it at first use
+            self.pipeline.register_parse(&p);
+        }
+        self.observer.served_from_cache(now, data_rows);
+        true
     }
 
     /// Sends a batch of complete client messages to the server, checking

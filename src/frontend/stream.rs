@@ -122,6 +122,16 @@ impl AsyncRead for ClientReader {
     }
 }
 
+impl ClientWriter {
+    /// The TCP socket when no TLS is in between (for non-blocking writes).
+    pub fn plain(&self) -> Option<&tokio::net::tcp::OwnedWriteHalf> {
+        match self {
+            ClientWriter::Plain(w) => Some(w),
+            ClientWriter::Tls(_) => None,
+        }
+    }
+}
+
 impl AsyncWrite for ClientWriter {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -143,6 +153,22 @@ impl AsyncWrite for ClientWriter {
         match self.get_mut() {
             ClientWriter::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientWriter::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientWriter::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientWriter::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientWriter::Plain(s) => s.is_write_vectored(),
+            ClientWriter::Tls(s) => s.is_write_vectored(),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! remembered statement runs) and the work per statement is O(1).
 
 use crate::sql::{Analysis, Kind};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -109,7 +109,7 @@ pub struct Detector {
     seq: u64,
     last_end: Option<Instant>,
     history: VecDeque<Run>,
-    open: HashMap<u64, Open>,
+    open: rustc_hash::FxHashMap<u64, Open>,
 }
 
 impl Detector {
@@ -121,7 +121,7 @@ impl Detector {
             seq: 0,
             last_end: None,
             history: VecDeque::with_capacity(8),
-            open: HashMap::new(),
+            open: rustc_hash::FxHashMap::default(),
         }
     }
 

@@ -83,9 +83,11 @@ impl Analysis {
 
 /// Memoized statement analysis, shared by all sessions.
 pub struct Analyzer {
-    /// exact text → analysis and literal-values hash
-    by_text: Cache<u64, (Arc<Analysis>, u64)>,
-    by_shape: Cache<u64, Arc<Analysis>>,
+    /// shape (the text with literals, whitespace, comments and case folded
+    /// away) → analysis. One lookup per execution: texts with fresh
+    /// literals each time (most ORM traffic) would only churn a memo of
+    /// exact texts.
+    by_shape: Cache<u64, Arc<Analysis>, rustc_hash::FxBuildHasher>,
 }
 
 impl Default for Analyzer {
@@ -105,20 +107,17 @@ pub struct Analyzed {
 }
 
 impl Analyzer {
-    /// An analyzer remembering up to `capacity` texts and as many shapes.
+    /// An analyzer remembering up to `capacity` statement shapes.
     pub fn new(capacity: u64) -> Analyzer {
         Analyzer {
-            by_text: Cache::new(capacity),
-            by_shape: Cache::new(capacity),
+            by_shape: Cache::builder()
+                .max_capacity(capacity)
+                .build_with_hasher(rustc_hash::FxBuildHasher),
         }
     }
 
     /// Analyzes one statement. Never fails.
     pub fn analyze(&self, sql: &str) -> Analyzed {
-        let text_hash = xxhash_rust::xxh3::xxh3_64(sql.as_bytes());
-        if let Some((analysis, values)) = self.by_text.get(&text_hash) {
-            return Analyzed { analysis, values };
-        }
         let s = shape::scan(sql.as_bytes(), None);
         let values = if s.literals == 0 { 0 } else { s.values };
         let analysis = match self.by_shape.get(&s.hash) {
@@ -129,7 +128,6 @@ impl Analyzer {
                 a
             }
         };
-        self.by_text.insert(text_hash, (analysis.clone(), values));
         Analyzed { analysis, values }
     }
 }

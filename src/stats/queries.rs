@@ -44,7 +44,7 @@ pub struct QueryRow {
 
 /// The statistics table.
 pub struct QueryStats {
-    entries: DashMap<u64, Entry>,
+    entries: DashMap<u64, Entry, rustc_hash::FxBuildHasher>,
     limit: usize,
 }
 
@@ -52,7 +52,7 @@ impl QueryStats {
     /// A table keeping at most `limit` fingerprints.
     pub fn new(limit: usize) -> QueryStats {
         QueryStats {
-            entries: DashMap::new(),
+            entries: DashMap::with_hasher(rustc_hash::FxBuildHasher),
             limit,
         }
     }

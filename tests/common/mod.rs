@@ -17,13 +17,31 @@ pub const SUPERUSER: &str = "postgres";
 /// Its password.
 pub const SUPERPASS: &str = "postgres";
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 for a server to listen on.
+///
+/// Ports come from 20000–32767, below the kernel's ephemeral range
+/// (32768–60999): a port the kernel handed out for `bind(0)` is also the
+/// pool it draws the local ports of outgoing connections from, so a client
+/// connecting anywhere in between could take it before the server binds it.
+/// Each process walks the range from its own random start, so one process
+/// never hands out a port twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        rand::random_range(0..SPAN),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn is_root() -> bool {
@@ -120,12 +138,20 @@ impl Postgres {
                 .status()
                 .unwrap();
         }
-        let pg = Postgres {
+        let mut pg = Postgres {
             port: free_port(),
             dir,
             bin,
         };
-        pg.pg_ctl_start();
+        // A port can still be taken between the check and the bind by
+        // something outside this process: try another one.
+        let mut attempt = 1;
+        while let Err(e) = pg.try_pg_ctl_start() {
+            assert!(attempt < 3, "{e}");
+            eprintln!("Postgres did not start on port {} ({e}); trying another port", pg.port);
+            attempt += 1;
+            pg.port = free_port();
+        }
         pg.watchdog();
         pg
     }
@@ -135,6 +161,13 @@ impl Postgres {
     }
 
     fn pg_ctl_start(&self) {
+        if let Err(e) = self.try_pg_ctl_start() {
+            panic!("{e}");
+        }
+    }
+
+    /// `pg_ctl start`; the error carries the end of the server log.
+    fn try_pg_ctl_start(&self) -> Result<(), String> {
         let out = pg_command(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.data())
@@ -146,11 +179,17 @@ impl Postgres {
             .stdout(Stdio::null())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if out.status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Err(format!(
+            "pg_ctl start failed: {}\npostgres.log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail.join("\n")
+        ))
     }
 
     /// Stops the server (`fast` or `immediate`).
@@ -591,4 +630,207 @@ pub async fn kill_client_inside_update_and_check_the_row_is_free(
         "app",
         &format!("SET lock_timeout = '500ms'; UPDATE {table} SET v = 0 WHERE id = 1"),
     );
+}
+
+/// A Redis server of the test's own: a free port, a temp dir, a password,
+/// and an append-only file synced on every write, so a restart brings back
+/// what it held (the hard case for a cache: old entries come back).
+pub struct Redis {
+    /// port on 127.0.0.1
+    pub port: u16,
+    /// its `requirepass`
+    pub password: String,
+    dir: PathBuf,
+    child: std::sync::Mutex<Option<Child>>,
+}
+
+impl Redis {
+    /// Starts redis-server and waits until it answers PING.
+    pub fn start() -> Redis {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("pgsift-test-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = Redis {
+            port,
+            password: format!("pw{port}"),
+            dir,
+            child: std::sync::Mutex::new(None),
+        };
+        r.restart();
+        r
+    }
+
+    /// The URL pgsift connects with (AUTH through the password).
+    pub fn url(&self) -> String {
+        format!("redis://:{}@127.0.0.1:{}/0", self.password, self.port)
+    }
+
+    /// Starts (again) on the same port with the same data.
+    pub fn restart(&self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args(["--requirepass", &self.password])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (run scripts/test.sh, it installs it)");
+        *self.child.lock().unwrap() = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer PING");
+    }
+
+    /// Kills the server (SIGKILL: nothing is flushed beyond what fsync
+    /// already wrote) and waits for it to exit.
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal (`STOP`, `CONT`) to the server.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = self.child.lock().unwrap().as_ref() {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    /// Runs redis-cli against it and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["--no-auth-warning", "-p"])
+            .arg(self.port.to_string())
+            .args(["-a", &self.password])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A three-master Redis Cluster of the test's own (no replicas, no password).
+pub struct RedisCluster {
+    /// the masters' ports
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled redis-servers and joins them.
+    pub fn start() -> RedisCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let dir = std::env::temp_dir().join(format!(
+            "pgsift-test-redis-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let children = ports
+            .iter()
+            .map(|p| {
+                Command::new("redis-server")
+                    .args(["--bind", "127.0.0.1", "--port", &p.to_string()])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                    .arg(format!("nodes-{p}.conf"))
+                    .args(["--save", "", "--appendonly", "no", "--dir"])
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server")
+            })
+            .collect();
+        let cluster = RedisCluster {
+            ports,
+            dir,
+            children,
+        };
+        for p in &cluster.ports {
+            let start = Instant::now();
+            while cluster.cli(*p, &["PING"]).trim() != "PONG" {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "redis {p} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(nodes.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        cluster.cli(cluster.ports[0], &args);
+        let start = Instant::now();
+        while !cluster.ports.iter().all(|p| {
+            cluster
+                .cli(*p, &["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+        }) {
+            assert!(start.elapsed() < Duration::from_secs(20), "cluster not ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `redis_url` for pgsift: every node, comma-separated.
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs redis-cli against one node.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
