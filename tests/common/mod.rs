@@ -148,7 +148,10 @@ impl Postgres {
         let mut attempt = 1;
         while let Err(e) = pg.try_pg_ctl_start() {
             assert!(attempt < 3, "{e}");
-            eprintln!("Postgres did not start on port {} ({e}); trying another port", pg.port);
+            eprintln!(
+                "Postgres did not start on port {} ({e}); trying another port",
+                pg.port
+            );
             attempt += 1;
             pg.port = free_port();
         }
