@@ -34,6 +34,8 @@ pub struct App {
     /// one permit per allowed client connection
     pub client_slots: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
+    /// the shutdown signal as a flag sessions check on every wake-up
+    stopping: std::sync::atomic::AtomicBool,
     /// clients connected right now
     pub clients: AtomicUsize,
     clients_gone: Notify,
@@ -104,6 +106,7 @@ impl App {
             cancels: CancelRegistry::default(),
             tls,
             shutdown,
+            stopping: std::sync::atomic::AtomicBool::new(false),
             clients: AtomicUsize::new(0),
             clients_gone: Notify::new(),
             upstream_answered: Arc::new(AtomicBool::new(false)),
@@ -188,12 +191,14 @@ impl App {
 
     /// Starts the graceful drain.
     pub fn begin_shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.shutdown.send_replace(true);
     }
 
     /// True once shutdown began.
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts a connected client; the guard uncounts it.

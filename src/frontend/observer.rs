@@ -109,7 +109,7 @@ impl Observer {
         match tag {
             b'Q' => {
                 let body = &msg[5..];
-                let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                let text = utf8(body.strip_suffix(&[0]).unwrap_or(body));
                 for stmt in split_statements(&text) {
                     let known = self.known(stmt);
                     self.pending.push_back(Pending {
@@ -121,7 +121,15 @@ impl Observer {
             }
             b'P' => {
                 if let Some(p) = extended::parse_parse(msg) {
-                    let known = self.known(&String::from_utf8_lossy(p.query));
+                    // A driver that sends the same text under the same name
+                    // again (the unnamed statement of every execution) gets
+                    // the analysis it had: no scan, no copy of the text.
+                    if let Some(k) = self.statements.get(p.name) {
+                        if k.text.as_bytes() == p.query {
+                            return;
+                        }
+                    }
+                    let known = self.known(&utf8(p.query));
                     if self.statements.len() >= MAX_NAMED && !self.statements.contains_key(p.name) {
                         self.statements.clear();
                     }
@@ -138,6 +146,10 @@ impl Observer {
                     if let Some(k) = self.statements.get(stmt) {
                         let mut known = k.clone();
                         known.values = xxhash_rust::xxh3::xxh3_64(&msg[after..]);
+                        if let Some(slot) = self.portals.get_mut(portal) {
+                            *slot = known;
+                            return;
+                        }
                         if self.portals.len() >= MAX_NAMED {
                             self.portals.clear();
                         }
@@ -316,5 +328,14 @@ impl Observer {
                 Self::report(&self.sinks, &self.origin, &mut self.burst_counter, &b);
             }
         }
+    }
+}
+
+/// SQL text as `str`: valid UTF-8 (all but always) is borrowed after the
+/// fast check; anything else is repaired with replacement characters.
+fn utf8(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
     }
 }

@@ -260,7 +260,10 @@ fn send_now(w: Option<&OwnedWriteHalf>, outbox: &mut Outbox, sent: &IntCounter) 
     if outbox.is_empty() {
         return;
     }
-    let n = {
+    let n = if outbox.chunks.len() == 1 {
+        // send(2): cheaper in the kernel than writev(2) of one slice
+        w.try_write(&outbox.chunks[0]).unwrap_or(0)
+    } else {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let k = outbox.slices(&mut slices);
         w.try_write_vectored(&slices[..k]).unwrap_or(0)
@@ -386,10 +389,29 @@ impl Session {
         let mut to_server = Outbox::default();
         let mut shutdown = self.app.shutdown_signal();
         let mut draining = *shutdown.borrow();
-        // one future for the whole session: re-creating it per wake-up costs
+        // The shutdown signal is polled once, which leaves this task's waker
+        // with it; after that every wake-up checks a flag, which is cheaper
+        // than polling the signal in every select.
         let mut shutdown_signal = std::pin::pin!(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         });
+        std::future::poll_fn(|cx| {
+            if std::future::Future::poll(shutdown_signal.as_mut(), cx).is_ready() {
+                draining = true;
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        let app = self.app.clone();
+        let stopping = || {
+            std::future::poll_fn(|_| {
+                if app.is_shutting_down() {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            })
+        };
         // The N+1 burst timer: one for the session, armed when the session
         // goes quiet with a burst open and left alone while it is armed, so
         // statements in quick succession cost no timer work. It may fire
@@ -453,12 +475,15 @@ impl Session {
                 }
                 let read_client = to_server.len < HIGH_WATER;
                 let read_server = to_client.len < HIGH_WATER;
+                // biased: no random branch order (a thread-local RNG draw
+                // per wake-up); writes first, then replies, then requests
                 tokio::select! {
-                    r = async { cbuf.reserve(8192); cr.read_buf(&mut cbuf).await }, if read_client => Event::ClientRead(r),
-                    r = read_opt(sr, sbuf), if read_server => Event::ServerRead(r),
+                    biased;
                     r = write_outbox(&mut cw, &to_client), if !to_client.is_empty() => Event::ClientWrote(r),
                     r = write_opt(sw, &to_server), if !to_server.is_empty() => Event::ServerWrote(r),
-                    _ = &mut shutdown_signal, if !draining => Event::Shutdown,
+                    r = read_opt(sr, sbuf), if read_server => Event::ServerRead(r),
+                    r = async { cbuf.reserve(8192); cr.read_buf(&mut cbuf).await }, if read_client => Event::ClientRead(r),
+                    _ = stopping(), if !draining => Event::Shutdown,
                     _ = &mut burst_timer, if timer_at.is_some() => Event::BurstDeadline,
                 }
             };

@@ -75,9 +75,7 @@ pub fn session_only_feature(sql: &[u8]) -> Option<&'static str> {
         first,
         Some(b'l' | b'L' | b'p' | b'P' | b'c' | b'C' | b'd' | b'D')
     );
-    let may_lock = head
-        .windows(13)
-        .any(|w| w.eq_ignore_ascii_case(b"advisory_lock"));
+    let may_lock = contains_ci(head, b"advisory_lock");
     if !may_start && !may_lock {
         return None;
     }
@@ -263,8 +261,24 @@ fn parse_change(sql: &str) -> Option<Change> {
 
 /// `set_config(` anywhere in a statement (case-insensitive).
 fn has_set_config(text: &[u8]) -> bool {
-    text.windows(10)
-        .any(|w| w.eq_ignore_ascii_case(b"set_config"))
+    contains_ci(text, b"set_config")
+}
+
+/// Case-insensitive search for an ASCII `needle` that contains `_`. This
+/// runs on every statement, so only the underscores of `hay` (found with
+/// memchr) are candidate positions.
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(pivot) = needle.iter().position(|&b| b == b'_') else {
+        return hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle));
+    };
+    memchr::memchr_iter(b'_', hay).any(|i| {
+        i >= pivot
+            && hay
+                .get(i - pivot..i - pivot + needle.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+    })
 }
 
 /// True for a plain `SET [SESSION] name …` / `RESET name` of a tracked
@@ -367,6 +381,20 @@ mod tests {
         assert!(q("SELECT set_config('role', 'x', false)"));
         assert!(q("CREATE TEMP TABLE posts (id int)"));
         assert!(q("SET LOCAL statement_timeout = 5"));
+    }
+
+    #[test]
+    fn case_insensitive_search_finds_needles_anywhere() {
+        assert!(contains_ci(
+            b"select SET_CONFIG('a','b',false)",
+            b"set_config"
+        ));
+        assert!(contains_ci(b"set_config", b"set_config"));
+        assert!(contains_ci(b"x_y set_config", b"set_config"));
+        assert!(!contains_ci(b"set_confi", b"set_config"));
+        assert!(!contains_ci(b"_set config", b"set_config"));
+        assert!(!contains_ci(b"", b"set_config"));
+        assert!(contains_ci(b"abc", b"B"));
     }
 
     #[test]

@@ -19,15 +19,85 @@ pub struct Shape {
     pub literals: usize,
 }
 
+/// Bytes on their way into a hash: gathered on the stack and hashed in one
+/// call, which costs a fraction of feeding a streaming hasher token by
+/// token. Input longer than the buffer goes through the streaming hasher in
+/// buffer-sized pieces; the digest is the same either way.
+struct HashBuf {
+    buf: [u8; 512],
+    len: usize,
+    spill: Option<Box<Xxh3>>,
+}
+
+impl HashBuf {
+    fn new() -> HashBuf {
+        HashBuf {
+            buf: [0; 512],
+            len: 0,
+            spill: None,
+        }
+    }
+
+    /// Appends `bytes` folded to lower case.
+    #[inline]
+    fn update_lower(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() <= self.buf.len() {
+            for (d, s) in self.buf[self.len..self.len + bytes.len()]
+                .iter_mut()
+                .zip(bytes)
+            {
+                *d = s.to_ascii_lowercase();
+            }
+            self.len += bytes.len();
+        } else {
+            self.update(&bytes.to_ascii_lowercase());
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, b: u8) {
+        if self.len < self.buf.len() {
+            self.buf[self.len] = b;
+            self.len += 1;
+        } else {
+            self.update(&[b]);
+        }
+    }
+
+    #[inline]
+    fn update(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() <= self.buf.len() {
+            self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+            return;
+        }
+        let spill = self.spill.get_or_insert_with(|| Box::new(Xxh3::new()));
+        spill.update(&self.buf[..self.len]);
+        spill.update(bytes);
+        self.len = 0;
+    }
+
+    fn digest(&self) -> u64 {
+        match &self.spill {
+            None => xxhash_rust::xxh3::xxh3_64(&self.buf[..self.len]),
+            Some(h) => {
+                let mut h = h.clone();
+                h.update(&self.buf[..self.len]);
+                h.digest()
+            }
+        }
+    }
+}
+
 /// Scans one statement. `text_out`, when given, receives the folded text.
 pub fn scan(sql: &[u8], mut text_out: Option<&mut String>) -> Shape {
-    let mut shape = Xxh3::new();
-    let mut values = Xxh3::new();
+    let mut shape = HashBuf::new();
+    let mut values = HashBuf::new();
     let mut literals = 0usize;
     let mut last_space = true;
     let mut i = 0;
     let n = sql.len();
-    let emit = |bytes: &[u8], shape: &mut Xxh3, out: &mut Option<&mut String>| {
+    let emit = |bytes: &[u8], shape: &mut HashBuf, out: &mut Option<&mut String>| {
         shape.update(bytes);
         if let Some(o) = out.as_deref_mut() {
             o.push_str(&String::from_utf8_lossy(bytes));
@@ -163,19 +233,17 @@ pub fn scan(sql: &[u8], mut text_out: Option<&mut String>) -> Shape {
                 {
                     i += 1;
                 }
-                let mut word = [0u8; 64];
                 let w = &sql[start..i];
-                if w.len() <= 64 {
-                    for (d, s) in word.iter_mut().zip(w) {
-                        *d = s.to_ascii_lowercase();
-                    }
-                    emit(&word[..w.len()], &mut shape, &mut text_out);
-                } else {
-                    emit(&w.to_ascii_lowercase(), &mut shape, &mut text_out);
+                shape.update_lower(w);
+                if let Some(o) = text_out.as_deref_mut() {
+                    o.push_str(&String::from_utf8_lossy(w).to_ascii_lowercase());
                 }
             }
             _ => {
-                emit(&sql[i..i + 1], &mut shape, &mut text_out);
+                shape.push(c);
+                if let Some(o) = text_out.as_deref_mut() {
+                    o.push_str(&String::from_utf8_lossy(&sql[i..i + 1]));
+                }
                 i += 1;
             }
         }
@@ -213,6 +281,35 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// (outside strings, quoted identifiers, comments and dollar quotes).
 /// Empty statements are dropped; the pieces keep their original text.
 pub fn split_statements(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    // Fast path (most simple queries): one statement, at most a trailing
+    // semicolon, nothing before it that could hide a semicolon or nest.
+    let single = match memchr::memchr(b';', b) {
+        None => Some(sql),
+        Some(p)
+            if b[p + 1..].iter().all(u8::is_ascii_whitespace)
+                && memchr::memchr3(b'\'', b'"', b'$', &b[..p]).is_none()
+                && memchr::memchr3(b'-', b'/', b'(', &b[..p]).is_none() =>
+        {
+            Some(&sql[..p])
+        }
+        Some(_) => None,
+    };
+    if let Some(one) = single {
+        let one = one.trim();
+        return if one.is_empty() {
+            Vec::new()
+        } else {
+            vec![one]
+        };
+    }
+    split_statements_scanning(sql)
+}
+
+/// [`split_statements`] without its fast path: the full scan (public for
+/// the fuzz target that checks both agree).
+#[doc(hidden)]
+pub fn split_statements_scanning(sql: &str) -> Vec<&str> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut start = 0;
@@ -306,6 +403,27 @@ mod tests {
     }
 
     #[test]
+    fn gathered_hashing_equals_one_shot_hashing_at_any_length() {
+        for total in [0usize, 1, 511, 512, 513, 1500, 5000] {
+            let data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+            let mut h = HashBuf::new();
+            for piece in data.chunks(13) {
+                h.update(piece);
+            }
+            assert_eq!(
+                h.digest(),
+                xxhash_rust::xxh3::xxh3_64(&data),
+                "length {total}"
+            );
+        }
+        // a statement longer than the buffer hashes like its folded text
+        let long = format!("select {} from t", vec!["col"; 400].join(", "));
+        let mut folded = String::new();
+        let s = scan(long.as_bytes(), Some(&mut folded));
+        assert_eq!(s.hash, xxhash_rust::xxh3::xxh3_64(folded.as_bytes()));
+    }
+
+    #[test]
     fn literals_whitespace_comments_and_case_fold_away() {
         let a = scan(b"SELECT * FROM users WHERE id = 42", None);
         let b = scan(
@@ -343,5 +461,16 @@ mod tests {
             vec!["SELECT ';'", "SELECT $$a;b$$", "-- c;\nSELECT \"x;y\""]
         );
         assert_eq!(split_statements("SELECT 1"), vec!["SELECT 1"]);
+        assert_eq!(split_statements("SELECT 1;"), vec!["SELECT 1"]);
+        assert_eq!(split_statements("  SELECT 1 ;  \n"), vec!["SELECT 1"]);
+        assert_eq!(split_statements(";"), Vec::<&str>::new());
+        assert_eq!(split_statements("  "), Vec::<&str>::new());
+        assert_eq!(split_statements("SELECT 'a;'"), vec!["SELECT 'a;'"]);
+        assert_eq!(split_statements("SELECT (1);"), vec!["SELECT (1)"]);
+        assert_eq!(
+            split_statements("SELECT 1; SELECT 2"),
+            vec!["SELECT 1", "SELECT 2"]
+        );
+        assert_eq!(split_statements("SELECT 1;;"), vec!["SELECT 1"]);
     }
 }

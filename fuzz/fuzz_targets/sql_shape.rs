@@ -1,0 +1,28 @@
+//! The SQL scanner every client statement goes through before any parser
+//! (`sql::shape`): `scan` and `split_statements` on arbitrary text.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pgsift::sql::shape::{scan, split_statements, split_statements_scanning};
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+
+    // The fast path of split_statements agrees with the full scan.
+    let fast = split_statements(&text);
+    assert_eq!(fast, split_statements_scanning(&text), "split of {text:?}");
+    for stmt in &fast {
+        assert!(!stmt.is_empty() && stmt.trim() == *stmt, "{stmt:?}");
+        let _ = scan(stmt.as_bytes(), None);
+    }
+
+    // Folding the text out changes nothing, and for valid UTF-8 the shape
+    // hash is the hash of the folded text (gathered and streaming hashing
+    // agree at every length).
+    let mut folded = String::new();
+    let with_text = scan(data, Some(&mut folded));
+    assert_eq!(with_text, scan(data, None));
+    if std::str::from_utf8(data).is_ok() {
+        assert_eq!(with_text.hash, xxhash_rust::xxh3::xxh3_64(folded.as_bytes()));
+    }
+});
