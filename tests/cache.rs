@@ -29,6 +29,8 @@ fn setup() {
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE secret (id int, owner text); INSERT INTO secret VALUES (1, 'blog'), (2, 'reader'); ALTER TABLE secret ENABLE ROW LEVEL SECURITY; ALTER TABLE secret FORCE ROW LEVEL SECURITY; CREATE POLICY own ON secret USING (owner = current_user)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE stamps (id int, at timestamptz); INSERT INTO stamps VALUES (1, '2026-01-01 12:00:00+00'); CREATE TABLE staging (id int, v int)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE privy (id int, v int); INSERT INTO privy VALUES (1, 0)");
+        // written by the two-instance test only (privy must stay 0 for the role test)
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE shared_r (id int, v int); INSERT INTO shared_r VALUES (1, 0)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE parents (id int PRIMARY KEY); CREATE TABLE kids (id int, parent int REFERENCES parents ON DELETE CASCADE); INSERT INTO parents VALUES (1), (2); INSERT INTO kids VALUES (1, 1), (2, 1), (3, 2)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE audited (id int, v int); CREATE TABLE audit_log (n int); INSERT INTO audited VALUES (1, 0); CREATE FUNCTION log_it() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN INSERT INTO audit_log VALUES (1); RETURN NEW; END'; CREATE TRIGGER t AFTER UPDATE ON audited FOR EACH ROW EXECUTE FUNCTION log_it()");
         pg.psql("cachedb", "GRANT SELECT ON items, secret, stamps TO reader; GRANT SELECT (id) ON privy TO reader");
@@ -67,7 +69,7 @@ fn cache_proxy_with(extra_users: bool, backend: &str) -> Proxy {
     };
     Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, parents, kids, audited, audit_log]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log]\n      ttl: 60s\n",
             pg.port
         )
     })
@@ -434,13 +436,13 @@ async fn two_instances_on_one_redis_share_entries_and_invalidations() {
     let ca = client(&a).await;
     let cb = client(&b).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let sql = "SELECT v FROM privy WHERE id = 1";
+    let sql = "SELECT v FROM shared_r WHERE id = 1";
     let v = one(&ca, sql).await;
     let hits_b = metric(&b, "hit");
     assert_eq!(one(&cb, sql).await, v);
     assert_eq!(metric(&b, "hit"), hits_b + 1.0, "B is served what A stored");
     // a write through A is seen by a read through B right after its ack
-    ca.batch_execute("UPDATE privy SET v = v + 1 WHERE id = 1")
+    ca.batch_execute("UPDATE shared_r SET v = v + 1 WHERE id = 1")
         .await
         .unwrap();
     let newer = one(&cb, sql).await;

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# User-space instructions per statement of pgsift, counted by callgrind: a
+# number that does not move with the machine's noise, for comparing two
+# builds of the hot path. pgsift runs under valgrind against the shared bench
+# harness's PostgreSQL (start it with /work/shared/bench/pg_up.sh); pgbench -S
+# drives it. The count covers everything pgsift does between the two
+# markers, including the logins of the pgbench clients.
+#
+# Usage:
+#   cargo build --release && scripts/instructions.sh            # -M extended, 16 clients
+#   PROTO=simple CLIENTS=1 POOL_MODE=transaction scripts/instructions.sh
+# Env: PGSIFT_BIN (target/release/pgsift), PROTO (extended), CLIENTS (16),
+#      TXNS per client (300), POOL_MODE (session), PORT (16460), ADMIN (127.0.0.1:19960),
+#      OUT (callgrind output prefix, /tmp/pgsift-callgrind)
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+BENCH_HARNESS=${BENCH_HARNESS:-/work/shared/bench}
+. "$BENCH_HARNESS/env.sh"
+BIN=${PGSIFT_BIN:-$REPO/target/release/pgsift}
+PROTO=${PROTO:-extended}; CLIENTS=${CLIENTS:-16}; TXNS=${TXNS:-300}
+POOL_MODE=${POOL_MODE:-session}; PORT=${PORT:-16460}; ADMIN=${ADMIN:-127.0.0.1:19960}
+OUT=${OUT:-/tmp/pgsift-callgrind}
+command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install -y valgrind)" >&2; exit 1; }
+cfg=$(mktemp /tmp/pgsift-instr-XXXX.yaml)
+cat > "$cfg" <<YAML
+listen: 127.0.0.1:$PORT
+admin:
+  listen: $ADMIN
+users:
+  - name: $BENCH_USER
+    password: $BENCH_PASSWORD
+databases:
+  bench:
+    host: 127.0.0.1
+    port: $PGPORT_BENCH
+    dbname: bench
+    pool_mode: $POOL_MODE
+    pool_size: 20
+cache:
+  backend: "off"
+logging:
+  level: warn
+YAML
+rm -f "$OUT".*
+valgrind --tool=callgrind --callgrind-out-file="$OUT.%p" "$BIN" --config "$cfg" >/dev/null 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; rm -f "$cfg"' EXIT
+for _ in $(seq 300); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
+pgb() { pgbench -h 127.0.0.1 -p "$PORT" -U "$BENCH_USER" -n -S -M "$PROTO" -c "$CLIENTS" -j 2 "$@" bench; }
+pgb -t 50 >/dev/null 2>&1   # warm: statement analyses, pool
+callgrind_control -z "$pid" >/dev/null
+pgb -t "$TXNS" 2>&1 | grep -E "failed|tps" || true
+callgrind_control -d "$pid" >/dev/null
+sleep 1
+f=$(ls -t "$OUT".* | head -1)
+total=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
+echo "pgsift $(git -C "$REPO" rev-parse --short HEAD) -M $PROTO, $CLIENTS clients, $POOL_MODE mode:" \
+  "$((total / (CLIENTS * TXNS))) user-space instructions per statement (profile: $f)"
