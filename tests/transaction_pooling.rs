@@ -356,3 +356,69 @@ async fn extended_protocol_copy_in_works_in_transaction_mode() {
     a.unwrap();
     b.unwrap();
 }
+
+/// Two clients with the same startup settings share the only server: what one
+/// SETs (reported and unreported tracked settings) never reaches the other,
+/// also after the server was brought in line with those same startup settings
+/// before (the per-checkout settings comparison is skipped only while nothing
+/// changed the server's settings).
+#[tokio::test]
+async fn a_set_never_leaks_to_a_client_with_the_same_startup_settings() {
+    let proxy = tx_proxy(1, "");
+    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let b = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let sql = "SELECT current_setting('search_path'), current_setting('TimeZone'), current_setting('extra_float_digits')";
+    let defaults = b.query_one(sql, &[]).await.unwrap();
+    let defaults: (String, String, String) = (defaults.get(0), defaults.get(1), defaults.get(2));
+    async fn read(c: &tokio_postgres::Client, sql: &str) -> (String, String, String) {
+        let r = c.query_one(sql, &[]).await.unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    }
+    for round in 0..10 {
+        // even rounds change only settings the server does not report
+        // (no ParameterStatus tells pgsift the server changed)
+        let (zone, set_zone) = if round % 2 == 0 {
+            (defaults.1.clone(), String::new())
+        } else {
+            (
+                "Asia/Tokyo".to_string(),
+                "; SET TimeZone = 'Asia/Tokyo'".to_string(),
+            )
+        };
+        a.batch_execute(&format!(
+            "SET search_path TO pg_catalog, public; SET extra_float_digits = 3{set_zone}"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            read(&b, sql).await,
+            defaults,
+            "round {round}: b after a's SET"
+        );
+        assert_eq!(
+            read(&a, sql).await,
+            (
+                "pg_catalog, public".to_string(),
+                zone.to_string(),
+                "3".to_string()
+            ),
+            "round {round}: a keeps its own"
+        );
+        assert_eq!(read(&b, sql).await, defaults, "round {round}: b again");
+        a.batch_execute("RESET ALL").await.unwrap();
+        assert_eq!(
+            read(&a, sql).await,
+            defaults,
+            "round {round}: a after RESET ALL"
+        );
+        assert_eq!(
+            read(&b, sql).await,
+            defaults,
+            "round {round}: b after a's RESET ALL"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -90,6 +91,10 @@ pub struct ServerConnection {
     pub params: HashMap<String, String>,
     /// settings pgsift changed with set_config (lower-case name → value)
     pub applied: HashMap<String, String>,
+    /// the explicit settings (as [`settings_key`]) this server was last
+    /// brought in line with; `None` after anything that may have changed its
+    /// settings since (a ParameterStatus, a DISCARD, a client's SET)
+    pub synced: Option<u64>,
     /// when the connection was opened
     pub created: Instant,
     /// when it was last returned to the pool
@@ -148,6 +153,7 @@ impl ServerConnection {
             secret: hello.secret,
             params: hello.params,
             applied: HashMap::new(),
+            synced: None,
             created: now,
             last_used: now,
             prepared: Default::default(),
@@ -156,6 +162,7 @@ impl ServerConnection {
 
     /// Records a ParameterStatus body (name NUL value NUL).
     pub fn note_parameter_status(&mut self, body: &[u8]) {
+        self.synced = None;
         note_parameter_status(&mut self.params, &mut self.applied, body);
     }
 
@@ -202,8 +209,16 @@ impl ServerConnection {
     pub async fn sync_settings(
         &mut self,
         explicit: &[(String, String)],
-        defaults: &HashMap<String, String>,
+        defaults: &Arc<HashMap<String, String>>,
     ) -> Result<(), ServerError> {
+        // In transaction mode this runs on every checkout: when the server
+        // was last synced to the same settings and nothing changed since,
+        // there is nothing to compare.
+        let key = settings_key(explicit, defaults);
+        if self.synced == Some(key) {
+            return Ok(());
+        }
+        self.synced = None;
         let mut sql = String::new();
         let mut sets = Vec::new();
         for (k, v) in explicit {
@@ -230,6 +245,7 @@ impl ServerConnection {
             }
         }
         if sets.is_empty() && resets.is_empty() {
+            self.synced = Some(key);
             return Ok(());
         }
         resets.sort();
@@ -260,6 +276,9 @@ impl ServerConnection {
         for (k, v) in sets {
             self.applied.insert(k.to_ascii_lowercase(), v.to_owned());
         }
+        // what the server reported while running the SETs cleared `synced`;
+        // it now holds exactly `explicit`
+        self.synced = Some(key);
         Ok(())
     }
 
@@ -297,6 +316,16 @@ impl ServerConnection {
             _ => true,
         }
     }
+}
+
+/// Identifies a client's explicit settings together with the pool's
+/// defaults they are compared against (see [`ServerConnection::synced`]).
+pub fn settings_key(explicit: &[(String, String)], defaults: &Arc<HashMap<String, String>>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    explicit.hash(&mut h);
+    (Arc::as_ptr(defaults) as usize).hash(&mut h);
+    h.finish()
 }
 
 /// Records a ParameterStatus body in a server's maps: the server now reports

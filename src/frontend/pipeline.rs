@@ -346,13 +346,17 @@ impl Pipeline {
             on_message(tag, &server.rbuf[pos..pos + total]);
             match tag {
                 b'C' if is_discard_tag(&server.rbuf[pos + 5..pos + total]) => {
-                    server.prepared.clear()
+                    server.prepared.clear();
+                    server.synced = None;
                 }
-                b'S' => note_parameter_status(
-                    &mut server.params,
-                    &mut server.applied,
-                    &server.rbuf[pos + 5..pos + total],
-                ),
+                b'S' => {
+                    server.synced = None;
+                    note_parameter_status(
+                        &mut server.params,
+                        &mut server.applied,
+                        &server.rbuf[pos + 5..pos + total],
+                    )
+                }
                 _ => {}
             }
             if matches!(tag, b'N' | b'S' | b'A') {

@@ -145,6 +145,7 @@ pub async fn return_server(pool: &Pool, mut co: Checkout, state: ServerState, mo
         if mode == PoolMode::Session {
             tx = co.server.run_simple("DISCARD ALL").await?;
             co.server.applied.clear();
+            co.server.synced = None;
         }
         Ok::<u8, crate::backend::ServerError>(tx)
     };
@@ -942,6 +943,7 @@ impl Session {
                 });
             if changed {
                 SettingsTracker::mark_server(&self.settings, &mut co.server.applied);
+                co.server.synced = None;
             }
             for b in out {
                 if let Some(sc) = self.cache.as_mut() {
@@ -980,6 +982,7 @@ impl Session {
                 b'S' => {
                     self.settings_changes
                         .reported(&server.rbuf[end + 5..end + total], &mut self.settings);
+                    server.synced = None;
                     note_parameter_status(
                         &mut server.params,
                         &mut server.applied,

@@ -122,27 +122,34 @@ impl SettingsTracker {
                 tracing::warn!(feature = what, "a transaction-mode client used a session-only feature; it will not work as in session mode");
             }
         }
-        // Only the start matters, and only when it is a SET/RESET/DISCARD.
-        let head = &text[..text.len().min(8)];
-        if !(head.len() >= 3
-            && (head[..3].eq_ignore_ascii_case(b"set")
-                || head.len() >= 5
-                    && (head[..5].eq_ignore_ascii_case(b"reset")
-                        || head[..5].eq_ignore_ascii_case(b"disca"))))
-        {
-            return first_use;
+        let text = text.split(|&c| c == 0).next().unwrap_or(&[]);
+        // A simple query can hold several statements, any of them a SET.
+        let body = text.trim_ascii_end();
+        let body = body.strip_suffix(b";").unwrap_or(body);
+        if tag == b'Q' && memchr::memchr(b';', body).is_some() {
+            let text = String::from_utf8_lossy(text);
+            for stmt in crate::sql::shape::split_statements(&text) {
+                if is_change_head(stmt.as_bytes()) {
+                    self.note_change(stmt);
+                }
+            }
+        } else if is_change_head(text) {
+            // one statement: only its start matters
+            self.note_change(&String::from_utf8_lossy(text));
         }
-        let text =
-            String::from_utf8_lossy(text.split(|&c| c == 0).next().unwrap_or(&[])).into_owned();
-        match parse_change(&text) {
+        first_use
+    }
+
+    /// One SET/RESET/DISCARD statement.
+    fn note_change(&mut self, stmt: &str) {
+        match parse_change(stmt) {
             Some(c) => self.pending.push(c),
             None => {
-                if !set_of_reported_setting(&text) {
+                if !set_of_reported_setting(stmt) {
                     self.unmodeled = true;
                 }
             }
         }
-        first_use
     }
 
     /// The server reported an error.
@@ -259,6 +266,18 @@ fn parse_change(sql: &str) -> Option<Change> {
     }
 }
 
+/// True when a statement starts with SET, RESET or DISCARD (leading
+/// whitespace allowed).
+fn is_change_head(stmt: &[u8]) -> bool {
+    let head = stmt.trim_ascii_start();
+    let head = &head[..head.len().min(8)];
+    head.len() >= 3
+        && (head[..3].eq_ignore_ascii_case(b"set")
+            || head.len() >= 5
+                && (head[..5].eq_ignore_ascii_case(b"reset")
+                    || head[..5].eq_ignore_ascii_case(b"disca")))
+}
+
 /// `set_config(` anywhere in a statement (case-insensitive).
 fn has_set_config(text: &[u8]) -> bool {
     contains_ci(text, b"set_config")
@@ -359,6 +378,29 @@ mod tests {
         t.observe(b'Q', &q, true);
         t.ready(b'I', &mut s);
         assert_eq!(s, vec![("search_path".to_string(), "a".to_string())]);
+    }
+
+    #[test]
+    fn every_set_of_a_multi_statement_query_is_tracked() {
+        let mut t = SettingsTracker::default();
+        let mut s = vec![];
+        let mut q = b"Q\0\0\0\0".to_vec();
+        q.extend_from_slice(b"SET search_path TO a; SELECT 1; set extra_float_digits = 3;\0");
+        t.observe(b'Q', &q, true);
+        t.ready(b'I', &mut s);
+        s.sort();
+        assert_eq!(
+            s,
+            vec![
+                ("extra_float_digits".to_string(), "3".to_string()),
+                ("search_path".to_string(), "a".to_string()),
+            ]
+        );
+        let mut t = SettingsTracker::default();
+        let mut q = b"Q\0\0\0\0".to_vec();
+        q.extend_from_slice(b"SELECT 1; SET bytea_output = 'escape'\0");
+        t.observe(b'Q', &q, false);
+        assert!(t.unmodeled, "a later statement pgsift does not model");
     }
 
     #[test]
