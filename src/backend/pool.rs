@@ -217,11 +217,19 @@ impl Pool {
             let mut rx = self.paused.subscribe();
             let _ = rx.wait_for(|p| !*p).await;
         }
-        let acquired = tokio::time::timeout(
-            settings.checkout_timeout,
-            self.slots.clone().acquire_owned(),
-        )
-        .await;
+        // A free slot is taken without arming a timer (in transaction mode
+        // this runs once per transaction). The semaphore hands released
+        // slots to queued waiters first, so this never jumps the queue.
+        let acquired = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => Ok(Ok(slot)),
+            Err(_) => {
+                tokio::time::timeout(
+                    settings.checkout_timeout,
+                    self.slots.clone().acquire_owned(),
+                )
+                .await
+            }
+        };
         self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
         let slot = match acquired {
             Err(_) => {

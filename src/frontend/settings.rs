@@ -41,6 +41,8 @@ pub struct SettingsTracker {
     /// [`TRACKED`], the role, set_config, a temporary table): its results
     /// may differ from other clients', so the cache is off for it
     pub unmodeled: bool,
+    /// the last statement text seen that was no SET/RESET/DISCARD
+    last_plain: Vec<u8>,
 }
 
 /// Features that need one server for the whole session and so cannot work
@@ -108,6 +110,13 @@ impl SettingsTracker {
             _ => None,
         };
         let Some(text) = text else { return false };
+        let text = text.split(|&c| c == 0).next().unwrap_or(&[]);
+        // A driver re-sending the text it sent last (the unnamed statement
+        // of every execution) changes nothing that text did not change the
+        // first time; only SET/RESET/DISCARD must be seen each time.
+        if !self.last_plain.is_empty() && self.last_plain == text {
+            return false;
+        }
         let mut first_use = false;
         if !self.unmodeled && has_set_config(text) {
             self.unmodeled = true;
@@ -122,7 +131,6 @@ impl SettingsTracker {
                 tracing::warn!(feature = what, "a transaction-mode client used a session-only feature; it will not work as in session mode");
             }
         }
-        let text = text.split(|&c| c == 0).next().unwrap_or(&[]);
         // A simple query can hold several statements, any of them a SET.
         let body = text.trim_ascii_end();
         let body = body.strip_suffix(b";").unwrap_or(body);
@@ -136,6 +144,9 @@ impl SettingsTracker {
         } else if is_change_head(text) {
             // one statement: only its start matters
             self.note_change(&String::from_utf8_lossy(text));
+        } else if !first_use && text.len() <= 4096 {
+            self.last_plain.clear();
+            self.last_plain.extend_from_slice(text);
         }
         first_use
     }
@@ -401,6 +412,28 @@ mod tests {
         q.extend_from_slice(b"SELECT 1; SET bytea_output = 'escape'\0");
         t.observe(b'Q', &q, false);
         assert!(t.unmodeled, "a later statement pgsift does not model");
+    }
+
+    #[test]
+    fn a_repeated_set_is_seen_every_time() {
+        let q = |sql: &str| {
+            let mut m = b"Q\0\0\0\0".to_vec();
+            m.extend_from_slice(sql.as_bytes());
+            m.push(0);
+            m
+        };
+        let mut t = SettingsTracker::default();
+        let mut s = vec![];
+        for _ in 0..2 {
+            t.observe(b'Q', &q("SET search_path TO a"), true);
+            t.ready(b'I', &mut s);
+            assert_eq!(s, vec![("search_path".to_string(), "a".to_string())]);
+            t.observe(b'Q', &q("SELECT 1"), true);
+            t.observe(b'Q', &q("SELECT 1"), true);
+            t.observe(b'Q', &q("RESET search_path"), true);
+            t.ready(b'I', &mut s);
+            assert!(s.is_empty(), "{s:?}");
+        }
     }
 
     #[test]
