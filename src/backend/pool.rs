@@ -105,7 +105,7 @@ pub struct Pool {
     pub user: String,
     target: Mutex<UpstreamTarget>,
     settings: Mutex<PoolSettings>,
-    idle: Mutex<VecDeque<ServerConnection>>,
+    idle: Mutex<VecDeque<Box<ServerConnection>>>,
     slots: Arc<Semaphore>,
     /// ParameterStatus of a fresh server: what "default" means for settings
     defaults: Mutex<Option<Arc<HashMap<String, String>>>>,
@@ -121,8 +121,9 @@ pub struct Pool {
 /// A server checked out of a pool. Dropping it without [`Pool::checkin`]
 /// closes the server and frees its slot.
 pub struct Checkout {
-    /// the server
-    pub server: ServerConnection,
+    /// the server (boxed: it moves between the pool and a session once per
+    /// transaction in transaction mode, and a box moves as one pointer)
+    pub server: Box<ServerConnection>,
     _slot: OwnedSemaphorePermit,
     /// time spent waiting in the queue
     pub waited: Duration,
@@ -263,7 +264,7 @@ impl Pool {
         })
     }
 
-    fn take_idle(&self, settings: &PoolSettings) -> Option<ServerConnection> {
+    fn take_idle(&self, settings: &PoolSettings) -> Option<Box<ServerConnection>> {
         loop {
             let mut s = self.idle.lock().pop_front()?;
             if s.created.elapsed() >= settings.server_lifetime || s.is_broken_while_idle() {
@@ -274,7 +275,7 @@ impl Pool {
         }
     }
 
-    async fn open(&self, settings: &PoolSettings) -> Result<ServerConnection, PoolError> {
+    async fn open(&self, settings: &PoolSettings) -> Result<Box<ServerConnection>, PoolError> {
         let err = |source| PoolError::Server {
             db: self.database.clone(),
             user: self.user.clone(),
@@ -303,7 +304,7 @@ impl Pool {
                     *d = Some(Arc::new(server.params.clone()));
                 }
                 self.upstream_answered.store(true, Ordering::Relaxed);
-                Ok(server)
+                Ok(Box::new(server))
             }
             Err(e) => {
                 // Refusals (bad password, missing database) are not outages:

@@ -2,13 +2,14 @@
 //! pgsift's shared names, in least-recently-used order, bounded by
 //! `max_prepared_statements`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 /// Statement names prepared on one server, with their last use.
 #[derive(Debug, Default)]
 pub struct PreparedOnServer {
-    used: HashMap<Arc<str>, u64>,
+    /// keyed by pgsift's own names (not client input): FxHash is safe here
+    used: FxHashMap<Arc<str>, u64>,
     tick: u64,
 }
 
