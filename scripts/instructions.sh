@@ -26,6 +26,7 @@ cat > "$cfg" <<YAML
 listen: 127.0.0.1:$PORT
 admin:
   listen: $ADMIN
+  users: [$BENCH_USER]
 users:
   - name: $BENCH_USER
     password: $BENCH_PASSWORD
@@ -41,18 +42,26 @@ cache:
 logging:
   level: warn
 YAML
-rm -f "$OUT".*
-valgrind --tool=callgrind --callgrind-out-file="$OUT.%p" "$BIN" --config "$cfg" >/dev/null 2>&1 &
+rm -f "$OUT".[0-9]* "$OUT.log"
+"$BIN" check --config "$cfg" >/dev/null
+log="$OUT.log"
+valgrind --tool=callgrind --callgrind-out-file="$OUT.%p" "$BIN" --config "$cfg" >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -f "$cfg"' EXIT
-for _ in $(seq 300); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
+ready=0
+for _ in $(seq 300); do
+  curl -sf "http://$ADMIN/readyz" >/dev/null && { ready=1; break; }
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.2
+done
+[ "$ready" = 1 ] || { echo "pgsift under valgrind did not become ready; its output:" >&2; cat "$log" >&2; exit 1; }
 pgb() { pgbench -h 127.0.0.1 -p "$PORT" -U "$BENCH_USER" -n -S -M "$PROTO" -c "$CLIENTS" -j 2 "$@" bench; }
 pgb -t 50 >/dev/null 2>&1   # warm: statement analyses, pool
-callgrind_control -z "$pid" >/dev/null
+callgrind_control -z "$pid" >/dev/null 2>&1
 pgb -t "$TXNS" 2>&1 | grep -E "failed|tps" || true
-callgrind_control -d "$pid" >/dev/null
+callgrind_control -d "$pid" >/dev/null 2>&1
 sleep 1
-f=$(ls -t "$OUT".* | head -1)
+f=$(ls -t "$OUT".[0-9]* | head -1)
 total=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
 echo "pgsift $(git -C "$REPO" rev-parse --short HEAD) -M $PROTO, $CLIENTS clients, $POOL_MODE mode:" \
   "$((total / (CLIENTS * TXNS))) user-space instructions per statement (profile: $f)"
