@@ -54,6 +54,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 BENCH_HARNESS=${BENCH_HARNESS:-/work/shared/bench}
 . "$BENCH_HARNESS/env.sh"
+. "$REPO/scripts/pgsift_config.sh"
 
 PGSIFT_BIN=${PGSIFT_BIN:-$REPO/target/release/pgsift}
 PGSIFT_POOL_MODE=${PGSIFT_POOL_MODE:-session}
@@ -156,38 +157,9 @@ start_pgsift() { # name port admin n_plus_one busy_poll -> sets $started_pid
   local name=$1 port=$2 admin=$3 np1=$4 bp=$5 cfg="$OUT/$1.yaml" log="$OUT/$1.log" pid ready=0
   {
     echo "# written by scripts/bench.sh; same pool size as the PgBouncer instances"
-    echo "listen: 127.0.0.1:$port"
-    [ -n "$PGSIFT_WORKER_THREADS" ] && echo "worker_threads: $PGSIFT_WORKER_THREADS"
-    [ -n "$bp" ] && echo "busy_poll: $bp"
-    cat <<YAML
-admin:
-  listen: $admin
-  users: [$BENCH_USER]
-users:
-  - name: $BENCH_USER
-    password: $BENCH_PASSWORD
-databases:
-  bench:
-    host: 127.0.0.1
-    port: $PGPORT_BENCH
-    dbname: bench
-    pool_mode: $PGSIFT_POOL_MODE
-    pool_size: $POOL_SIZE
-  blog:
-    host: 127.0.0.1
-    port: $PGPORT_BENCH
-    dbname: blog
-    pool_mode: $PGSIFT_POOL_MODE
-    pool_size: $POOL_SIZE
-pool:
-  max_client_conn: 1000          # as PgBouncer's max_client_conn
-cache:
-  backend: "off"                 # measure the pooler, not cache hits
-n_plus_one:
-  enabled: $np1
-logging:
-  level: $PGSIFT_LOG
-YAML
+    # max_client_conn as PgBouncer's
+    pgsift_bench_config "$port" "$admin" "$PGSIFT_POOL_MODE" "$POOL_SIZE" 1000 "$PGSIFT_LOG" \
+      "$np1" "$bp" "$PGSIFT_WORKER_THREADS"
   } > "$cfg"
   "$PGSIFT_BIN" check --config "$cfg"
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

@@ -22,6 +22,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 BENCH_HARNESS=${BENCH_HARNESS:-/work/shared/bench}
 . "$BENCH_HARNESS/env.sh"
+. "$REPO/scripts/pgsift_config.sh"
 
 PGSIFT_BIN=${PGSIFT_BIN:-$REPO/target/release/pgsift}
 IDLE_BIN=${IDLE_BIN:-$(dirname "$PGSIFT_BIN")/examples/idle_clients}
@@ -75,29 +76,8 @@ if ! as_pg "$PGBIN/pg_ctl" -D "$PGDATA_BENCH" status >/dev/null 2>&1; then start
 CFG="$OUT/pgsift.yaml"
 {
   echo "# written by scripts/idle_rss.sh"
-  echo "listen: 127.0.0.1:$PGSIFT_PORT"
-  [ -n "$PGSIFT_WORKER_THREADS" ] && echo "worker_threads: $PGSIFT_WORKER_THREADS"
-  cat <<YAML
-admin:
-  listen: $PGSIFT_ADMIN
-  users: [$BENCH_USER]
-users:
-  - name: $BENCH_USER
-    password: $BENCH_PASSWORD
-databases:
-  bench:
-    host: 127.0.0.1
-    port: $PGPORT_BENCH
-    dbname: bench
-    pool_mode: transaction
-    pool_size: $POOL_SIZE
-pool:
-  max_client_conn: $NOFILE
-cache:
-  backend: "off"
-logging:
-  level: $PGSIFT_LOG
-YAML
+  pgsift_bench_config "$PGSIFT_PORT" "$PGSIFT_ADMIN" transaction "$POOL_SIZE" "$NOFILE" \
+    "$PGSIFT_LOG" true "" "$PGSIFT_WORKER_THREADS"
 } > "$CFG"
 "$PGSIFT_BIN" check --config "$CFG" >/dev/null
 if (exec 3<>"/dev/tcp/127.0.0.1/$PGSIFT_PORT") 2>/dev/null; then

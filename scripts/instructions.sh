@@ -16,32 +16,14 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 BENCH_HARNESS=${BENCH_HARNESS:-/work/shared/bench}
 . "$BENCH_HARNESS/env.sh"
+. "$REPO/scripts/pgsift_config.sh"
 BIN=${PGSIFT_BIN:-$REPO/target/release/pgsift}
 PROTO=${PROTO:-extended}; CLIENTS=${CLIENTS:-16}; TXNS=${TXNS:-300}
 POOL_MODE=${POOL_MODE:-session}; PORT=${PORT:-16460}; ADMIN=${ADMIN:-127.0.0.1:19960}
 OUT=${OUT:-/tmp/pgsift-callgrind}
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install -y valgrind)" >&2; exit 1; }
 cfg=$(mktemp /tmp/pgsift-instr-XXXX.yaml)
-cat > "$cfg" <<YAML
-listen: 127.0.0.1:$PORT
-admin:
-  listen: $ADMIN
-  users: [$BENCH_USER]
-users:
-  - name: $BENCH_USER
-    password: $BENCH_PASSWORD
-databases:
-  bench:
-    host: 127.0.0.1
-    port: $PGPORT_BENCH
-    dbname: bench
-    pool_mode: $POOL_MODE
-    pool_size: 20
-cache:
-  backend: "off"
-logging:
-  level: warn
-YAML
+pgsift_bench_config "$PORT" "$ADMIN" "$POOL_MODE" 20 1000 warn > "$cfg"
 rm -f "$OUT".[0-9]* "$OUT.log"
 "$BIN" check --config "$cfg" >/dev/null
 log="$OUT.log"
