@@ -254,7 +254,9 @@ impl Pool {
         self.wait.observe(waited.as_secs_f64());
         let server = match self.take_idle(&settings) {
             Some(s) => s,
-            None => self.open(&settings).await?,
+            // boxed: connecting is rare, and its future would otherwise
+            // size every session's task (idle ones included)
+            None => Box::pin(self.open(&settings)).await?,
         };
         self.counts.active.fetch_add(1, Ordering::Relaxed);
         Ok(Checkout {

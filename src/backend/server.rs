@@ -268,7 +268,8 @@ impl ServerConnection {
                 sql.push_str(",false)");
             }
         }
-        let result = self.run_simple(&sql).await;
+        // boxed: rare, and it would otherwise size every session's task
+        let result = Box::pin(self.run_simple(&sql)).await;
         for r in &resets {
             self.applied.remove(r);
         }

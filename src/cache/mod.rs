@@ -301,7 +301,9 @@ impl QueryCache {
                 }
             },
             Backend::Redis(r) => {
-                let (found, schema) = match r.lookup(key, db, tables).await {
+                // boxed: a Redis call's future would otherwise size every
+                // session's task, idle ones included
+                let (found, schema) = match Box::pin(r.lookup(key, db, tables)).await {
                     remote::Found::Hit(b, s) => (Lookup::Hit(b), s),
                     remote::Found::Miss(snapshot, s) => (Lookup::Miss(snapshot), s),
                     remote::Found::Unavailable => return Lookup::Unavailable,

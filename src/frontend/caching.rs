@@ -205,7 +205,9 @@ impl SessionCache {
             return;
         }
         let effects = std::mem::take(&mut self.unrecorded);
-        self.cache.invalidate(&self.db, &effects).await;
+        // boxed: the Redis path's future would otherwise size every
+        // session's task
+        Box::pin(self.cache.invalidate(&self.db, &effects)).await;
     }
 
     /// The session ends: whatever is pending is recorded.

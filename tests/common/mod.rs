@@ -19,16 +19,17 @@ pub const SUPERPASS: &str = "postgres";
 
 /// A free TCP port on 127.0.0.1 for a server to listen on.
 ///
-/// Ports come from 20000–32767, below the kernel's ephemeral range
+/// Ports come from 20000–29999, below the kernel's ephemeral range
 /// (32768–60999): a port the kernel handed out for `bind(0)` is also the
 /// pool it draws the local ports of outgoing connections from, so a client
 /// connecting anywhere in between could take it before the server binds it.
-/// Each process walks the range from its own random start, so one process
-/// never hands out a port twice.
+/// (A Redis Cluster node also listens on its port + 10000, which stays
+/// outside this range.) Each process walks the range from its own random
+/// start, so one process never hands out a port twice.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_768;
+    const SPAN: u32 = 10_000;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let _ = NEXT.compare_exchange(
         u32::MAX,
@@ -750,7 +751,15 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three cluster-enabled redis-servers and joins them.
     pub fn start() -> RedisCluster {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        // each node also needs its cluster bus port (port + 10000) free
+        let ports: Vec<u16> = (0..3)
+            .map(|_| loop {
+                let p = free_port();
+                if TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                    break p;
+                }
+            })
+            .collect();
         let dir = std::env::temp_dir().join(format!(
             "pgsift-test-redis-cluster-{}-{}",
             std::process::id(),
