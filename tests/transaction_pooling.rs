@@ -8,6 +8,13 @@ use common::{connect, databases_yaml, pgbench, shared_postgres, Proxy};
 use std::collections::HashSet;
 use std::time::Duration;
 
+/// A client of `proxy` as `blog` on `app`.
+async fn app_client(proxy: &Proxy) -> tokio_postgres::Client {
+    connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap()
+}
+
 fn tx_proxy(pool_size: usize, extra: &str) -> Proxy {
     Proxy::start(&format!(
         "{}{extra}",
@@ -93,12 +100,8 @@ async fn named_statements_move_between_servers_with_their_clients() {
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_a_statement_keeps_the_shared_server_statement_for_others() {
     let proxy = tx_proxy(1, "");
-    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
-    let b = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
+    let a = app_client(&proxy).await;
+    let b = app_client(&proxy).await;
     let sa = a.prepare("SELECT 40 + $1::int4").await.unwrap();
     let sb = b.prepare("SELECT 40 + $1::int4").await.unwrap();
     assert_eq!(
@@ -134,18 +137,14 @@ async fn closing_a_statement_keeps_the_shared_server_statement_for_others() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_error_after_a_skipped_parse_arrives_in_order_and_the_session_goes_on() {
     let proxy = tx_proxy(1, "");
-    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
+    let a = app_client(&proxy).await;
     let div = a.prepare("SELECT 10 / $1::int4").await.unwrap();
     assert_eq!(
         a.query_one(&div, &[&2i32]).await.unwrap().get::<_, i32>(0),
         5
     );
     // a second client prepares the same text: its Parse is answered by pgsift
-    let b = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
+    let b = app_client(&proxy).await;
     let div_b = b.prepare("SELECT 10 / $1::int4").await.unwrap();
     let err = b.query_one(&div_b, &[&0i32]).await.unwrap_err();
     assert_eq!(
@@ -175,9 +174,7 @@ async fn an_error_after_a_skipped_parse_arrives_in_order_and_the_session_goes_on
 #[tokio::test(flavor = "multi_thread")]
 async fn servers_hold_at_most_max_prepared_statements() {
     let proxy = tx_proxy(1, "pool:\n  max_prepared_statements: 3\n");
-    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
+    let c = app_client(&proxy).await;
     let mut stmts = Vec::new();
     for k in 0..10i32 {
         stmts.push((
@@ -228,9 +225,7 @@ async fn each_client_keeps_its_own_timezone_and_search_path_across_servers() {
     b.batch_execute("SET search_path = tz_b, public")
         .await
         .unwrap();
-    let plain = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
+    let plain = app_client(&proxy).await;
     let default_tz: String = plain.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
     let mut servers = HashSet::new();
     for i in 0..200 {
@@ -289,12 +284,8 @@ async fn a_client_killed_inside_a_transaction_leaves_its_row_unlocked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_and_errors_inside_transactions_keep_the_server_until_rollback() {
     let proxy = tx_proxy(1, "");
-    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
-    let b = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
+    let a = app_client(&proxy).await;
+    let b = app_client(&proxy).await;
     a.batch_execute("BEGIN").await.unwrap();
     let pid1: i32 = a
         .query_one("SELECT pg_backend_pid()", &[])
@@ -331,9 +322,7 @@ async fn extended_protocol_copy_in_works_in_transaction_mode() {
         "CREATE TABLE IF NOT EXISTS tx_copy (id int, v int); GRANT ALL ON tx_copy TO blog",
     );
     let proxy = tx_proxy(2, "");
-    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
+    let c = app_client(&proxy).await;
     for round in 0..3 {
         let sink = c.copy_in("COPY tx_copy FROM STDIN").await.unwrap();
         futures_util::pin_mut!(sink);
@@ -346,12 +335,8 @@ async fn extended_protocol_copy_in_works_in_transaction_mode() {
     }
     c.batch_execute("TRUNCATE tx_copy").await.unwrap();
     // the client is not pinned: another client gets a server
-    let d = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
-    let e = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
+    let d = app_client(&proxy).await;
+    let e = app_client(&proxy).await;
     let (a, b) = tokio::join!(d.simple_query("SELECT 1"), e.simple_query("SELECT 1"));
     a.unwrap();
     b.unwrap();
@@ -365,12 +350,8 @@ async fn extended_protocol_copy_in_works_in_transaction_mode() {
 #[tokio::test]
 async fn a_set_never_leaks_to_a_client_with_the_same_startup_settings() {
     let proxy = tx_proxy(1, "");
-    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
-    let b = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
+    let a = app_client(&proxy).await;
+    let b = app_client(&proxy).await;
     let sql = "SELECT current_setting('search_path'), current_setting('TimeZone'), current_setting('extra_float_digits')";
     let defaults = b.query_one(sql, &[]).await.unwrap();
     let defaults: (String, String, String) = (defaults.get(0), defaults.get(1), defaults.get(2));

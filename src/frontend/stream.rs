@@ -23,59 +23,67 @@ impl ClientStream {
     }
 }
 
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+/// `$e` with `$s` bound to the socket of whichever variant `$this` is.
+macro_rules! on_socket {
+    ($t:ident, $this:expr, $s:ident => $e:expr) => {
+        match $this {
+            $t::Plain($s) => $e,
+            $t::Tls($s) => $e,
         }
-    }
+    };
 }
 
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+/// AsyncRead for an enum of sockets, forwarded to the variant's socket.
+macro_rules! forward_read {
+    ($t:ident) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                on_socket!($t, self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+            }
         }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientStream::Plain(s) => s.is_write_vectored(),
-            ClientStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
+    };
 }
+
+/// AsyncWrite for an enum of sockets, forwarded to the variant's socket.
+macro_rules! forward_write {
+    ($t:ident) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                on_socket!($t, self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                on_socket!($t, self.get_mut(), s => Pin::new(s).poll_flush(cx))
+            }
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                on_socket!($t, self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+            }
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                on_socket!($t, self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+            }
+            fn is_write_vectored(&self) -> bool {
+                on_socket!($t, self, s => s.is_write_vectored())
+            }
+        }
+    };
+}
+
+forward_read!(ClientStream);
+forward_write!(ClientStream);
 
 /// The read half of a client connection.
 pub enum ClientReader {
@@ -109,18 +117,7 @@ impl ClientStream {
     }
 }
 
-impl AsyncRead for ClientReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientReader::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientReader::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
+forward_read!(ClientReader);
 
 impl ClientWriter {
     /// The TCP socket when no TLS is in between (for non-blocking writes).
@@ -132,43 +129,4 @@ impl ClientWriter {
     }
 }
 
-impl AsyncWrite for ClientWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientWriter::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientWriter::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientWriter::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientWriter::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientWriter::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientWriter::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientWriter::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientWriter::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientWriter::Plain(s) => s.is_write_vectored(),
-            ClientWriter::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
+forward_write!(ClientWriter);

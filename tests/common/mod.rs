@@ -722,14 +722,7 @@ impl Redis {
 
     /// Runs redis-cli against it and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["--no-auth-warning", "-p"])
-            .arg(self.port.to_string())
-            .args(["-a", &self.password])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        redis_cli(self.port, Some(&self.password), args)
     }
 }
 
@@ -738,6 +731,17 @@ impl Drop for Redis {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs redis-cli against the server on `port` and returns its output.
+fn redis_cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["--no-auth-warning", "-p", &port.to_string()]);
+    if let Some(pw) = password {
+        cmd.args(["-a", pw]);
+    }
+    let out = cmd.args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A three-master Redis Cluster of the test's own (no replicas, no password).
@@ -828,12 +832,7 @@ impl RedisCluster {
 
     /// Runs redis-cli against one node.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        redis_cli(port, None, args)
     }
 }
 
