@@ -9,12 +9,23 @@
 
 mod common;
 
+/// The module runs twice, one run after the other (both use the same
+/// tables): as configured by default, then with repeated unnamed statements
+/// kept prepared on the servers (psycopg 3 below its prepare_threshold).
 #[test]
 fn python_drivers_survive_transaction_pooling() {
+    run_module("");
+    run_module("pool:\n  prepare_unnamed_statements: true\n");
+}
+
+fn run_module(extra_yaml: &str) {
     let pg = common::shared_postgres();
     // pool_size 4 for 20+ concurrent clients: every client keeps changing
     // servers. On a panic the Proxy's Drop prints pgsift's log.
-    let proxy = common::Proxy::start(&common::databases_yaml(pg, "transaction", 4));
+    let proxy = common::Proxy::start(&format!(
+        "{}{extra_yaml}",
+        common::databases_yaml(pg, "transaction", 4)
+    ));
     let output = common::run_pytest(
         "tests/python/test_transaction_mode.py",
         &[

@@ -188,17 +188,13 @@ async fn servers_hold_at_most_max_prepared_statements() {
             assert_eq!(v, round * k);
         }
     }
-    let held = c
-        .simple_query("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgsift_%'")
-        .await
-        .unwrap();
-    let n: i32 = held
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|s| s.parse().unwrap()),
-            _ => None,
-        })
-        .unwrap();
+    let n: i32 = scalar(
+        &c,
+        "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgsift_%'",
+    )
+    .await
+    .parse()
+    .unwrap();
     assert!(n <= 3, "server holds {n} statements");
 }
 
@@ -402,4 +398,141 @@ async fn a_set_never_leaks_to_a_client_with_the_same_startup_settings() {
             "round {round}: b after a's RESET ALL"
         );
     }
+}
+
+/// The first column of a one-row simple query through `c`.
+async fn scalar(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// How many pgsift statements with this text the client's server holds.
+async fn promoted(c: &tokio_postgres::Client, text: &str) -> i64 {
+    scalar(
+        c,
+        &format!(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgsift_%' AND statement = '{}'",
+            text.replace('\'', "''")
+        ),
+    )
+    .await
+    .parse()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_unnamed_statements_are_kept_prepared_only_when_enabled() {
+    use tokio_postgres::types::Type;
+    let double = "SELECT $1::int4 * 2";
+    let concat = "SELECT $1::text || '!'";
+    for enabled in [true, false] {
+        let proxy = tx_proxy(
+            1,
+            &format!("pool:\n  prepare_unnamed_statements: {enabled}\n"),
+        );
+        let c = app_client(&proxy).await;
+        // query_typed sends an unnamed Parse, Bind, Describe, Execute, Sync
+        for i in 0..20i32 {
+            let r = c.query_typed(double, &[(&i, Type::INT4)]).await.unwrap();
+            assert_eq!(r[0].get::<_, i32>(0), 2 * i);
+            let s = format!("s{i}");
+            let r = c.query_typed(concat, &[(&s, Type::TEXT)]).await.unwrap();
+            assert_eq!(r[0].get::<_, String>(0), format!("s{i}!"));
+            // a utility statement stays unnamed and works in between
+            let r = c.query_typed("SHOW DateStyle", &[]).await.unwrap();
+            assert!(!r[0].get::<_, String>(0).is_empty());
+        }
+        let want = i64::from(enabled);
+        assert_eq!(promoted(&c, double).await, want, "enabled: {enabled}");
+        assert_eq!(promoted(&c, concat).await, want, "enabled: {enabled}");
+        assert_eq!(promoted(&c, "SHOW DateStyle").await, 0);
+        // errors in a promoted statement arrive in order; the session goes on
+        let div = "SELECT 10 / $1::int4";
+        for (d, want) in [(5i32, Some(2i32)), (0, None), (1, Some(10))] {
+            match c.query_typed(div, &[(&d, Type::INT4)]).await {
+                Ok(r) => assert_eq!(Some(r[0].get::<_, i32>(0)), want),
+                Err(e) => {
+                    assert_eq!(want, None, "{e}");
+                    assert_eq!(
+                        e.as_db_error().unwrap().code(),
+                        &tokio_postgres::error::SqlState::DIVISION_BY_ZERO
+                    );
+                }
+            }
+        }
+        // a named statement next to promoted unnamed ones
+        let named = c.prepare(double).await.unwrap();
+        assert_eq!(
+            c.query_one(&named, &[&21i32])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            42
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promoted_statement_whose_plan_went_stale_closes_its_server() {
+    use tokio_postgres::types::Type;
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "DROP TABLE IF EXISTS stale_plan; CREATE TABLE stale_plan (id int, a text); \
+         INSERT INTO stale_plan VALUES (1, 'x'); GRANT ALL ON stale_plan TO blog",
+    );
+    let proxy = tx_proxy(1, "pool:\n  prepare_unnamed_statements: true\n");
+    let c = app_client(&proxy).await;
+    let sql = "SELECT * FROM stale_plan WHERE id = $1";
+    for _ in 0..3 {
+        let r = c.query_typed(sql, &[(&1i32, Type::INT4)]).await.unwrap();
+        assert_eq!(r[0].len(), 2);
+    }
+    let pid = scalar(&c, "SELECT pg_backend_pid()").await;
+    pg.psql("app", "ALTER TABLE stale_plan ADD COLUMN b int");
+    // the server's cached plan of the shared statement no longer fits: that
+    // one execution fails as Postgres reports it, the server is closed
+    let err = c
+        .query_typed(sql, &[(&1i32, Type::INT4)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED,
+        "{err}"
+    );
+    // ... and the next one runs on a fresh server with the new columns
+    let r = c.query_typed(sql, &[(&1i32, Type::INT4)]).await.unwrap();
+    assert_eq!(r[0].len(), 3);
+    assert_ne!(scalar(&c, "SELECT pg_backend_pid()").await, pid);
+}
+
+#[test]
+fn pgbench_extended_with_unnamed_statements_kept_prepared_has_no_failures() {
+    let pg = shared_postgres();
+    pg.psql("postgres", "CREATE DATABASE txbench_promote OWNER blog");
+    let proxy = Proxy::start(&format!(
+        "databases:\n  txbench_promote: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 4}}\npool:\n  checkout_timeout: 30s\n  prepare_unnamed_statements: true\n",
+        pg.port
+    ));
+    let url = proxy.url("blog", "blogpw", "txbench_promote");
+    let (ok, _, text) = pgbench(&url, &["-i", "-s", "1", "-q"]);
+    assert!(ok, "{text}");
+    // the TPC-B-like script: BEGIN, UPDATEs, SELECT, INSERT, END — unnamed
+    // statements inside and outside transactions
+    let (ok, failed, text) = pgbench(&url, &["-c", "32", "-j", "2", "-T", "5", "-M", "extended"]);
+    assert!(ok, "{text}");
+    assert_eq!(failed, Some(0), "{text}");
+    let held = pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'txbench_promote'",
+    );
+    assert!(held.parse::<i32>().unwrap() <= 4, "{held}");
 }

@@ -569,6 +569,10 @@ fn show_config(app: &App) -> Table {
         c.pool.max_prepared_statements.to_string(),
     );
     kv(
+        "pool.prepare_unnamed_statements",
+        c.pool.prepare_unnamed_statements.to_string(),
+    );
+    kv(
         "pool.client_login_timeout",
         format!("{:?}", c.pool.client_login_timeout),
     );

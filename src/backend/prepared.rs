@@ -26,6 +26,11 @@ impl PreparedOnServer {
         }
     }
 
+    /// True when the server has the statement (its use is not recorded).
+    pub fn contains(&self, name: &str) -> bool {
+        self.used.contains_key(name)
+    }
+
     /// Records a statement about to be prepared; returns the least recently
     /// used one to close when the server would hold more than `limit`.
     pub fn insert(&mut self, name: Arc<str>, limit: usize) -> Option<Arc<str>> {

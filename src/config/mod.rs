@@ -103,6 +103,9 @@ pub struct PoolConfig {
     pub max_client_conn: usize,
     /// per server connection, transaction mode
     pub max_prepared_statements: usize,
+    /// transaction mode: repeated unnamed statements are kept prepared on
+    /// the servers under shared names
+    pub prepare_unnamed_statements: bool,
     /// a client must finish startup and authentication within this
     pub client_login_timeout: Duration,
     /// longest protocol message accepted from a client or a server
@@ -452,6 +455,7 @@ impl Config {
                 1000,
                 0,
             ),
+            prepare_unnamed_statements: p.prepare_unnamed_statements.unwrap_or(false),
             client_login_timeout: e.duration(
                 "pool.client_login_timeout",
                 p.client_login_timeout.as_ref(),
@@ -702,6 +706,18 @@ mod tests {
         );
         assert!(
             err.0.iter().any(|l| l.starts_with("pool.connect_timeout:")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn prepare_unnamed_statements_is_an_opt_in_boolean() {
+        assert!(!Config::parse("").unwrap().pool.prepare_unnamed_statements);
+        let on = Config::parse("pool:\n  prepare_unnamed_statements: true\n").unwrap();
+        assert!(on.pool.prepare_unnamed_statements);
+        let err = Config::parse("pool:\n  prepare_unnamed_statements: sometimes\n").unwrap_err();
+        assert!(
+            err.to_string().contains("prepare_unnamed_statements"),
             "{err}"
         );
     }

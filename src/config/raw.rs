@@ -67,6 +67,7 @@ pub struct RawPool {
     pub server_lifetime: Option<String>,
     pub max_client_conn: Option<i64>,
     pub max_prepared_statements: Option<i64>,
+    pub prepare_unnamed_statements: Option<bool>,
     pub client_login_timeout: Option<String>,
     pub max_message_size: Option<String>,
 }

@@ -66,8 +66,19 @@ struct ClientStatement {
 pub struct Pipeline {
     statements: HashMap<Vec<u8>, ClientStatement>,
     replies: VecDeque<Reply>,
+    /// `pool.prepare_unnamed_statements`: a repeated unnamed Parse of a
+    /// plannable statement becomes a shared named statement on the server
+    pub promote_unnamed: bool,
+    /// hashes of the last unnamed statements seen: the second sighting of
+    /// one is promoted (a one-off statement costs the server no slot)
+    recent_unnamed: [u64; RECENT_UNNAMED],
+    recent_next: usize,
     /// the server sent something the list did not expect: do not reuse it
     pub desync: bool,
+    /// a statement's cached plan went stale on the server ("cached plan
+    /// must not change result type"): every later use of that shared
+    /// statement there would fail the same way, so the server is closed
+    pub stale_plan: bool,
     /// an error came before the client sent its Sync: the server ignores
     /// everything up to that Sync, and so does the bookkeeping
     skipping: bool,
@@ -75,13 +86,61 @@ pub struct Pipeline {
     copy_in: bool,
 }
 
-/// The shared server-side name of a statement.
-pub fn shared_name(query: &[u8], param_types: &[u8]) -> Arc<str> {
+/// Unnamed statements remembered for promotion on their second sighting.
+const RECENT_UNNAMED: usize = 8;
+
+/// The hash a statement's shared name is made of.
+fn statement_hash(query: &[u8], param_types: &[u8]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(query);
     h.update(&[0]);
     h.update(param_types);
-    format!("pgsift_{:016x}", h.digest()).into()
+    h.digest()
+}
+
+fn name_of(hash: u64) -> Arc<str> {
+    format!("pgsift_{hash:016x}").into()
+}
+
+/// The shared server-side name of a statement.
+pub fn shared_name(query: &[u8], param_types: &[u8]) -> Arc<str> {
+    name_of(statement_hash(query, param_types))
+}
+
+/// True for statements the server plans (and so gains from keeping
+/// prepared): SELECT, INSERT, UPDATE, DELETE, MERGE, WITH, VALUES, TABLE.
+/// Utility statements (SET, BEGIN, DDL, …) are left unnamed.
+pub fn plannable(query: &[u8]) -> bool {
+    let start = query
+        .iter()
+        .position(|b| !b.is_ascii_whitespace() && *b != b'(')
+        .unwrap_or(query.len());
+    let word_end = query[start..]
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .map_or(query.len(), |n| start + n);
+    let word = &query[start..word_end];
+    [
+        &b"select"[..],
+        b"insert",
+        b"update",
+        b"delete",
+        b"merge",
+        b"with",
+        b"values",
+        b"table",
+    ]
+    .iter()
+    .any(|k| word.eq_ignore_ascii_case(k))
+}
+
+/// Is this ErrorResponse the server's "cached plan must not change result
+/// type" (a prepared SELECT * after its table's columns changed)?
+fn is_stale_plan_error(msg: &[u8]) -> bool {
+    let f = crate::protocol::messages::parse_error_fields(msg.get(5..).unwrap_or_default());
+    f.code == "0A000"
+        && f.message
+            .starts_with("cached plan must not change result type")
 }
 
 /// Output towards the server: runs of untouched client bytes and rewritten
@@ -102,6 +161,14 @@ impl Out<'_> {
 }
 
 impl Pipeline {
+    /// A client's state; `promote_unnamed` is `pool.prepare_unnamed_statements`.
+    pub fn new(promote_unnamed: bool) -> Pipeline {
+        Pipeline {
+            promote_unnamed,
+            ..Pipeline::default()
+        }
+    }
+
     /// True when no reply is owed.
     pub fn is_empty(&self) -> bool {
         self.replies.is_empty() && !self.skipping
@@ -156,9 +223,15 @@ impl Pipeline {
                 continue;
             }
             match tag {
-                b'P' => match extended::parse_parse(msg) {
-                    Some(p) if !p.name.is_empty() => {
-                        let shared = shared_name(p.query, p.param_types);
+                b'P' => match extended::parse_parse(msg).and_then(|p| {
+                    let shared = if p.name.is_empty() {
+                        self.promotion(&p, server)
+                    } else {
+                        Some(shared_name(p.query, p.param_types))
+                    };
+                    shared.map(|s| (p, s))
+                }) {
+                    Some((p, shared)) => {
                         let parse = extended::build_parse(&shared, &p);
                         self.statements.insert(
                             p.name.to_vec(),
@@ -176,7 +249,13 @@ impl Pipeline {
                             self.expect(Expect::Count(1), true, Some(shared));
                         }
                     }
-                    _ => self.expect(Expect::Count(1), true, None),
+                    None => {
+                        if self.promote_unnamed {
+                            // this unnamed statement goes to the server as is
+                            self.statements.remove(&b""[..]);
+                        }
+                        self.expect(Expect::Count(1), true, None)
+                    }
                 },
                 b'B' => {
                     let stmt = extended::bind_statement(msg)
@@ -202,7 +281,9 @@ impl Pipeline {
                     _ => self.expect(Expect::Count(1), true, None),
                 },
                 b'C' => match extended::target(msg) {
-                    Some((b'S', name)) if !name.is_empty() => {
+                    Some((b'S', name))
+                        if !name.is_empty() || self.statements.contains_key(name) =>
+                    {
                         // The shared statement stays on the server for others;
                         // closing a name that does not exist is no error.
                         self.statements.remove(name);
@@ -212,7 +293,14 @@ impl Pipeline {
                     _ => self.expect(Expect::Count(1), true, None),
                 },
                 b'E' => self.expect(Expect::Execute, true, None),
-                b'S' | b'Q' | b'F' => self.expect(Expect::UntilReady, true, None),
+                b'Q' => {
+                    if self.promote_unnamed {
+                        // a simple query destroys the unnamed statement
+                        self.statements.remove(&b""[..]);
+                    }
+                    self.expect(Expect::UntilReady, true, None)
+                }
+                b'S' | b'F' => self.expect(Expect::UntilReady, true, None),
                 _ => {}
             }
             pos += total;
@@ -266,6 +354,49 @@ impl Pipeline {
         Some(replies)
     }
 
+    /// The shared name an unnamed Parse is promoted to, if it is: promotion
+    /// is on, the statement is plannable, and the server already has it or
+    /// this client sent it before.
+    fn promotion(
+        &mut self,
+        p: &extended::ParseMsg<'_>,
+        server: &ServerConnection,
+    ) -> Option<Arc<str>> {
+        if !self.promote_unnamed || !plannable(p.query) {
+            return None;
+        }
+        let hash = statement_hash(p.query, p.param_types);
+        let name = name_of(hash);
+        if self.recent_unnamed.contains(&hash) || server.prepared.contains(&name) {
+            return Some(name);
+        }
+        self.recent_unnamed[self.recent_next] = hash;
+        self.recent_next = (self.recent_next + 1) % RECENT_UNNAMED;
+        None
+    }
+
+    /// The client's unnamed statement was replaced without pgsift's mapping
+    /// seeing it (a Parse answered from the cache, a simple query).
+    pub fn forget_unnamed(&mut self) {
+        if self.promote_unnamed {
+            self.statements.remove(&b""[..]);
+        }
+    }
+
+    /// Why the server must be closed instead of reused, if it must; clears it.
+    pub fn take_unusable(&mut self) -> Option<&'static str> {
+        let why = if self.desync {
+            Some("server replies were out of step with the client's requests")
+        } else if self.stale_plan {
+            Some("a prepared statement's cached plan went stale after a schema change")
+        } else {
+            None
+        };
+        self.desync = false;
+        self.stale_plan = false;
+        why
+    }
+
     /// Records a named Parse that pgsift answered itself (from the cache):
     /// the statement is prepared on a server at its first use there.
     pub fn register_parse(&mut self, msg: &[u8]) {
@@ -316,6 +447,21 @@ impl Pipeline {
         }
     }
 
+    /// Made-up replies whose turn has come go to the client, unless a
+    /// server reply the client is owed comes after them: then they wait and
+    /// go out with it, in one write and one wake-up of the client instead of
+    /// two (a skipped Parse's ParseComplete travels with the Bind's reply).
+    pub fn emit_made_unless_server_follows(&mut self, dest: &mut Vec<Bytes>) {
+        let server_follows = self
+            .replies
+            .iter()
+            .skip_while(|r| matches!(r, Reply::Made(_)))
+            .any(|r| matches!(r, Reply::Server { forward: true, .. }));
+        if !server_follows {
+            self.emit_made(dest);
+        }
+    }
+
     /// Made-up replies whose turn has come go to the client.
     pub fn emit_made(&mut self, dest: &mut Vec<Bytes>) {
         while let Some(Reply::Made(bytes)) = self.replies.front() {
@@ -339,6 +485,8 @@ impl Pipeline {
         F: FnMut(u8, &[u8]),
     {
         let mut pos = 0;
+        // made-up replies held back for this reply go first
+        self.emit_made(dest);
         while let Ok(Some((tag, total))) = peek_frame(&server.rbuf[pos..], usize::MAX >> 1) {
             if !is_backend_type(tag) {
                 return Err(tag);
@@ -370,6 +518,9 @@ impl Pipeline {
                 self.copy_in_started();
             }
             let is_error = tag == b'E';
+            if is_error && is_stale_plan_error(&server.rbuf[pos..pos + total]) {
+                self.stale_plan = true;
+            }
             let (forward, done, expect) = match self.replies.front_mut() {
                 Some(Reply::Server {
                     expect, forward, ..
@@ -488,6 +639,7 @@ fn frames(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
 
     #[test]
     fn shared_names_depend_on_text_and_parameter_types_only() {
@@ -500,6 +652,72 @@ mod tests {
             shared_name(b"SELECT $1", b"\0\x01\0\0\0\x17")
         );
         assert!(shared_name(b"x", b"").starts_with("pgsift_"));
+    }
+
+    #[test]
+    fn only_statements_the_server_plans_are_plannable() {
+        for q in [
+            "SELECT 1",
+            "  select * from t",
+            "(SELECT 1) UNION (SELECT 2)",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "insert into t values ($1)",
+            "UPDATE t SET a = 1",
+            "DELETE FROM t",
+            "VALUES (1)",
+            "TABLE t",
+        ] {
+            assert!(plannable(q.as_bytes()), "{q}");
+        }
+        for q in [
+            "SET search_path = x",
+            "BEGIN",
+            "CREATE TABLE t (a int)",
+            "SHOW TimeZone",
+            "selectx 1",
+            "/* c */ SELECT 1",
+            "",
+        ] {
+            assert!(!plannable(q.as_bytes()), "{q}");
+        }
+    }
+
+    #[test]
+    fn a_made_up_reply_travels_with_the_server_reply_after_it() {
+        let mut p = Pipeline::new(true);
+        // a skipped Parse, then a forwarded Bind and Sync
+        p.replies.push_back(Reply::Made(PARSE_COMPLETE));
+        p.expect(Expect::Count(1), true, None);
+        p.expect(Expect::UntilReady, true, None);
+        let mut out = vec![];
+        p.emit_made_unless_server_follows(&mut out);
+        assert!(out.is_empty(), "held for the Bind's reply");
+        // a skipped Parse answered alone (Parse + Flush): out at once
+        let mut q = Pipeline::new(true);
+        q.replies.push_back(Reply::Made(PARSE_COMPLETE));
+        q.expect(Expect::Count(1), false, None);
+        q.emit_made_unless_server_follows(&mut out);
+        assert_eq!(frames(&out.concat()), vec![b'1']);
+    }
+
+    #[test]
+    fn the_stale_plan_error_is_recognised() {
+        let mut b = BytesMut::new();
+        crate::protocol::messages::error_response(
+            &mut b,
+            crate::protocol::messages::Severity::Error,
+            "0A000",
+            "cached plan must not change result type",
+        );
+        assert!(is_stale_plan_error(&b));
+        let mut other = BytesMut::new();
+        crate::protocol::messages::error_response(
+            &mut other,
+            crate::protocol::messages::Severity::Error,
+            "0A000",
+            "something else",
+        );
+        assert!(!is_stale_plan_error(&other));
     }
 
     #[test]

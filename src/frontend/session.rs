@@ -378,7 +378,7 @@ impl Session {
             cancel_key,
             server,
             state: ServerState::idle(),
-            pipeline: Pipeline::default(),
+            pipeline: Pipeline::new(config.pool.prepare_unnamed_statements),
             settings_changes: SettingsTracker::default(),
         };
         session.forward(stream, rbuf).await;
@@ -431,9 +431,8 @@ impl Session {
                 if let Some(co) = self.server.take() {
                     self.cancel.clear();
                     self.info.set(ClientState::Idle, None);
-                    if self.pipeline.desync {
-                        tracing::warn!("server replies were out of step with the client's requests; closing that server");
-                        self.pipeline.desync = false;
+                    if let Some(why) = self.pipeline.take_unusable() {
+                        tracing::warn!("{why}; closing that server");
                         self.pool.discard(co);
                     } else {
                         self.pool.checkin(co);
@@ -599,8 +598,9 @@ impl Session {
         self.app.cancels.remove(self.cancel_key);
         self.cancel.clear();
         if let Some(co) = self.server.take() {
-            let in_flight =
-                !to_server.is_empty() || !self.pipeline.is_empty() || self.pipeline.desync;
+            let in_flight = !to_server.is_empty()
+                || !self.pipeline.is_empty()
+                || self.pipeline.take_unusable().is_some();
             let state = if matches!(end, End::ServerLost(_) | End::ServerProtocol(_)) || in_flight {
                 ServerState {
                     pending: 1,
@@ -643,6 +643,7 @@ impl Session {
             let config = self.app.config();
             self.observer
                 .reconfigure(&config.n_plus_one, config.logging.slow_statement);
+            self.pipeline.promote_unnamed = config.pool.prepare_unnamed_statements;
         }
         let now = Instant::now();
         // nothing in flight before this batch: a cache hit may answer it
@@ -683,6 +684,8 @@ impl Session {
             let body = &msg[5..];
             let sql = body.strip_suffix(&[0]).unwrap_or(body);
             if self.try_cache_hit(sql, &[], None, now, to_client).await {
+                // on a server, this query would have dropped the unnamed statement
+                self.pipeline.forget_unnamed();
                 return Ok(!terminate);
             }
             // a miss: forward the query as usual
@@ -712,6 +715,10 @@ impl Session {
                             .try_cache_hit(text.as_bytes(), &read.extra, parse, now, to_client)
                             .await
                         {
+                            if read.parse.is_some() && !named_parse {
+                                // the client's unnamed statement is now this one
+                                self.pipeline.forget_unnamed();
+                            }
                             return Ok(true);
                         }
                     }
@@ -864,7 +871,7 @@ impl Session {
                     );
                     out.into_iter().for_each(|b| to_server.push(b));
                     let mut made = Vec::new();
-                    self.pipeline.emit_made(&mut made);
+                    self.pipeline.emit_made_unless_server_follows(&mut made);
                     for b in made {
                         if let Some(sc) = self.cache.as_mut() {
                             sc.client_bound(&b);

@@ -336,6 +336,14 @@ def test_psycopg3_preparing_every_statement_gets_correct_results_from_20_threads
     assert sum(done) == WORKERS * 500, done
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_psycopg3_never_preparing_sends_unnamed_statements_and_gets_correct_results_from_20_threads(tx_url, binary):
+    # prepare_threshold=None: every query is an unnamed Parse/Bind/Execute/Sync
+    failures, done = _run_threads(_psycopg3_worker, WORKERS, tx_url, 500, binary=binary, prepare_threshold=None)
+    failures.check("psycopg 3 workers, unnamed statements")
+    assert sum(done) == WORKERS * 500, done
+
+
 # --------------------------------------------- 3. psycopg2, inline literals
 
 
