@@ -4,10 +4,11 @@
 # that the pooler itself is measured.
 
 # pgsift_bench_config PORT ADMIN POOL_MODE POOL_SIZE MAX_CLIENT_CONN LOG_LEVEL
-#                     [N_PLUS_ONE=true] [BUSY_POLL] [WORKER_THREADS]
-# Prints the YAML; empty BUSY_POLL / WORKER_THREADS leave pgsift's defaults.
+#                     [N_PLUS_ONE=true] [BUSY_POLL] [WORKER_THREADS] [PREPARE_UNNAMED]
+# Prints the YAML; empty BUSY_POLL / WORKER_THREADS / PREPARE_UNNAMED leave pgsift's defaults.
 pgsift_bench_config() {
   local port=$1 admin=$2 mode=$3 size=$4 max_conn=$5 log=$6 np1=${7:-true} bp=${8:-} threads=${9:-}
+  local prep=${10:-}
   echo "listen: 127.0.0.1:$port"
   if [ -n "$threads" ]; then echo "worker_threads: $threads"; fi
   if [ -n "$bp" ]; then echo "busy_poll: $bp"; fi
@@ -33,6 +34,7 @@ databases:
     pool_size: $size
 pool:
   max_client_conn: $max_conn
+$(if [ -n "$prep" ]; then echo "  prepare_unnamed_statements: $prep"; fi)
 cache:
   backend: "off"
 n_plus_one:
