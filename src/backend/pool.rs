@@ -1,5 +1,6 @@
 //! A pool of server connections for one (database, user): a FIFO queue of
-//! clients waiting for a slot (tokio's fair semaphore), the idle servers, and
+//! clients waiting for a slot (tokio's fair semaphore), the idle servers
+//! (handed out most recently used first), and
 //! the upkeep task that closes idle and aged servers, keeps `min_pool_size`
 //! open, and retries an unreachable upstream with backoff.
 
@@ -268,7 +269,10 @@ impl Pool {
 
     fn take_idle(&self, settings: &PoolSettings) -> Option<Box<ServerConnection>> {
         loop {
-            let mut s = self.idle.lock().pop_front()?;
+            // last in, first out: the server used most recently is the one
+            // whose backend (and its caches) is warm; under light load the
+            // others stay idle and idle_timeout closes them
+            let mut s = self.idle.lock().pop_back()?;
             if s.created.elapsed() >= settings.server_lifetime || s.is_broken_while_idle() {
                 tracing::debug!(server = s.id, "closing aged or broken idle server");
                 continue;
