@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{connect, databases_yaml, shared_postgres, Proxy};
+use common::{connect, databases_yaml, promoted, shared_postgres, Proxy};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
@@ -405,4 +405,49 @@ async fn more_clients_than_max_client_conn_get_53300() {
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code(), &SqlState::TOO_MANY_CONNECTIONS);
     assert_eq!(db.message(), "sorry, too many clients already");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_mode_keeps_repeated_unnamed_statements_prepared_for_the_session_only() {
+    use tokio_postgres::types::Type;
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  prepare_unnamed_statements: true\n",
+        databases_yaml(pg, "session", 1)
+    ));
+    let conn = proxy.conn_str("blog", "blogpw", "app");
+    let triple = "SELECT $1::int4 * 3";
+    for round in 0..2 {
+        // pool_size 1: the second client gets the first one's server
+        let c = connect(&conn).await.unwrap();
+        assert_eq!(promoted(&c, triple).await, 0, "round {round}: DISCARD ALL");
+        for i in 0..10i32 {
+            let r = c.query_typed(triple, &[(&i, Type::INT4)]).await.unwrap();
+            assert_eq!(r[0].get::<_, i32>(0), 3 * i);
+        }
+        assert_eq!(promoted(&c, triple).await, 1, "round {round}");
+        // a named statement keeps the client's own name in session mode
+        let named = c.prepare("SELECT $1::int4 + 1").await.unwrap();
+        let own: i64 = common::scalar(
+            &c,
+            "SELECT count(*) FROM pg_prepared_statements \
+             WHERE statement = 'SELECT $1::int4 + 1' AND name NOT LIKE 'pgsift_%'",
+        )
+        .await
+        .parse()
+        .unwrap();
+        assert_eq!(own, 1, "round {round}");
+        assert_eq!(
+            c.query_one(&named, &[&1i32])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            2
+        );
+        // a simple query in between (it drops the unnamed statement)
+        c.batch_execute("SELECT 1").await.unwrap();
+        drop(named);
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{connect, databases_yaml, pgbench, shared_postgres, Proxy};
+use common::{connect, databases_yaml, pgbench, promoted, scalar, shared_postgres, Proxy};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -401,33 +401,6 @@ async fn a_set_never_leaks_to_a_client_with_the_same_startup_settings() {
     }
 }
 
-/// The first column of a one-row simple query through `c`.
-async fn scalar(c: &tokio_postgres::Client, sql: &str) -> String {
-    c.simple_query(sql)
-        .await
-        .unwrap()
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap()
-}
-
-/// How many pgsift statements with this text the client's server holds.
-async fn promoted(c: &tokio_postgres::Client, text: &str) -> i64 {
-    scalar(
-        c,
-        &format!(
-            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgsift_%' AND statement = '{}'",
-            text.replace('\'', "''")
-        ),
-    )
-    .await
-    .parse()
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_unnamed_statements_are_kept_prepared_only_when_enabled() {
     use tokio_postgres::types::Type;
@@ -516,7 +489,7 @@ async fn a_promoted_statement_whose_plan_went_stale_closes_its_server() {
 }
 
 #[test]
-fn pgbench_extended_with_unnamed_statements_kept_prepared_has_no_failures() {
+fn pgbench_with_unnamed_statements_kept_prepared_has_no_failures_in_either_pool_mode() {
     let pg = shared_postgres();
     pg.psql("postgres", "CREATE DATABASE txbench_promote OWNER blog");
     let proxy = Proxy::start(&format!(
@@ -536,4 +509,16 @@ fn pgbench_extended_with_unnamed_statements_kept_prepared_has_no_failures() {
         "SELECT count(*) FROM pg_stat_activity WHERE datname = 'txbench_promote'",
     );
     assert!(held.parse::<i32>().unwrap() <= 4, "{held}");
+    drop(proxy);
+    // session mode with the option: every protocol mode, 8 clients
+    let proxy = Proxy::start(&format!(
+        "databases:\n  txbench_promote: {{host: 127.0.0.1, port: {}, pool_mode: session, pool_size: 8}}\npool:\n  prepare_unnamed_statements: true\n",
+        pg.port
+    ));
+    let url = proxy.url("blog", "blogpw", "txbench_promote");
+    for mode in ["extended", "prepared", "simple"] {
+        let (ok, failed, text) = pgbench(&url, &["-c", "8", "-j", "2", "-T", "3", "-M", mode]);
+        assert!(ok, "session -M {mode}: {text}");
+        assert_eq!(failed, Some(0), "session -M {mode}: {text}");
+    }
 }

@@ -1,5 +1,7 @@
 //! Transaction-mode bookkeeping of the extended protocol: named prepared
 //! statements that survive moving between servers, and the order of replies.
+//! Session mode uses it only with `pool.prepare_unnamed_statements`, for
+//! unnamed statements (a client's named ones keep their names there).
 //!
 //! A client's statement names are private to it; on the server pgsift uses a
 //! shared name derived from the query text and parameter types
@@ -69,6 +71,10 @@ pub struct Pipeline {
     /// `pool.prepare_unnamed_statements`: a repeated unnamed Parse of a
     /// plannable statement becomes a shared named statement on the server
     pub promote_unnamed: bool,
+    /// client statement names are mapped to shared ones (transaction mode);
+    /// in session mode a client's named statements stay its own, under its
+    /// own names, on the server it keeps
+    rename_named: bool,
     /// hashes of the last unnamed statements seen: the second sighting of
     /// one is promoted (a one-off statement costs the server no slot)
     recent_unnamed: [u64; RECENT_UNNAMED],
@@ -161,10 +167,12 @@ impl Out<'_> {
 }
 
 impl Pipeline {
-    /// A client's state; `promote_unnamed` is `pool.prepare_unnamed_statements`.
-    pub fn new(promote_unnamed: bool) -> Pipeline {
+    /// A client's state; `promote_unnamed` is `pool.prepare_unnamed_statements`,
+    /// `rename_named` is true in transaction mode.
+    pub fn new(promote_unnamed: bool, rename_named: bool) -> Pipeline {
         Pipeline {
             promote_unnamed,
+            rename_named,
             ..Pipeline::default()
         }
     }
@@ -223,40 +231,47 @@ impl Pipeline {
                 continue;
             }
             match tag {
-                b'P' => match extended::parse_parse(msg).and_then(|p| {
-                    let shared = if p.name.is_empty() {
-                        self.promotion(&p, server)
-                    } else {
-                        Some(shared_name(p.query, p.param_types))
-                    };
-                    shared.map(|s| (p, s))
-                }) {
-                    Some((p, shared)) => {
-                        let parse = extended::build_parse(&shared, &p);
-                        self.statements.insert(
-                            p.name.to_vec(),
-                            ClientStatement {
-                                shared: shared.clone(),
-                                parse: parse.clone(),
-                            },
-                        );
-                        out.cut(pos, pos + total);
-                        if server.prepared.touch(&shared) {
-                            self.replies.push_back(Reply::Made(PARSE_COMPLETE));
+                b'P' => {
+                    let parsed = extended::parse_parse(msg);
+                    let unnamed = parsed.as_ref().is_some_and(|p| p.name.is_empty());
+                    let renamed = parsed.and_then(|p| {
+                        let shared = if p.name.is_empty() {
+                            self.promotion(&p, server)
+                        } else if self.rename_named {
+                            Some(shared_name(p.query, p.param_types))
                         } else {
-                            self.evict_for(&shared, server, limit, out.dest);
-                            out.dest.push(parse);
-                            self.expect(Expect::Count(1), true, Some(shared));
+                            None
+                        };
+                        shared.map(|s| (p, s))
+                    });
+                    match renamed {
+                        Some((p, shared)) => {
+                            let parse = extended::build_parse(&shared, &p);
+                            self.statements.insert(
+                                p.name.to_vec(),
+                                ClientStatement {
+                                    shared: shared.clone(),
+                                    parse: parse.clone(),
+                                },
+                            );
+                            out.cut(pos, pos + total);
+                            if server.prepared.touch(&shared) {
+                                self.replies.push_back(Reply::Made(PARSE_COMPLETE));
+                            } else {
+                                self.evict_for(&shared, server, limit, out.dest);
+                                out.dest.push(parse);
+                                self.expect(Expect::Count(1), true, Some(shared));
+                            }
+                        }
+                        None => {
+                            if unnamed {
+                                // this unnamed statement goes to the server as is
+                                self.forget_unnamed();
+                            }
+                            self.expect(Expect::Count(1), true, None)
                         }
                     }
-                    None => {
-                        if self.promote_unnamed {
-                            // this unnamed statement goes to the server as is
-                            self.statements.remove(&b""[..]);
-                        }
-                        self.expect(Expect::Count(1), true, None)
-                    }
-                },
+                }
                 b'B' => {
                     let stmt = extended::bind_statement(msg)
                         .and_then(|(name, _)| self.statements.get(name).cloned());
@@ -294,10 +309,8 @@ impl Pipeline {
                 },
                 b'E' => self.expect(Expect::Execute, true, None),
                 b'Q' => {
-                    if self.promote_unnamed {
-                        // a simple query destroys the unnamed statement
-                        self.statements.remove(&b""[..]);
-                    }
+                    // a simple query destroys the unnamed statement
+                    self.forget_unnamed();
                     self.expect(Expect::UntilReady, true, None)
                 }
                 b'S' | b'F' => self.expect(Expect::UntilReady, true, None),
@@ -378,7 +391,7 @@ impl Pipeline {
     /// The client's unnamed statement was replaced without pgsift's mapping
     /// seeing it (a Parse answered from the cache, a simple query).
     pub fn forget_unnamed(&mut self) {
-        if self.promote_unnamed {
+        if !self.statements.is_empty() {
             self.statements.remove(&b""[..]);
         }
     }
@@ -684,7 +697,7 @@ mod tests {
 
     #[test]
     fn a_made_up_reply_travels_with_the_server_reply_after_it() {
-        let mut p = Pipeline::new(true);
+        let mut p = Pipeline::new(true, true);
         // a skipped Parse, then a forwarded Bind and Sync
         p.replies.push_back(Reply::Made(PARSE_COMPLETE));
         p.expect(Expect::Count(1), true, None);
@@ -693,7 +706,7 @@ mod tests {
         p.emit_made_unless_server_follows(&mut out);
         assert!(out.is_empty(), "held for the Bind's reply");
         // a skipped Parse answered alone (Parse + Flush): out at once
-        let mut q = Pipeline::new(true);
+        let mut q = Pipeline::new(true, true);
         q.replies.push_back(Reply::Made(PARSE_COMPLETE));
         q.expect(Expect::Count(1), false, None);
         q.emit_made_unless_server_follows(&mut out);

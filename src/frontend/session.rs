@@ -295,6 +295,10 @@ pub struct Session {
     server: Option<Checkout>,
     state: ServerState,
     pipeline: Pipeline,
+    /// client messages go through `pipeline` (transaction mode, or session
+    /// mode with unnamed statements kept prepared; fixed for the session,
+    /// since replies already owed were not booked)
+    pipelined: bool,
     settings_changes: SettingsTracker,
     observer: Observer,
     cache: Option<SessionCache>,
@@ -378,7 +382,11 @@ impl Session {
             cancel_key,
             server,
             state: ServerState::idle(),
-            pipeline: Pipeline::new(config.pool.prepare_unnamed_statements),
+            pipeline: Pipeline::new(
+                config.pool.prepare_unnamed_statements,
+                mode == PoolMode::Transaction,
+            ),
+            pipelined: mode == PoolMode::Transaction || config.pool.prepare_unnamed_statements,
             settings_changes: SettingsTracker::default(),
         };
         session.forward(stream, rbuf).await;
@@ -643,7 +651,9 @@ impl Session {
             let config = self.app.config();
             self.observer
                 .reconfigure(&config.n_plus_one, config.logging.slow_statement);
-            self.pipeline.promote_unnamed = config.pool.prepare_unnamed_statements;
+            if self.mode == PoolMode::Transaction {
+                self.pipeline.promote_unnamed = config.pool.prepare_unnamed_statements;
+            }
         }
         let now = Instant::now();
         // nothing in flight before this batch: a cache hit may answer it
@@ -861,7 +871,7 @@ impl Session {
                 self.attach_server().await?;
             }
             match self.server.as_mut() {
-                Some(co) if transaction_mode => {
+                Some(co) if self.pipelined => {
                     let mut out = Vec::new();
                     self.pipeline.client_messages(
                         &chunk,
@@ -915,7 +925,7 @@ impl Session {
         let Some(co) = self.server.as_mut() else {
             return Ok(());
         };
-        if self.mode == PoolMode::Transaction {
+        if self.pipelined {
             let mut out = Vec::new();
             let state = &mut self.state;
             let tracker = &mut self.settings_changes;

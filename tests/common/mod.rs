@@ -471,6 +471,33 @@ pub fn databases_yaml(pg: &Postgres, mode: &str, pool_size: usize) -> String {
 }
 
 /// Connects with tokio-postgres (no TLS) and drives the connection.
+/// The first column of a one-row simple query through `c`.
+pub async fn scalar(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// How many pgsift statements with this text the client's server holds.
+pub async fn promoted(c: &tokio_postgres::Client, text: &str) -> i64 {
+    scalar(
+        c,
+        &format!(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgsift_%' AND statement = '{}'",
+            text.replace('\'', "''")
+        ),
+    )
+    .await
+    .parse()
+    .unwrap()
+}
+
 pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
