@@ -162,3 +162,30 @@ write("config_yaml", "empty.yaml", "")
 for i, s in enumerate(["250ms", "5s", "10m", "1h", "2d", "1.5s", "100us", "30 min",
                        "64KiB", "256MiB", "1GiB", "512", "1 kb", "12 furlongs"]):
     write("units", f"u{i:02}", s)
+
+# --- extended_messages ----------------------------------------------------------
+def parse_msg(name, query, oids=()):
+    body = cstr(name) + cstr(query) + struct.pack(">H", len(oids))
+    for o in oids:
+        body += be32(o)
+    return msg(b"P", body)
+
+
+def bind_msg(portal, stmt, params=()):
+    body = cstr(portal) + cstr(stmt) + struct.pack(">H", 0) + struct.pack(">H", len(params))
+    for p in params:
+        body += be32(len(p)) + p
+    return msg(b"B", body + struct.pack(">H", 0))
+
+
+EXEC = msg(b"E", cstr("") + be32(0))
+SYNC = msg(b"S")
+write("extended_messages", "unnamed_select.bin",
+      parse_msg("", "SELECT abalance FROM pgbench_accounts WHERE aid = $1;", [23])
+      + bind_msg("", "", [b"42"]) + msg(b"D", b"P" + cstr("")) + EXEC + SYNC)
+write("extended_messages", "named_insert.bin",
+      parse_msg("s1", "insert into t values ($1)") + bind_msg("p", "s1", [b"x"]) + EXEC + SYNC)
+write("extended_messages", "utility.bin", parse_msg("", "  (SET search_path = a") + SYNC)
+write("extended_messages", "close_describe.bin",
+      msg(b"C", b"S" + cstr("s1")) + msg(b"D", b"S" + cstr("")) + SYNC)
+write("extended_messages", "with_cte.bin", b"P" + b"WITH x AS (SELECT 1) TABLE x\0\0\0")

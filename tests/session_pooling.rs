@@ -446,7 +446,16 @@ async fn session_mode_keeps_repeated_unnamed_statements_prepared_for_the_session
         );
         // a simple query in between (it drops the unnamed statement)
         c.batch_execute("SELECT 1").await.unwrap();
+        // the client's Close of its own statement reaches the server
         drop(named);
+        let left: i64 = common::scalar(
+            &c,
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT $1::int4 + 1'",
+        )
+        .await
+        .parse()
+        .unwrap();
+        assert_eq!(left, 0, "round {round}");
         drop(c);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

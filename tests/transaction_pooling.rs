@@ -454,38 +454,50 @@ async fn repeated_unnamed_statements_are_kept_prepared_only_when_enabled() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_promoted_statement_whose_plan_went_stale_closes_its_server() {
+async fn a_promoted_statement_whose_plan_went_stale_is_prepared_afresh() {
     use tokio_postgres::types::Type;
     let pg = shared_postgres();
-    pg.psql(
-        "app",
-        "DROP TABLE IF EXISTS stale_plan; CREATE TABLE stale_plan (id int, a text); \
-         INSERT INTO stale_plan VALUES (1, 'x'); GRANT ALL ON stale_plan TO blog",
-    );
-    let proxy = tx_proxy(1, "pool:\n  prepare_unnamed_statements: true\n");
-    let c = app_client(&proxy).await;
-    let sql = "SELECT * FROM stale_plan WHERE id = $1";
-    for _ in 0..3 {
-        let r = c.query_typed(sql, &[(&1i32, Type::INT4)]).await.unwrap();
-        assert_eq!(r[0].len(), 2);
+    for mode in ["transaction", "session"] {
+        let table = format!("stale_plan_{mode}");
+        pg.psql(
+            "app",
+            &format!(
+                "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int, a text); \
+                 INSERT INTO {table} VALUES (1, 'x'); GRANT ALL ON {table} TO blog"
+            ),
+        );
+        let proxy = Proxy::start(&format!(
+            "{}pool:\n  prepare_unnamed_statements: true\n",
+            databases_yaml(pg, mode, 1)
+        ));
+        let c = app_client(&proxy).await;
+        let sql = format!("SELECT * FROM {table} WHERE id = $1");
+        for _ in 0..3 {
+            let r = c.query_typed(&sql, &[(&1i32, Type::INT4)]).await.unwrap();
+            assert_eq!(r[0].len(), 2);
+        }
+        assert_eq!(promoted(&c, &sql).await, 1, "{mode}");
+        let pid = scalar(&c, "SELECT pg_backend_pid()").await;
+        pg.psql("app", &format!("ALTER TABLE {table} ADD COLUMN b int"));
+        // the server's cached plan of the shared statement no longer fits:
+        // that one execution fails as Postgres reports it ...
+        let err = c
+            .query_typed(&sql, &[(&1i32, Type::INT4)])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.as_db_error().unwrap().code(),
+            &tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED,
+            "{mode}: {err}"
+        );
+        // ... then pgsift closes it and the next execution prepares it afresh
+        for _ in 0..3 {
+            let r = c.query_typed(&sql, &[(&1i32, Type::INT4)]).await.unwrap();
+            assert_eq!(r[0].len(), 3, "{mode}");
+        }
+        // on the same server: nothing had to be thrown away
+        assert_eq!(scalar(&c, "SELECT pg_backend_pid()").await, pid, "{mode}");
     }
-    let pid = scalar(&c, "SELECT pg_backend_pid()").await;
-    pg.psql("app", "ALTER TABLE stale_plan ADD COLUMN b int");
-    // the server's cached plan of the shared statement no longer fits: that
-    // one execution fails as Postgres reports it, the server is closed
-    let err = c
-        .query_typed(sql, &[(&1i32, Type::INT4)])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.as_db_error().unwrap().code(),
-        &tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED,
-        "{err}"
-    );
-    // ... and the next one runs on a fresh server with the new columns
-    let r = c.query_typed(sql, &[(&1i32, Type::INT4)]).await.unwrap();
-    assert_eq!(r[0].len(), 3);
-    assert_ne!(scalar(&c, "SELECT pg_backend_pid()").await, pid);
 }
 
 #[test]

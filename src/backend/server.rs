@@ -101,6 +101,9 @@ pub struct ServerConnection {
     pub last_used: Instant,
     /// pgsift's shared prepared statements on this server
     pub prepared: super::prepared::PreparedOnServer,
+    /// shared statements whose cached plan went stale: closed on the
+    /// server before the next client batch
+    pub stale_statements: Vec<std::sync::Arc<str>>,
 }
 
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -157,6 +160,7 @@ impl ServerConnection {
             created: now,
             last_used: now,
             prepared: Default::default(),
+            stale_statements: Vec::new(),
         })
     }
 

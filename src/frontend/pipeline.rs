@@ -47,6 +47,9 @@ enum Reply {
         forward: bool,
         /// the shared statement a Parse prepares (forgotten if it fails)
         parse_of: Option<Arc<str>>,
+        /// the shared statement a Bind uses (closed and prepared afresh if
+        /// its cached plan went stale)
+        bound: Option<Arc<str>>,
     },
     /// a reply pgsift makes up (ParseComplete, CloseComplete)
     Made(&'static [u8]),
@@ -81,10 +84,8 @@ pub struct Pipeline {
     recent_next: usize,
     /// the server sent something the list did not expect: do not reuse it
     pub desync: bool,
-    /// a statement's cached plan went stale on the server ("cached plan
-    /// must not change result type"): every later use of that shared
-    /// statement there would fail the same way, so the server is closed
-    pub stale_plan: bool,
+    /// the last batch of client messages held a Flush
+    flush_seen: bool,
     /// an error came before the client sent its Sync: the server ignores
     /// everything up to that Sync, and so does the bookkeeping
     skipping: bool,
@@ -141,12 +142,15 @@ pub fn plannable(query: &[u8]) -> bool {
 }
 
 /// Is this ErrorResponse the server's "cached plan must not change result
-/// type" (a prepared SELECT * after its table's columns changed)?
+/// type" (a prepared SELECT * after its table's columns changed, or the
+/// same text under another search_path)?
 fn is_stale_plan_error(msg: &[u8]) -> bool {
     let f = crate::protocol::messages::parse_error_fields(msg.get(5..).unwrap_or_default());
+    // the routine name is not translated (lc_messages); the message is
     f.code == "0A000"
-        && f.message
-            .starts_with("cached plan must not change result type")
+        && (f.routine == "RevalidateCachedQuery"
+            || f.message
+                .starts_with("cached plan must not change result type"))
 }
 
 /// Output towards the server: runs of untouched client bytes and rewritten
@@ -201,6 +205,16 @@ impl Pipeline {
             run_start: 0,
             dest,
         };
+        // statements whose cached plan went stale are closed first; the
+        // next use prepares them afresh (not while the server skips to a
+        // Sync or copies in: it would ignore the Close)
+        if !self.skipping && !self.copy_in {
+            for name in server.stale_statements.drain(..) {
+                out.dest.push(extended::build_target(b'C', b'S', &name));
+                self.expect(Expect::Count(1), false, None);
+            }
+        }
+        self.flush_seen = false;
         let mut pos = 0;
         while let Ok(Some((tag, total))) = peek_frame(&chunk[pos..], usize::MAX >> 1) {
             let msg = &chunk[pos..pos + total];
@@ -281,8 +295,15 @@ impl Pipeline {
                         out.cut(pos, pos + total);
                         self.ensure_prepared(&s, server, limit, out.dest);
                         out.dest.push(bind);
+                        self.replies.push_back(Reply::Server {
+                            expect: Expect::Count(1),
+                            forward: true,
+                            parse_of: None,
+                            bound: Some(s.shared.clone()),
+                        });
+                    } else {
+                        self.expect(Expect::Count(1), true, None);
                     }
-                    self.expect(Expect::Count(1), true, None);
                 }
                 b'D' => match extended::target(msg) {
                     Some((b'S', name)) => {
@@ -297,7 +318,8 @@ impl Pipeline {
                 },
                 b'C' => match extended::target(msg) {
                     Some((b'S', name))
-                        if !name.is_empty() || self.statements.contains_key(name) =>
+                        if self.statements.contains_key(name)
+                            || (self.rename_named && !name.is_empty()) =>
                     {
                         // The shared statement stays on the server for others;
                         // closing a name that does not exist is no error.
@@ -314,6 +336,7 @@ impl Pipeline {
                     self.expect(Expect::UntilReady, true, None)
                 }
                 b'S' | b'F' => self.expect(Expect::UntilReady, true, None),
+                b'H' => self.flush_seen = true,
                 _ => {}
             }
             pos += total;
@@ -398,15 +421,10 @@ impl Pipeline {
 
     /// Why the server must be closed instead of reused, if it must; clears it.
     pub fn take_unusable(&mut self) -> Option<&'static str> {
-        let why = if self.desync {
-            Some("server replies were out of step with the client's requests")
-        } else if self.stale_plan {
-            Some("a prepared statement's cached plan went stale after a schema change")
-        } else {
-            None
-        };
+        let why = self
+            .desync
+            .then_some("server replies were out of step with the client's requests");
         self.desync = false;
-        self.stale_plan = false;
         why
     }
 
@@ -426,6 +444,7 @@ impl Pipeline {
             expect,
             forward,
             parse_of,
+            bound: None,
         });
     }
 
@@ -470,7 +489,9 @@ impl Pipeline {
             .iter()
             .skip_while(|r| matches!(r, Reply::Made(_)))
             .any(|r| matches!(r, Reply::Server { forward: true, .. }));
-        if !server_follows {
+        // after a Flush the client may wait for these replies before it
+        // sends anything that makes the server answer
+        if self.flush_seen || !server_follows {
             self.emit_made(dest);
         }
     }
@@ -532,7 +553,15 @@ impl Pipeline {
             }
             let is_error = tag == b'E';
             if is_error && is_stale_plan_error(&server.rbuf[pos..pos + total]) {
-                self.stale_plan = true;
+                // every later use of this shared statement on this server
+                // would fail the same way: close it before the next batch
+                if let Some(Reply::Server {
+                    bound: Some(name), ..
+                }) = self.replies.front()
+                {
+                    server.prepared.remove(name);
+                    server.stale_statements.push(name.clone());
+                }
             }
             let (forward, done, expect) = match self.replies.front_mut() {
                 Some(Reply::Server {
@@ -711,6 +740,14 @@ mod tests {
         q.expect(Expect::Count(1), false, None);
         q.emit_made_unless_server_follows(&mut out);
         assert_eq!(frames(&out.concat()), vec![b'1']);
+        // after a Flush the client may be waiting for it: out at once
+        let mut f = Pipeline::new(true, true);
+        f.replies.push_back(Reply::Made(PARSE_COMPLETE));
+        f.expect(Expect::Count(1), true, None);
+        f.flush_seen = true;
+        let mut out = vec![];
+        f.emit_made_unless_server_follows(&mut out);
+        assert_eq!(frames(&out.concat()), vec![b'1']);
     }
 
     #[test]
@@ -731,6 +768,22 @@ mod tests {
             "something else",
         );
         assert!(!is_stale_plan_error(&other));
+        // a translated message (lc_messages) is recognised by its routine
+        let mut body = Vec::new();
+        for f in [
+            "SERROR",
+            "C0A000",
+            "Mder Plan hat sich geändert",
+            "RRevalidateCachedQuery",
+        ] {
+            body.extend_from_slice(f.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = vec![b'E'];
+        msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        msg.extend_from_slice(&body);
+        assert!(is_stale_plan_error(&msg));
     }
 
     #[test]

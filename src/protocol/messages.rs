@@ -210,6 +210,8 @@ pub struct ErrorFields {
     pub code: String,
     /// M: primary message
     pub message: String,
+    /// R: the server routine that raised it (never translated)
+    pub routine: String,
 }
 
 /// Decodes an ErrorResponse/NoticeResponse body (after the 5-byte header).
@@ -226,6 +228,7 @@ pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
             b'S' => out.severity = value,
             b'C' => out.code = value,
             b'M' => out.message = value,
+            b'R' => out.routine = value,
             _ => {}
         }
         rest = after.get(end + 1..).unwrap_or(&[]);

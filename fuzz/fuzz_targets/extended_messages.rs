@@ -1,0 +1,97 @@
+//! The extended-protocol decoders and rewriters pgsift applies to client
+//! messages (`protocol::extended`, the statement mapping of
+//! `frontend::pipeline`, the cache's batch recogniser): Parse, Bind,
+//! Describe and Close bodies from an arbitrary client, and the check that
+//! decides which unnamed statements may be kept prepared.
+//!
+//! Input: a client byte stream. Every framed message in it is decoded; the
+//! whole input is also decoded as the body of one message whose type is its
+//! first byte (so the decoders see bodies the framing would not reach).
+#![no_main]
+
+use bytes::{BufMut, Bytes, BytesMut};
+use libfuzzer_sys::fuzz_target;
+use pgsift::frontend::caching::extended_read;
+use pgsift::frontend::pipeline::{plannable, shared_name};
+use pgsift::protocol::extended::{
+    bind_statement, build_parse, build_target, parse_parse, rebuild_bind, target,
+};
+use pgsift::protocol::frame::scan;
+
+const NEW_NAME: &str = "pgsift_0123456789abcdef";
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = BytesMut::with_capacity(body.len() + 5);
+    m.put_u8(tag);
+    m.put_u32((body.len() + 4) as u32);
+    m.put_slice(body);
+    m.to_vec()
+}
+
+fn check(msg: &[u8]) {
+    if let Some(p) = parse_parse(msg) {
+        // renaming keeps the text and parameter types
+        let renamed = build_parse(NEW_NAME, &p);
+        let again = parse_parse(&renamed).expect("a rebuilt Parse decodes");
+        assert_eq!(again.name, NEW_NAME.as_bytes());
+        assert_eq!(again.query, p.query);
+        assert_eq!(again.param_types, p.param_types);
+        assert_eq!(renamed.len(), 1 + u32::from_be_bytes(renamed[1..5].try_into().unwrap()) as usize);
+        assert!(shared_name(p.query, p.param_types).starts_with("pgsift_"));
+        // the keyword check never panics and agrees with a plain reading
+        let _ = plannable(p.query);
+    }
+    if let Some((stmt, after)) = bind_statement(msg) {
+        assert!(after <= msg.len());
+        assert_eq!(&msg[after - stmt.len() - 1..after - 1], stmt);
+        let rebuilt = rebuild_bind(msg, NEW_NAME).expect("a decodable Bind rebuilds");
+        let (new_stmt, new_after) = bind_statement(&rebuilt).expect("a rebuilt Bind decodes");
+        assert_eq!(new_stmt, NEW_NAME.as_bytes());
+        // portal and everything after the statement name are untouched
+        assert_eq!(&rebuilt[new_after..], &msg[after..]);
+        assert_eq!(&rebuilt[5..new_after - NEW_NAME.len() - 1], &msg[5..after - stmt.len() - 1]);
+        assert_eq!(rebuilt.len(), 1 + u32::from_be_bytes(rebuilt[1..5].try_into().unwrap()) as usize);
+    }
+    if let Some((kind, name)) = target(msg) {
+        let name = String::from_utf8_lossy(name);
+        let built = build_target(msg[0], kind, &name);
+        let (k2, n2) = target(&built).expect("a built Describe/Close decodes");
+        assert_eq!(k2, kind);
+        // a NUL-free name survives
+        if !name.contains('\0') {
+            assert_eq!(n2, name.as_bytes());
+        }
+    }
+}
+
+/// What `plannable` should say: the first word after spaces and opening
+/// parentheses is one of the statements Postgres plans.
+fn plannable_reference(q: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(q);
+    let rest = text.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '(');
+    let word: String = rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    ["select", "insert", "update", "delete", "merge", "with", "values", "table"]
+        .contains(&word.to_ascii_lowercase().as_str())
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.is_empty() {
+        return;
+    }
+    // every framed message of the stream
+    let _ = scan(data, 1 << 20, |_, msg| check(msg));
+    // the whole input as one message body
+    let one = message(data[0], &data[1..]);
+    check(&one);
+    for tag in [b'P', b'B', b'D', b'C'] {
+        check(&message(tag, &data[1..]));
+    }
+    assert_eq!(plannable(data), plannable_reference(data), "{:?}", String::from_utf8_lossy(data));
+    // the cache's recogniser of a cacheable batch
+    let chunk = Bytes::copy_from_slice(data);
+    if let Some(read) = extended_read(&chunk) {
+        if let Some(parse) = &read.parse {
+            assert!(parse_parse(parse).is_some());
+        }
+    }
+});
