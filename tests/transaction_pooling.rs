@@ -500,6 +500,42 @@ async fn a_promoted_statement_whose_plan_went_stale_is_prepared_afresh() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn one_text_under_two_search_paths_is_two_server_statements() {
+    use tokio_postgres::types::Type;
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE SCHEMA IF NOT EXISTS tenant_a AUTHORIZATION blog; \
+         CREATE SCHEMA IF NOT EXISTS tenant_b AUTHORIZATION blog; \
+         DROP TABLE IF EXISTS tenant_a.shape, tenant_b.shape; \
+         CREATE TABLE tenant_a.shape AS SELECT 1 AS id; \
+         CREATE TABLE tenant_b.shape AS SELECT 1 AS id, 'b'::text AS extra; \
+         GRANT SELECT ON tenant_a.shape, tenant_b.shape TO blog",
+    );
+    // one server for both tenants: their statements meet on it
+    let proxy = tx_proxy(1, "pool:\n  prepare_unnamed_statements: true\n");
+    let conn = proxy.conn_str("blog", "blogpw", "app");
+    let a = connect(&format!("{conn} options='-c search_path=tenant_a'"))
+        .await
+        .unwrap();
+    let b = app_client(&proxy).await;
+    b.batch_execute("SET search_path = tenant_b").await.unwrap();
+    let sql = "SELECT * FROM shape WHERE id = $1";
+    for i in 0..10 {
+        let ra = a.query_typed(sql, &[(&1i32, Type::INT4)]).await;
+        let rb = b.query_typed(sql, &[(&1i32, Type::INT4)]).await;
+        assert_eq!(ra.unwrap()[0].len(), 1, "tenant a, round {i}");
+        assert_eq!(rb.unwrap()[0].len(), 2, "tenant b, round {i}");
+        // named statements (tokio-postgres prepares them) too
+        let na = a.prepare(sql).await.unwrap();
+        assert_eq!(a.query(&na, &[&1i32]).await.unwrap()[0].len(), 1);
+        let nb = b.prepare(sql).await.unwrap();
+        assert_eq!(b.query(&nb, &[&1i32]).await.unwrap()[0].len(), 2);
+    }
+    assert!(promoted(&a, sql).await >= 2);
+}
+
 #[test]
 fn pgbench_with_unnamed_statements_kept_prepared_has_no_failures_in_either_pool_mode() {
     let pg = shared_postgres();

@@ -4,9 +4,9 @@
 //! unnamed statements (a client's named ones keep their names there).
 //!
 //! A client's statement names are private to it; on the server pgsift uses a
-//! shared name derived from the query text and parameter types
-//! (`pgsift_<hash>`), so every client with the same statement shares one
-//! server-side statement. On whichever server a client lands, pgsift
+//! shared name derived from the query text, parameter types and the
+//! client's `search_path` (`pgsift_<hash>`), so every client with the same
+//! statement under the same search path shares one server-side statement. On whichever server a client lands, pgsift
 //! prepares the statement lazily (injecting a Parse before a Bind or
 //! Describe that needs it), skips a Parse the server already has (answering
 //! ParseComplete itself), answers Close of a statement itself, and closes the
@@ -86,6 +86,10 @@ pub struct Pipeline {
     pub desync: bool,
     /// the last batch of client messages held a Flush
     flush_seen: bool,
+    /// the client's `search_path` as part of every shared name it uses (0:
+    /// none set): the same text under another search path may name another
+    /// table, so it is another server statement
+    pub salt: u64,
     /// an error came before the client sent its Sync: the server ignores
     /// everything up to that Sync, and so does the bookkeeping
     skipping: bool,
@@ -109,7 +113,16 @@ fn name_of(hash: u64) -> Arc<str> {
     format!("pgsift_{hash:016x}").into()
 }
 
-/// The shared server-side name of a statement.
+/// What a client's `search_path` adds to its statements' shared names
+/// (0 when it has set none: the server default is the same for everyone).
+pub fn search_path_salt(settings: &[(String, String)]) -> u64 {
+    settings
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("search_path"))
+        .map_or(0, |(_, v)| xxhash_rust::xxh3::xxh3_64(v.as_bytes()) | 1)
+}
+
+/// The shared server-side name of a statement (no search path set).
 pub fn shared_name(query: &[u8], param_types: &[u8]) -> Arc<str> {
     name_of(statement_hash(query, param_types))
 }
@@ -252,7 +265,7 @@ impl Pipeline {
                         let shared = if p.name.is_empty() {
                             self.promotion(&p, server)
                         } else if self.rename_named {
-                            Some(shared_name(p.query, p.param_types))
+                            Some(self.name_for(p.query, p.param_types))
                         } else {
                             None
                         };
@@ -366,11 +379,9 @@ impl Pipeline {
                     if p.name.is_empty() {
                         return None;
                     }
-                    parses.push((
-                        p.name.to_vec(),
-                        shared_name(p.query, p.param_types),
-                        extended::build_parse(&shared_name(p.query, p.param_types), &p),
-                    ));
+                    let shared = self.name_for(p.query, p.param_types);
+                    let parse = extended::build_parse(&shared, &p);
+                    parses.push((p.name.to_vec(), shared, parse));
                 }
                 b'S' => synced = true,
                 _ => return None,
@@ -401,7 +412,7 @@ impl Pipeline {
         if !self.promote_unnamed || !plannable(p.query) {
             return None;
         }
-        let hash = statement_hash(p.query, p.param_types);
+        let hash = self.hash_of(p.query, p.param_types);
         let name = name_of(hash);
         if self.recent_unnamed.contains(&hash) || server.prepared.contains(&name) {
             return Some(name);
@@ -409,6 +420,24 @@ impl Pipeline {
         self.recent_unnamed[self.recent_next] = hash;
         self.recent_next = (self.recent_next + 1) % RECENT_UNNAMED;
         None
+    }
+
+    /// The hash of a statement's shared name for this client.
+    fn hash_of(&self, query: &[u8], param_types: &[u8]) -> u64 {
+        if self.salt == 0 {
+            return statement_hash(query, param_types);
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(query);
+        h.update(&[0]);
+        h.update(param_types);
+        h.update(&self.salt.to_le_bytes());
+        h.digest()
+    }
+
+    /// A statement's shared name for this client.
+    fn name_for(&self, query: &[u8], param_types: &[u8]) -> Arc<str> {
+        name_of(self.hash_of(query, param_types))
     }
 
     /// The client's unnamed statement was replaced without pgsift's mapping
@@ -432,7 +461,7 @@ impl Pipeline {
     /// the statement is prepared on a server at its first use there.
     pub fn register_parse(&mut self, msg: &[u8]) {
         if let Some(p) = extended::parse_parse(msg).filter(|p| !p.name.is_empty()) {
-            let shared = shared_name(p.query, p.param_types);
+            let shared = self.name_for(p.query, p.param_types);
             let parse = extended::build_parse(&shared, &p);
             self.statements
                 .insert(p.name.to_vec(), ClientStatement { shared, parse });
@@ -694,6 +723,22 @@ mod tests {
             shared_name(b"SELECT $1", b"\0\x01\0\0\0\x17")
         );
         assert!(shared_name(b"x", b"").starts_with("pgsift_"));
+    }
+
+    #[test]
+    fn a_search_path_gives_the_same_text_another_shared_name() {
+        let set = |v: &str| vec![("search_path".to_owned(), v.to_owned())];
+        assert_eq!(search_path_salt(&[]), 0);
+        assert_ne!(search_path_salt(&set("a")), 0);
+        assert_ne!(search_path_salt(&set("a")), search_path_salt(&set("b")));
+        let mut p = Pipeline::new(true, true);
+        let plain = p.name_for(b"SELECT * FROM t", b"\0\0");
+        assert_eq!(plain, shared_name(b"SELECT * FROM t", b"\0\0"));
+        p.salt = search_path_salt(&set("tenant_a"));
+        let a = p.name_for(b"SELECT * FROM t", b"\0\0");
+        p.salt = search_path_salt(&set("tenant_b"));
+        let b = p.name_for(b"SELECT * FROM t", b"\0\0");
+        assert!(plain != a && a != b && plain != b);
     }
 
     #[test]

@@ -656,6 +656,7 @@ impl Session {
             }
         }
         let now = Instant::now();
+        self.pipeline.salt = super::pipeline::search_path_salt(&self.settings);
         // nothing in flight before this batch: a cache hit may answer it
         let idle_before = self.state.quiet() && to_server.is_empty() && self.pipeline.is_empty();
         let mut messages = 0;
