@@ -101,11 +101,15 @@ pub struct Pipeline {
 const RECENT_UNNAMED: usize = 8;
 
 /// The hash a statement's shared name is made of.
-fn statement_hash(query: &[u8], param_types: &[u8]) -> u64 {
+/// `salt`: [`search_path_salt`] of the client (0: none, nothing is added).
+fn statement_hash(query: &[u8], param_types: &[u8], salt: u64) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(query);
     h.update(&[0]);
     h.update(param_types);
+    if salt != 0 {
+        h.update(&salt.to_le_bytes());
+    }
     h.digest()
 }
 
@@ -124,7 +128,7 @@ pub fn search_path_salt(settings: &[(String, String)]) -> u64 {
 
 /// The shared server-side name of a statement (no search path set).
 pub fn shared_name(query: &[u8], param_types: &[u8]) -> Arc<str> {
-    name_of(statement_hash(query, param_types))
+    name_of(statement_hash(query, param_types, 0))
 }
 
 /// True for statements the server plans (and so gains from keeping
@@ -424,15 +428,7 @@ impl Pipeline {
 
     /// The hash of a statement's shared name for this client.
     fn hash_of(&self, query: &[u8], param_types: &[u8]) -> u64 {
-        if self.salt == 0 {
-            return statement_hash(query, param_types);
-        }
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(query);
-        h.update(&[0]);
-        h.update(param_types);
-        h.update(&self.salt.to_le_bytes());
-        h.digest()
+        statement_hash(query, param_types, self.salt)
     }
 
     /// A statement's shared name for this client.
@@ -710,7 +706,6 @@ fn frames(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
 
     #[test]
     fn shared_names_depend_on_text_and_parameter_types_only() {
@@ -795,32 +790,10 @@ mod tests {
         assert_eq!(frames(&out.concat()), vec![b'1']);
     }
 
-    #[test]
-    fn the_stale_plan_error_is_recognised() {
-        let mut b = BytesMut::new();
-        crate::protocol::messages::error_response(
-            &mut b,
-            crate::protocol::messages::Severity::Error,
-            "0A000",
-            "cached plan must not change result type",
-        );
-        assert!(is_stale_plan_error(&b));
-        let mut other = BytesMut::new();
-        crate::protocol::messages::error_response(
-            &mut other,
-            crate::protocol::messages::Severity::Error,
-            "0A000",
-            "something else",
-        );
-        assert!(!is_stale_plan_error(&other));
-        // a translated message (lc_messages) is recognised by its routine
+    /// An ErrorResponse with these fields (type letter + value each).
+    fn error_msg(fields: &[&str]) -> Vec<u8> {
         let mut body = Vec::new();
-        for f in [
-            "SERROR",
-            "C0A000",
-            "Mder Plan hat sich geändert",
-            "RRevalidateCachedQuery",
-        ] {
+        for f in fields {
             body.extend_from_slice(f.as_bytes());
             body.push(0);
         }
@@ -828,7 +801,27 @@ mod tests {
         let mut msg = vec![b'E'];
         msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
         msg.extend_from_slice(&body);
-        assert!(is_stale_plan_error(&msg));
+        msg
+    }
+
+    #[test]
+    fn the_stale_plan_error_is_recognised() {
+        let english = "Mcached plan must not change result type";
+        assert!(is_stale_plan_error(&error_msg(&[
+            "SERROR", "C0A000", english
+        ])));
+        assert!(!is_stale_plan_error(&error_msg(&[
+            "SERROR",
+            "C0A000",
+            "Msomething else"
+        ])));
+        // a translated message (lc_messages) is recognised by its routine
+        assert!(is_stale_plan_error(&error_msg(&[
+            "SERROR",
+            "C0A000",
+            "Mder Plan hat sich geändert",
+            "RRevalidateCachedQuery",
+        ])));
     }
 
     #[test]

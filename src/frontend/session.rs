@@ -295,10 +295,6 @@ pub struct Session {
     server: Option<Checkout>,
     state: ServerState,
     pipeline: Pipeline,
-    /// client messages go through `pipeline` (transaction mode, or session
-    /// mode with unnamed statements kept prepared; fixed for the session,
-    /// since replies already owed were not booked)
-    pipelined: bool,
     settings_changes: SettingsTracker,
     observer: Observer,
     cache: Option<SessionCache>,
@@ -386,7 +382,6 @@ impl Session {
                 config.pool.prepare_unnamed_statements,
                 mode == PoolMode::Transaction,
             ),
-            pipelined: mode == PoolMode::Transaction || config.pool.prepare_unnamed_statements,
             settings_changes: SettingsTracker::default(),
         };
         session.forward(stream, rbuf).await;
@@ -623,6 +618,14 @@ impl Session {
                 return_server(&self.pool, co, state, self.mode).await;
             }
         }
+    }
+
+    /// Client messages go through `pipeline`: transaction mode, or session
+    /// mode with unnamed statements kept prepared (a session-mode session
+    /// keeps its start value of that setting: replies already owed were not
+    /// booked).
+    fn pipelined(&self) -> bool {
+        self.mode == PoolMode::Transaction || self.pipeline.promote_unnamed
     }
 
     /// True when the server owes nothing and no transaction is open.
@@ -871,8 +874,9 @@ impl Session {
                 }
                 self.attach_server().await?;
             }
+            let pipelined = self.pipelined();
             match self.server.as_mut() {
-                Some(co) if self.pipelined => {
+                Some(co) if pipelined => {
                     let mut out = Vec::new();
                     self.pipeline.client_messages(
                         &chunk,
@@ -923,10 +927,11 @@ impl Session {
     /// Frames what the server sent, tracks ReadyForQuery and ParameterStatus,
     /// and queues complete messages for the client.
     fn server_input(&mut self, to_client: &mut Outbox) -> Result<(), End> {
+        let pipelined = self.pipelined();
         let Some(co) = self.server.as_mut() else {
             return Ok(());
         };
-        if self.pipelined {
+        if pipelined {
             let mut out = Vec::new();
             let state = &mut self.state;
             let tracker = &mut self.settings_changes;
