@@ -144,15 +144,14 @@ async fn upkeep(app: Arc<App>) {
     }
 }
 
-/// Readiness: an upstream answered a TCP connect (or a login succeeded).
+/// Readiness: an upstream accepted a connection (or a login succeeded).
 async fn probe_upstreams(app: Arc<App>) {
     while !app.upstream_answered.load(Ordering::Relaxed) && !app.is_shutting_down() {
         let config = app.config();
         for d in config.databases.values() {
-            let addr = format!("{}:{}", d.host, d.port);
             if let Ok(Ok(_)) = tokio::time::timeout(
                 Duration::from_secs(1),
-                tokio::net::TcpStream::connect(&addr),
+                crate::backend::socket::ServerStream::connect(&d.host, d.port),
             )
             .await
             {

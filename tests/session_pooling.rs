@@ -460,3 +460,59 @@ async fn session_mode_keeps_repeated_unnamed_statements_prepared_for_the_session
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// A socket directory as the upstream host (libpq's convention): both pool
+/// modes reach the server over its Unix-domain socket, and cancel requests
+/// do too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_directory_as_upstream_host_serves_both_modes_and_cancels() {
+    let pg = shared_postgres();
+    for mode in ["session", "transaction"] {
+        let proxy = Proxy::start(&format!(
+            "databases:\n  app: {{host: \"{dir}\", port: {p}, pool_mode: {mode}, pool_size: 2}}\n",
+            dir = pg.socket_dir().display(),
+            p = pg.port
+        ));
+        let conn_str = proxy.conn_str("blog", "blogpw", "app");
+        let c = connect(&conn_str).await.unwrap();
+        // Postgres shows no client address for a Unix-domain connection
+        let origin = common::scalar(
+            &c,
+            "SELECT coalesce(client_addr::text, 'socket') FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .await;
+        assert_eq!(origin, "socket", "{mode}");
+        // six clients with prepared statements share two servers
+        let mut workers = Vec::new();
+        for w in 0..6i32 {
+            let conn_str = conn_str.clone();
+            workers.push(tokio::spawn(async move {
+                let c = connect(&conn_str).await.unwrap();
+                let st = c.prepare("SELECT $1::int * 2").await.unwrap();
+                for i in 0..50i32 {
+                    let v: i32 = c.query_one(&st, &[&(w * 1000 + i)]).await.unwrap().get(0);
+                    assert_eq!(v, (w * 1000 + i) * 2);
+                }
+            }));
+        }
+        // in session mode both servers are taken by the workers until they
+        // finish; the cancel test below runs after them
+        for w in workers {
+            w.await.unwrap();
+        }
+        let token = c.cancel_token();
+        let started = Instant::now();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        });
+        let err = c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+        canceller.await.unwrap();
+        assert_eq!(
+            err.as_db_error().map(|e| e.code()),
+            Some(&SqlState::QUERY_CANCELED),
+            "{mode}: {err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2), "{mode}");
+    }
+}

@@ -5,6 +5,7 @@
 pub mod pool;
 pub mod prepared;
 pub mod server;
+pub mod socket;
 
 pub use pool::{Checkout, Pool, PoolError, PoolKey};
 pub use server::{ServerConnection, ServerError, UpstreamTarget};

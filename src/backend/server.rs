@@ -3,23 +3,22 @@
 //! changed on it, plus the few statements pgsift runs itself (parameter sync,
 //! ROLLBACK, DISCARD ALL).
 
+use super::socket::{ServerAddr, ServerReader, ServerStream, ServerWriter};
 use crate::auth::upstream::{login, UpstreamAuthError, UpstreamSecret};
 use crate::protocol::io::{read_message, ReadError};
 use crate::protocol::messages::{self, parse_error_fields, ErrorFields};
 use bytes::BytesMut;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 /// Where and as whom a pool logs in upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTarget {
-    /// server host name or address
+    /// server host name or address, or (starting with `/`) the directory
+    /// of its Unix-domain socket
     pub host: String,
     /// server port
     pub port: u16,
@@ -37,10 +36,10 @@ pub enum ServerError {
     /// could not connect or log in within connect_timeout
     #[error("timed out connecting to {0}")]
     ConnectTimeout(String),
-    /// TCP-level failure
+    /// socket-level failure
     #[error("could not connect to server {addr}: {source}")]
     Connect {
-        /// host:port
+        /// host:port or socket file
         addr: String,
         /// cause
         source: std::io::Error,
@@ -76,13 +75,13 @@ pub struct ServerConnection {
     /// process-unique id for logs and SHOW SERVERS
     pub id: u64,
     /// socket read half
-    pub reader: OwnedReadHalf,
+    pub reader: ServerReader,
     /// socket write half
-    pub writer: OwnedWriteHalf,
+    pub writer: ServerWriter,
     /// bytes read from the server not yet handled
     pub rbuf: BytesMut,
     /// server address (for cancel requests)
-    pub addr: SocketAddr,
+    pub addr: ServerAddr,
     /// BackendKeyData process id
     pub pid: i32,
     /// BackendKeyData secret
@@ -114,7 +113,7 @@ impl ServerConnection {
         target: &UpstreamTarget,
         timeout: Duration,
     ) -> Result<ServerConnection, ServerError> {
-        let addr = format!("{}:{}", target.host, target.port);
+        let addr = super::socket::describe(&target.host, target.port);
         tokio::time::timeout(timeout, Self::connect_inner(target, &addr))
             .await
             .map_err(|_| ServerError::ConnectTimeout(addr.clone()))?
@@ -124,17 +123,12 @@ impl ServerConnection {
         target: &UpstreamTarget,
         addr: &str,
     ) -> Result<ServerConnection, ServerError> {
-        let mut stream = TcpStream::connect(addr)
+        let (mut stream, peer) = ServerStream::connect(&target.host, target.port)
             .await
             .map_err(|source| ServerError::Connect {
                 addr: addr.to_owned(),
                 source,
             })?;
-        stream.set_nodelay(true).ok();
-        let peer = stream.peer_addr().map_err(|source| ServerError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let hello = login(
             &mut stream,
@@ -404,8 +398,8 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 /// Sends a CancelRequest for a server process.
-pub async fn send_cancel(addr: SocketAddr, pid: i32, secret: i32) -> std::io::Result<()> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+pub async fn send_cancel(addr: &ServerAddr, pid: i32, secret: i32) -> std::io::Result<()> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), ServerStream::reconnect(addr))
         .await
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect timed out")

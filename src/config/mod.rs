@@ -615,7 +615,15 @@ impl Config {
     /// defaults, one database and one user taken from the URL.
     pub fn from_upstream_url(url: &str) -> Result<Config, ConfigErrors> {
         let err = |m: String| ConfigErrors(vec![format!("--upstream: {m}")]);
-        let u = url::Url::parse(url).map_err(|e| err(format!("invalid URL \"{url}\": {e}")))?;
+        let parsed = match url::Url::parse(url) {
+            // `postgresql://user@/db?host=/dir`: libpq's way of naming only
+            // a socket directory, which the URL parser calls an empty host
+            Err(url::ParseError::EmptyHost) if url.contains("@/") && url.contains("host=") => {
+                url::Url::parse(&url.replacen("@/", "@localhost/", 1))
+            }
+            r => r,
+        };
+        let u = parsed.map_err(|e| err(format!("invalid URL \"{url}\": {e}")))?;
         if !matches!(u.scheme(), "postgres" | "postgresql") {
             return Err(err(format!("expected a postgresql:// URL, got \"{url}\"")));
         }
@@ -637,10 +645,27 @@ impl Config {
         } else {
             decode(dbname)
         };
-        let host = match u.host() {
-            Some(url::Host::Ipv6(a)) => a.to_string(),
-            Some(h) => h.to_string(),
-            None => "127.0.0.1".to_owned(),
+        // libpq's query parameters name the host (a socket directory too,
+        // `?host=/var/run/postgresql`) and port when the authority cannot
+        let query = |key: &str| {
+            u.query_pairs()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let host = match (query("host"), u.host()) {
+            (Some(h), _) => h,
+            (None, Some(url::Host::Ipv6(a))) => a.to_string(),
+            // a percent-encoded socket directory: postgresql://%2Ftmp/db
+            (None, Some(h)) => decode(&h.to_string()),
+            (None, None) => "127.0.0.1".to_owned(),
+        };
+        let port = match query("port") {
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(err(format!("invalid port \"{p}\" in \"{url}\""))),
+            },
+            None => u.port().unwrap_or(5432),
         };
         let mut cfg = Config::parse("").expect("built-in defaults are valid");
         cfg.users.insert(
@@ -655,7 +680,7 @@ impl Config {
             dbname.clone(),
             DatabaseConfig {
                 host,
-                port: u.port().unwrap_or(5432),
+                port,
                 dbname,
                 pool_mode: PoolMode::Transaction,
                 pool_size: 20,
@@ -758,6 +783,30 @@ mod tests {
             Some(Password::Plain("s@cret".into()))
         );
         assert_eq!(cfg.listen, DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn upstream_url_can_name_a_socket_directory() {
+        let hosts = |url: &str| {
+            let cfg = Config::from_upstream_url(url).unwrap();
+            let db = cfg.databases.values().next().unwrap().clone();
+            (db.host, db.port, db.dbname)
+        };
+        let want = ("/var/run/postgresql".to_owned(), 5433, "shop".to_owned());
+        assert_eq!(
+            hosts("postgresql://app@/shop?host=/var/run/postgresql&port=5433"),
+            want
+        );
+        assert_eq!(
+            hosts("postgresql://app@%2Fvar%2Frun%2Fpostgresql:5433/shop"),
+            want
+        );
+        // the query's host wins over the authority's, as in libpq
+        assert_eq!(
+            hosts("postgresql://app@db.local:5433/shop?host=%2Fvar%2Frun%2Fpostgresql"),
+            want
+        );
+        assert!(Config::from_upstream_url("postgresql://app@/shop?port=none").is_err());
     }
 
     #[test]

@@ -2,18 +2,18 @@
 //! CancelRequest carrying it is forwarded, with the real server's key, to
 //! whichever server is serving that client at the moment.
 
+use crate::backend::socket::ServerAddr;
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The server a client is using right now, if any.
 #[derive(Debug, Default)]
-pub struct CancelTarget(Mutex<Option<(SocketAddr, i32, i32)>>);
+pub struct CancelTarget(Mutex<Option<(ServerAddr, i32, i32)>>);
 
 impl CancelTarget {
     /// The client got a server.
-    pub fn set(&self, addr: SocketAddr, pid: i32, secret: i32) {
+    pub fn set(&self, addr: ServerAddr, pid: i32, secret: i32) {
         *self.0.lock() = Some((addr, pid, secret));
     }
     /// The client returned its server.
@@ -21,8 +21,8 @@ impl CancelTarget {
         *self.0.lock() = None;
     }
     /// The server to cancel on.
-    pub fn get(&self) -> Option<(SocketAddr, i32, i32)> {
-        *self.0.lock()
+    pub fn get(&self) -> Option<(ServerAddr, i32, i32)> {
+        self.0.lock().clone()
     }
 }
 
@@ -59,7 +59,7 @@ impl CancelRegistry {
         let key = (pid, i32::from_be_bytes(secret));
         let target = self.keys.get(&key).and_then(|t| t.get());
         if let Some((addr, spid, ssecret)) = target {
-            if let Err(e) = crate::backend::server::send_cancel(addr, spid, ssecret).await {
+            if let Err(e) = crate::backend::server::send_cancel(&addr, spid, ssecret).await {
                 tracing::warn!(error = %e, "forwarding cancel request failed");
             }
         }

@@ -290,7 +290,7 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
 
     let (cancel_key, cancel) = app.cancels.issue();
     if let Some(co) = &server {
-        cancel.set(co.server.addr, co.server.pid, co.server.secret);
+        cancel.set(co.server.addr.clone(), co.server.pid, co.server.secret);
     }
     let mut greeting = BytesMut::with_capacity(512);
     let mut names: Vec<&String> = reported.keys().collect();

@@ -20,6 +20,7 @@ use super::settings::SettingsTracker;
 use super::stream::ClientStream;
 use crate::app::App;
 use crate::backend::server::{note_parameter_status, send_cancel};
+use crate::backend::socket::{ServerReader, ServerWriter, TryWrite};
 use crate::backend::{Checkout, Pool};
 use crate::cache::{Lookup, Miss};
 use crate::config::PoolMode;
@@ -39,7 +40,6 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Queue bound per direction before pgsift stops reading the sender.
 const HIGH_WATER: usize = 1 << 20;
@@ -130,10 +130,10 @@ impl ServerState {
 /// takes too long closes the server instead of returning it.
 pub async fn return_server(pool: &Pool, mut co: Checkout, state: ServerState, mode: PoolMode) {
     if !state.quiet() {
-        let (addr, pid, secret) = (co.server.addr, co.server.pid, co.server.secret);
+        let (addr, pid, secret) = (co.server.addr.clone(), co.server.pid, co.server.secret);
         pool.discard(co);
         tokio::spawn(async move {
-            let _ = send_cancel(addr, pid, secret).await;
+            let _ = send_cancel(&addr, pid, secret).await;
         });
         return;
     }
@@ -226,7 +226,7 @@ impl Outbox {
 }
 
 async fn read_opt(
-    r: Option<&mut OwnedReadHalf>,
+    r: Option<&mut ServerReader>,
     buf: Option<&mut BytesMut>,
 ) -> std::io::Result<usize> {
     match (r, buf) {
@@ -254,7 +254,7 @@ async fn write_outbox<W: AsyncWrite + Unpin>(w: &mut W, outbox: &Outbox) -> std:
 /// Sends what the socket takes right now, without waiting: a request or a
 /// reply goes out in the wake-up that produced it instead of the next trip
 /// through the event loop. Errors are left for the regular write to meet.
-fn send_now(w: Option<&OwnedWriteHalf>, outbox: &mut Outbox, sent: &IntCounter) {
+fn send_now<W: TryWrite>(w: Option<&W>, outbox: &mut Outbox, sent: &IntCounter) {
     let Some(w) = w else {
         return;
     };
@@ -275,7 +275,7 @@ fn send_now(w: Option<&OwnedWriteHalf>, outbox: &mut Outbox, sent: &IntCounter) 
     }
 }
 
-async fn write_opt(w: Option<&mut OwnedWriteHalf>, outbox: &Outbox) -> std::io::Result<usize> {
+async fn write_opt(w: Option<&mut ServerWriter>, outbox: &Outbox) -> std::io::Result<usize> {
     match w {
         Some(w) if !outbox.is_empty() => write_outbox(w, outbox).await,
         _ => pending().await,
@@ -917,7 +917,7 @@ impl Session {
             return Err(End::NoServer(code, msg));
         }
         self.cancel
-            .set(co.server.addr, co.server.pid, co.server.secret);
+            .set(co.server.addr.clone(), co.server.pid, co.server.secret);
         self.info
             .set(ClientState::Active, Some((co.server.id, co.server.pid)));
         self.server = Some(co);

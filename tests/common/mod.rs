@@ -160,6 +160,11 @@ impl Postgres {
         pg
     }
 
+    /// The directory of the server's Unix-domain socket.
+    pub fn socket_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
