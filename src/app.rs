@@ -272,5 +272,9 @@ pub fn pool_settings(config: &Config, d: &DatabaseConfig) -> PoolSettings {
         checkout_timeout: config.pool.checkout_timeout,
         idle_timeout: config.pool.idle_timeout,
         server_lifetime: config.pool.server_lifetime,
+        multiplex: match d.pool_mode {
+            crate::config::PoolMode::Transaction => config.pool.multiplex_servers.min(d.pool_size),
+            crate::config::PoolMode::Session => 0,
+        },
     }
 }

@@ -573,6 +573,10 @@ fn show_config(app: &App) -> Table {
         c.pool.prepare_unnamed_statements.to_string(),
     );
     kv(
+        "pool.multiplex_servers",
+        c.pool.multiplex_servers.to_string(),
+    );
+    kv(
         "pool.client_login_timeout",
         format!("{:?}", c.pool.client_login_timeout),
     );

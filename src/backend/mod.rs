@@ -2,6 +2,7 @@
 //! its FIFO checkout queue, and the upkeep that keeps pools within their
 //! limits (idle timeout, server lifetime, min_pool_size, reconnect backoff).
 
+pub mod mux;
 pub mod pool;
 pub mod prepared;
 pub mod server;

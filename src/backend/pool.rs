@@ -34,6 +34,8 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// servers are recycled when idle after this
     pub server_lifetime: Duration,
+    /// most servers shared by autocommit statements (transaction mode; 0: none)
+    pub multiplex: usize,
 }
 
 /// Why a client got no server.
@@ -117,6 +119,8 @@ pub struct Pool {
     paused: tokio::sync::watch::Sender<bool>,
     /// live counts
     pub counts: PoolCounts,
+    /// servers shared by many clients' autocommit statements
+    pub mux: super::mux::Mux,
 }
 
 /// A server checked out of a pool. Dropping it without [`Pool::checkin`]
@@ -161,6 +165,7 @@ impl Pool {
             backoff: Mutex::new(Backoff::default()),
             upstream_answered,
             counts: PoolCounts::default(),
+            mux: Default::default(),
         })
     }
 

@@ -151,6 +151,13 @@ impl TryWrite for tcp::OwnedWriteHalf {
     }
 }
 
+impl ServerWriter {
+    /// Waits until the socket takes more bytes.
+    pub async fn writable(&self) -> io::Result<()> {
+        on_variant!(ServerWriter, self, s => s.writable().await)
+    }
+}
+
 impl TryWrite for ServerWriter {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         on_variant!(ServerWriter, self, s => s.try_write(buf))

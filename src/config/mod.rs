@@ -106,6 +106,9 @@ pub struct PoolConfig {
     /// transaction mode: repeated unnamed statements are kept prepared on
     /// the servers under shared names
     pub prepare_unnamed_statements: bool,
+    /// transaction mode: up to this many of a pool's servers are shared by
+    /// many clients' autocommit statements at once (0: off)
+    pub multiplex_servers: usize,
     /// a client must finish startup and authentication within this
     pub client_login_timeout: Duration,
     /// longest protocol message accepted from a client or a server
@@ -456,6 +459,7 @@ impl Config {
                 0,
             ),
             prepare_unnamed_statements: p.prepare_unnamed_statements.unwrap_or(false),
+            multiplex_servers: e.count("pool.multiplex_servers", p.multiplex_servers, 0, 0),
             client_login_timeout: e.duration(
                 "pool.client_login_timeout",
                 p.client_login_timeout.as_ref(),

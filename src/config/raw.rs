@@ -68,6 +68,7 @@ pub struct RawPool {
     pub max_client_conn: Option<i64>,
     pub max_prepared_statements: Option<i64>,
     pub prepare_unnamed_statements: Option<bool>,
+    pub multiplex_servers: Option<i64>,
     pub client_login_timeout: Option<String>,
     pub max_message_size: Option<String>,
 }

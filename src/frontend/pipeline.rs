@@ -58,6 +58,17 @@ enum Reply {
     CopyEnd,
 }
 
+/// Most distinct statements one multiplexed batch may use.
+const MUX_MAX_STATEMENTS: usize = 4;
+
+/// A client batch for a multiplexed server.
+pub struct MuxBatch {
+    /// the messages, statement names rewritten to shared ones
+    pub batch: Vec<Bytes>,
+    /// the statements it uses: shared name and the Parse under it
+    pub needs: Vec<(Arc<str>, Bytes)>,
+}
+
 /// A client's prepared statement.
 #[derive(Debug, Clone)]
 struct ClientStatement {
@@ -161,7 +172,7 @@ pub fn plannable(query: &[u8]) -> bool {
 /// Is this ErrorResponse the server's "cached plan must not change result
 /// type" (a prepared SELECT * after its table's columns changed, or the
 /// same text under another search_path)?
-fn is_stale_plan_error(msg: &[u8]) -> bool {
+pub(crate) fn is_stale_plan_error(msg: &[u8]) -> bool {
     let f = crate::protocol::messages::parse_error_fields(msg.get(5..).unwrap_or_default());
     // the routine name is not translated (lc_messages); the message is
     f.code == "0A000"
@@ -451,6 +462,56 @@ impl Pipeline {
             .then_some("server replies were out of step with the client's requests");
         self.desync = false;
         why
+    }
+
+    /// A batch a multiplexed server can run for this client (see
+    /// `backend::mux`): Binds of the client's named statements whose text
+    /// the server plans (so the batch cannot open a transaction or change a
+    /// setting with SET), Executes, Describes of portals, and one Sync at
+    /// the end, with nothing owed from before. Returns the batch with
+    /// shared statement names and the statements it needs (at most four,
+    /// so that making room for them never evicts one of them).
+    pub fn mux_request(&self, chunk: &Bytes) -> Option<MuxBatch> {
+        if !self.replies.is_empty() || self.skipping || self.copy_in || !self.rename_named {
+            return None;
+        }
+        let mut batch = Vec::new();
+        let mut needs: Vec<(Arc<str>, Bytes)> = Vec::new();
+        let mut pos = 0;
+        let mut synced = false;
+        while let Ok(Some((tag, total))) = peek_frame(&chunk[pos..], usize::MAX >> 1) {
+            if synced {
+                return None;
+            }
+            let msg = &chunk[pos..pos + total];
+            match tag {
+                b'B' => {
+                    let (name, _) = extended::bind_statement(msg)?;
+                    let s = self.statements.get(name).filter(|_| !name.is_empty())?;
+                    if !extended::parse_parse(&s.parse).is_some_and(|p| plannable(p.query)) {
+                        return None;
+                    }
+                    batch.push(extended::rebuild_bind(msg, &s.shared)?);
+                    if !needs.iter().any(|(n, _)| *n == s.shared) {
+                        if needs.len() == MUX_MAX_STATEMENTS {
+                            return None;
+                        }
+                        needs.push((s.shared.clone(), s.parse.clone()));
+                    }
+                }
+                b'E' => batch.push(chunk.slice(pos..pos + total)),
+                b'D' if extended::target(msg).is_some_and(|(k, _)| k == b'P') => {
+                    batch.push(chunk.slice(pos..pos + total))
+                }
+                b'S' => {
+                    batch.push(chunk.slice(pos..pos + total));
+                    synced = true;
+                }
+                _ => return None,
+            }
+            pos += total;
+        }
+        (synced && pos == chunk.len() && !needs.is_empty()).then_some(MuxBatch { batch, needs })
     }
 
     /// Records a named Parse that pgsift answered itself (from the cache):

@@ -21,7 +21,7 @@ use super::stream::ClientStream;
 use crate::app::App;
 use crate::backend::server::{note_parameter_status, send_cancel};
 use crate::backend::socket::{ServerReader, ServerWriter, TryWrite};
-use crate::backend::{Checkout, Pool};
+use crate::backend::{mux, Checkout, Pool};
 use crate::cache::{Lookup, Miss};
 use crate::config::PoolMode;
 use crate::metrics::ByteCounters;
@@ -176,6 +176,8 @@ enum Event {
     ServerRead(std::io::Result<usize>),
     ClientWrote(std::io::Result<usize>),
     ServerWrote(std::io::Result<usize>),
+    /// replies from a multiplexed server
+    Mux(Option<mux::Reply>),
     Shutdown,
     BurstDeadline,
 }
@@ -235,6 +237,15 @@ async fn read_opt(
             r.read_buf(buf).await
         }
         _ => pending().await,
+    }
+}
+
+async fn recv_opt(
+    rx: Option<&mut tokio::sync::mpsc::UnboundedReceiver<mux::Reply>>,
+) -> Option<mux::Reply> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => pending().await,
     }
 }
 
@@ -303,6 +314,15 @@ pub struct Session {
     info: Arc<ClientInfo>,
     /// the config generation this session last applied
     generation: u64,
+    /// servers of the pool shared by autocommit statements (0: none)
+    multiplex: usize,
+    /// replies from multiplexed servers come here
+    mux_replies: Option<(
+        tokio::sync::mpsc::UnboundedSender<mux::Reply>,
+        tokio::sync::mpsc::UnboundedReceiver<mux::Reply>,
+    )>,
+    /// a batch is on a multiplexed server and its ReadyForQuery is owed
+    mux_pending: bool,
 }
 
 impl Session {
@@ -383,7 +403,11 @@ impl Session {
                 mode == PoolMode::Transaction,
             ),
             settings_changes: SettingsTracker::default(),
+            multiplex: 0,
+            mux_replies: None,
+            mux_pending: false,
         };
+        session.multiplex = session.multiplex_servers();
         session.forward(stream, rbuf).await;
     }
 
@@ -476,7 +500,11 @@ impl Session {
                         }
                     }
                 }
-                let read_client = to_server.len < HIGH_WATER;
+                // a client waits for its multiplexed batch's replies before
+                // its next batch goes anywhere (replies stay in order)
+                let read_client = to_server.len < HIGH_WATER && !self.mux_pending;
+                let mux_pending = self.mux_pending;
+                let mux_rx = self.mux_replies.as_mut().map(|(_, rx)| rx);
                 let read_server = to_client.len < HIGH_WATER;
                 // biased: no random branch order (a thread-local RNG draw
                 // per wake-up); writes first, then replies, then requests
@@ -485,6 +513,7 @@ impl Session {
                     r = write_outbox(&mut cw, &to_client), if !to_client.is_empty() => Event::ClientWrote(r),
                     r = write_opt(sw, &to_server), if !to_server.is_empty() => Event::ServerWrote(r),
                     r = read_opt(sr, sbuf), if read_server => Event::ServerRead(r),
+                    r = recv_opt(mux_rx), if mux_pending && read_server => Event::Mux(r),
                     r = async { cbuf.reserve(8192); cr.read_buf(&mut cbuf).await }, if read_client => Event::ClientRead(r),
                     _ = stopping(), if !draining => Event::Shutdown,
                     _ = &mut burst_timer, if timer_at.is_some() => Event::BurstDeadline,
@@ -533,6 +562,18 @@ impl Session {
                     send_now(server, &mut to_server, &self.bytes.server_out);
                     send_now(cw.plain(), &mut to_client, &self.bytes.client_out);
                 }
+                Event::Mux(Some(Ok(chunk))) => {
+                    self.bytes.server_in.inc_by(chunk.len() as u64);
+                    if let Err(end) = self.mux_input(chunk, &mut to_client) {
+                        break end;
+                    }
+                    if let Some(sc) = self.cache.as_mut().filter(|sc| sc.must_record()) {
+                        sc.record().await;
+                    }
+                    send_now(cw.plain(), &mut to_client, &self.bytes.client_out);
+                }
+                Event::Mux(Some(Err(e))) => break End::ServerLost(e),
+                Event::Mux(None) => break End::ServerLost("multiplexed server gone".into()),
                 Event::ServerRead(Ok(0)) => {
                     break End::ServerLost("server closed the connection unexpectedly".into())
                 }
@@ -628,6 +669,91 @@ impl Session {
         self.mode == PoolMode::Transaction || self.pipeline.promote_unnamed
     }
 
+    /// How many servers of the pool this session's autocommit statements
+    /// may share with other clients'.
+    fn multiplex_servers(&self) -> usize {
+        // making room for a batch's statements must never evict one of them
+        let room = self.max_prepared == 0 || self.max_prepared >= 8;
+        match self.mode {
+            PoolMode::Transaction if room => self.pool.settings().multiplex,
+            _ => 0,
+        }
+    }
+
+    /// Hands a batch to a multiplexed server when it is one such a server
+    /// runs (see `backend::mux`). True when it was taken.
+    fn try_multiplex(&mut self, chunk: &Bytes) -> bool {
+        let Some(req) = self.pipeline.mux_request(chunk) else {
+            return false;
+        };
+        let (tx, _) = self
+            .mux_replies
+            .get_or_insert_with(tokio::sync::mpsc::unbounded_channel);
+        let request = mux::Request {
+            needs: req.needs,
+            batch: req.batch,
+            reply: tx.clone(),
+        };
+        let key = crate::backend::server::settings_key(&self.settings, &self.pool.defaults());
+        match mux::submit(
+            &self.pool,
+            key,
+            &self.settings,
+            self.multiplex,
+            self.max_prepared,
+            request,
+        ) {
+            Ok(server) => {
+                self.mux_pending = true;
+                if let Some(s) = server {
+                    self.cancel.set(s.addr, s.pid, s.secret);
+                    self.info.set(ClientState::Active, Some((s.id, s.pid)));
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Replies from a multiplexed server: like a server's own, they are
+    /// observed, checked for the end of the batch, and queued for the client.
+    fn mux_input(&mut self, chunk: Bytes, to_client: &mut Outbox) -> Result<(), End> {
+        let now = Instant::now();
+        let mut pos = 0;
+        while let Some((tag, total)) = peek_frame(&chunk[pos..], usize::MAX >> 1)
+            .map_err(|e| End::ServerProtocol(e.to_string()))?
+        {
+            let msg = &chunk[pos..pos + total];
+            self.observer.server_message(tag, now);
+            if let Some(sc) = self.cache.as_mut() {
+                sc.take_effects(&mut self.observer.effects);
+                sc.server_message(tag, msg);
+            }
+            match tag {
+                b'Z' if total == 6 => {
+                    self.state.tx = msg[5];
+                    if msg[5] == b'I' {
+                        self.transactions.inc();
+                    }
+                    self.state.pending = self.state.pending.saturating_sub(1);
+                    self.settings_changes.ready(msg[5], &mut self.settings);
+                    self.mux_pending = false;
+                    self.cancel.clear();
+                    self.info.set(ClientState::Idle, None);
+                }
+                b'E' => self.settings_changes.failed(),
+                b'S' => self.settings_changes.reported(&msg[5..], &mut self.settings),
+                _ => {}
+            }
+            pos += total;
+        }
+        if let Some(sc) = self.cache.as_mut() {
+            sc.client_bound(&chunk);
+        }
+        to_client.push(chunk);
+        Ok(())
+    }
+
     /// True when the server owes nothing and no transaction is open.
     fn idle_outside_transaction(&self) -> bool {
         self.state.quiet() && self.state.tx == b'I' && self.pipeline.is_empty()
@@ -657,6 +783,7 @@ impl Session {
             if self.mode == PoolMode::Transaction {
                 self.pipeline.promote_unnamed = config.pool.prepare_unnamed_statements;
             }
+            self.multiplex = self.multiplex_servers();
         }
         let now = Instant::now();
         self.pipeline.salt = super::pipeline::search_path_salt(&self.settings);
@@ -864,6 +991,13 @@ impl Session {
         terminate: bool,
     ) -> Result<bool, End> {
         {
+            if self.server.is_none()
+                && self.multiplex > 0
+                && !terminate
+                && self.try_multiplex(&chunk)
+            {
+                return Ok(true);
+            }
             if self.server.is_none() {
                 if transaction_mode && !self.pool.has_free_slot() {
                     if let Some(replies) = self.pipeline.acknowledge_prepares(&chunk) {

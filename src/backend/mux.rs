@@ -1,0 +1,442 @@
+//! Statement multiplexing (transaction mode, `pool.multiplex_servers`).
+//!
+//! A client's batch that runs already prepared statements outside a
+//! transaction (Bind/Execute/Sync, as `pgbench -M prepared` and every driver
+//! with a statement cache send) is a transaction of its own that ends at its
+//! Sync. Such batches of many clients can share one server connection at
+//! the same time: they are written one after another without waiting for
+//! the replies, and the replies, which come back in the same order, are
+//! routed to their clients by counting ReadyForQuery messages. The server
+//! then reads many transactions per wake-up and pgsift writes and reads
+//! them in one system call each, where checking a server out per
+//! transaction costs a round trip of its own.
+//!
+//! A *lane* is one such shared server with a task of its own. Lanes are
+//! opened on demand (at most `multiplex_servers` per pool, taken from its
+//! `pool_size`), serve only clients whose tracked settings match the
+//! settings the lane's server was brought to, and give the server back to
+//! the pool after a short idle time. A lane is retired (no new batches,
+//! then its server leaves) when a statement changed a setting
+//! (ParameterStatus), its plan went stale, or the server said something the
+//! lane did not expect.
+
+use super::pool::{Checkout, Pool};
+use super::socket::{ServerAddr, TryWrite};
+use crate::protocol::frame::{is_backend_type, peek_frame};
+use bytes::{Buf, Bytes, BytesMut};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// A lane without work this long gives its server back.
+const LANE_IDLE: Duration = Duration::from_millis(100);
+
+/// What a client gets back: complete server messages (its replies, in
+/// order, up to and including its ReadyForQuery, possibly in several
+/// chunks), or why the lane failed.
+pub type Reply = Result<Bytes, String>;
+
+/// One client batch for a lane.
+pub struct Request {
+    /// statements the batch uses, by shared name, with the Parse that
+    /// prepares each on a server that lacks it
+    pub needs: Vec<(Arc<str>, Bytes)>,
+    /// the batch, statement names already rewritten to shared ones
+    pub batch: Vec<Bytes>,
+    /// where the replies go
+    pub reply: UnboundedSender<Reply>,
+}
+
+/// The server a lane runs on (for cancel requests and SHOW CLIENTS).
+#[derive(Debug, Clone)]
+pub struct LaneServer {
+    /// address for cancel requests
+    pub addr: ServerAddr,
+    /// backend process id
+    pub pid: i32,
+    /// cancel secret
+    pub secret: i32,
+    /// pgsift's server id
+    pub id: u64,
+}
+
+struct LaneHandle {
+    tx: UnboundedSender<Request>,
+    /// requests submitted and not yet answered in full
+    outstanding: Arc<AtomicUsize>,
+    /// settings key the lane serves
+    key: u64,
+    /// no new requests (set under the registry lock)
+    closed: Arc<AtomicBool>,
+    server: Arc<OnceLock<LaneServer>>,
+}
+
+/// A pool's lanes.
+#[derive(Default)]
+pub struct Mux {
+    lanes: Mutex<Vec<LaneHandle>>,
+}
+
+impl Mux {
+    /// Lanes open now.
+    pub fn lanes(&self) -> usize {
+        self.lanes.lock().len()
+    }
+}
+
+/// Queues `req` on the least loaded lane serving `key` (the client's
+/// settings), opening a lane when every one is busy and fewer than `max`
+/// exist. Gives the request back when no lane can take it (all `max` lanes
+/// serve other settings). On success returns the lane's server, when it is
+/// known yet (for cancel requests).
+pub fn submit(
+    pool: &Arc<Pool>,
+    key: u64,
+    settings: &[(String, String)],
+    max: usize,
+    max_prepared: usize,
+    req: Request,
+) -> Result<Option<LaneServer>, Request> {
+    let mut lanes = pool.mux.lanes.lock();
+    lanes.retain(|l| !l.closed.load(Ordering::Relaxed));
+    let best = lanes
+        .iter()
+        .filter(|l| l.key == key)
+        .min_by_key(|l| l.outstanding.load(Ordering::Relaxed));
+    let lane = match best {
+        Some(l) if l.outstanding.load(Ordering::Relaxed) == 0 || lanes.len() >= max => l,
+        _ if lanes.len() < max => {
+            let (tx, rx) = unbounded_channel();
+            let handle = LaneHandle {
+                tx,
+                outstanding: Arc::new(AtomicUsize::new(0)),
+                key,
+                closed: Arc::new(AtomicBool::new(false)),
+                server: Arc::new(OnceLock::new()),
+            };
+            let lane = Lane {
+                pool: pool.clone(),
+                outstanding: handle.outstanding.clone(),
+                closed: handle.closed.clone(),
+                server_info: handle.server.clone(),
+                max_prepared,
+                rx,
+                pending: VecDeque::new(),
+                retiring: false,
+                broken: None,
+            };
+            tokio::spawn(lane.run(settings.to_vec()));
+            lanes.push(handle);
+            lanes.last().expect("just pushed")
+        }
+        _ => return Err(req),
+    };
+    lane.outstanding.fetch_add(1, Ordering::Relaxed);
+    let server = lane.server.get().cloned();
+    if let Err(e) = lane.tx.send(req) {
+        // the lane's task is gone (it panicked): never use it again
+        lane.outstanding.fetch_sub(1, Ordering::Relaxed);
+        lane.closed.store(true, Ordering::Relaxed);
+        return Err(e.0);
+    }
+    Ok(server)
+}
+
+/// A request written to the server and not yet answered in full.
+struct Pending {
+    reply: UnboundedSender<Reply>,
+    /// replies to messages pgsift added (ParseComplete `1`), dropped in
+    /// order; the name is the statement a Parse prepared
+    swallow: VecDeque<(u8, Option<Arc<str>>)>,
+}
+
+struct Lane {
+    pool: Arc<Pool>,
+    outstanding: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
+    server_info: Arc<OnceLock<LaneServer>>,
+    max_prepared: usize,
+    rx: UnboundedReceiver<Request>,
+    pending: VecDeque<Pending>,
+    /// take no new requests; leave once the queued ones are answered
+    retiring: bool,
+    /// the server is unusable (why): fail everything, close it
+    broken: Option<String>,
+}
+
+impl Lane {
+    async fn run(mut self, settings: Vec<(String, String)>) {
+        let co = match self.pool.checkout().await {
+            Ok(mut co) => match co
+                .server
+                .sync_settings(&settings, &self.pool.defaults())
+                .await
+            {
+                Ok(()) => co,
+                Err(e) => {
+                    self.pool.discard(co);
+                    return self.fail_all(e.to_string());
+                }
+            },
+            Err(e) => return self.fail_all(e.to_string()),
+        };
+        let _ = self.server_info.set(LaneServer {
+            addr: co.server.addr.clone(),
+            pid: co.server.pid,
+            secret: co.server.secret,
+            id: co.server.id,
+        });
+        let co = self.serve(co).await;
+        match self.broken.take() {
+            Some(why) => {
+                tracing::warn!(server = co.server.id, "multiplexed server closed: {why}");
+                self.pool.discard(co);
+                self.fail_all(why);
+            }
+            None if self.retiring => {
+                // a statement changed a setting or a plan went stale: the
+                // server leaves the pool rather than carry that along
+                self.pool.discard(co);
+            }
+            None => self.pool.checkin(co),
+        }
+    }
+
+    /// Closes the lane to new requests and answers the queued ones with an error.
+    fn fail_all(&mut self, why: String) {
+        self.close();
+        for p in self.pending.drain(..) {
+            let _ = p.reply.send(Err(why.clone()));
+        }
+        while let Ok(r) = self.rx.try_recv() {
+            let _ = r.reply.send(Err(why.clone()));
+        }
+        self.outstanding.store(0, Ordering::Relaxed);
+    }
+
+    fn close(&self) {
+        let _lanes = self.pool.mux.lanes.lock();
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Closes the lane when nothing is outstanding; false when a request
+    /// came in meanwhile.
+    fn close_if_idle(&self) -> bool {
+        let _lanes = self.pool.mux.lanes.lock();
+        if self.outstanding.load(Ordering::Relaxed) == 0 {
+            self.closed.store(true, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Adds a request to the bytes for the server: Closes of statements
+    /// evicted to make room first (a Close cannot fail, so no error can
+    /// make the server skip one), then Parses of the statements the server
+    /// lacks, then the batch.
+    fn enqueue(&mut self, req: Request, co: &mut Checkout, wbuf: &mut BytesMut) {
+        let mut swallow = VecDeque::new();
+        let mut parses = Vec::new();
+        for (name, parse) in req.needs {
+            if co.server.prepared.touch(&name) {
+                continue;
+            }
+            if let Some(victim) = co.server.prepared.insert(name.clone(), self.max_prepared) {
+                wbuf.extend_from_slice(&crate::protocol::extended::build_target(
+                    b'C', b'S', &victim,
+                ));
+                swallow.push_back((b'3', None));
+            }
+            parses.push((name, parse));
+        }
+        for (name, parse) in parses {
+            wbuf.extend_from_slice(&parse);
+            swallow.push_back((b'1', Some(name)));
+        }
+        for b in &req.batch {
+            wbuf.extend_from_slice(b);
+        }
+        self.pending.push_back(Pending {
+            reply: req.reply,
+            swallow,
+        });
+    }
+
+    /// Takes no new requests from now on.
+    fn retire(&mut self) {
+        self.retiring = true;
+        self.close();
+    }
+
+    /// Runs until idle, retired or broken; returns the server.
+    async fn serve(&mut self, mut co: Checkout) -> Checkout {
+        let mut wbuf = BytesMut::with_capacity(8 * 1024);
+        // bytes at the front of the server's buffer scanned and belonging
+        // to the first pending request
+        let mut scanned = 0;
+        loop {
+            // (a retiring lane is closed to new requests; queued ones are served)
+            while let Ok(req) = self.rx.try_recv() {
+                self.enqueue(req, &mut co, &mut wbuf);
+            }
+            if !wbuf.is_empty() {
+                match TryWrite::try_write(&co.server.writer, &wbuf) {
+                    Ok(n) => wbuf.advance(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        self.broken = Some(e.to_string());
+                        return co;
+                    }
+                }
+            }
+            if self.pending.is_empty() && wbuf.is_empty() {
+                if self.retiring {
+                    self.close();
+                    if self.outstanding.load(Ordering::Relaxed) == 0 {
+                        return co;
+                    }
+                }
+                match tokio::time::timeout(LANE_IDLE, self.rx.recv()).await {
+                    Ok(Some(req)) => {
+                        self.enqueue(req, &mut co, &mut wbuf);
+                        continue;
+                    }
+                    Ok(None) => return co,
+                    Err(_) => {
+                        if self.close_if_idle() {
+                            return co;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let server = &mut co.server;
+            if server.rbuf.capacity() - server.rbuf.len() < 4096 {
+                server.rbuf.reserve(16 * 1024);
+            }
+            tokio::select! {
+                biased;
+                r = server.reader.read_buf(&mut server.rbuf) => match r {
+                    Ok(0) => {
+                        self.broken = Some("server closed the connection".into());
+                        return co;
+                    }
+                    Err(e) => {
+                        self.broken = Some(e.to_string());
+                        return co;
+                    }
+                    Ok(_) => {
+                        self.route(&mut co, &mut scanned);
+                        if self.broken.is_some() {
+                            return co;
+                        }
+                    }
+                },
+                r = server.writer.writable(), if !wbuf.is_empty() => {
+                    if let Err(e) = r {
+                        self.broken = Some(e.to_string());
+                        return co;
+                    }
+                }
+                req = self.rx.recv() => {
+                    if let Some(req) = req {
+                        self.enqueue(req, &mut co, &mut wbuf);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands complete server messages to the requests they answer.
+    fn route(&mut self, co: &mut Checkout, scanned: &mut usize) {
+        let server = &mut co.server;
+        let mut retire = false;
+        loop {
+            let (tag, total) = match peek_frame(&server.rbuf[*scanned..], usize::MAX >> 1) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    self.broken = Some(format!("server sent an invalid message: {e}"));
+                    return;
+                }
+            };
+            if !is_backend_type(tag) {
+                self.broken = Some(format!("server sent an unknown message type {tag}"));
+                return;
+            }
+            let Some(head) = self.pending.front_mut() else {
+                self.broken = Some("server sent a reply nobody asked for".into());
+                return;
+            };
+            let at = *scanned;
+            let msg = &server.rbuf[at..at + total];
+            match tag {
+                b'1' | b'3' if head.swallow.front().is_some_and(|(t, _)| *t == tag) => {
+                    head.swallow.pop_front();
+                    // what came before goes on; the made-up reply is dropped
+                    let before = server.rbuf.split_to(at).freeze();
+                    server.rbuf.advance(total);
+                    *scanned = 0;
+                    if !before.is_empty() {
+                        let _ = head.reply.send(Ok(before));
+                    }
+                    continue;
+                }
+                b'E' => {
+                    // Postgres skips to the Sync: an added Parse that failed
+                    // and the ones after it prepared nothing
+                    let mut failed = false;
+                    for (t, name) in head.swallow.drain(..) {
+                        if t == b'1' {
+                            failed = true;
+                        }
+                        if let Some(n) = name.filter(|_| failed) {
+                            server.prepared.remove(&n);
+                        }
+                    }
+                    retire |= crate::frontend::pipeline::is_stale_plan_error(msg);
+                }
+                b'S' => {
+                    let body = msg[5..].to_vec();
+                    server.note_parameter_status(&body);
+                    retire = true;
+                }
+                b'Z' => {
+                    let status = msg.get(5).copied().unwrap_or(b'E');
+                    let done = server.rbuf.split_to(at + total).freeze();
+                    *scanned = 0;
+                    let head = self.pending.pop_front().expect("head exists");
+                    let _ = head.reply.send(Ok(done));
+                    self.outstanding.fetch_sub(1, Ordering::Relaxed);
+                    if status != b'I' || !head.swallow.is_empty() {
+                        self.broken = Some(format!(
+                            "a multiplexed batch left the server in state {}",
+                            status as char
+                        ));
+                        return;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            *scanned += total;
+        }
+        if retire {
+            self.retire();
+        }
+        if *scanned > 0 {
+            // the first request's replies so far: they go on now (a large
+            // result streams through instead of piling up here)
+            let part = server.rbuf.split_to(*scanned).freeze();
+            *scanned = 0;
+            if let Some(head) = self.pending.front() {
+                let _ = head.reply.send(Ok(part));
+            }
+        }
+    }
+}
