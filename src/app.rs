@@ -273,7 +273,13 @@ pub fn pool_settings(config: &Config, d: &DatabaseConfig) -> PoolSettings {
         idle_timeout: config.pool.idle_timeout,
         server_lifetime: config.pool.server_lifetime,
         multiplex: match d.pool_mode {
-            crate::config::PoolMode::Transaction => config.pool.multiplex_servers.min(d.pool_size),
+            crate::config::PoolMode::Transaction => {
+                // one server at least stays for everything else
+                config
+                    .pool
+                    .multiplex_servers
+                    .min(d.pool_size.saturating_sub(1))
+            }
             crate::config::PoolMode::Session => 0,
         },
     }

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub query_duration_seconds: HistogramVec,
     /// completed transactions
     pub transactions_total: IntCounterVec,
+    /// transactions run on a multiplexed server (`pool.multiplex_servers`)
+    pub multiplexed_transactions_total: IntCounterVec,
     /// cache lookups by result
     pub cache_requests_total: IntCounterVec,
     /// cache invalidations
@@ -132,6 +134,11 @@ impl Metrics {
             "Transactions completed",
             &["database", "user"],
         );
+        let multiplexed_transactions_total = counter(
+            "pgsift_multiplexed_transactions_total",
+            "Autocommit transactions run on a server shared with other clients at the same time (pool.multiplex_servers)",
+            &["database", "user"],
+        );
         let cache_requests_total = counter(
             "pgsift_cache_requests_total",
             "Cache lookups by result",
@@ -185,6 +192,7 @@ impl Metrics {
             queries_total,
             query_duration_seconds,
             transactions_total,
+            multiplexed_transactions_total,
             cache_requests_total,
             cache_invalidations_total,
             cache_bytes,
@@ -275,6 +283,9 @@ mod tests {
         m.transactions_total
             .with_label_values(&["blog", "blog"])
             .inc();
+        m.multiplexed_transactions_total
+            .with_label_values(&["blog", "blog"])
+            .inc();
         m.cache_requests_total
             .with_label_values(&["blog", "miss"])
             .inc();
@@ -294,6 +305,7 @@ mod tests {
             "pgsift_queries_total",
             "pgsift_query_duration_seconds",
             "pgsift_transactions_total",
+            "pgsift_multiplexed_transactions_total",
             "pgsift_cache_requests_total",
             "pgsift_cache_invalidations_total",
             "pgsift_cache_bytes",

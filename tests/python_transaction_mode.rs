@@ -11,11 +11,13 @@ mod common;
 
 /// The module runs twice, one run after the other (both use the same
 /// tables): as configured by default, then with repeated unnamed statements
-/// kept prepared on the servers (psycopg 3 below its prepare_threshold).
+/// kept prepared on the servers (psycopg 3 below its prepare_threshold) and
+/// autocommit statements multiplexed on two of the four servers (asyncpg's
+/// statement cache, psycopg 3's prepared statements).
 #[test]
 fn python_drivers_survive_transaction_pooling() {
     run_module("");
-    run_module("pool:\n  prepare_unnamed_statements: true\n");
+    run_module("pool:\n  prepare_unnamed_statements: true\n  multiplex_servers: 2\n");
 }
 
 fn run_module(extra_yaml: &str) {

@@ -200,12 +200,24 @@ async fn servers_hold_at_most_max_prepared_statements() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_client_keeps_its_own_timezone_and_search_path_across_servers() {
+    own_settings_across_servers("").await;
+}
+
+/// The same with statement multiplexing: clients with other settings use
+/// other shared servers (or none), never one brought to someone else's.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_client_keeps_its_own_settings_when_statements_are_multiplexed() {
+    own_settings_across_servers("pool:\n  multiplex_servers: 2\n").await;
+}
+
+async fn own_settings_across_servers(extra: &str) {
     let pg = shared_postgres();
     pg.psql("app", "CREATE SCHEMA IF NOT EXISTS tz_a AUTHORIZATION blog; CREATE SCHEMA IF NOT EXISTS tz_b AUTHORIZATION blog");
     pg.psql("app", "CREATE TABLE IF NOT EXISTS tz_a.marker AS SELECT 'a'::text AS v; CREATE TABLE IF NOT EXISTS tz_b.marker AS SELECT 'b'::text AS v");
     pg.psql("app", "GRANT SELECT ON tz_a.marker, tz_b.marker TO blog");
-    // three clients on two servers: they keep changing servers
-    let proxy = tx_proxy(2, "");
+    // three clients on two servers: they keep changing servers (on three
+    // when multiplexing, which leaves one server for everything else)
+    let proxy = tx_proxy(if extra.is_empty() { 2 } else { 3 }, extra);
     let a = connect(&format!(
         "{} options='-c TimeZone=America/New_York'",
         proxy.conn_str("blog", "blogpw", "app")
@@ -261,10 +273,14 @@ async fn each_client_keeps_its_own_timezone_and_search_path_across_servers() {
                 .unwrap();
         }
     }
-    assert!(
-        servers.len() > 1,
-        "client a stayed on one server; the test proves nothing"
-    );
+    if extra.is_empty() {
+        assert!(
+            servers.len() > 1,
+            "client a stayed on one server; the test proves nothing"
+        );
+    } else {
+        assert!(multiplexed(&proxy) > 0.0, "nothing was multiplexed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -569,4 +585,159 @@ fn pgbench_with_unnamed_statements_kept_prepared_has_no_failures_in_either_pool_
         assert!(ok, "session -M {mode}: {text}");
         assert_eq!(failed, Some(0), "session -M {mode}: {text}");
     }
+}
+
+/// `pgsift_multiplexed_transactions_total`, summed over its labels.
+fn multiplexed(proxy: &Proxy) -> f64 {
+    let (_, body) = common::http_get(proxy.admin_port, "/metrics").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("pgsift_multiplexed_transactions_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Statement multiplexing: many clients' prepared autocommit statements
+/// share two servers at once. Every client gets its own results and its
+/// own errors, in order; statements inside a transaction stay on the
+/// client's server (they see its uncommitted rows); a client with other
+/// settings is not mixed in with the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn multiplexed_statements_reach_their_own_clients_with_their_errors() {
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE IF NOT EXISTS mux_rows (id int PRIMARY KEY, owner int); GRANT ALL ON mux_rows TO blog",
+    );
+    let proxy = tx_proxy(4, "pool:\n  multiplex_servers: 2\n");
+    let mut workers = Vec::new();
+    for w in 0..16i32 {
+        let conn_str = if w % 4 == 3 {
+            // other settings: another lane, or a server of its own
+            format!(
+                "{} options='-c TimeZone=Asia/Tokyo'",
+                proxy.conn_str("blog", "blogpw", "app")
+            )
+        } else {
+            proxy.conn_str("blog", "blogpw", "app")
+        };
+        workers.push(tokio::spawn(async move {
+            let c = connect(&conn_str).await.unwrap();
+            let echo = c
+                .prepare("SELECT $1::int + 0, current_setting('TimeZone')")
+                .await
+                .unwrap();
+            let divide = c.prepare("SELECT 100 / $1::int").await.unwrap();
+            let tz = if w % 4 == 3 { "Asia/Tokyo" } else { "" };
+            for i in 0..200i32 {
+                let v = w * 10_000 + i;
+                let row = c.query_one(&echo, &[&v]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), v, "worker {w}");
+                if !tz.is_empty() {
+                    assert_eq!(row.get::<_, String>(1), tz, "worker {w}");
+                }
+                if i % 20 == 0 {
+                    let err = c.query_one(&divide, &[&0i32]).await.unwrap_err();
+                    assert_eq!(
+                        err.as_db_error().map(|e| e.code()),
+                        Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO),
+                        "worker {w}: {err}"
+                    );
+                    let ok: i32 = c.query_one(&divide, &[&4i32]).await.unwrap().get(0);
+                    assert_eq!(ok, 25);
+                }
+            }
+            // inside a transaction the client's own server answers: it sees
+            // its uncommitted row
+            let insert = c
+                .prepare("INSERT INTO mux_rows VALUES ($1, $2)")
+                .await
+                .unwrap();
+            let count = c
+                .prepare("SELECT count(*) FROM mux_rows WHERE owner = $1")
+                .await
+                .unwrap();
+            c.batch_execute("BEGIN").await.unwrap();
+            c.execute(&insert, &[&(1000 + w), &w]).await.unwrap();
+            let n: i64 = c.query_one(&count, &[&w]).await.unwrap().get(0);
+            assert_eq!(n, 1, "worker {w} does not see its own row");
+            c.batch_execute("ROLLBACK").await.unwrap();
+            let n: i64 = c.query_one(&count, &[&w]).await.unwrap().get(0);
+            assert_eq!(n, 0, "worker {w}");
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(
+        multiplexed(&proxy) >= 1000.0,
+        "few statements were multiplexed ({}); the test proves little",
+        multiplexed(&proxy)
+    );
+}
+
+/// A slow multiplexed statement holds up no one who comes later: new
+/// statements go to another shared server (or a server of their own), and
+/// the slow one can still be cancelled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_multiplexed_statement_can_be_cancelled_and_blocks_no_newcomer() {
+    let proxy = tx_proxy(3, "pool:\n  multiplex_servers: 2\n");
+    let slow = app_client(&proxy).await;
+    let sleep = slow.prepare("SELECT pg_sleep($1::float8)").await.unwrap();
+    let token = slow.cancel_token();
+    let sleeping = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = slow.query_one(&sleep, &[&30f64]).await;
+        (r, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let quick = app_client(&proxy).await;
+    let st = quick.prepare("SELECT $1::int * 3").await.unwrap();
+    let before = multiplexed(&proxy);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        for i in 0..100i32 {
+            let v: i32 = quick.query_one(&st, &[&i]).await.unwrap().get(0);
+            assert_eq!(v, i * 3);
+        }
+    })
+    .await
+    .expect("statements waited behind the sleeping one");
+    assert!(multiplexed(&proxy) - before >= 100.0);
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, took) = sleeping.await.unwrap();
+    let err = r.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code()),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+/// pgbench's TPC-B-like script and its select-only one with prepared
+/// statements, 64 clients on 8 servers of which 4 multiplex: no failures,
+/// and the bank's books still balance (no write lost or applied twice).
+#[test]
+fn pgbench_with_multiplexed_statements_has_no_failures_and_balanced_books() {
+    let pg = shared_postgres();
+    pg.psql("postgres", "CREATE DATABASE muxbench OWNER blog");
+    let proxy = Proxy::start(&format!(
+        "databases:\n  muxbench: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 8}}\npool:\n  checkout_timeout: 30s\n  multiplex_servers: 4\n",
+        pg.port
+    ));
+    let url = proxy.url("blog", "blogpw", "muxbench");
+    let (ok, _, text) = pgbench(&url, &["-i", "-s", "1", "-q"]);
+    assert!(ok, "{text}");
+    for script in [&["-S"][..], &[][..]] {
+        let mut args = vec!["-c", "64", "-j", "2", "-T", "5", "-M", "prepared"];
+        args.extend_from_slice(script);
+        let (ok, failed, text) = pgbench(&url, &args);
+        assert!(ok, "pgbench {args:?} failed:\n{text}");
+        assert_eq!(failed, Some(0), "pgbench {args:?}:\n{text}");
+    }
+    let sums = pg.psql(
+        "muxbench",
+        "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(tbalance) FROM pgbench_tellers) AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT sum(delta) FROM pgbench_history)",
+    );
+    assert_eq!(sums.trim(), "t", "the books do not balance");
+    assert!(multiplexed(&proxy) > 1000.0, "{}", multiplexed(&proxy));
 }

@@ -26,19 +26,28 @@ use crate::protocol::frame::{is_backend_type, peek_frame};
 use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// A lane without work this long gives its server back.
 const LANE_IDLE: Duration = Duration::from_millis(100);
+/// A lane whose oldest request has been running this long takes no new
+/// ones: a slow statement holds up only the requests already behind it.
+const LANE_STALLED: Duration = Duration::from_millis(10);
+
+/// Microseconds since the first call: a clock that fits an atomic.
+fn now_micros() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
+}
 
 /// What a client gets back: complete server messages (its replies, in
 /// order, up to and including its ReadyForQuery, possibly in several
-/// chunks), or why the lane failed.
-pub type Reply = Result<Bytes, String>;
+/// chunks), or why the lane failed (SQLSTATE, message).
+pub type Reply = Result<Bytes, (String, String)>;
 
 /// One client batch for a lane.
 pub struct Request {
@@ -73,6 +82,16 @@ struct LaneHandle {
     /// no new requests (set under the registry lock)
     closed: Arc<AtomicBool>,
     server: Arc<OnceLock<LaneServer>>,
+    /// when the oldest unanswered request became the oldest ([`now_micros`];
+    /// 0: none)
+    head_since: Arc<AtomicU64>,
+}
+
+impl LaneHandle {
+    fn stalled(&self, now: u64) -> bool {
+        let since = self.head_since.load(Ordering::Relaxed);
+        since != 0 && now.saturating_sub(since) > LANE_STALLED.as_micros() as u64
+    }
 }
 
 /// A pool's lanes.
@@ -91,8 +110,8 @@ impl Mux {
 /// Queues `req` on the least loaded lane serving `key` (the client's
 /// settings), opening a lane when every one is busy and fewer than `max`
 /// exist. Gives the request back when no lane can take it (all `max` lanes
-/// serve other settings). On success returns the lane's server, when it is
-/// known yet (for cancel requests).
+/// serve other settings or are stalled). On success returns the lane's
+/// server, set once the lane has one (for cancel requests).
 pub fn submit(
     pool: &Arc<Pool>,
     key: u64,
@@ -100,12 +119,13 @@ pub fn submit(
     max: usize,
     max_prepared: usize,
     req: Request,
-) -> Result<Option<LaneServer>, Request> {
+) -> Result<Arc<OnceLock<LaneServer>>, Request> {
     let mut lanes = pool.mux.lanes.lock();
     lanes.retain(|l| !l.closed.load(Ordering::Relaxed));
+    let now = now_micros();
     let best = lanes
         .iter()
-        .filter(|l| l.key == key)
+        .filter(|l| l.key == key && !l.stalled(now))
         .min_by_key(|l| l.outstanding.load(Ordering::Relaxed));
     let lane = match best {
         Some(l) if l.outstanding.load(Ordering::Relaxed) == 0 || lanes.len() >= max => l,
@@ -117,12 +137,14 @@ pub fn submit(
                 key,
                 closed: Arc::new(AtomicBool::new(false)),
                 server: Arc::new(OnceLock::new()),
+                head_since: Arc::new(AtomicU64::new(0)),
             };
             let lane = Lane {
                 pool: pool.clone(),
                 outstanding: handle.outstanding.clone(),
                 closed: handle.closed.clone(),
                 server_info: handle.server.clone(),
+                head_since: handle.head_since.clone(),
                 max_prepared,
                 rx,
                 pending: VecDeque::new(),
@@ -136,7 +158,7 @@ pub fn submit(
         _ => return Err(req),
     };
     lane.outstanding.fetch_add(1, Ordering::Relaxed);
-    let server = lane.server.get().cloned();
+    let server = lane.server.clone();
     if let Err(e) = lane.tx.send(req) {
         // the lane's task is gone (it panicked): never use it again
         lane.outstanding.fetch_sub(1, Ordering::Relaxed);
@@ -159,6 +181,7 @@ struct Lane {
     outstanding: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
     server_info: Arc<OnceLock<LaneServer>>,
+    head_since: Arc<AtomicU64>,
     max_prepared: usize,
     rx: UnboundedReceiver<Request>,
     pending: VecDeque<Pending>,
@@ -179,10 +202,10 @@ impl Lane {
                 Ok(()) => co,
                 Err(e) => {
                     self.pool.discard(co);
-                    return self.fail_all(e.to_string());
+                    return self.fail_all((e.code(), e.to_string()));
                 }
             },
-            Err(e) => return self.fail_all(e.to_string()),
+            Err(e) => return self.fail_all((e.code(), e.to_string())),
         };
         let _ = self.server_info.set(LaneServer {
             addr: co.server.addr.clone(),
@@ -195,7 +218,7 @@ impl Lane {
             Some(why) => {
                 tracing::warn!(server = co.server.id, "multiplexed server closed: {why}");
                 self.pool.discard(co);
-                self.fail_all(why);
+                self.fail_all(("08006".into(), format!("server connection lost: {why}")));
             }
             None if self.retiring => {
                 // a statement changed a setting or a plan went stale: the
@@ -207,7 +230,7 @@ impl Lane {
     }
 
     /// Closes the lane to new requests and answers the queued ones with an error.
-    fn fail_all(&mut self, why: String) {
+    fn fail_all(&mut self, why: (String, String)) {
         self.close();
         for p in self.pending.drain(..) {
             let _ = p.reply.send(Err(why.clone()));
@@ -260,6 +283,9 @@ impl Lane {
         }
         for b in &req.batch {
             wbuf.extend_from_slice(b);
+        }
+        if self.pending.is_empty() {
+            self.head_since.store(now_micros(), Ordering::Relaxed);
         }
         self.pending.push_back(Pending {
             reply: req.reply,
@@ -413,6 +439,12 @@ impl Lane {
                     let head = self.pending.pop_front().expect("head exists");
                     let _ = head.reply.send(Ok(done));
                     self.outstanding.fetch_sub(1, Ordering::Relaxed);
+                    let next = if self.pending.is_empty() {
+                        0
+                    } else {
+                        now_micros()
+                    };
+                    self.head_since.store(next, Ordering::Relaxed);
                     if status != b'I' || !head.swallow.is_empty() {
                         self.broken = Some(format!(
                             "a multiplexed batch left the server in state {}",

@@ -2,19 +2,35 @@
 //! CancelRequest carrying it is forwarded, with the real server's key, to
 //! whichever server is serving that client at the moment.
 
+use crate::backend::mux::LaneServer;
 use crate::backend::socket::ServerAddr;
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// Where a client's statement runs.
+#[derive(Debug, Clone)]
+enum Running {
+    /// on a server it holds
+    Server(ServerAddr, i32, i32),
+    /// on a multiplexed server (known once the lane has its server)
+    Lane(Arc<OnceLock<LaneServer>>),
+}
 
 /// The server a client is using right now, if any.
 #[derive(Debug, Default)]
-pub struct CancelTarget(Mutex<Option<(ServerAddr, i32, i32)>>);
+pub struct CancelTarget(Mutex<Option<Running>>);
 
 impl CancelTarget {
     /// The client got a server.
     pub fn set(&self, addr: ServerAddr, pid: i32, secret: i32) {
-        *self.0.lock() = Some((addr, pid, secret));
+        *self.0.lock() = Some(Running::Server(addr, pid, secret));
+    }
+    /// The client's batch went to a multiplexed server. A cancel request
+    /// then cancels whatever that server runs at that moment, which may be
+    /// another client's statement queued with it.
+    pub fn set_lane(&self, lane: Arc<OnceLock<LaneServer>>) {
+        *self.0.lock() = Some(Running::Lane(lane));
     }
     /// The client returned its server.
     pub fn clear(&self) {
@@ -22,7 +38,10 @@ impl CancelTarget {
     }
     /// The server to cancel on.
     pub fn get(&self) -> Option<(ServerAddr, i32, i32)> {
-        self.0.lock().clone()
+        match self.0.lock().clone()? {
+            Running::Server(addr, pid, secret) => Some((addr, pid, secret)),
+            Running::Lane(lane) => lane.get().map(|s| (s.addr.clone(), s.pid, s.secret)),
+        }
     }
 }
 

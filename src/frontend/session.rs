@@ -311,6 +311,8 @@ pub struct Session {
     cache: Option<SessionCache>,
     bytes: ByteCounters,
     transactions: IntCounter,
+    /// transactions this client ran on multiplexed servers
+    multiplexed: IntCounter,
     info: Arc<ClientInfo>,
     /// the config generation this session last applied
     generation: u64,
@@ -358,6 +360,10 @@ impl Session {
             .metrics
             .transactions_total
             .with_label_values(&[&origin.database, &origin.user]);
+        let multiplexed = app
+            .metrics
+            .multiplexed_transactions_total
+            .with_label_values(&[&origin.database, &origin.user]);
         let bytes = app.metrics.bytes.clone();
         let mut observer = Observer::new(app.sinks.clone(), origin, detector);
         observer.slow = config.logging.slow_statement;
@@ -388,6 +394,7 @@ impl Session {
             observer,
             bytes,
             transactions,
+            multiplexed,
             max_message: config.pool.max_message_size,
             max_prepared: config.pool.max_prepared_statements,
             app,
@@ -572,7 +579,7 @@ impl Session {
                     }
                     send_now(cw.plain(), &mut to_client, &self.bytes.client_out);
                 }
-                Event::Mux(Some(Err(e))) => break End::ServerLost(e),
+                Event::Mux(Some(Err((code, e)))) => break End::NoServer(code, e),
                 Event::Mux(None) => break End::ServerLost("multiplexed server gone".into()),
                 Event::ServerRead(Ok(0)) => {
                     break End::ServerLost("server closed the connection unexpectedly".into())
@@ -689,6 +696,8 @@ impl Session {
         let (tx, _) = self
             .mux_replies
             .get_or_insert_with(tokio::sync::mpsc::unbounded_channel);
+        let len: usize = req.batch.iter().map(|b| b.len()).sum();
+        self.bytes.server_out.inc_by(len as u64);
         let request = mux::Request {
             needs: req.needs,
             batch: req.batch,
@@ -705,10 +714,9 @@ impl Session {
         ) {
             Ok(server) => {
                 self.mux_pending = true;
-                if let Some(s) = server {
-                    self.cancel.set(s.addr, s.pid, s.secret);
-                    self.info.set(ClientState::Active, Some((s.id, s.pid)));
-                }
+                let ids = server.get().map(|s| (s.id, s.pid));
+                self.info.set(ClientState::Active, ids);
+                self.cancel.set_lane(server);
                 true
             }
             Err(_) => false,
@@ -734,6 +742,7 @@ impl Session {
                     self.state.tx = msg[5];
                     if msg[5] == b'I' {
                         self.transactions.inc();
+                        self.multiplexed.inc();
                     }
                     self.state.pending = self.state.pending.saturating_sub(1);
                     self.settings_changes.ready(msg[5], &mut self.settings);
@@ -742,7 +751,9 @@ impl Session {
                     self.info.set(ClientState::Idle, None);
                 }
                 b'E' => self.settings_changes.failed(),
-                b'S' => self.settings_changes.reported(&msg[5..], &mut self.settings),
+                b'S' => self
+                    .settings_changes
+                    .reported(&msg[5..], &mut self.settings),
                 _ => {}
             }
             pos += total;
