@@ -40,6 +40,10 @@ const FAMILIES: &[(&str, &[&str])] = &[
     ("pgsift_queries_total", &["database", "user", "kind"]),
     ("pgsift_query_duration_seconds", &["database", "kind"]),
     ("pgsift_transactions_total", &["database", "user"]),
+    (
+        "pgsift_multiplexed_transactions_total",
+        &["database", "user"],
+    ),
     ("pgsift_cache_requests_total", &["database", "result"]),
     ("pgsift_cache_invalidations_total", &["database"]),
     ("pgsift_cache_bytes", &["backend"]),
