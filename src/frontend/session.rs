@@ -318,11 +318,10 @@ pub struct Session {
     generation: u64,
     /// servers of the pool shared by autocommit statements (0: none)
     multiplex: usize,
-    /// replies from multiplexed servers come here
-    mux_replies: Option<(
-        tokio::sync::mpsc::UnboundedSender<mux::Reply>,
-        tokio::sync::mpsc::UnboundedReceiver<mux::Reply>,
-    )>,
+    /// replies to the batch on a multiplexed server come here (a channel
+    /// per batch: if the lane is gone, so is its sender, and the client
+    /// hears of it instead of waiting)
+    mux_replies: Option<tokio::sync::mpsc::UnboundedReceiver<mux::Reply>>,
     /// a batch is on a multiplexed server and its ReadyForQuery is owed
     mux_pending: bool,
 }
@@ -511,7 +510,7 @@ impl Session {
                 // its next batch goes anywhere (replies stay in order)
                 let read_client = to_server.len < HIGH_WATER && !self.mux_pending;
                 let mux_pending = self.mux_pending;
-                let mux_rx = self.mux_replies.as_mut().map(|(_, rx)| rx);
+                let mux_rx = self.mux_replies.as_mut();
                 let read_server = to_client.len < HIGH_WATER;
                 // biased: no random branch order (a thread-local RNG draw
                 // per wake-up); writes first, then replies, then requests
@@ -693,15 +692,13 @@ impl Session {
         let Some(req) = self.pipeline.mux_request(chunk) else {
             return false;
         };
-        let (tx, _) = self
-            .mux_replies
-            .get_or_insert_with(tokio::sync::mpsc::unbounded_channel);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let len: usize = req.batch.iter().map(|b| b.len()).sum();
         self.bytes.server_out.inc_by(len as u64);
         let request = mux::Request {
             needs: req.needs,
             batch: req.batch,
-            reply: tx.clone(),
+            reply: tx,
         };
         let key = crate::backend::server::settings_key(&self.settings, &self.pool.defaults());
         match mux::submit(
@@ -713,6 +710,7 @@ impl Session {
             request,
         ) {
             Ok(server) => {
+                self.mux_replies = Some(rx);
                 self.mux_pending = true;
                 let ids = server.get().map(|s| (s.id, s.pid));
                 self.info.set(ClientState::Active, ids);
