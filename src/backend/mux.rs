@@ -58,6 +58,9 @@ pub struct Request {
     pub batch: Vec<Bytes>,
     /// where the replies go
     pub reply: UnboundedSender<Reply>,
+    /// set while the server runs this batch (the oldest unanswered one):
+    /// only then may a cancel request of its client go to the server
+    pub running: Arc<AtomicBool>,
 }
 
 /// The server a lane runs on (for cancel requests and SHOW CLIENTS).
@@ -120,6 +123,10 @@ pub fn submit(
     max_prepared: usize,
     req: Request,
 ) -> Result<Arc<OnceLock<LaneServer>>, Request> {
+    if pool.is_paused() {
+        // PAUSE: new transactions wait for a server like everyone else's
+        return Err(req);
+    }
     let mut lanes = pool.mux.lanes.lock();
     lanes.retain(|l| !l.closed.load(Ordering::Relaxed));
     let now = now_micros();
@@ -148,7 +155,10 @@ pub fn submit(
                 max_prepared,
                 rx,
                 pending: VecDeque::new(),
+                held: Vec::new(),
+                unconfirmed: Default::default(),
                 retiring: false,
+                discard: false,
                 broken: None,
             };
             tokio::spawn(lane.run(settings.to_vec()));
@@ -171,6 +181,7 @@ pub fn submit(
 /// A request written to the server and not yet answered in full.
 struct Pending {
     reply: UnboundedSender<Reply>,
+    running: Arc<AtomicBool>,
     /// replies to messages pgsift added (ParseComplete `1`), dropped in
     /// order; the name is the statement a Parse prepared
     swallow: VecDeque<(u8, Option<Arc<str>>)>,
@@ -185,8 +196,16 @@ struct Lane {
     max_prepared: usize,
     rx: UnboundedReceiver<Request>,
     pending: VecDeque<Pending>,
+    /// requests that use a statement whose Parse (another request's) is
+    /// still unanswered: written once it is answered, so that its failure
+    /// is reported to the client that sent it, not to everyone after it
+    held: Vec<Request>,
+    /// statements prepared by a Parse still unanswered
+    unconfirmed: rustc_hash::FxHashSet<Arc<str>>,
     /// take no new requests; leave once the queued ones are answered
     retiring: bool,
+    /// when retiring, close the server rather than give it back
+    discard: bool,
     /// the server is unusable (why): fail everything, close it
     broken: Option<String>,
 }
@@ -207,6 +226,18 @@ impl Lane {
             },
             Err(e) => return self.fail_all((e.code(), e.to_string())),
         };
+        // statements whose plan went stale under a regular client are
+        // closed before anything here can use them
+        let mut co = co;
+        for name in std::mem::take(&mut co.server.stale_statements) {
+            let sql = format!("DEALLOCATE {}", super::server::quote_ident(&name));
+            if let Err(e) = co.server.run_simple(&sql).await {
+                if !matches!(e, super::server::ServerError::Statement(_)) {
+                    self.pool.discard(co);
+                    return self.fail_all((e.code(), e.to_string()));
+                }
+            }
+        }
         let _ = self.server_info.set(LaneServer {
             addr: co.server.addr.clone(),
             pid: co.server.pid,
@@ -220,7 +251,7 @@ impl Lane {
                 self.pool.discard(co);
                 self.fail_all(("08006".into(), format!("server connection lost: {why}")));
             }
-            None if self.retiring => {
+            None if self.discard => {
                 // a statement changed a setting or a plan went stale: the
                 // server leaves the pool rather than carry that along
                 self.pool.discard(co);
@@ -234,6 +265,9 @@ impl Lane {
         self.close();
         for p in self.pending.drain(..) {
             let _ = p.reply.send(Err(why.clone()));
+        }
+        for r in self.held.drain(..) {
+            let _ = r.reply.send(Err(why.clone()));
         }
         while let Ok(r) = self.rx.try_recv() {
             let _ = r.reply.send(Err(why.clone()));
@@ -263,6 +297,10 @@ impl Lane {
     /// make the server skip one), then Parses of the statements the server
     /// lacks, then the batch.
     fn enqueue(&mut self, req: Request, co: &mut Checkout, wbuf: &mut BytesMut) {
+        if req.needs.iter().any(|(n, _)| self.unconfirmed.contains(n)) {
+            self.held.push(req);
+            return;
+        }
         let mut swallow = VecDeque::new();
         let mut parses = Vec::new();
         for (name, parse) in req.needs {
@@ -279,6 +317,7 @@ impl Lane {
         }
         for (name, parse) in parses {
             wbuf.extend_from_slice(&parse);
+            self.unconfirmed.insert(name.clone());
             swallow.push_back((b'1', Some(name)));
         }
         for b in &req.batch {
@@ -286,17 +325,31 @@ impl Lane {
         }
         if self.pending.is_empty() {
             self.head_since.store(now_micros(), Ordering::Relaxed);
+            req.running.store(true, Ordering::Relaxed);
         }
         self.pending.push_back(Pending {
             reply: req.reply,
+            running: req.running,
             swallow,
         });
     }
 
-    /// Takes no new requests from now on.
-    fn retire(&mut self) {
+    /// Takes no new requests from now on; `discard`: the server is closed
+    /// at the end instead of going back to the pool.
+    fn retire(&mut self, discard: bool) {
         self.retiring = true;
+        self.discard |= discard;
         self.close();
+    }
+
+    /// Requests held for a Parse that has been answered now.
+    fn release_held(&mut self, co: &mut Checkout, wbuf: &mut BytesMut) {
+        if self.held.is_empty() {
+            return;
+        }
+        for req in std::mem::take(&mut self.held) {
+            self.enqueue(req, co, wbuf);
+        }
     }
 
     /// Runs until idle, retired or broken; returns the server.
@@ -310,6 +363,10 @@ impl Lane {
             while let Ok(req) = self.rx.try_recv() {
                 self.enqueue(req, &mut co, &mut wbuf);
             }
+            self.release_held(&mut co, &mut wbuf);
+            if !self.retiring && self.pool.is_paused() {
+                self.retire(false);
+            }
             if !wbuf.is_empty() {
                 match TryWrite::try_write(&co.server.writer, &wbuf) {
                     Ok(n) => wbuf.advance(n),
@@ -320,7 +377,7 @@ impl Lane {
                     }
                 }
             }
-            if self.pending.is_empty() && wbuf.is_empty() {
+            if self.pending.is_empty() && wbuf.is_empty() && self.held.is_empty() {
                 if self.retiring {
                     self.close();
                     if self.outstanding.load(Ordering::Relaxed) == 0 {
@@ -403,7 +460,9 @@ impl Lane {
             let msg = &server.rbuf[at..at + total];
             match tag {
                 b'1' | b'3' if head.swallow.front().is_some_and(|(t, _)| *t == tag) => {
-                    head.swallow.pop_front();
+                    if let Some((_, Some(name))) = head.swallow.pop_front() {
+                        self.unconfirmed.remove(&name);
+                    }
                     // what came before goes on; the made-up reply is dropped
                     let before = server.rbuf.split_to(at).freeze();
                     server.rbuf.advance(total);
@@ -423,6 +482,7 @@ impl Lane {
                         }
                         if let Some(n) = name.filter(|_| failed) {
                             server.prepared.remove(&n);
+                            self.unconfirmed.remove(&n);
                         }
                     }
                     retire |= crate::frontend::pipeline::is_stale_plan_error(msg);
@@ -439,10 +499,12 @@ impl Lane {
                     let head = self.pending.pop_front().expect("head exists");
                     let _ = head.reply.send(Ok(done));
                     self.outstanding.fetch_sub(1, Ordering::Relaxed);
-                    let next = if self.pending.is_empty() {
-                        0
-                    } else {
-                        now_micros()
+                    let next = match self.pending.front() {
+                        Some(p) => {
+                            p.running.store(true, Ordering::Relaxed);
+                            now_micros()
+                        }
+                        None => 0,
                     };
                     self.head_since.store(next, Ordering::Relaxed);
                     if status != b'I' || !head.swallow.is_empty() {
@@ -459,7 +521,7 @@ impl Lane {
             *scanned += total;
         }
         if retire {
-            self.retire();
+            self.retire(true);
         }
         if *scanned > 0 {
             // the first request's replies so far: they go on now (a large

@@ -96,7 +96,12 @@ impl ServerStream {
             let s = UnixStream::connect(&path).await?;
             return Ok((ServerStream::Unix(s), ServerAddr::Unix(path)));
         }
-        let s = TcpStream::connect((host, port)).await?;
+        // an IPv6 address may come in brackets, as in a URL
+        let name = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let s = TcpStream::connect((name, port)).await?;
         s.set_nodelay(true).ok();
         let peer = s.peer_addr()?;
         Ok((ServerStream::Tcp(s), ServerAddr::Tcp(peer)))

@@ -6,6 +6,7 @@ use crate::backend::mux::LaneServer;
 use crate::backend::socket::ServerAddr;
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Where a client's statement runs.
@@ -13,8 +14,9 @@ use std::sync::{Arc, OnceLock};
 enum Running {
     /// on a server it holds
     Server(ServerAddr, i32, i32),
-    /// on a multiplexed server (known once the lane has its server)
-    Lane(Arc<OnceLock<LaneServer>>),
+    /// on a multiplexed server (known once the lane has its server), once
+    /// the flag says the client's batch is the one the server runs
+    Lane(Arc<OnceLock<LaneServer>>, Arc<AtomicBool>),
 }
 
 /// The server a client is using right now, if any.
@@ -26,11 +28,12 @@ impl CancelTarget {
     pub fn set(&self, addr: ServerAddr, pid: i32, secret: i32) {
         *self.0.lock() = Some(Running::Server(addr, pid, secret));
     }
-    /// The client's batch went to a multiplexed server. A cancel request
-    /// then cancels whatever that server runs at that moment, which may be
-    /// another client's statement queued with it.
-    pub fn set_lane(&self, lane: Arc<OnceLock<LaneServer>>) {
-        *self.0.lock() = Some(Running::Lane(lane));
+    /// The client's batch went to a multiplexed server: a cancel request
+    /// reaches it only while `running` (the batch is the oldest the server
+    /// has not answered), so a batch still queued behind another client's
+    /// never cancels that one.
+    pub fn set_lane(&self, lane: Arc<OnceLock<LaneServer>>, running: Arc<AtomicBool>) {
+        *self.0.lock() = Some(Running::Lane(lane, running));
     }
     /// The client returned its server.
     pub fn clear(&self) {
@@ -40,7 +43,10 @@ impl CancelTarget {
     pub fn get(&self) -> Option<(ServerAddr, i32, i32)> {
         match self.0.lock().clone()? {
             Running::Server(addr, pid, secret) => Some((addr, pid, secret)),
-            Running::Lane(lane) => lane.get().map(|s| (s.addr.clone(), s.pid, s.secret)),
+            Running::Lane(lane, running) => lane
+                .get()
+                .filter(|_| running.load(Ordering::Relaxed))
+                .map(|s| (s.addr.clone(), s.pid, s.secret)),
         }
     }
 }

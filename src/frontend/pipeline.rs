@@ -488,7 +488,12 @@ impl Pipeline {
                 b'B' => {
                     let (name, _) = extended::bind_statement(msg)?;
                     let s = self.statements.get(name).filter(|_| !name.is_empty())?;
-                    if !extended::parse_parse(&s.parse).is_some_and(|p| plannable(p.query)) {
+                    // (a session advisory lock on a shared server would be
+                    // everyone's)
+                    if !extended::parse_parse(&s.parse).is_some_and(|p| {
+                        plannable(p.query)
+                            && super::settings::session_only_feature(p.query).is_none()
+                    }) {
                         return None;
                     }
                     batch.push(extended::rebuild_bind(msg, &s.shared)?);

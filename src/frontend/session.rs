@@ -689,16 +689,22 @@ impl Session {
     /// Hands a batch to a multiplexed server when it is one such a server
     /// runs (see `backend::mux`). True when it was taken.
     fn try_multiplex(&mut self, chunk: &Bytes) -> bool {
+        // a client that changed what pgsift does not follow (a role,
+        // set_config, a temporary table) keeps to servers of its own
+        if self.settings_changes.unmodeled {
+            return false;
+        }
         let Some(req) = self.pipeline.mux_request(chunk) else {
             return false;
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let len: usize = req.batch.iter().map(|b| b.len()).sum();
-        self.bytes.server_out.inc_by(len as u64);
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let request = mux::Request {
             needs: req.needs,
             batch: req.batch,
             reply: tx,
+            running: running.clone(),
         };
         let key = crate::backend::server::settings_key(&self.settings, &self.pool.defaults());
         match mux::submit(
@@ -712,9 +718,10 @@ impl Session {
             Ok(server) => {
                 self.mux_replies = Some(rx);
                 self.mux_pending = true;
+                self.bytes.server_out.inc_by(len as u64);
                 let ids = server.get().map(|s| (s.id, s.pid));
                 self.info.set(ClientState::Active, ids);
-                self.cancel.set_lane(server);
+                self.cancel.set_lane(server, running);
                 true
             }
             Err(_) => false,
