@@ -714,30 +714,41 @@ async fn a_slow_multiplexed_statement_can_be_cancelled_and_blocks_no_newcomer() 
 }
 
 /// pgbench's TPC-B-like script and its select-only one with prepared
-/// statements, 64 clients on 8 servers of which 4 multiplex: no failures,
-/// and the bank's books still balance (no write lost or applied twice).
+/// statements, and the select-only one with unnamed statements kept
+/// prepared (`-M extended`), 64 clients on 8 servers of which 4 multiplex:
+/// no failures, the bank's books still balance (no write lost or applied
+/// twice), and both protocol modes were multiplexed.
 #[test]
 fn pgbench_with_multiplexed_statements_has_no_failures_and_balanced_books() {
     let pg = shared_postgres();
     pg.psql("postgres", "CREATE DATABASE muxbench OWNER blog");
     let proxy = Proxy::start(&format!(
-        "databases:\n  muxbench: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 8}}\npool:\n  checkout_timeout: 30s\n  multiplex_servers: 4\n",
+        "databases:\n  muxbench: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 8}}\npool:\n  checkout_timeout: 30s\n  multiplex_servers: 4\n  prepare_unnamed_statements: true\n",
         pg.port
     ));
     let url = proxy.url("blog", "blogpw", "muxbench");
     let (ok, _, text) = pgbench(&url, &["-i", "-s", "1", "-q"]);
     assert!(ok, "{text}");
-    for script in [&["-S"][..], &[][..]] {
-        let mut args = vec!["-c", "64", "-j", "2", "-T", "5", "-M", "prepared"];
+    for (mode, script) in [
+        ("prepared", &["-S"][..]),
+        ("prepared", &[][..]),
+        ("extended", &["-S"][..]),
+    ] {
+        let before = multiplexed(&proxy);
+        // -n: no vacuum, and no truncation of the history the check below reads
+        let mut args = vec!["-n", "-c", "64", "-j", "2", "-T", "5", "-M", mode];
         args.extend_from_slice(script);
         let (ok, failed, text) = pgbench(&url, &args);
         assert!(ok, "pgbench {args:?} failed:\n{text}");
         assert_eq!(failed, Some(0), "pgbench {args:?}:\n{text}");
+        if !script.is_empty() {
+            let n = multiplexed(&proxy) - before;
+            assert!(n > 1000.0, "pgbench {args:?}: {n} multiplexed");
+        }
     }
     let sums = pg.psql(
         "muxbench",
         "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(tbalance) FROM pgbench_tellers) AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT sum(delta) FROM pgbench_history)",
     );
     assert_eq!(sums.trim(), "t", "the books do not balance");
-    assert!(multiplexed(&proxy) > 1000.0, "{}", multiplexed(&proxy));
 }

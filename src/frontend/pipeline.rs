@@ -67,6 +67,9 @@ pub struct MuxBatch {
     pub batch: Vec<Bytes>,
     /// the statements it uses: shared name and the Parse under it
     pub needs: Vec<(Arc<str>, Bytes)>,
+    /// the batch began with a Parse pgsift answers itself: its
+    /// ParseComplete goes to the client before the server's replies
+    pub made_parse: bool,
 }
 
 /// A client's prepared statement.
@@ -468,10 +471,14 @@ impl Pipeline {
     /// `backend::mux`): Binds of the client's named statements whose text
     /// the server plans (so the batch cannot open a transaction or change a
     /// setting with SET), Executes, Describes of portals, and one Sync at
-    /// the end, with nothing owed from before. Returns the batch with
-    /// shared statement names and the statements it needs (at most four,
-    /// so that making room for them never evicts one of them).
-    pub fn mux_request(&self, chunk: &Bytes) -> Option<MuxBatch> {
+    /// the end, with nothing owed from before. With unnamed statements kept
+    /// prepared, the batch may start with an unnamed Parse that would be
+    /// kept prepared (seen before): it becomes the client's unnamed
+    /// statement now, and its ParseComplete is pgsift's to make up
+    /// (`made_parse`). Returns the batch with shared statement names and
+    /// the statements it needs (at most four, so that making room for them
+    /// never evicts one of them).
+    pub fn mux_request(&mut self, chunk: &Bytes) -> Option<MuxBatch> {
         if !self.replies.is_empty() || self.skipping || self.copy_in || !self.rename_named {
             return None;
         }
@@ -479,15 +486,39 @@ impl Pipeline {
         let mut needs: Vec<(Arc<str>, Bytes)> = Vec::new();
         let mut pos = 0;
         let mut synced = false;
+        let mut made_parse = false;
         while let Ok(Some((tag, total))) = peek_frame(&chunk[pos..], usize::MAX >> 1) {
             if synced {
                 return None;
             }
             let msg = &chunk[pos..pos + total];
             match tag {
+                // only first: its made-up reply goes before all the others
+                b'P' if pos == 0 && self.promote_unnamed => {
+                    let p = extended::parse_parse(msg).filter(|p| p.name.is_empty())?;
+                    if !plannable(p.query) {
+                        return None;
+                    }
+                    let hash = self.hash_of(p.query, p.param_types);
+                    let shared = name_of(hash);
+                    let mapped = self
+                        .statements
+                        .get(&b""[..])
+                        .is_some_and(|s| s.shared == shared);
+                    if !mapped {
+                        if !self.recent_unnamed.contains(&hash) {
+                            return None;
+                        }
+                        let parse = extended::build_parse(&shared, &p);
+                        self.statements
+                            .insert(Vec::new(), ClientStatement { shared, parse });
+                    }
+                    made_parse = true;
+                }
                 b'B' => {
                     let (name, _) = extended::bind_statement(msg)?;
-                    let s = self.statements.get(name).filter(|_| !name.is_empty())?;
+                    // an unnamed statement is in the mapping only when kept prepared
+                    let s = self.statements.get(name)?;
                     // (a session advisory lock on a shared server would be
                     // everyone's)
                     if !extended::parse_parse(&s.parse).is_some_and(|p| {
@@ -516,7 +547,11 @@ impl Pipeline {
             }
             pos += total;
         }
-        (synced && pos == chunk.len() && !needs.is_empty()).then_some(MuxBatch { batch, needs })
+        (synced && pos == chunk.len() && !needs.is_empty()).then_some(MuxBatch {
+            batch,
+            needs,
+            made_parse,
+        })
     }
 
     /// Records a named Parse that pgsift answered itself (from the cache):

@@ -27,6 +27,7 @@ use crate::config::PoolMode;
 use crate::metrics::ByteCounters;
 use crate::nplus1::store::Origin;
 use crate::nplus1::Detector;
+use crate::protocol::extended::PARSE_COMPLETE;
 use crate::protocol::frame::{
     is_backend_type, is_frontend_type, missing_bytes, peek_frame, FrameError,
 };
@@ -324,6 +325,9 @@ pub struct Session {
     mux_replies: Option<tokio::sync::mpsc::UnboundedReceiver<mux::Reply>>,
     /// a batch is on a multiplexed server and its ReadyForQuery is owed
     mux_pending: bool,
+    /// pgsift's reply to the batch's first message, sent with the server's
+    /// first replies (one wake-up of the client)
+    mux_prefix: Option<Bytes>,
 }
 
 impl Session {
@@ -412,6 +416,7 @@ impl Session {
             multiplex: 0,
             mux_replies: None,
             mux_pending: false,
+            mux_prefix: None,
         };
         session.multiplex = session.multiplex_servers();
         session.forward(stream, rbuf).await;
@@ -699,6 +704,7 @@ impl Session {
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let len: usize = req.batch.iter().map(|b| b.len()).sum();
+        let made_parse = req.made_parse;
         let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let request = mux::Request {
             needs: req.needs,
@@ -718,6 +724,7 @@ impl Session {
             Ok(server) => {
                 self.mux_replies = Some(rx);
                 self.mux_pending = true;
+                self.mux_prefix = made_parse.then(|| Bytes::from_static(PARSE_COMPLETE));
                 self.bytes.server_out.inc_by(len as u64);
                 let ids = server.get().map(|s| (s.id, s.pid));
                 self.info.set(ClientState::Active, ids);
@@ -731,6 +738,12 @@ impl Session {
     /// Replies from a multiplexed server: like a server's own, they are
     /// observed, checked for the end of the batch, and queued for the client.
     fn mux_input(&mut self, chunk: Bytes, to_client: &mut Outbox) -> Result<(), End> {
+        if let Some(made) = self.mux_prefix.take() {
+            if let Some(sc) = self.cache.as_mut() {
+                sc.client_bound(&made);
+            }
+            to_client.push(made);
+        }
         let now = Instant::now();
         let mut pos = 0;
         while let Some((tag, total)) = peek_frame(&chunk[pos..], usize::MAX >> 1)
