@@ -752,3 +752,59 @@ fn pgbench_with_multiplexed_statements_has_no_failures_and_balanced_books() {
     );
     assert_eq!(sums.trim(), "t", "the books do not balance");
 }
+
+/// When pgsift's own Parse of a statement fails on a multiplexed server
+/// (its table is gone), each client using the statement gets the server's
+/// error for it, never "prepared statement … does not exist" because it
+/// was queued behind the failed Parse; once the table is back, all work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_parse_on_a_multiplexed_server_is_each_clients_own_error() {
+    let pg = shared_postgres();
+    pg.psql("app", "DROP TABLE IF EXISTS mux_gone");
+    let proxy = tx_proxy(4, "pool:\n  multiplex_servers: 2\n");
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(app_client(&proxy).await);
+    }
+    async fn all(
+        clients: &[tokio_postgres::Client],
+        st: &[tokio_postgres::Statement],
+    ) -> Vec<Result<tokio_postgres::Row, tokio_postgres::Error>> {
+        futures_util::future::join_all(clients.iter().zip(st).map(|(c, st)| c.query_one(st, &[])))
+            .await
+    }
+    for round in 0..4 {
+        pg.psql(
+            "app",
+            "CREATE TABLE mux_gone (x int); GRANT ALL ON mux_gone TO blog",
+        );
+        // a new text each round: prepared (on one server) while the table
+        // exists, then run everywhere once it is gone, so the shared
+        // servers prepare it themselves, concurrently, and fail
+        let sql = format!("SELECT count(*) FROM mux_gone WHERE {round} >= 0");
+        let mut st = Vec::new();
+        for c in &clients {
+            st.push(c.prepare(&sql).await.unwrap());
+        }
+        pg.psql("app", "DROP TABLE mux_gone");
+        for r in all(&clients, &st).await {
+            let err = r.unwrap_err();
+            assert_eq!(
+                err.as_db_error().map(|e| e.code()),
+                Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE),
+                "round {round}: {err}"
+            );
+        }
+        if round == 3 {
+            // and once the table is back, every client's statement works
+            pg.psql(
+                "app",
+                "CREATE TABLE mux_gone (x int); GRANT ALL ON mux_gone TO blog",
+            );
+            for r in all(&clients, &st).await {
+                assert_eq!(r.unwrap().get::<_, i64>(0), 0);
+            }
+        }
+    }
+    assert!(multiplexed(&proxy) > 0.0);
+}

@@ -2,7 +2,8 @@
 //! messages (`protocol::extended`, the statement mapping of
 //! `frontend::pipeline`, the cache's batch recogniser): Parse, Bind,
 //! Describe and Close bodies from an arbitrary client, and the check that
-//! decides which unnamed statements may be kept prepared.
+//! decides which unnamed statements may be kept prepared, and the one that
+//! decides which batches may go to a multiplexed server.
 //!
 //! Input: a client byte stream. Every framed message in it is decoded; the
 //! whole input is also decoded as the body of one message whose type is its
@@ -12,7 +13,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use pgsift::frontend::caching::extended_read;
-use pgsift::frontend::pipeline::{plannable, shared_name};
+use pgsift::frontend::pipeline::{plannable, shared_name, Pipeline};
 use pgsift::protocol::extended::{
     bind_statement, build_parse, build_target, parse_parse, rebuild_bind, target,
 };
@@ -87,8 +88,24 @@ fuzz_target!(|data: &[u8]| {
         check(&message(tag, &data[1..]));
     }
     assert_eq!(plannable(data), plannable_reference(data), "{:?}", String::from_utf8_lossy(data));
-    // the cache's recogniser of a cacheable batch
+    // the multiplexing check, after the stream's named Parses were recorded
     let chunk = Bytes::copy_from_slice(data);
+    let mut pipeline = Pipeline::new(true, true);
+    let _ = scan(data, 1 << 20, |tag, msg| {
+        if tag == b'P' {
+            pipeline.register_parse(msg);
+        }
+    });
+    if let Some(b) = pipeline.mux_request(&chunk) {
+        assert!(!b.needs.is_empty() && b.needs.len() <= 4);
+        // every part is one whole message; the last is the Sync
+        for part in &b.batch {
+            assert!(part.len() >= 5);
+            assert_eq!(part.len(), 1 + u32::from_be_bytes(part[1..5].try_into().unwrap()) as usize);
+        }
+        assert_eq!(b.batch.last().map(|m| m[0]), Some(b'S'));
+    }
+    // the cache's recogniser of a cacheable batch
     if let Some(read) = extended_read(&chunk) {
         if let Some(parse) = &read.parse {
             assert!(parse_parse(parse).is_some());

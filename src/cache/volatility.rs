@@ -16,6 +16,9 @@ pub struct DatabaseFacts {
     pub immutable: HashSet<String>,
     /// functions none of whose overloads is VOLATILE (they cannot write)
     pub not_volatile: HashSet<String>,
+    /// functions with a VOLATILE overload: with the two above, every
+    /// function the catalog had
+    pub volatile: HashSet<String>,
     /// tables with row-level security enabled
     pub rls_tables: HashSet<String>,
     /// tables whose writes can change other tables: user triggers, rules,
@@ -24,6 +27,27 @@ pub struct DatabaseFacts {
     /// shared cache: the schema epoch read before the catalog was (the
     /// facts are current while it has not moved)
     pub schema_epoch: Option<u64>,
+    /// when the catalog was read
+    pub loaded: Option<std::time::Instant>,
+}
+
+/// Facts this old that do not know a function a statement calls are read
+/// again (the function may have been created since, through another
+/// pgsift sharing the cache, whose schema change this one did not see).
+const RELOAD_UNKNOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl DatabaseFacts {
+    /// True when the facts should be read again because they do not know
+    /// one of `functions` and are old enough for that to mean something.
+    pub fn stale_for(&self, functions: &[String]) -> bool {
+        self.loaded
+            .is_some_and(|t| t.elapsed() >= RELOAD_UNKNOWN_AFTER)
+            && functions.iter().any(|n| {
+                !self.immutable.contains(n)
+                    && !self.not_volatile.contains(n)
+                    && !self.volatile.contains(n)
+            })
+    }
 }
 
 /// Facts per database.
@@ -36,6 +60,7 @@ pub struct VolatilityTable {
 }
 
 const QUERY: &str = "SELECT 'i', proname FROM pg_catalog.pg_proc GROUP BY proname HAVING bool_and(provolatile = 'i') \
+                     UNION ALL SELECT 'v', proname FROM pg_catalog.pg_proc GROUP BY proname HAVING bool_or(provolatile = 'v') \
                      UNION ALL SELECT 'n', proname FROM pg_catalog.pg_proc GROUP BY proname HAVING NOT bool_or(provolatile = 'v') \
                      UNION ALL SELECT 'r', relname FROM pg_catalog.pg_class WHERE relrowsecurity \
                      UNION ALL SELECT 'w', c.relname FROM pg_catalog.pg_class c WHERE c.relhasrules \
@@ -87,6 +112,7 @@ impl VolatilityTable {
                 Ok(rows) => {
                     let mut facts = DatabaseFacts {
                         schema_epoch,
+                        loaded: Some(std::time::Instant::now()),
                         ..Default::default()
                     };
                     for r in rows {
@@ -95,6 +121,7 @@ impl VolatilityTable {
                             match kind.as_str() {
                                 "i" => facts.immutable.insert(name),
                                 "n" => facts.not_volatile.insert(name),
+                                "v" => facts.volatile.insert(name),
                                 "w" => facts.side_effects.insert(name),
                                 _ => facts.rls_tables.insert(name),
                             };
@@ -114,5 +141,29 @@ impl VolatilityTable {
     /// Forgets what is known (DDL may have changed functions or policies).
     pub fn forget(&self, db: &Arc<str>) {
         self.facts.remove(db);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn only_old_facts_that_miss_a_function_are_stale() {
+        let mut f = DatabaseFacts {
+            loaded: Some(Instant::now() - Duration::from_secs(5)),
+            ..Default::default()
+        };
+        f.immutable.insert("lower".into());
+        f.not_volatile.insert("lower".into());
+        f.volatile.insert("random".into());
+        // known functions, volatile or not: nothing to read again
+        assert!(!f.stale_for(&["lower".into(), "random".into()]));
+        // a function the catalog did not have when it was read
+        assert!(f.stale_for(&["twice".into()]));
+        // just read: a missing function is missing (no reload per statement)
+        f.loaded = Some(Instant::now());
+        assert!(!f.stale_for(&["twice".into()]));
     }
 }

@@ -947,7 +947,11 @@ impl Session {
                         .any(|t| f.rls_tables.contains(&crate::cache::table_name(t)))
             });
         let (true, Some(ttl)) = (eligible, ttl) else {
-            if facts.is_none() {
+            if let Some(f) = facts.as_ref().filter(|f| f.stale_for(&a.functions)) {
+                tracing::debug!(database = %sc.db, loaded = ?f.loaded, "a statement calls a function the catalog facts do not know: reading them again");
+                sc.cache.volatility.forget(&sc.db);
+                sc.cache.volatility.load(sc.db.clone(), self.pool.clone());
+            } else if facts.is_none() {
                 sc.cache.volatility.load(sc.db.clone(), self.pool.clone());
             }
             result("bypass");
