@@ -6,6 +6,8 @@
 //! Data flows one way: socket → [`protocol`] frames → [`frontend`] session →
 //! [`backend`] pool → server, and back. [`app::App`] holds the shared state.
 
+#[macro_use]
+mod io_enum;
 pub mod admin;
 pub mod app;
 pub mod auth;

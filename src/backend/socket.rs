@@ -8,10 +8,7 @@ use std::fmt;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
 /// Where a server listens.
@@ -78,16 +75,6 @@ pub enum ServerWriter {
     Unix(unix::OwnedWriteHalf),
 }
 
-/// `$e` with `$s` bound to the socket of whichever variant `$this` is.
-macro_rules! on_variant {
-    ($t:ident, $this:expr, $s:ident => $e:expr) => {
-        match $this {
-            $t::Tcp($s) => $e,
-            $t::Unix($s) => $e,
-        }
-    };
-}
-
 impl ServerStream {
     /// Connects to `host` (a name, an address or a socket directory).
     pub async fn connect(host: &str, port: u16) -> io::Result<(ServerStream, ServerAddr)> {
@@ -134,7 +121,7 @@ impl ServerStream {
 impl ServerReader {
     /// Reads what is there without waiting.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        on_variant!(ServerReader, self, s => s.try_read(buf))
+        on_variant!(ServerReader[Tcp, Unix], self, s => s.try_read(buf))
     }
 }
 
@@ -159,72 +146,23 @@ impl TryWrite for tcp::OwnedWriteHalf {
 impl ServerWriter {
     /// Waits until the socket takes more bytes.
     pub async fn writable(&self) -> io::Result<()> {
-        on_variant!(ServerWriter, self, s => s.writable().await)
+        on_variant!(ServerWriter[Tcp, Unix], self, s => s.writable().await)
     }
 }
 
 impl TryWrite for ServerWriter {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        on_variant!(ServerWriter, self, s => s.try_write(buf))
+        on_variant!(ServerWriter[Tcp, Unix], self, s => s.try_write(buf))
     }
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        on_variant!(ServerWriter, self, s => s.try_write_vectored(bufs))
+        on_variant!(ServerWriter[Tcp, Unix], self, s => s.try_write_vectored(bufs))
     }
 }
 
-/// AsyncRead for an enum of sockets, forwarded to the variant's socket.
-macro_rules! forward_read {
-    ($t:ident) => {
-        impl AsyncRead for $t {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                on_variant!($t, self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
-            }
-        }
-    };
-}
-
-/// AsyncWrite for an enum of sockets, forwarded to the variant's socket.
-macro_rules! forward_write {
-    ($t:ident) => {
-        impl AsyncWrite for $t {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                on_variant!($t, self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
-            }
-            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                on_variant!($t, self.get_mut(), s => Pin::new(s).poll_flush(cx))
-            }
-            fn poll_shutdown(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-            ) -> Poll<io::Result<()>> {
-                on_variant!($t, self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
-            }
-            fn poll_write_vectored(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                bufs: &[IoSlice<'_>],
-            ) -> Poll<io::Result<usize>> {
-                on_variant!($t, self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
-            }
-            fn is_write_vectored(&self) -> bool {
-                on_variant!($t, self, s => s.is_write_vectored())
-            }
-        }
-    };
-}
-
-forward_read!(ServerStream);
-forward_write!(ServerStream);
-forward_read!(ServerReader);
-forward_write!(ServerWriter);
+forward_read!(ServerStream[Tcp, Unix]);
+forward_write!(ServerStream[Tcp, Unix]);
+forward_read!(ServerReader[Tcp, Unix]);
+forward_write!(ServerWriter[Tcp, Unix]);
 
 #[cfg(test)]
 mod tests {

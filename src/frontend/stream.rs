@@ -1,9 +1,5 @@
 //! A client socket that is either plain TCP or TLS after an SSLRequest.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -23,67 +19,8 @@ impl ClientStream {
     }
 }
 
-/// `$e` with `$s` bound to the socket of whichever variant `$this` is.
-macro_rules! on_socket {
-    ($t:ident, $this:expr, $s:ident => $e:expr) => {
-        match $this {
-            $t::Plain($s) => $e,
-            $t::Tls($s) => $e,
-        }
-    };
-}
-
-/// AsyncRead for an enum of sockets, forwarded to the variant's socket.
-macro_rules! forward_read {
-    ($t:ident) => {
-        impl AsyncRead for $t {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                on_socket!($t, self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
-            }
-        }
-    };
-}
-
-/// AsyncWrite for an enum of sockets, forwarded to the variant's socket.
-macro_rules! forward_write {
-    ($t:ident) => {
-        impl AsyncWrite for $t {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                on_socket!($t, self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
-            }
-            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                on_socket!($t, self.get_mut(), s => Pin::new(s).poll_flush(cx))
-            }
-            fn poll_shutdown(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-            ) -> Poll<io::Result<()>> {
-                on_socket!($t, self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
-            }
-            fn poll_write_vectored(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                bufs: &[io::IoSlice<'_>],
-            ) -> Poll<io::Result<usize>> {
-                on_socket!($t, self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
-            }
-            fn is_write_vectored(&self) -> bool {
-                on_socket!($t, self, s => s.is_write_vectored())
-            }
-        }
-    };
-}
-
-forward_read!(ClientStream);
-forward_write!(ClientStream);
+forward_read!(ClientStream[Plain, Tls]);
+forward_write!(ClientStream[Plain, Tls]);
 
 /// The read half of a client connection.
 pub enum ClientReader {
@@ -117,7 +54,7 @@ impl ClientStream {
     }
 }
 
-forward_read!(ClientReader);
+forward_read!(ClientReader[Plain, Tls]);
 
 impl ClientWriter {
     /// The TCP socket when no TLS is in between (for non-blocking writes).
@@ -129,4 +66,4 @@ impl ClientWriter {
     }
 }
 
-forward_write!(ClientWriter);
+forward_write!(ClientWriter[Plain, Tls]);
