@@ -212,7 +212,7 @@ struct Lane {
 
 impl Lane {
     async fn run(mut self, settings: Vec<(String, String)>) {
-        let co = match self.pool.checkout().await {
+        let mut co = match self.pool.checkout().await {
             Ok(mut co) => match co
                 .server
                 .sync_settings(&settings, &self.pool.defaults())
@@ -228,7 +228,6 @@ impl Lane {
         };
         // statements whose plan went stale under a regular client are
         // closed before anything here can use them
-        let mut co = co;
         for name in std::mem::take(&mut co.server.stale_statements) {
             let sql = format!("DEALLOCATE {}", super::server::quote_ident(&name));
             if let Err(e) = co.server.run_simple(&sql).await {

@@ -78,6 +78,22 @@ struct ClientStatement {
     shared: Arc<str>,
     /// the Parse message under the shared name
     parse: Bytes,
+    /// a server shared by several clients may run it: the server plans it
+    /// (it cannot open a transaction or SET anything) and it takes no
+    /// session-only lock, which would then be everyone's
+    multiplexable: bool,
+}
+
+impl ClientStatement {
+    /// The client's statement `p`, under the shared name `shared`.
+    fn new(shared: Arc<str>, p: &extended::ParseMsg<'_>) -> ClientStatement {
+        ClientStatement {
+            parse: extended::build_parse(&shared, p),
+            shared,
+            multiplexable: plannable(p.query)
+                && super::settings::session_only_feature(p.query).is_none(),
+        }
+    }
 }
 
 /// Per-client transaction-mode state.
@@ -291,14 +307,9 @@ impl Pipeline {
                     });
                     match renamed {
                         Some((p, shared)) => {
-                            let parse = extended::build_parse(&shared, &p);
-                            self.statements.insert(
-                                p.name.to_vec(),
-                                ClientStatement {
-                                    shared: shared.clone(),
-                                    parse: parse.clone(),
-                                },
-                            );
+                            let statement = ClientStatement::new(shared.clone(), &p);
+                            let parse = statement.parse.clone();
+                            self.statements.insert(p.name.to_vec(), statement);
                             out.cut(pos, pos + total);
                             if server.prepared.touch(&shared) {
                                 self.replies.push_back(Reply::Made(PARSE_COMPLETE));
@@ -398,8 +409,7 @@ impl Pipeline {
                         return None;
                     }
                     let shared = self.name_for(p.query, p.param_types);
-                    let parse = extended::build_parse(&shared, &p);
-                    parses.push((p.name.to_vec(), shared, parse));
+                    parses.push((p.name.to_vec(), ClientStatement::new(shared, &p)));
                 }
                 b'S' => synced = true,
                 _ => return None,
@@ -410,9 +420,8 @@ impl Pipeline {
             return None;
         }
         let mut replies = Vec::with_capacity(parses.len() + 1);
-        for (name, shared, parse) in parses {
-            self.statements
-                .insert(name, ClientStatement { shared, parse });
+        for (name, statement) in parses {
+            self.statements.insert(name, statement);
             replies.push(Bytes::from_static(PARSE_COMPLETE));
         }
         replies.push(Bytes::from_static(b"Z\0\0\0\x05I"));
@@ -509,24 +518,15 @@ impl Pipeline {
                         if !self.recent_unnamed.contains(&hash) {
                             return None;
                         }
-                        let parse = extended::build_parse(&shared, &p);
                         self.statements
-                            .insert(Vec::new(), ClientStatement { shared, parse });
+                            .insert(Vec::new(), ClientStatement::new(shared, &p));
                     }
                     made_parse = true;
                 }
                 b'B' => {
                     let (name, _) = extended::bind_statement(msg)?;
                     // an unnamed statement is in the mapping only when kept prepared
-                    let s = self.statements.get(name)?;
-                    // (a session advisory lock on a shared server would be
-                    // everyone's)
-                    if !extended::parse_parse(&s.parse).is_some_and(|p| {
-                        plannable(p.query)
-                            && super::settings::session_only_feature(p.query).is_none()
-                    }) {
-                        return None;
-                    }
+                    let s = self.statements.get(name).filter(|s| s.multiplexable)?;
                     batch.push(extended::rebuild_bind(msg, &s.shared)?);
                     if !needs.iter().any(|(n, _)| *n == s.shared) {
                         if needs.len() == MUX_MAX_STATEMENTS {
@@ -559,9 +559,8 @@ impl Pipeline {
     pub fn register_parse(&mut self, msg: &[u8]) {
         if let Some(p) = extended::parse_parse(msg).filter(|p| !p.name.is_empty()) {
             let shared = self.name_for(p.query, p.param_types);
-            let parse = extended::build_parse(&shared, &p);
             self.statements
-                .insert(p.name.to_vec(), ClientStatement { shared, parse });
+                .insert(p.name.to_vec(), ClientStatement::new(shared, &p));
         }
     }
 

@@ -119,6 +119,14 @@ impl ServerState {
         }
     }
 
+    /// A ReadyForQuery with transaction status `status` arrived; true when
+    /// it ended a transaction (status `I`).
+    fn ready(&mut self, status: u8) -> bool {
+        self.tx = status;
+        self.pending = self.pending.saturating_sub(1);
+        status == b'I'
+    }
+
     /// True when no reply is owed and nothing is half-sent.
     pub fn quiet(&self) -> bool {
         self.pending == 0 && !self.unsynced
@@ -319,12 +327,10 @@ pub struct Session {
     generation: u64,
     /// servers of the pool shared by autocommit statements (0: none)
     multiplex: usize,
-    /// replies to the batch on a multiplexed server come here (a channel
-    /// per batch: if the lane is gone, so is its sender, and the client
-    /// hears of it instead of waiting)
+    /// while a batch is on a multiplexed server (until its ReadyForQuery),
+    /// where its replies come (a channel per batch: if the lane is gone, so
+    /// is its sender, and the client hears of it instead of waiting)
     mux_replies: Option<tokio::sync::mpsc::UnboundedReceiver<mux::Reply>>,
-    /// a batch is on a multiplexed server and its ReadyForQuery is owed
-    mux_pending: bool,
     /// pgsift's reply to the batch's first message, sent with the server's
     /// first replies (one wake-up of the client)
     mux_prefix: Option<Bytes>,
@@ -415,7 +421,6 @@ impl Session {
             settings_changes: SettingsTracker::default(),
             multiplex: 0,
             mux_replies: None,
-            mux_pending: false,
             mux_prefix: None,
         };
         session.multiplex = session.multiplex_servers();
@@ -513,8 +518,8 @@ impl Session {
                 }
                 // a client waits for its multiplexed batch's replies before
                 // its next batch goes anywhere (replies stay in order)
-                let read_client = to_server.len < HIGH_WATER && !self.mux_pending;
-                let mux_pending = self.mux_pending;
+                let mux_pending = self.mux_replies.is_some();
+                let read_client = to_server.len < HIGH_WATER && !mux_pending;
                 let mux_rx = self.mux_replies.as_mut();
                 let read_server = to_client.len < HIGH_WATER;
                 // biased: no random branch order (a thread-local RNG draw
@@ -723,7 +728,6 @@ impl Session {
         ) {
             Ok(server) => {
                 self.mux_replies = Some(rx);
-                self.mux_pending = true;
                 self.mux_prefix = made_parse.then(|| Bytes::from_static(PARSE_COMPLETE));
                 self.bytes.server_out.inc_by(len as u64);
                 let ids = server.get().map(|s| (s.id, s.pid));
@@ -757,14 +761,12 @@ impl Session {
             }
             match tag {
                 b'Z' if total == 6 => {
-                    self.state.tx = msg[5];
-                    if msg[5] == b'I' {
+                    if self.state.ready(msg[5]) {
                         self.transactions.inc();
                         self.multiplexed.inc();
                     }
-                    self.state.pending = self.state.pending.saturating_sub(1);
                     self.settings_changes.ready(msg[5], &mut self.settings);
-                    self.mux_pending = false;
+                    self.mux_replies = None;
                     self.cancel.clear();
                     self.info.set(ClientState::Idle, None);
                 }
@@ -1119,11 +1121,9 @@ impl Session {
                     match tag {
                         b'G' => state.copy_in_started(),
                         b'Z' if msg.len() == 6 => {
-                            state.tx = msg[5];
-                            if msg[5] == b'I' {
+                            if state.ready(msg[5]) {
                                 transactions.inc();
                             }
-                            state.pending = state.pending.saturating_sub(1);
                             changed |= tracker.ready(msg[5], settings);
                         }
                         b'E' => tracker.failed(),
@@ -1161,11 +1161,9 @@ impl Session {
             match tag {
                 b'G' => self.state.copy_in_started(),
                 b'Z' if total == 6 => {
-                    self.state.tx = server.rbuf[end + 5];
-                    if self.state.tx == b'I' {
+                    if self.state.ready(server.rbuf[end + 5]) {
                         self.transactions.inc();
                     }
-                    self.state.pending = self.state.pending.saturating_sub(1);
                     self.settings_changes
                         .ready(self.state.tx, &mut self.settings);
                 }
