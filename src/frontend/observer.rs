@@ -14,6 +14,7 @@ use crate::nplus1::store::Origin;
 use crate::nplus1::ReportStore;
 use crate::nplus1::{Burst, BurstKind, Detector, Execution};
 use crate::protocol::extended;
+use crate::sql::analysis::ShapeMemo;
 use crate::sql::shape::split_statements;
 use crate::sql::{Analysis, Analyzer, Kind};
 use crate::stats::QueryStats;
@@ -56,6 +57,8 @@ pub struct Observer {
     sinks: Sinks,
     origin: Origin,
     detector: Option<Detector>,
+    /// this session's recent statement shapes
+    shapes: ShapeMemo,
     statements: FxHashMap<Vec<u8>, Known>,
     portals: FxHashMap<Vec<u8>, Known>,
     pending: VecDeque<Pending>,
@@ -83,6 +86,7 @@ impl Observer {
             sinks,
             origin,
             detector,
+            shapes: ShapeMemo::default(),
             statements: FxHashMap::default(),
             portals: FxHashMap::default(),
             pending: VecDeque::new(),
@@ -95,8 +99,11 @@ impl Observer {
         }
     }
 
-    fn known(&self, sql: &str) -> Known {
-        let a = self.sinks.analyzer.analyze(sql);
+    fn known(&mut self, sql: &str) -> Known {
+        let a = self
+            .sinks
+            .analyzer
+            .analyze_remembering(sql, &mut self.shapes);
         Known {
             analysis: a.analysis,
             text: sql.into(),

@@ -507,8 +507,10 @@ impl Session {
                     None => (None, None, None),
                 };
                 // Bursts end by idleness only: while a statement is in flight there is
-                // no gap, so no timer is armed (a timer per wake-up is not free).
-                if self.state.quiet() && to_server.is_empty() {
+                // no gap, so no timer is armed (a timer per wake-up is not free)
+                // and an armed one is not polled.
+                let quiet = self.state.quiet() && to_server.is_empty();
+                if quiet {
                     if let Some(d) = self.observer.deadline() {
                         if timer_at.is_none_or(|t| d < t) {
                             burst_timer.as_mut().reset(d.into());
@@ -532,7 +534,7 @@ impl Session {
                     r = recv_opt(mux_rx), if mux_pending && read_server => Event::Mux(r),
                     r = async { cbuf.reserve(8192); cr.read_buf(&mut cbuf).await }, if read_client => Event::ClientRead(r),
                     _ = stopping(), if !draining => Event::Shutdown,
-                    _ = &mut burst_timer, if timer_at.is_some() => Event::BurstDeadline,
+                    _ = &mut burst_timer, if timer_at.is_some() && quiet => Event::BurstDeadline,
                 }
             };
 
@@ -817,7 +819,15 @@ impl Session {
             self.multiplex = self.multiplex_servers();
         }
         let now = Instant::now();
-        self.pipeline.salt = super::pipeline::search_path_salt(&self.settings);
+        let pipelined = self.pipelined();
+        if pipelined {
+            self.pipeline.salt = super::pipeline::search_path_salt(&self.settings);
+        }
+        // SET/RESET seen in the client's statements matter where a client's
+        // settings outlive its server (transaction mode), name statements
+        // kept prepared (pipelined) or key cached results. A session-mode
+        // client owns its server, which keeps them itself.
+        let track_settings = transaction_mode || pipelined || self.cache.is_some();
         // nothing in flight before this batch: a cache hit may answer it
         let idle_before = self.state.quiet() && to_server.is_empty() && self.pipeline.is_empty();
         let mut messages = 0;
@@ -837,7 +847,7 @@ impl Session {
                 }
                 t => self.state.client_sent(t),
             }
-            if matches!(tag, b'Q' | b'P') {
+            if track_settings && matches!(tag, b'Q' | b'P') {
                 let msg = &cbuf[end..end + total];
                 if self.settings_changes.observe(tag, msg, transaction_mode) {
                     self.app.metrics.error("session_only_feature");

@@ -118,8 +118,21 @@ impl Analyzer {
 
     /// Analyzes one statement. Never fails.
     pub fn analyze(&self, sql: &str) -> Analyzed {
+        self.analyze_remembering(sql, &mut ShapeMemo::default())
+    }
+
+    /// [`Analyzer::analyze`], looking in `memo` (one session's recent
+    /// shapes) before the shared table: a session repeating its statements
+    /// skips the shared table's bookkeeping.
+    pub fn analyze_remembering(&self, sql: &str, memo: &mut ShapeMemo) -> Analyzed {
         let s = shape::scan(sql.as_bytes(), None);
         let values = if s.literals == 0 { 0 } else { s.values };
+        if let Some(a) = memo.0.get(&s.hash) {
+            return Analyzed {
+                analysis: a.clone(),
+                values,
+            };
+        }
         let analysis = match self.by_shape.get(&s.hash) {
             Some(a) => a,
             None => {
@@ -128,8 +141,22 @@ impl Analyzer {
                 a
             }
         };
+        if memo.0.len() >= ShapeMemo::CAPACITY {
+            memo.0.clear();
+        }
+        memo.0.insert(s.hash, analysis.clone());
         Analyzed { analysis, values }
     }
+}
+
+/// The analyses of one session's most recent statement shapes (an analysis
+/// depends on its shape alone, so a copy never goes stale).
+#[derive(Default)]
+pub struct ShapeMemo(rustc_hash::FxHashMap<u64, Arc<Analysis>>);
+
+impl ShapeMemo {
+    /// Shapes kept; a session using more starts over (most use a few).
+    const CAPACITY: usize = 64;
 }
 
 /// The slow path: libpg_query. Fingerprints are taken of the normalized

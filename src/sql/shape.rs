@@ -6,6 +6,7 @@
 //! parser runs once per shape, not once per statement. It also splits a
 //! simple-query string into its statements.
 
+use smallvec::SmallVec;
 use xxhash_rust::xxh3::Xxh3;
 
 /// The result of scanning one statement.
@@ -89,35 +90,125 @@ impl HashBuf {
     }
 }
 
+/// Byte classes of the scanner, one table lookup per byte.
+const SPACE: u8 = 1;
+/// may continue an identifier: letters, digits, `_`, `$`, non-ASCII
+const IDENT: u8 = 2;
+/// may start an identifier: letters, `_`, non-ASCII
+const IDENT_START: u8 = 4;
+/// may continue a numeric literal: letters, digits, `.`, `_`
+const NUMBER: u8 = 8;
+/// precedes a position where a digit or `E'` does not start a literal
+const IDENT_PREV: u8 = 16;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let mut k = 0;
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c') {
+            k |= SPACE;
+        }
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            k |= IDENT_START | IDENT | IDENT_PREV;
+        }
+        if b.is_ascii_digit() {
+            k |= IDENT | NUMBER | IDENT_PREV;
+        }
+        if b == b'$' {
+            k |= IDENT;
+        }
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' {
+            k |= NUMBER;
+        }
+        t[c] = k;
+        c += 1;
+    }
+    t
+};
+
+#[inline(always)]
+fn is(b: u8, class: u8) -> bool {
+    CLASS[b as usize] & class != 0
+}
+
+/// Where the folded text goes: nowhere (the hot path, compiled without a
+/// branch per token) or into a `String`.
+trait Folded {
+    fn emit(&mut self, bytes: &[u8]);
+    fn emit_lower(&mut self, bytes: &[u8]);
+}
+
+impl Folded for () {
+    #[inline(always)]
+    fn emit(&mut self, _: &[u8]) {}
+    #[inline(always)]
+    fn emit_lower(&mut self, _: &[u8]) {}
+}
+
+impl Folded for String {
+    fn emit(&mut self, bytes: &[u8]) {
+        self.push_str(&String::from_utf8_lossy(bytes));
+    }
+    fn emit_lower(&mut self, bytes: &[u8]) {
+        self.push_str(&String::from_utf8_lossy(bytes).to_ascii_lowercase());
+    }
+}
+
 /// Scans one statement. `text_out`, when given, receives the folded text.
-pub fn scan(sql: &[u8], mut text_out: Option<&mut String>) -> Shape {
+pub fn scan(sql: &[u8], text_out: Option<&mut String>) -> Shape {
+    match text_out {
+        Some(out) => scan_into(sql, out),
+        None => scan_into(sql, &mut ()),
+    }
+}
+
+fn scan_into<F: Folded>(sql: &[u8], out: &mut F) -> Shape {
     let mut shape = HashBuf::new();
     let mut values = HashBuf::new();
     let mut literals = 0usize;
     let mut last_space = true;
     let mut i = 0;
     let n = sql.len();
-    let emit = |bytes: &[u8], shape: &mut HashBuf, out: &mut Option<&mut String>| {
-        shape.update(bytes);
-        if let Some(o) = out.as_deref_mut() {
-            o.push_str(&String::from_utf8_lossy(bytes));
-        }
+    let mut literal = |bytes: &[u8], placeholder: &[u8], shape: &mut HashBuf, out: &mut F| {
+        values.update(bytes);
+        values.push(0);
+        literals += 1;
+        shape.update(placeholder);
+        out.emit(placeholder);
     };
     while i < n {
         let c = sql[i];
-        match c {
-            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => {
-                if !last_space {
-                    emit(b" ", &mut shape, &mut text_out);
-                    last_space = true;
-                }
-                i += 1;
-                continue;
+        let class = CLASS[c as usize];
+        if class & SPACE != 0 {
+            if !last_space {
+                shape.push(b' ');
+                out.emit(b" ");
+                last_space = true;
             }
+            i += 1;
+            continue;
+        }
+        if class & IDENT_START != 0
+            && !((c == b'E' || c == b'e')
+                && sql.get(i + 1) == Some(&b'\'')
+                && !prev_is_ident(sql, i))
+        {
+            let start = i;
+            i += 1;
+            while i < n && is(sql[i], IDENT) {
+                i += 1;
+            }
+            let w = &sql[start..i];
+            shape.update_lower(w);
+            out.emit_lower(w);
+            last_space = false;
+            continue;
+        }
+        match c {
             b'-' if sql.get(i + 1) == Some(&b'-') => {
-                while i < n && sql[i] != b'\n' {
-                    i += 1;
-                }
+                i = memchr::memchr(b'\n', &sql[i..]).map_or(n, |p| i + p);
                 continue;
             }
             b'/' if sql.get(i + 1) == Some(&b'*') => {
@@ -141,32 +232,25 @@ pub fn scan(sql: &[u8], mut text_out: Option<&mut String>) -> Shape {
             b'\'' => {
                 let start = i;
                 i = skip_string(sql, i, false);
-                values.update(&sql[start..i]);
-                values.update(&[0]);
-                literals += 1;
-                emit(b"?s", &mut shape, &mut text_out);
+                literal(&sql[start..i], b"?s", &mut shape, out);
             }
-            b'E' | b'e' if sql.get(i + 1) == Some(&b'\'') && !prev_is_ident(sql, i) => {
+            b'E' | b'e' => {
+                // E'...' (the identifier branch above took every other E)
                 let start = i;
                 i = skip_string(sql, i + 1, true);
-                values.update(&sql[start..i]);
-                values.update(&[0]);
-                literals += 1;
-                emit(b"?s", &mut shape, &mut text_out);
+                literal(&sql[start..i], b"?s", &mut shape, out);
             }
             b'$' if sql.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 i += 1;
                 while i < n && sql[i].is_ascii_digit() {
                     i += 1;
                 }
-                emit(b"$", &mut shape, &mut text_out);
+                shape.push(b'$');
+                out.emit(b"$");
             }
             b'$' if !prev_is_ident(sql, i) => {
                 // dollar-quoted string: $tag$ ... $tag$
-                let tag_end = sql[i + 1..]
-                    .iter()
-                    .position(|&b| b == b'$')
-                    .map(|p| i + 1 + p);
+                let tag_end = memchr::memchr(b'$', &sql[i + 1..]).map(|p| i + 1 + p);
                 match tag_end {
                     Some(te)
                         if sql[i + 1..te]
@@ -178,22 +262,19 @@ pub fn scan(sql: &[u8], mut text_out: Option<&mut String>) -> Shape {
                         let close = find(&sql[body_start..], tag)
                             .map(|p| body_start + p + tag.len())
                             .unwrap_or(n);
-                        values.update(&sql[i..close]);
-                        values.update(&[0]);
-                        literals += 1;
+                        literal(&sql[i..close], b"?s", &mut shape, out);
                         i = close;
-                        emit(b"?s", &mut shape, &mut text_out);
                     }
                     _ => {
-                        emit(b"$", &mut shape, &mut text_out);
+                        shape.push(b'$');
+                        out.emit(b"$");
                         i += 1;
                     }
                 }
             }
             b'0'..=b'9' if !prev_is_ident(sql, i) => {
                 let start = i;
-                while i < n && (sql[i].is_ascii_alphanumeric() || sql[i] == b'.' || sql[i] == b'_')
-                {
+                while i < n && is(sql[i], NUMBER) {
                     // exponent sign
                     if (sql[i] == b'e' || sql[i] == b'E')
                         && matches!(sql.get(i + 1), Some(b'+') | Some(b'-'))
@@ -202,10 +283,7 @@ pub fn scan(sql: &[u8], mut text_out: Option<&mut String>) -> Shape {
                     }
                     i += 1;
                 }
-                values.update(&sql[start..i]);
-                values.update(&[0]);
-                literals += 1;
-                emit(b"?n", &mut shape, &mut text_out);
+                literal(&sql[start..i.min(n)], b"?n", &mut shape, out);
             }
             b'"' => {
                 let start = i;
@@ -221,29 +299,13 @@ pub fn scan(sql: &[u8], mut text_out: Option<&mut String>) -> Shape {
                     }
                     i += 1;
                 }
-                emit(&sql[start..i], &mut shape, &mut text_out);
-            }
-            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
-                let start = i;
-                while i < n
-                    && (sql[i].is_ascii_alphanumeric()
-                        || sql[i] == b'_'
-                        || sql[i] == b'$'
-                        || sql[i] >= 0x80)
-                {
-                    i += 1;
-                }
-                let w = &sql[start..i];
-                shape.update_lower(w);
-                if let Some(o) = text_out.as_deref_mut() {
-                    o.push_str(&String::from_utf8_lossy(w).to_ascii_lowercase());
-                }
+                let w = &sql[start..i.min(n)];
+                shape.update(w);
+                out.emit(w);
             }
             _ => {
                 shape.push(c);
-                if let Some(o) = text_out.as_deref_mut() {
-                    o.push_str(&String::from_utf8_lossy(&sql[i..i + 1]));
-                }
+                out.emit(&sql[i..i + 1]);
                 i += 1;
             }
         }
@@ -257,7 +319,7 @@ pub fn scan(sql: &[u8], mut text_out: Option<&mut String>) -> Shape {
 }
 
 fn prev_is_ident(sql: &[u8], i: usize) -> bool {
-    i > 0 && (sql[i - 1].is_ascii_alphanumeric() || sql[i - 1] == b'_' || sql[i - 1] >= 0x80)
+    i > 0 && is(sql[i - 1], IDENT_PREV)
 }
 
 fn skip_string(sql: &[u8], quote: usize, backslashes: bool) -> usize {
@@ -279,8 +341,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Splits a simple-query string into statements at top-level semicolons
 /// (outside strings, quoted identifiers, comments and dollar quotes).
-/// Empty statements are dropped; the pieces keep their original text.
-pub fn split_statements(sql: &str) -> Vec<&str> {
+/// Empty statements are dropped; the pieces keep their original text. One
+/// statement (nearly every query) is returned without a heap allocation.
+pub fn split_statements(sql: &str) -> SmallVec<[&str; 1]> {
     let b = sql.as_bytes();
     // Fast path (most simple queries): one statement, at most a trailing
     // semicolon, nothing before it that could hide a semicolon or nest.
@@ -298,12 +361,12 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
     if let Some(one) = single {
         let one = one.trim();
         return if one.is_empty() {
-            Vec::new()
+            SmallVec::new()
         } else {
-            vec![one]
+            smallvec::smallvec![one]
         };
     }
-    split_statements_scanning(sql)
+    SmallVec::from_vec(split_statements_scanning(sql))
 }
 
 /// [`split_statements`] without its fast path: the full scan (public for
@@ -396,6 +459,10 @@ pub fn split_statements_scanning(sql: &str) -> Vec<&str> {
 mod tests {
     use super::*;
 
+    fn split(sql: &str) -> Vec<&str> {
+        split_statements(sql).to_vec()
+    }
+
     fn folded(sql: &str) -> String {
         let mut s = String::new();
         scan(sql.as_bytes(), Some(&mut s));
@@ -455,22 +522,19 @@ mod tests {
 
     #[test]
     fn statements_split_at_top_level_semicolons_only() {
-        let s = split_statements("SELECT ';'; SELECT $$a;b$$ ; -- c;\nSELECT \"x;y\" ; ;");
+        let s = split("SELECT ';'; SELECT $$a;b$$ ; -- c;\nSELECT \"x;y\" ; ;");
         assert_eq!(
             s,
             vec!["SELECT ';'", "SELECT $$a;b$$", "-- c;\nSELECT \"x;y\""]
         );
-        assert_eq!(split_statements("SELECT 1"), vec!["SELECT 1"]);
-        assert_eq!(split_statements("SELECT 1;"), vec!["SELECT 1"]);
-        assert_eq!(split_statements("  SELECT 1 ;  \n"), vec!["SELECT 1"]);
-        assert_eq!(split_statements(";"), Vec::<&str>::new());
-        assert_eq!(split_statements("  "), Vec::<&str>::new());
-        assert_eq!(split_statements("SELECT 'a;'"), vec!["SELECT 'a;'"]);
-        assert_eq!(split_statements("SELECT (1);"), vec!["SELECT (1)"]);
-        assert_eq!(
-            split_statements("SELECT 1; SELECT 2"),
-            vec!["SELECT 1", "SELECT 2"]
-        );
-        assert_eq!(split_statements("SELECT 1;;"), vec!["SELECT 1"]);
+        assert_eq!(split("SELECT 1"), vec!["SELECT 1"]);
+        assert_eq!(split("SELECT 1;"), vec!["SELECT 1"]);
+        assert_eq!(split("  SELECT 1 ;  \n"), vec!["SELECT 1"]);
+        assert_eq!(split(";"), Vec::<&str>::new());
+        assert_eq!(split("  "), Vec::<&str>::new());
+        assert_eq!(split("SELECT 'a;'"), vec!["SELECT 'a;'"]);
+        assert_eq!(split("SELECT (1);"), vec!["SELECT (1)"]);
+        assert_eq!(split("SELECT 1; SELECT 2"), vec!["SELECT 1", "SELECT 2"]);
+        assert_eq!(split("SELECT 1;;"), vec!["SELECT 1"]);
     }
 }
