@@ -161,10 +161,12 @@ pgb_sess_pid=""; pgb_tx_pid=""
 if wants pgbouncer-session; then
   start_pgb "$PGB_SESS_PORT" session
   pgb_sess_pid=$(cat "$BENCH_DIR/pgbouncer-$PGB_SESS_PORT/pgbouncer.pid")
+  echo "pgbouncer on $PGB_SESS_PORT: $(cat /proc/$pgb_sess_pid/autogroup 2>/dev/null || echo 'no autogroup')"
 fi
 if wants pgbouncer-tx; then
   start_pgb "$PGB_TX_PORT" transaction
   pgb_tx_pid=$(cat "$BENCH_DIR/pgbouncer-$PGB_TX_PORT/pgbouncer.pid")
+  echo "pgbouncer on $PGB_TX_PORT: $(cat /proc/$pgb_tx_pid/autogroup 2>/dev/null || echo 'no autogroup')"
 fi
 
 # --- pgsift ------------------------------------------------------------------------------------
@@ -180,7 +182,10 @@ start_pgsift() { # name port admin n_plus_one busy_poll prepare_unnamed multiple
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use" >&2; exit 1
   fi
-  "$PGSIFT_BIN" --config "$cfg" >"$log" 2>&1 &
+  # In its own session, as a service manager runs it and as PgBouncer (-d) runs itself: with
+  # the kernel's autogroup scheduling (kernel.sched_autogroup_enabled=1) a process started
+  # from this script would share a CPU-time group with pgbench, the load generator.
+  setsid "$PGSIFT_BIN" --config "$cfg" >"$log" 2>&1 < /dev/null &
   pid=$!
   pgsift_pids+=("$pid")
   for _ in $(seq 100); do
@@ -189,7 +194,7 @@ start_pgsift() { # name port admin n_plus_one busy_poll prepare_unnamed multiple
     sleep 0.1
   done
   [ "$ready" = 1 ] || { echo "pgsift $name not ready after 10 s; log:" >&2; cat "$log" >&2; exit 1; }
-  echo "pgsift $name ($PGSIFT_POOL_MODE mode, pool $POOL_SIZE, n_plus_one $np1, prepare_unnamed ${prep:-default}, multiplex ${mux:-0}, upstream $upstream, threads $(ls /proc/$pid/task | wc -l)) on 127.0.0.1:$port pid $pid"
+  echo "pgsift $name ($PGSIFT_POOL_MODE mode, pool $POOL_SIZE, n_plus_one $np1, prepare_unnamed ${prep:-default}, multiplex ${mux:-0}, upstream $upstream, threads $(ls /proc/$pid/task | wc -l), $(cat /proc/$pid/autogroup 2>/dev/null || echo 'no autogroup')) on 127.0.0.1:$port pid $pid"
   started_pid=$pid
 }
 pgsift_pid=""; pgsift_b_pid=""

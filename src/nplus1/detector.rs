@@ -89,8 +89,10 @@ struct Open {
     parent: Option<Arc<Analysis>>,
     parent_resolved: bool,
     total: Duration,
-    first_seen: SystemTime,
-    last_seen: SystemTime,
+    /// monotonic times, made wall-clock times when the burst is reported
+    /// (one clock read per burst instead of one per execution)
+    first_seen: Instant,
+    last_seen: Instant,
     last_seq: u64,
 }
 
@@ -155,15 +157,15 @@ impl Detector {
         }
         self.seq += 1;
         let fp = e.analysis.fingerprint;
-        let now = SystemTime::now();
-        if self.open.contains_key(&fp) {
-            let unresolved = self.open.get(&fp).is_some_and(|b| !b.parent_resolved);
-            let parent = if unresolved {
-                let first_seq = self.open[&fp].first_seq;
-                Some(self.parent_before(first_seq))
-            } else {
-                None
-            };
+        let now = end;
+        // an open burst of this statement, and whether its parent is yet to
+        // be found (looked up before this execution counts, as it always was)
+        let open = self
+            .open
+            .get(&fp)
+            .map(|b| (!b.parent_resolved).then_some(b.first_seq));
+        if let Some(unresolved) = open {
+            let parent = unresolved.map(|first_seq| self.parent_before(first_seq));
             if let Some(b) = self.open.get_mut(&fp) {
                 b.count += 1;
                 if b.distinct.len() < MAX_DISTINCT && !b.distinct.contains(&e.values) {
@@ -259,10 +261,15 @@ impl Detector {
             example: b.example,
             repeats: b.count,
             total: b.total,
-            first_seen: b.first_seen,
-            last_seen: b.last_seen,
+            first_seen: wall_clock(b.first_seen),
+            last_seen: wall_clock(b.last_seen),
         })
     }
+}
+
+/// The wall-clock time of a monotonic instant in the past.
+fn wall_clock(t: Instant) -> SystemTime {
+    SystemTime::now() - Instant::now().saturating_duration_since(t)
 }
 
 #[cfg(test)]

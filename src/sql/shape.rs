@@ -39,20 +39,28 @@ impl HashBuf {
         }
     }
 
-    /// Appends `bytes` folded to lower case.
+    /// Appends the identifier that starts at `sql[i]`, folded to lower
+    /// case, in the same pass that finds its end; returns the end.
     #[inline]
-    fn update_lower(&mut self, bytes: &[u8]) {
-        if self.len + bytes.len() <= self.buf.len() {
-            for (d, s) in self.buf[self.len..self.len + bytes.len()]
-                .iter_mut()
-                .zip(bytes)
-            {
-                *d = s.to_ascii_lowercase();
-            }
-            self.len += bytes.len();
-        } else {
-            self.update(&bytes.to_ascii_lowercase());
+    fn identifier(&mut self, sql: &[u8], mut i: usize) -> usize {
+        let room = self.buf.len() - self.len;
+        let limit = sql.len().min(i + room);
+        let mut j = self.len;
+        while i < limit && is(sql[i], IDENT) {
+            self.buf[j] = LOWER[sql[i] as usize];
+            i += 1;
+            j += 1;
         }
+        self.len = j;
+        if i == limit && i < sql.len() && is(sql[i], IDENT) {
+            // the buffer filled up inside the identifier
+            let rest = i;
+            while i < sql.len() && is(sql[i], IDENT) {
+                i += 1;
+            }
+            self.update(&sql[rest..i].to_ascii_lowercase());
+        }
+        i
     }
 
     #[inline]
@@ -128,6 +136,17 @@ static CLASS: [u8; 256] = {
     t
 };
 
+/// ASCII lower case of every byte.
+static LOWER: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = (c as u8).to_ascii_lowercase();
+        c += 1;
+    }
+    t
+};
+
 #[inline(always)]
 fn is(b: u8, class: u8) -> bool {
     CLASS[b as usize] & class != 0
@@ -196,13 +215,8 @@ fn scan_into<F: Folded>(sql: &[u8], out: &mut F) -> Shape {
                 && !prev_is_ident(sql, i))
         {
             let start = i;
-            i += 1;
-            while i < n && is(sql[i], IDENT) {
-                i += 1;
-            }
-            let w = &sql[start..i];
-            shape.update_lower(w);
-            out.emit_lower(w);
+            i = shape.identifier(sql, i);
+            out.emit_lower(&sql[start..i]);
             last_space = false;
             continue;
         }
