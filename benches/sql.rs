@@ -70,7 +70,7 @@ fn detector(c: &mut Criterion) {
             let e = Execution {
                 analysis: x.analysis.clone(),
                 values: x.values,
-                example: "SELECT * FROM users WHERE id = 1".into(),
+                example: Some("SELECT * FROM users WHERE id = 1".into()),
                 start: t,
                 duration: Duration::from_micros(30),
             };

@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 struct Known {
     analysis: Arc<Analysis>,
-    text: Arc<str>,
+    /// kept for named statements (the cache looks them up) and for
+    /// executions that may open an N+1 burst (its example)
+    text: Option<Arc<str>>,
     values: u64,
 }
 
@@ -59,8 +61,8 @@ pub struct Observer {
     detector: Option<Detector>,
     /// this session's recent statement shapes
     shapes: ShapeMemo,
-    statements: FxHashMap<Vec<u8>, Known>,
-    portals: FxHashMap<Vec<u8>, Known>,
+    statements: Names,
+    portals: Names,
     pending: VecDeque<Pending>,
     last_done: Option<Instant>,
     /// metric handles per statement kind, resolved on first use
@@ -79,6 +81,46 @@ pub struct Observer {
 /// bounds a client that never does).
 const MAX_NAMED: usize = 10_000;
 
+/// Statements or portals by name. The unnamed one, which most executions
+/// use, has a slot of its own: no hashing, no map entry made and dropped
+/// per execution.
+#[derive(Default)]
+struct Names {
+    unnamed: Option<Known>,
+    named: FxHashMap<Vec<u8>, Known>,
+}
+
+impl Names {
+    fn get(&self, name: &[u8]) -> Option<&Known> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name)
+        }
+    }
+
+    fn insert(&mut self, name: &[u8], known: Known) {
+        if name.is_empty() {
+            self.unnamed = Some(known);
+        } else if let Some(slot) = self.named.get_mut(name) {
+            *slot = known;
+        } else {
+            if self.named.len() >= MAX_NAMED {
+                self.named.clear();
+            }
+            self.named.insert(name.to_vec(), known);
+        }
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        if name.is_empty() {
+            self.unnamed = None;
+        } else {
+            self.named.remove(name);
+        }
+    }
+}
+
 impl Observer {
     /// An observer; `detector` is `None` when N+1 detection is off.
     pub fn new(sinks: Sinks, origin: Origin, detector: Option<Detector>) -> Observer {
@@ -87,8 +129,8 @@ impl Observer {
             origin,
             detector,
             shapes: ShapeMemo::default(),
-            statements: FxHashMap::default(),
-            portals: FxHashMap::default(),
+            statements: Names::default(),
+            portals: Names::default(),
             pending: VecDeque::new(),
             last_done: None,
             kind_metrics: FxHashMap::default(),
@@ -99,14 +141,21 @@ impl Observer {
         }
     }
 
-    fn known(&mut self, sql: &str) -> Known {
+    /// The analysis of `sql`; its text is copied when `keep_text` or when
+    /// the N+1 detector may want it as an example.
+    fn known(&mut self, sql: &str, keep_text: bool) -> Known {
         let a = self
             .sinks
             .analyzer
             .analyze_remembering(sql, &mut self.shapes);
+        let keep = keep_text
+            || self
+                .detector
+                .as_ref()
+                .is_some_and(|d| d.needs_example(a.analysis.fingerprint));
         Known {
             analysis: a.analysis,
-            text: sql.into(),
+            text: keep.then(|| sql.into()),
             values: a.values,
         }
     }
@@ -118,7 +167,7 @@ impl Observer {
                 let body = &msg[5..];
                 let text = utf8(body.strip_suffix(&[0]).unwrap_or(body));
                 for stmt in split_statements(&text) {
-                    let known = self.known(stmt);
+                    let known = self.known(stmt, false);
                     self.pending.push_back(Pending {
                         known,
                         sent: now,
@@ -132,15 +181,12 @@ impl Observer {
                     // again (the unnamed statement of every execution) gets
                     // the analysis it had: no scan, no copy of the text.
                     if let Some(k) = self.statements.get(p.name) {
-                        if k.text.as_bytes() == p.query {
+                        if k.text.as_deref().is_some_and(|t| t.as_bytes() == p.query) {
                             return;
                         }
                     }
-                    let known = self.known(&utf8(p.query));
-                    if self.statements.len() >= MAX_NAMED && !self.statements.contains_key(p.name) {
-                        self.statements.clear();
-                    }
-                    self.statements.insert(p.name.to_vec(), known);
+                    let known = self.known(&utf8(p.query), true);
+                    self.statements.insert(p.name, known);
                 }
             }
             b'B' => {
@@ -153,14 +199,7 @@ impl Observer {
                     if let Some(k) = self.statements.get(stmt) {
                         let mut known = k.clone();
                         known.values = xxhash_rust::xxh3::xxh3_64(&msg[after..]);
-                        if let Some(slot) = self.portals.get_mut(portal) {
-                            *slot = known;
-                            return;
-                        }
-                        if self.portals.len() >= MAX_NAMED {
-                            self.portals.clear();
-                        }
-                        self.portals.insert(portal.to_vec(), known);
+                        self.portals.insert(portal, known);
                     }
                 }
             }
@@ -203,7 +242,7 @@ impl Observer {
             b'Z' => {
                 // whatever did not complete was skipped after an error
                 self.pending.clear();
-                self.portals.remove(&b""[..]);
+                self.portals.remove(b"");
             }
             _ => {}
         }
@@ -211,7 +250,7 @@ impl Observer {
 
     /// The text of a statement the client prepared under `name`.
     pub fn statement_text(&self, name: &[u8]) -> Option<Arc<str>> {
-        self.statements.get(name).map(|k| k.text.clone())
+        self.statements.get(name).and_then(|k| k.text.clone())
     }
 
     /// The execution just sent was answered from the cache with `rows` rows.

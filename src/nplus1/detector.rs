@@ -30,8 +30,10 @@ pub struct Execution {
     pub analysis: Arc<Analysis>,
     /// hash of its parameter or literal values
     pub values: u64,
-    /// the concrete statement text
-    pub example: Arc<str>,
+    /// the concrete statement text; needed only when the execution opens a
+    /// burst (see [`Detector::needs_example`]), the normalized text stands
+    /// in when it is missing
+    pub example: Option<Arc<str>>,
     /// when it was sent to the server
     pub start: Instant,
     /// how long it took
@@ -191,7 +193,10 @@ impl Detector {
                 fp,
                 Open {
                     analysis: e.analysis.clone(),
-                    example: e.example.clone(),
+                    example: e
+                        .example
+                        .clone()
+                        .unwrap_or_else(|| e.analysis.normalized.as_str().into()),
                     first_seq: self.seq,
                     count: 1,
                     distinct: vec![e.values],
@@ -218,6 +223,13 @@ impl Detector {
             }
         }
         done
+    }
+
+    /// Whether an execution of `fingerprint` sent now would open a burst,
+    /// and so its text be kept as the burst's example: not while a burst of
+    /// it is open (most repeats), which spares a copy of every repeat's text.
+    pub fn needs_example(&self, fingerprint: u64) -> bool {
+        !self.open.contains_key(&fingerprint)
     }
 
     /// The last statement before `seq` that is not a repetition in a burst.
@@ -299,7 +311,7 @@ mod tests {
             let e = Execution {
                 analysis: x.analysis,
                 values: x.values,
-                example: sql.into(),
+                example: Some(sql.into()),
                 start: self.t,
                 duration: Duration::from_micros(300),
             };

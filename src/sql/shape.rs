@@ -43,16 +43,18 @@ impl HashBuf {
     /// case, in the same pass that finds its end; returns the end.
     #[inline]
     fn identifier(&mut self, sql: &[u8], mut i: usize) -> usize {
-        let room = self.buf.len() - self.len;
-        let limit = sql.len().min(i + room);
-        let mut j = self.len;
-        while i < limit && is(sql[i], IDENT) {
-            self.buf[j] = LOWER[sql[i] as usize];
-            i += 1;
-            j += 1;
+        let src = &sql[i..];
+        let mut taken = 0;
+        for (d, &c) in self.buf[self.len..].iter_mut().zip(src) {
+            if !is(c, IDENT) {
+                break;
+            }
+            *d = LOWER[c as usize];
+            taken += 1;
         }
-        self.len = j;
-        if i == limit && i < sql.len() && is(sql[i], IDENT) {
+        self.len += taken;
+        i += taken;
+        if self.len == self.buf.len() && i < sql.len() && is(sql[i], IDENT) {
             // the buffer filled up inside the identifier
             let rest = i;
             while i < sql.len() && is(sql[i], IDENT) {
