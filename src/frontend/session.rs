@@ -295,6 +295,27 @@ fn send_now<W: TryWrite>(w: Option<&W>, outbox: &mut Outbox, sent: &IntCounter) 
     }
 }
 
+/// Sends what the socket takes now of `buf[..len]` (complete messages with
+/// nothing queued before them) and drops it from `buf`: no chunk is split
+/// off, frozen and queued for the common case of a socket that takes it all.
+/// Returns how much went; the rest is left at the front of `buf`.
+fn send_from_buffer<W: TryWrite>(
+    w: Option<&W>,
+    buf: &mut BytesMut,
+    len: usize,
+    sent_counter: &IntCounter,
+) -> usize {
+    let Some(w) = w else {
+        return 0;
+    };
+    let n = w.try_write(&buf[..len]).unwrap_or(0);
+    if n > 0 {
+        sent_counter.inc_by(n as u64);
+        buf.advance(n);
+    }
+    n
+}
+
 async fn write_opt(w: Option<&mut ServerWriter>, outbox: &Outbox) -> std::io::Result<usize> {
     match w {
         Some(w) if !outbox.is_empty() => write_outbox(w, outbox).await,
@@ -598,7 +619,7 @@ impl Session {
                 Event::ServerRead(Err(e)) => break End::ServerLost(e.to_string()),
                 Event::ServerRead(Ok(n)) => {
                     self.bytes.server_in.inc_by(n as u64);
-                    if let Err(end) = self.server_input(&mut to_client) {
+                    if let Err(end) = self.server_input(&mut to_client, cw.plain()) {
                         break end;
                     }
                     if let Some(sc) = self.cache.as_mut().filter(|sc| sc.must_record()) {
@@ -875,6 +896,17 @@ impl Session {
                 .forward_chunk(msg, to_server, to_client, transaction_mode, terminate)
                 .await;
         }
+        if end > 0 && !pipelined && self.cache.is_none() && to_server.is_empty() {
+            // session mode, plain path: the client's server is attached
+            if let Some(co) = self.server.as_ref() {
+                let sent =
+                    send_from_buffer(Some(&co.server.writer), cbuf, end, &self.bytes.server_out);
+                if sent < end {
+                    to_server.push(cbuf.split_to(end - sent).freeze());
+                }
+                return Ok(!terminate);
+            }
+        }
         if end > 0 {
             let chunk = cbuf.split_to(end).freeze();
             if messages >= 3 && idle_before && !terminate && self.cache.is_some() {
@@ -1104,8 +1136,14 @@ impl Session {
     }
 
     /// Frames what the server sent, tracks ReadyForQuery and ParameterStatus,
-    /// and queues complete messages for the client.
-    fn server_input(&mut self, to_client: &mut Outbox) -> Result<(), End> {
+    /// and queues complete messages for the client. On the plain path (no
+    /// statement mapping, no cache) they go to `client` straight from the
+    /// read buffer when nothing is queued before them.
+    fn server_input(
+        &mut self,
+        to_client: &mut Outbox,
+        client: Option<&tokio::net::tcp::OwnedWriteHalf>,
+    ) -> Result<(), End> {
         let pipelined = self.pipelined();
         let Some(co) = self.server.as_mut() else {
             return Ok(());
@@ -1195,11 +1233,17 @@ impl Session {
             end += total;
         }
         if end > 0 {
-            let chunk = server.rbuf.split_to(end).freeze();
-            if let Some(sc) = self.cache.as_mut() {
-                sc.client_bound(&chunk);
+            // the cache must see the bytes and may hold them back (a write's
+            // acknowledgement waits for its invalidation): it takes the queue
+            let direct = client.filter(|_| self.cache.is_none() && to_client.is_empty());
+            let sent = send_from_buffer(direct, &mut server.rbuf, end, &self.bytes.client_out);
+            if sent < end {
+                let chunk = server.rbuf.split_to(end - sent).freeze();
+                if let Some(sc) = self.cache.as_mut() {
+                    sc.client_bound(&chunk);
+                }
+                to_client.push(chunk);
             }
-            to_client.push(chunk);
         }
         Ok(())
     }
