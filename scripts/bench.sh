@@ -41,6 +41,8 @@
 #   PGSIFT_UPSTREAM=127.0.0.1          the databases' host in pgsift's config: 127.0.0.1 (TCP, as
 #                                      PgBouncer's) or the cluster's socket directory $BENCH_DIR
 #   PGSIFT_B_UPSTREAM=$PGSIFT_UPSTREAM the same for the second pgsift
+#   PGSIFT_B_BIN=$PGSIFT_BIN           binary of the second pgsift (an A/B of two builds: PGSIFT_B_N_PLUS_ONE=true
+#                                      PGSIFT_B_BIN=/tmp/old/release/pgsift PGSIFT_B_NAME=pgsift-old)
 #   PGSIFT_B_N_PLUS_ONE=               set (true|false): also start a second pgsift, identical except for
 #                                      n_plus_one.enabled, named PGSIFT_B_NAME (pgsift-np1-<value>) on
 #                                      PGSIFT_B_PORT=16435, admin PGSIFT_B_ADMIN=127.0.0.1:19931
@@ -87,6 +89,7 @@ PGSIFT_B_MULTIPLEX=${PGSIFT_B_MULTIPLEX:-$PGSIFT_MULTIPLEX}
 PGSIFT_UPSTREAM=${PGSIFT_UPSTREAM:-127.0.0.1}
 PGSIFT_B_UPSTREAM=${PGSIFT_B_UPSTREAM:-$PGSIFT_UPSTREAM}
 PGSIFT_B_NAME=${PGSIFT_B_NAME:-pgsift-np1-$PGSIFT_B_N_PLUS_ONE}
+PGSIFT_B_BIN=${PGSIFT_B_BIN:-$PGSIFT_BIN}
 PGSIFT_B_PORT=${PGSIFT_B_PORT:-16435}
 PGSIFT_B_ADMIN=${PGSIFT_B_ADMIN:-127.0.0.1:19931}
 POOL_SIZE=${PGB_POOL_SIZE:-20}
@@ -170,22 +173,22 @@ if wants pgbouncer-tx; then
 fi
 
 # --- pgsift ------------------------------------------------------------------------------------
-start_pgsift() { # name port admin n_plus_one busy_poll prepare_unnamed multiplex upstream -> sets $started_pid
-  local name=$1 port=$2 admin=$3 np1=$4 bp=$5 prep=$6 mux=$7 upstream=$8 cfg="$OUT/$1.yaml" log="$OUT/$1.log" pid ready=0
+start_pgsift() { # name port admin n_plus_one busy_poll prepare_unnamed multiplex upstream binary -> sets $started_pid
+  local name=$1 port=$2 admin=$3 np1=$4 bp=$5 prep=$6 mux=$7 upstream=$8 bin=$9 cfg="$OUT/$1.yaml" log="$OUT/$1.log" pid ready=0
   {
     echo "# written by scripts/bench.sh; same pool size as the PgBouncer instances"
     # max_client_conn as PgBouncer's
     pgsift_bench_config "$port" "$admin" "$PGSIFT_POOL_MODE" "$POOL_SIZE" 1000 "$PGSIFT_LOG" \
       "$np1" "$bp" "$PGSIFT_WORKER_THREADS" "$prep" "$mux" "$upstream"
   } > "$cfg"
-  "$PGSIFT_BIN" check --config "$cfg"
+  "$bin" check --config "$cfg"
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use" >&2; exit 1
   fi
   # In its own session, as a service manager runs it and as PgBouncer (-d) runs itself: with
   # the kernel's autogroup scheduling (kernel.sched_autogroup_enabled=1) a process started
   # from this script would share a CPU-time group with pgbench, the load generator.
-  setsid "$PGSIFT_BIN" --config "$cfg" >"$log" 2>&1 < /dev/null &
+  setsid "$bin" --config "$cfg" >"$log" 2>&1 < /dev/null &
   pid=$!
   pgsift_pids+=("$pid")
   for _ in $(seq 100); do
@@ -199,10 +202,10 @@ start_pgsift() { # name port admin n_plus_one busy_poll prepare_unnamed multiple
 }
 pgsift_pid=""; pgsift_b_pid=""
 if wants "$PGSIFT_NAME"; then
-  start_pgsift "$PGSIFT_NAME" "$PGSIFT_PORT" "$PGSIFT_ADMIN" "$PGSIFT_N_PLUS_ONE" "$PGSIFT_BUSY_POLL" "$PGSIFT_PREPARE_UNNAMED" "$PGSIFT_MULTIPLEX" "$PGSIFT_UPSTREAM"; pgsift_pid=$started_pid
+  start_pgsift "$PGSIFT_NAME" "$PGSIFT_PORT" "$PGSIFT_ADMIN" "$PGSIFT_N_PLUS_ONE" "$PGSIFT_BUSY_POLL" "$PGSIFT_PREPARE_UNNAMED" "$PGSIFT_MULTIPLEX" "$PGSIFT_UPSTREAM" "$PGSIFT_BIN"; pgsift_pid=$started_pid
 fi
 if [ -n "$PGSIFT_B_N_PLUS_ONE" ] && wants "$PGSIFT_B_NAME"; then
-  start_pgsift "$PGSIFT_B_NAME" "$PGSIFT_B_PORT" "$PGSIFT_B_ADMIN" "$PGSIFT_B_N_PLUS_ONE" "$PGSIFT_B_BUSY_POLL" "$PGSIFT_B_PREPARE_UNNAMED" "$PGSIFT_B_MULTIPLEX" "$PGSIFT_B_UPSTREAM"; pgsift_b_pid=$started_pid
+  start_pgsift "$PGSIFT_B_NAME" "$PGSIFT_B_PORT" "$PGSIFT_B_ADMIN" "$PGSIFT_B_N_PLUS_ONE" "$PGSIFT_B_BUSY_POLL" "$PGSIFT_B_PREPARE_UNNAMED" "$PGSIFT_B_MULTIPLEX" "$PGSIFT_B_UPSTREAM" "$PGSIFT_B_BIN"; pgsift_b_pid=$started_pid
 fi
 
 # --- run ---------------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ fi
   echo "pgsift: $PGSIFT_BIN $("$PGSIFT_BIN" --version 2>/dev/null || true)"
   echo "pgsift commit: ${PGSIFT_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (working tree has uncommitted changes in src/)')}"
   echo "pgsift pool_mode=$PGSIFT_POOL_MODE pool_size=$POOL_SIZE n_plus_one=$PGSIFT_N_PLUS_ONE prepare_unnamed=${PGSIFT_PREPARE_UNNAMED:-default} multiplex=${PGSIFT_MULTIPLEX:-0} upstream=$PGSIFT_UPSTREAM worker_threads=${PGSIFT_WORKER_THREADS:-default} cache=off log=$PGSIFT_LOG"
-  [ -n "$PGSIFT_B_N_PLUS_ONE" ] && echo "second pgsift $PGSIFT_B_NAME: n_plus_one=$PGSIFT_B_N_PLUS_ONE busy_poll=${PGSIFT_B_BUSY_POLL:-off} prepare_unnamed=${PGSIFT_B_PREPARE_UNNAMED:-default} multiplex=${PGSIFT_B_MULTIPLEX:-0} upstream=$PGSIFT_B_UPSTREAM on $PGSIFT_B_PORT"
+  [ -n "$PGSIFT_B_N_PLUS_ONE" ] && echo "second pgsift $PGSIFT_B_NAME: binary $PGSIFT_B_BIN n_plus_one=$PGSIFT_B_N_PLUS_ONE busy_poll=${PGSIFT_B_BUSY_POLL:-off} prepare_unnamed=${PGSIFT_B_PREPARE_UNNAMED:-default} multiplex=${PGSIFT_B_MULTIPLEX:-0} upstream=$PGSIFT_B_UPSTREAM on $PGSIFT_B_PORT"
   echo "pgbouncer: $(pgbouncer --version 2>/dev/null | head -1) pool $POOL_SIZE"
   echo "targets: $TARGETS; goal: $GOAL_SUBJECT / $GOAL_REF >= $GOAL_MIN"
   echo "uptime before: $(uptime)"
