@@ -308,10 +308,16 @@ mod tests {
         fn run(&mut self, sql: &str) {
             let x = self.a.analyze(sql);
             self.t += Duration::from_millis(1);
+            // as the session's observer does: the text only when it may
+            // become a burst's example
+            let example = self
+                .d
+                .needs_example(x.analysis.fingerprint)
+                .then(|| sql.into());
             let e = Execution {
                 analysis: x.analysis,
                 values: x.values,
-                example: Some(sql.into()),
+                example,
                 start: self.t,
                 duration: Duration::from_micros(300),
             };
@@ -334,6 +340,11 @@ mod tests {
         let mut bursts = f.end();
         bursts.sort_by_key(|b| b.analysis.normalized.clone());
         assert_eq!(bursts.len(), 2);
+        assert_eq!(
+            &*bursts[0].example,
+            "SELECT * FROM comments WHERE post_id = 0"
+        );
+        assert_eq!(&*bursts[1].example, "SELECT * FROM users WHERE id = 0");
         for b in &bursts {
             assert_eq!(b.kind, BurstKind::NPlusOne);
             assert_eq!(b.repeats, 20);
@@ -343,6 +354,28 @@ mod tests {
                 b.parent
             );
         }
+    }
+
+    #[test]
+    fn a_burst_opened_without_its_text_shows_the_normalized_statement() {
+        let a = Analyzer::new(10);
+        let mut d = Detector::new(3, Duration::from_millis(100));
+        let mut t = Instant::now();
+        for i in 0..4 {
+            let x = a.analyze(&format!("SELECT * FROM users WHERE id = {i}"));
+            t += Duration::from_millis(1);
+            let _ = d.observe(Execution {
+                analysis: x.analysis,
+                values: x.values,
+                example: None,
+                start: t,
+                duration: Duration::from_micros(300),
+            });
+        }
+        let bursts = d.finish_all();
+        assert_eq!(bursts.len(), 1);
+        assert_eq!(&*bursts[0].example, bursts[0].analysis.normalized.as_str());
+        assert!(bursts[0].example.contains("$1"), "{}", bursts[0].example);
     }
 
     #[test]
