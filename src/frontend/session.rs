@@ -484,6 +484,9 @@ impl Session {
         // passed end, and it is armed again.
         let mut burst_timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
         let mut timer_at: Option<Instant> = None;
+        // Once polled, the armed timer holds this task's waker and wakes it
+        // when it fires; until then `is_elapsed` answers without a poll.
+        let mut timer_registered = false;
         // Bytes already buffered during the handshake are handled first.
         let mut pending_input = !cbuf.is_empty();
 
@@ -536,6 +539,7 @@ impl Session {
                         if timer_at.is_none_or(|t| d < t) {
                             burst_timer.as_mut().reset(d.into());
                             timer_at = Some(d);
+                            timer_registered = false;
                         }
                     }
                 }
@@ -545,18 +549,24 @@ impl Session {
                 let read_client = to_server.len < HIGH_WATER && !mux_pending;
                 let mux_rx = self.mux_replies.as_mut();
                 let read_server = to_client.len < HIGH_WATER;
+                let poll_timer =
+                    timer_at.is_some() && quiet && (!timer_registered || burst_timer.is_elapsed());
                 // biased: no random branch order (a thread-local RNG draw
-                // per wake-up); writes first, then replies, then requests
-                tokio::select! {
+                // per wake-up); the burst timer first (so that an enabled
+                // one is surely polled, and registered), then writes, then
+                // replies, then requests
+                let event = tokio::select! {
                     biased;
+                    _ = &mut burst_timer, if poll_timer => Event::BurstDeadline,
                     r = write_outbox(&mut cw, &to_client), if !to_client.is_empty() => Event::ClientWrote(r),
                     r = write_opt(sw, &to_server), if !to_server.is_empty() => Event::ServerWrote(r),
                     r = read_opt(sr, sbuf), if read_server => Event::ServerRead(r),
                     r = recv_opt(mux_rx), if mux_pending && read_server => Event::Mux(r),
                     r = async { cbuf.reserve(8192); cr.read_buf(&mut cbuf).await }, if read_client => Event::ClientRead(r),
                     _ = stopping(), if !draining => Event::Shutdown,
-                    _ = &mut burst_timer, if timer_at.is_some() && quiet => Event::BurstDeadline,
-                }
+                };
+                timer_registered |= poll_timer;
+                event
             };
 
             self.app.busy_poll.touch();
@@ -564,6 +574,7 @@ impl Session {
                 Event::Shutdown => draining = true,
                 Event::BurstDeadline => {
                     timer_at = None;
+                    timer_registered = false;
                     // a statement in flight is no gap: the timer is armed
                     // again when the session is quiet
                     if self.state.quiet() && to_server.is_empty() {
