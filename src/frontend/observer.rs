@@ -143,7 +143,7 @@ impl Observer {
 
     /// The analysis of `sql`; its text is copied when `keep_text` or when
     /// the N+1 detector may want it as an example.
-    fn known(&mut self, sql: &str, keep_text: bool) -> Known {
+    fn known(&mut self, sql: &str, keep_text: bool, now: Instant) -> Known {
         let a = self
             .sinks
             .analyzer
@@ -152,7 +152,7 @@ impl Observer {
             || self
                 .detector
                 .as_ref()
-                .is_some_and(|d| d.needs_example(a.analysis.fingerprint));
+                .is_some_and(|d| d.needs_example(a.analysis.fingerprint, now));
         Known {
             analysis: a.analysis,
             text: keep.then(|| sql.into()),
@@ -167,7 +167,7 @@ impl Observer {
                 let body = &msg[5..];
                 let text = utf8(body.strip_suffix(&[0]).unwrap_or(body));
                 for stmt in split_statements(&text) {
-                    let known = self.known(stmt, false);
+                    let known = self.known(stmt, false, now);
                     self.pending.push_back(Pending {
                         known,
                         sent: now,
@@ -185,7 +185,7 @@ impl Observer {
                             return;
                         }
                     }
-                    let known = self.known(&utf8(p.query), true);
+                    let known = self.known(&utf8(p.query), true, now);
                     self.statements.insert(p.name, known);
                 }
             }

@@ -557,7 +557,9 @@ impl Session {
                 // replies, then requests
                 let event = tokio::select! {
                     biased;
-                    _ = &mut burst_timer, if poll_timer => Event::BurstDeadline,
+                    // unconstrained: a poll that returned Pending has surely
+                    // left the waker with the timer (the budget check comes first)
+                    _ = tokio::task::unconstrained(&mut burst_timer), if poll_timer => Event::BurstDeadline,
                     r = write_outbox(&mut cw, &to_client), if !to_client.is_empty() => Event::ClientWrote(r),
                     r = write_opt(sw, &to_server), if !to_server.is_empty() => Event::ServerWrote(r),
                     r = read_opt(sr, sbuf), if read_server => Event::ServerRead(r),
@@ -907,7 +909,9 @@ impl Session {
                 .forward_chunk(msg, to_server, to_client, transaction_mode, terminate)
                 .await;
         }
-        if end > 0 && !pipelined && self.cache.is_none() && to_server.is_empty() {
+        // (not with a Terminate: what comes before it is left unsent, as on
+        // the queued path, where the session ends before the queue is written)
+        if end > 0 && !terminate && !pipelined && self.cache.is_none() && to_server.is_empty() {
             // session mode, plain path: the client's server is attached
             if let Some(co) = self.server.as_ref() {
                 let sent =

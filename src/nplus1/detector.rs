@@ -225,11 +225,15 @@ impl Detector {
         done
     }
 
-    /// Whether an execution of `fingerprint` sent now would open a burst,
-    /// and so its text be kept as the burst's example: not while a burst of
-    /// it is open (most repeats), which spares a copy of every repeat's text.
-    pub fn needs_example(&self, fingerprint: u64) -> bool {
+    /// Whether an execution of `fingerprint` sent at `sent` may open a
+    /// burst, and so its text be kept as the burst's example: not while a
+    /// burst of it is open and the session has not been idle past the gap
+    /// (most repeats), which spares a copy of every repeat's text.
+    pub fn needs_example(&self, fingerprint: u64, sent: Instant) -> bool {
         !self.open.contains_key(&fingerprint)
+            || self
+                .last_end
+                .is_some_and(|last| sent.saturating_duration_since(last) > self.max_gap)
     }
 
     /// The last statement before `seq` that is not a repetition in a burst.
@@ -312,7 +316,7 @@ mod tests {
             // become a burst's example
             let example = self
                 .d
-                .needs_example(x.analysis.fingerprint)
+                .needs_example(x.analysis.fingerprint, self.t)
                 .then(|| sql.into());
             let e = Execution {
                 analysis: x.analysis,
@@ -354,6 +358,21 @@ mod tests {
                 b.parent
             );
         }
+    }
+
+    #[test]
+    fn a_burst_after_an_idle_gap_keeps_its_first_text() {
+        let mut f = Feed::new();
+        // once, then idle past the gap: the lone execution's burst is still
+        // open when the loop's first statement is sent
+        f.run("SELECT * FROM users WHERE id = 100");
+        f.t += Duration::from_secs(1);
+        for i in 0..6 {
+            f.run(&format!("SELECT * FROM users WHERE id = {i}"));
+        }
+        let bursts = f.end();
+        assert_eq!(bursts.len(), 1);
+        assert_eq!(&*bursts[0].example, "SELECT * FROM users WHERE id = 0");
     }
 
     #[test]

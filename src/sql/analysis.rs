@@ -118,16 +118,22 @@ impl Analyzer {
 
     /// Analyzes one statement. Never fails.
     pub fn analyze(&self, sql: &str) -> Analyzed {
-        self.analyze_remembering(sql, &mut ShapeMemo::default())
+        self.analyze_with(sql, None)
     }
 
     /// [`Analyzer::analyze`], looking in `memo` (one session's recent
     /// shapes) before the shared table: a session repeating its statements
-    /// skips the shared table's bookkeeping.
+    /// skips the shared table's bookkeeping. (The shared table then does not
+    /// see those repeats; a shape it evicts is parsed again by the next
+    /// session that meets it.)
     pub fn analyze_remembering(&self, sql: &str, memo: &mut ShapeMemo) -> Analyzed {
+        self.analyze_with(sql, Some(memo))
+    }
+
+    fn analyze_with(&self, sql: &str, memo: Option<&mut ShapeMemo>) -> Analyzed {
         let s = shape::scan(sql.as_bytes(), None);
         let values = if s.literals == 0 { 0 } else { s.values };
-        if let Some(a) = memo.0.get(&s.hash) {
+        if let Some(a) = memo.as_ref().and_then(|m| m.0.get(&s.hash)) {
             return Analyzed {
                 analysis: a.clone(),
                 values,
@@ -141,10 +147,12 @@ impl Analyzer {
                 a
             }
         };
-        if memo.0.len() >= ShapeMemo::CAPACITY {
-            memo.0.clear();
+        if let Some(memo) = memo {
+            if memo.0.len() >= ShapeMemo::CAPACITY {
+                memo.0.clear();
+            }
+            memo.0.insert(s.hash, analysis.clone());
         }
-        memo.0.insert(s.hash, analysis.clone());
         Analyzed { analysis, values }
     }
 }
