@@ -102,6 +102,22 @@ async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waits (up to 10 s) until `proxy` has read its catalog facts: a probe
+/// read of `shared_r` counts as a miss or a hit there, not as a bypass. A
+/// busy machine (CI runs the suites side by side) can take longer than a
+/// fixed pause.
+async fn wait_for_facts(c: &tokio_postgres::Client, proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = metric(proxy, "miss") + metric(proxy, "hit");
+        one(c, "SELECT count(*) FROM shared_r WHERE id > 1").await;
+        if metric(proxy, "miss") + metric(proxy, "hit") > before || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn metric(proxy: &Proxy, result: &str) -> f64 {
     let (_, body) = common::http_get(proxy.admin_port, "/metrics").unwrap();
     body.lines()
@@ -435,7 +451,8 @@ async fn two_instances_on_one_redis_share_entries_and_invalidations() {
     let (a, b) = (redis_proxy(&redis), redis_proxy(&redis));
     let ca = client(&a).await;
     let cb = client(&b).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&ca, &a).await;
+    wait_for_facts(&cb, &b).await;
     let sql = "SELECT v FROM shared_r WHERE id = 1";
     let v = one(&ca, sql).await;
     let hits_b = metric(&b, "hit");
