@@ -454,7 +454,23 @@ async fn two_instances_on_one_redis_share_entries_and_invalidations() {
     wait_for_facts(&ca, &a).await;
     wait_for_facts(&cb, &b).await;
     let sql = "SELECT v FROM shared_r WHERE id = 1";
+    // A stores what it read in the background, after answering: B's read
+    // waits until the entry is in Redis (the probes' entries settled first)
+    let entries = || redis.cli(&["--scan", "--pattern", "t:c:*"]).lines().count();
+    let mut settled = entries();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = entries();
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
     let v = one(&ca, sql).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while entries() == settled && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let hits_b = metric(&b, "hit");
     assert_eq!(one(&cb, sql).await, v);
     assert_eq!(metric(&b, "hit"), hits_b + 1.0, "B is served what A stored");
