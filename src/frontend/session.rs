@@ -919,7 +919,7 @@ impl Session {
                 if sent < end {
                     to_server.push(cbuf.split_to(end - sent).freeze());
                 }
-                return Ok(!terminate);
+                return Ok(true);
             }
         }
         if end > 0 {

@@ -299,7 +299,7 @@ fn scan_into<F: Folded>(sql: &[u8], out: &mut F) -> Shape {
                     }
                     i += 1;
                 }
-                literal(&sql[start..i.min(n)], b"?n", &mut shape, out);
+                literal(&sql[start..i], b"?n", &mut shape, out);
             }
             b'"' => {
                 let start = i;
@@ -315,7 +315,7 @@ fn scan_into<F: Folded>(sql: &[u8], out: &mut F) -> Shape {
                     }
                     i += 1;
                 }
-                let w = &sql[start..i.min(n)];
+                let w = &sql[start..i];
                 shape.update(w);
                 out.emit(w);
             }
