@@ -11,5 +11,6 @@ pub mod pipeline;
 pub mod registry;
 pub mod session;
 pub mod settings;
+pub mod source;
 pub mod stream;
 pub mod tls;

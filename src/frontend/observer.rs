@@ -15,7 +15,6 @@ use crate::nplus1::ReportStore;
 use crate::nplus1::{Burst, BurstKind, Detector, Execution};
 use crate::protocol::extended;
 use crate::sql::analysis::ShapeMemo;
-use crate::sql::shape::split_statements;
 use crate::sql::{Analysis, Analyzer, Kind};
 use crate::stats::QueryStats;
 use prometheus::{Histogram, IntCounter};
@@ -165,15 +164,30 @@ impl Observer {
         match tag {
             b'Q' => {
                 let body = &msg[5..];
-                let text = utf8(body.strip_suffix(&[0]).unwrap_or(body));
-                for stmt in split_statements(&text) {
-                    let known = self.known(stmt, false, now);
-                    self.pending.push_back(Pending {
+                let text = body.strip_suffix(&[0]).unwrap_or(body);
+                let Observer {
+                    sinks,
+                    shapes,
+                    detector,
+                    pending,
+                    ..
+                } = self;
+                sinks.analyzer.analyze_query(text, shapes, |a, stmt| {
+                    // the text is copied only when it may be an N+1 example
+                    let keep = detector
+                        .as_ref()
+                        .is_some_and(|d| d.needs_example(a.analysis.fingerprint, now));
+                    let known = Known {
+                        analysis: a.analysis,
+                        text: keep.then(|| Arc::from(&*utf8(stmt))),
+                        values: a.values,
+                    };
+                    pending.push_back(Pending {
                         known,
                         sent: now,
                         rows: 0,
                     });
-                }
+                });
             }
             b'P' => {
                 if let Some(p) = extended::parse_parse(msg) {

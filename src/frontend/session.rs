@@ -17,10 +17,11 @@ use super::observer::Observer;
 use super::pipeline::Pipeline;
 use super::registry::{ClientInfo, ClientState};
 use super::settings::SettingsTracker;
+use super::source::Source;
 use super::stream::ClientStream;
 use crate::app::App;
 use crate::backend::server::{note_parameter_status, send_cancel};
-use crate::backend::socket::{ServerReader, ServerWriter, TryWrite};
+use crate::backend::socket::{ServerWriter, TryWrite};
 use crate::backend::{mux, Checkout, Pool};
 use crate::cache::{Lookup, Miss};
 use crate::config::PoolMode;
@@ -40,7 +41,7 @@ use std::future::pending;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Queue bound per direction before pgsift stops reading the sender.
 const HIGH_WATER: usize = 1 << 20;
@@ -236,17 +237,15 @@ impl Outbox {
     }
 }
 
-async fn read_opt(
-    r: Option<&mut ServerReader>,
-    buf: Option<&mut BytesMut>,
-) -> std::io::Result<usize> {
-    match (r, buf) {
-        (Some(r), Some(buf)) => {
-            buf.reserve(missing_bytes(buf).clamp(16 * 1024, 1 << 20));
-            r.read_buf(buf).await
-        }
-        _ => pending().await,
-    }
+/// Reads what `r` has into `buf`, with room for at least `room` bytes more.
+fn poll_read<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    room: usize,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Result<usize>> {
+    buf.reserve(room);
+    tokio_util::io::poll_read_buf(std::pin::Pin::new(r), cx, buf)
 }
 
 async fn recv_opt(
@@ -355,6 +354,8 @@ pub struct Session {
     /// pgsift's reply to the batch's first message, sent with the server's
     /// first replies (one wake-up of the client)
     mux_prefix: Option<Bytes>,
+    /// reads of the server socket (reset for each server attached)
+    server_source: Source,
 }
 
 impl Session {
@@ -443,6 +444,7 @@ impl Session {
             multiplex: 0,
             mux_replies: None,
             mux_prefix: None,
+            server_source: Source::new(),
         };
         session.multiplex = session.multiplex_servers();
         session.forward(stream, rbuf).await;
@@ -489,6 +491,7 @@ impl Session {
         let mut timer_registered = false;
         // Bytes already buffered during the handshake are handled first.
         let mut pending_input = !cbuf.is_empty();
+        let client_source = Source::new();
 
         let end = loop {
             if self.mode == PoolMode::Transaction
@@ -522,13 +525,12 @@ impl Session {
                 pending_input = false;
                 Event::ClientRead(Ok(cbuf.len()))
             } else {
-                let (sr, sw, sbuf) = match self.server.as_mut() {
+                let (mut sr, sw) = match self.server.as_mut() {
                     Some(co) => (
-                        Some(&mut co.server.reader),
+                        Some((&mut co.server.reader, &mut co.server.rbuf)),
                         Some(&mut co.server.writer),
-                        Some(&mut co.server.rbuf),
                     ),
-                    None => (None, None, None),
+                    None => (None, None),
                 };
                 // Bursts end by idleness only: while a statement is in flight there is
                 // no gap, so no timer is armed (a timer per wake-up is not free)
@@ -546,9 +548,13 @@ impl Session {
                 // a client waits for its multiplexed batch's replies before
                 // its next batch goes anywhere (replies stay in order)
                 let mux_pending = self.mux_replies.is_some();
+                // a read is polled only when its socket may have something
+                // (the source checks when polled)
                 let read_client = to_server.len < HIGH_WATER && !mux_pending;
                 let mux_rx = self.mux_replies.as_mut();
                 let read_server = to_client.len < HIGH_WATER;
+                let server_source = &self.server_source;
+                let poll_server = read_server;
                 let poll_timer =
                     timer_at.is_some() && quiet && (!timer_registered || burst_timer.is_elapsed());
                 // biased: no random branch order (a thread-local RNG draw
@@ -562,9 +568,14 @@ impl Session {
                     _ = tokio::task::unconstrained(&mut burst_timer), if poll_timer => Event::BurstDeadline,
                     r = write_outbox(&mut cw, &to_client), if !to_client.is_empty() => Event::ClientWrote(r),
                     r = write_opt(sw, &to_server), if !to_server.is_empty() => Event::ServerWrote(r),
-                    r = read_opt(sr, sbuf), if read_server => Event::ServerRead(r),
+                    r = std::future::poll_fn(|cx| match sr.as_mut() {
+                        Some((r, buf)) => server_source.poll(cx, |cx| {
+                            poll_read(*r, buf, missing_bytes(buf).clamp(16 * 1024, 1 << 20), cx)
+                        }),
+                        None => std::task::Poll::Pending,
+                    }), if poll_server => Event::ServerRead(r),
                     r = recv_opt(mux_rx), if mux_pending && read_server => Event::Mux(r),
-                    r = async { cbuf.reserve(8192); cr.read_buf(&mut cbuf).await }, if read_client => Event::ClientRead(r),
+                    r = std::future::poll_fn(|cx| client_source.poll(cx, |cx| poll_read(&mut cr, &mut cbuf, 8192, cx))), if read_client => Event::ClientRead(r),
                     _ = stopping(), if !draining => Event::Shutdown,
                 };
                 timer_registered |= poll_timer;
@@ -1147,6 +1158,7 @@ impl Session {
         self.info
             .set(ClientState::Active, Some((co.server.id, co.server.pid)));
         self.server = Some(co);
+        self.server_source.reset();
         Ok(())
     }
 

@@ -2,8 +2,10 @@
 //! libpg_query (`pg_query`: normalize, fingerprint, summary) on a miss, and a
 //! token-based fallback for text the parser rejects.
 
-use super::shape::{self, Shape};
+use super::shape::{self, LiteralSpans, Shape};
+use super::template::{Template, Templates, MAX_TEXT};
 use moka::sync::Cache;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// What kind of statement it is.
@@ -132,8 +134,58 @@ impl Analyzer {
 
     fn analyze_with(&self, sql: &str, memo: Option<&mut ShapeMemo>) -> Analyzed {
         let s = shape::scan(sql.as_bytes(), None);
-        let values = if s.literals == 0 { 0 } else { s.values };
-        if let Some(a) = memo.as_ref().and_then(|m| m.0.get(&s.hash)) {
+        self.analysis_of(sql, &s, memo)
+    }
+
+    /// Analyzes each statement of a simple query's text (a Query message
+    /// without its NUL), read as UTF-8 with invalid bytes repaired: `each`
+    /// gets each statement's analysis and text, in order. A text with one
+    /// statement is kept in `memo` as a template; a text that matches one
+    /// of its templates (the same text with other literal values) is
+    /// neither split nor scanned.
+    pub fn analyze_query(
+        &self,
+        text: &[u8],
+        memo: &mut ShapeMemo,
+        mut each: impl FnMut(Analyzed, &[u8]),
+    ) {
+        if let Some(r) = memo.templates.recall(text) {
+            let analyzed = Analyzed {
+                analysis: r.analysis,
+                values: r.values,
+            };
+            each(analyzed, &text[r.statement]);
+            return;
+        }
+        let sql = match std::str::from_utf8(text) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(text),
+        };
+        let statements = shape::split_statements(&sql);
+        // a text read with repairs is not the text a template would match
+        if statements.len() == 1 && matches!(sql, Cow::Borrowed(_)) && text.len() <= MAX_TEXT {
+            let stmt = statements[0];
+            let start = stmt.as_ptr() as usize - sql.as_ptr() as usize;
+            let mut spans = LiteralSpans::new();
+            let s = shape::scan_literals(stmt.as_bytes(), &mut spans);
+            let analyzed = self.analysis_of(stmt, &s, Some(memo));
+            let statement = start..start + stmt.len();
+            if let Some(t) = Template::new(text, statement, &spans, analyzed.analysis.clone()) {
+                memo.templates.learn(t);
+            }
+            each(analyzed, stmt.as_bytes());
+            return;
+        }
+        for stmt in statements {
+            each(self.analyze_with(stmt, Some(memo)), stmt.as_bytes());
+        }
+    }
+
+    /// The analysis of `sql`, scanned as `s`: from `memo`, the shared
+    /// table, or the parser.
+    fn analysis_of(&self, sql: &str, s: &Shape, memo: Option<&mut ShapeMemo>) -> Analyzed {
+        let values = s.values;
+        if let Some(a) = memo.as_ref().and_then(|m| m.shapes.get(&s.hash)) {
             return Analyzed {
                 analysis: a.clone(),
                 values,
@@ -142,25 +194,29 @@ impl Analyzer {
         let analysis = match self.by_shape.get(&s.hash) {
             Some(a) => a,
             None => {
-                let a = Arc::new(analyze_with_parser(sql, &s));
+                let a = Arc::new(analyze_with_parser(sql, s));
                 self.by_shape.insert(s.hash, a.clone());
                 a
             }
         };
         if let Some(memo) = memo {
-            if memo.0.len() >= ShapeMemo::CAPACITY {
-                memo.0.clear();
+            if memo.shapes.len() >= ShapeMemo::CAPACITY {
+                memo.shapes.clear();
             }
-            memo.0.insert(s.hash, analysis.clone());
+            memo.shapes.insert(s.hash, analysis.clone());
         }
         Analyzed { analysis, values }
     }
 }
 
 /// The analyses of one session's most recent statement shapes (an analysis
-/// depends on its shape alone, so a copy never goes stale).
+/// depends on its shape alone, so a copy never goes stale), and its most
+/// recent simple-query texts as templates.
 #[derive(Default)]
-pub struct ShapeMemo(rustc_hash::FxHashMap<u64, Arc<Analysis>>);
+pub struct ShapeMemo {
+    shapes: rustc_hash::FxHashMap<u64, Arc<Analysis>>,
+    templates: Templates,
+}
 
 impl ShapeMemo {
     /// Shapes kept; a session using more starts over (most use a few).

@@ -8,5 +8,6 @@
 
 pub mod analysis;
 pub mod shape;
+pub mod template;
 
 pub use analysis::{Analysis, Analyzer, Kind};

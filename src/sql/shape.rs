@@ -14,7 +14,8 @@ use xxhash_rust::xxh3::Xxh3;
 pub struct Shape {
     /// hash of the folded text with placeholders
     pub hash: u64,
-    /// hash of the literal values in order (0 when there are none)
+    /// hash of the literal values in order (0 when there are none): see
+    /// [`values_hash`]
     pub values: u64,
     /// number of literals replaced
     pub literals: usize,
@@ -159,6 +160,9 @@ fn is(b: u8, class: u8) -> bool {
 trait Folded {
     fn emit(&mut self, bytes: &[u8]);
     fn emit_lower(&mut self, bytes: &[u8]);
+    /// a literal at `start..end` of the scanned text
+    #[inline(always)]
+    fn literal(&mut self, _start: usize, _end: usize, _kind: LiteralKind) {}
 }
 
 impl Folded for () {
@@ -166,6 +170,31 @@ impl Folded for () {
     fn emit(&mut self, _: &[u8]) {}
     #[inline(always)]
     fn emit_lower(&mut self, _: &[u8]) {}
+}
+
+/// What kind of literal the scanner replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiteralKind {
+    /// a numeric constant
+    Number,
+    /// a plain `'...'` string, closed
+    String,
+    /// an unclosed string, an `E'...'` string or a dollar-quoted one
+    Other,
+}
+
+/// Where the scanner found literals in the text: `(start, end, kind)`.
+pub type LiteralSpans = SmallVec<[(usize, usize, LiteralKind); 8]>;
+
+impl Folded for LiteralSpans {
+    #[inline(always)]
+    fn emit(&mut self, _: &[u8]) {}
+    #[inline(always)]
+    fn emit_lower(&mut self, _: &[u8]) {}
+    #[inline(always)]
+    fn literal(&mut self, start: usize, end: usize, kind: LiteralKind) {
+        self.push((start, end, kind));
+    }
 }
 
 impl Folded for String {
@@ -185,20 +214,31 @@ pub fn scan(sql: &[u8], text_out: Option<&mut String>) -> Shape {
     }
 }
 
+/// [`scan`], also telling where each literal is.
+pub fn scan_literals(sql: &[u8], spans: &mut LiteralSpans) -> Shape {
+    scan_into(sql, spans)
+}
+
 fn scan_into<F: Folded>(sql: &[u8], out: &mut F) -> Shape {
     let mut shape = HashBuf::new();
-    let mut values = HashBuf::new();
+    let mut values = 0;
     let mut literals = 0usize;
     let mut last_space = true;
     let mut i = 0;
     let n = sql.len();
-    let mut literal = |bytes: &[u8], placeholder: &[u8], shape: &mut HashBuf, out: &mut F| {
-        values.update(bytes);
-        values.push(0);
-        literals += 1;
-        shape.update(placeholder);
-        out.emit(placeholder);
-    };
+    let mut literal =
+        |(start, end): (usize, usize), kind: LiteralKind, shape: &mut HashBuf, out: &mut F| {
+            values = values_hash(values, &sql[start..end]);
+            literals += 1;
+            let placeholder = if kind == LiteralKind::Number {
+                b"?n"
+            } else {
+                b"?s"
+            };
+            shape.update(placeholder);
+            out.emit(placeholder);
+            out.literal(start, end, kind);
+        };
     while i < n {
         let c = sql[i];
         let class = CLASS[c as usize];
@@ -247,14 +287,20 @@ fn scan_into<F: Folded>(sql: &[u8], out: &mut F) -> Shape {
             }
             b'\'' => {
                 let start = i;
-                i = skip_string(sql, i, false);
-                literal(&sql[start..i], b"?s", &mut shape, out);
+                let closed;
+                (i, closed) = string_end(sql, i, false);
+                let kind = if closed {
+                    LiteralKind::String
+                } else {
+                    LiteralKind::Other
+                };
+                literal((start, i), kind, &mut shape, out);
             }
             b'E' | b'e' => {
                 // E'...' (the identifier branch above took every other E)
                 let start = i;
                 i = skip_string(sql, i + 1, true);
-                literal(&sql[start..i], b"?s", &mut shape, out);
+                literal((start, i), LiteralKind::Other, &mut shape, out);
             }
             b'$' if sql.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 i += 1;
@@ -278,7 +324,7 @@ fn scan_into<F: Folded>(sql: &[u8], out: &mut F) -> Shape {
                         let close = find(&sql[body_start..], tag)
                             .map(|p| body_start + p + tag.len())
                             .unwrap_or(n);
-                        literal(&sql[i..close], b"?s", &mut shape, out);
+                        literal((i, close), LiteralKind::Other, &mut shape, out);
                         i = close;
                     }
                     _ => {
@@ -290,16 +336,8 @@ fn scan_into<F: Folded>(sql: &[u8], out: &mut F) -> Shape {
             }
             b'0'..=b'9' if !prev_is_ident(sql, i) => {
                 let start = i;
-                while i < n && is(sql[i], NUMBER) {
-                    // exponent sign
-                    if (sql[i] == b'e' || sql[i] == b'E')
-                        && matches!(sql.get(i + 1), Some(b'+') | Some(b'-'))
-                    {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                literal(&sql[start..i], b"?n", &mut shape, out);
+                i = number_end(sql, i);
+                literal((start, i), LiteralKind::Number, &mut shape, out);
             }
             b'"' => {
                 let start = i;
@@ -329,26 +367,59 @@ fn scan_into<F: Folded>(sql: &[u8], out: &mut F) -> Shape {
     }
     Shape {
         hash: shape.digest(),
-        values: if literals == 0 { 0 } else { values.digest() },
+        values,
         literals,
     }
+}
+
+/// The hash of a statement's literal values so far, `values`, with one
+/// more literal: each literal's hash is seeded with the hash of those
+/// before it (starting at 0), no gathering of the values needed.
+#[inline]
+pub fn values_hash(values: u64, literal: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(literal, values)
 }
 
 fn prev_is_ident(sql: &[u8], i: usize) -> bool {
     i > 0 && is(sql[i - 1], IDENT_PREV)
 }
 
+/// Whether a byte that ends a token makes the next digit, `$` or `E'`
+/// part of a word (what [`prev_is_ident`] asks of the byte before).
+pub(crate) fn ends_word(b: u8) -> bool {
+    is(b, IDENT_PREV)
+}
+
+/// The end of the numeric literal that starts (with a digit) at `sql[i]`.
+pub(crate) fn number_end(sql: &[u8], mut i: usize) -> usize {
+    let n = sql.len();
+    while i < n && is(sql[i], NUMBER) {
+        // exponent sign
+        if (sql[i] == b'e' || sql[i] == b'E') && matches!(sql.get(i + 1), Some(b'+') | Some(b'-')) {
+            i += 1;
+        }
+        i += 1;
+    }
+    i
+}
+
 fn skip_string(sql: &[u8], quote: usize, backslashes: bool) -> usize {
+    string_end(sql, quote, backslashes).0
+}
+
+/// The end of the string literal whose opening quote is `sql[quote]`, and
+/// whether it was closed (an unclosed one runs to the end of the text).
+pub(crate) fn string_end(sql: &[u8], quote: usize, backslashes: bool) -> (usize, bool) {
     let mut i = quote + 1;
     while i < sql.len() {
         match sql[i] {
             b'\\' if backslashes => i += 2,
             b'\'' if sql.get(i + 1) == Some(&b'\'') => i += 2,
-            b'\'' => return i + 1,
+            b'\'' => return (i + 1, true),
             _ => i += 1,
         }
     }
-    sql.len()
+    (sql.len(), false)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
