@@ -17,7 +17,9 @@
 //! own scan found a literal start right after it). Only numbers and closed
 //! plain `'...'` strings are cut; a text with another kind of literal gets
 //! no template, and neither does a string preceded by `E` or `e`, which the
-//! statement splitter reads with backslash escapes.
+//! statement splitter reads with backslash escapes, nor a number followed by
+//! `-` or `'` (a new number ending in `e-` or `e` would make the splitter
+//! read a comment or an escape string there).
 
 use super::shape::{ends_word, number_end, string_end, values_hash, LiteralKind, LiteralSpans};
 use super::Analysis;
@@ -79,7 +81,10 @@ impl Template {
         for &(start, end, kind) in literals {
             let (start, end) = (statement.start + start, statement.start + end);
             let number = match kind {
-                LiteralKind::Number => true,
+                // the statement splitter reads `--` and `E'` across a
+                // number's end, where a new text's number may end in `-`
+                // or `e`: no template when one of those could form
+                LiteralKind::Number if !matches!(text.get(end), Some(b'-' | b'\'')) => true,
                 LiteralKind::String if start == 0 || !matches!(text[start - 1], b'E' | b'e') => {
                     false
                 }
@@ -341,6 +346,11 @@ mod tests {
         assert!(template("SELECT $$a$$ FROM t").is_none());
         assert!(template("SELECT 'open").is_none());
         assert!(template("SELECT namE'a'").is_none());
+        // `SELECT 1e--1;` would match and split differently
+        assert!(template("SELECT 1.-1;").is_none());
+        // `SELECT 1e'\\', 2, ';'` would match and split in two
+        assert!(template("SELECT 1'\\', 2, ';'").is_none());
+        assert!(template("SELECT 1 - 1, 2 '' ;").is_some());
         assert!(template(&format!("SELECT '{}'", "x".repeat(MAX_TEXT))).is_none());
         assert!(template("SELECT $1, \"Q\", 'a' -- 'b'\n").is_some());
     }
@@ -351,7 +361,7 @@ mod tests {
         let pieces: &[&str] = &[
             "SELECT", " ", "a", "e", "E", "x1", "_", "$", "$1", "$a$", "$$", "'", "''", "\\", "\"",
             "1", "2.5", "1e", "-", "+", ".", ";", "(", ")", "--", "/*", "*/", "\n", ",", "=", "é",
-            "\u{a0}", "'q;'", "'a''b'", "E'x'", "7", "$2",
+            "\u{a0}", "'q;'", "'a''b'", "E'x'", "7", "$2", "e-", "e+",
         ];
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
