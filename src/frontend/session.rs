@@ -549,12 +549,11 @@ impl Session {
                 // its next batch goes anywhere (replies stay in order)
                 let mux_pending = self.mux_replies.is_some();
                 // a read is polled only when its socket may have something
-                // (the source checks when polled)
+                // (its source checks that when polled)
                 let read_client = to_server.len < HIGH_WATER && !mux_pending;
                 let mux_rx = self.mux_replies.as_mut();
                 let read_server = to_client.len < HIGH_WATER;
                 let server_source = &self.server_source;
-                let poll_server = read_server;
                 let poll_timer =
                     timer_at.is_some() && quiet && (!timer_registered || burst_timer.is_elapsed());
                 // biased: no random branch order (a thread-local RNG draw
@@ -573,7 +572,7 @@ impl Session {
                             poll_read(*r, buf, missing_bytes(buf).clamp(16 * 1024, 1 << 20), cx)
                         }),
                         None => std::task::Poll::Pending,
-                    }), if poll_server => Event::ServerRead(r),
+                    }), if read_server => Event::ServerRead(r),
                     r = recv_opt(mux_rx), if mux_pending && read_server => Event::Mux(r),
                     r = std::future::poll_fn(|cx| client_source.poll(cx, |cx| poll_read(&mut cr, &mut cbuf, 8192, cx))), if read_client => Event::ClientRead(r),
                     _ = stopping(), if !draining => Event::Shutdown,

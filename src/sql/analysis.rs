@@ -157,10 +157,7 @@ impl Analyzer {
             each(analyzed, &text[r.statement]);
             return;
         }
-        let sql = match std::str::from_utf8(text) {
-            Ok(s) => Cow::Borrowed(s),
-            Err(_) => String::from_utf8_lossy(text),
-        };
+        let sql = String::from_utf8_lossy(text);
         let statements = shape::split_statements(&sql);
         // a text read with repairs is not the text a template would match
         if statements.len() == 1 && matches!(sql, Cow::Borrowed(_)) && text.len() <= MAX_TEXT {
