@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use pgsift::nplus1::{Detector, Execution};
 use pgsift::sql::Analyzer;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ORM: &str =
     "SELECT users.id AS users_id, users.name AS users_name, users.email AS users_email \
@@ -56,7 +56,7 @@ fn detector(c: &mut Criterion) {
         .collect();
     let parent = a.analyze("SELECT * FROM posts ORDER BY created_at DESC LIMIT 20");
     let mut d = Detector::new(5, Duration::from_millis(100));
-    let mut t = Instant::now();
+    let mut t = pgsift::clock::Mono::now();
     let mut k = 0usize;
     c.bench_function("detector/per_statement", |b| {
         b.iter(|| {

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod backend;
 pub mod busy_poll;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod frontend;
 pub mod metrics;

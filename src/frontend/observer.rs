@@ -9,6 +9,7 @@
 
 use super::caching::{effect_of, Effect};
 use crate::cache::volatility::VolatilityTable;
+use crate::clock::Mono;
 use crate::metrics::Metrics;
 use crate::nplus1::store::Origin;
 use crate::nplus1::ReportStore;
@@ -21,7 +22,7 @@ use prometheus::{Histogram, IntCounter};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A statement known by name (or the unnamed one) or bound to a portal.
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ struct Known {
 #[derive(Debug)]
 struct Pending {
     known: Known,
-    sent: Instant,
+    sent: Mono,
     rows: u64,
 }
 
@@ -63,9 +64,10 @@ pub struct Observer {
     statements: Names,
     portals: Names,
     pending: VecDeque<Pending>,
-    last_done: Option<Instant>,
-    /// metric handles per statement kind, resolved on first use
-    kind_metrics: FxHashMap<Kind, (IntCounter, Histogram)>,
+    last_done: Option<Mono>,
+    /// metric handles per statement kind (by `Kind as usize`), resolved on
+    /// first use
+    kind_metrics: [Option<(IntCounter, Histogram)>; KINDS],
     burst_counter: Option<IntCounter>,
     /// log statements slower than this (zero: never)
     pub slow: Duration,
@@ -75,6 +77,9 @@ pub struct Observer {
     /// effects of completed statements, taken by the session's cache state
     pub effects: Vec<Effect>,
 }
+
+/// Statement kinds ([`Kind`]'s variants).
+const KINDS: usize = Kind::Utility as usize + 1;
 
 /// Most statements kept by name per client (drivers close theirs; this
 /// bounds a client that never does).
@@ -132,7 +137,7 @@ impl Observer {
             portals: Names::default(),
             pending: VecDeque::new(),
             last_done: None,
-            kind_metrics: FxHashMap::default(),
+            kind_metrics: Default::default(),
             burst_counter: None,
             slow: Duration::ZERO,
             effects_of: None,
@@ -142,7 +147,7 @@ impl Observer {
 
     /// The analysis of `sql`; its text is copied when `keep_text` or when
     /// the N+1 detector may want it as an example.
-    fn known(&mut self, sql: &str, keep_text: bool, now: Instant) -> Known {
+    fn known(&mut self, sql: &str, keep_text: bool, now: Mono) -> Known {
         let a = self
             .sinks
             .analyzer
@@ -160,7 +165,7 @@ impl Observer {
     }
 
     /// A complete client message on its way to the server.
-    pub fn client_message(&mut self, tag: u8, msg: &[u8], now: Instant) {
+    pub fn client_message(&mut self, tag: u8, msg: &[u8], now: Mono) {
         match tag {
             b'Q' => {
                 let body = &msg[5..];
@@ -244,7 +249,7 @@ impl Observer {
     }
 
     /// A server message on its way to the client.
-    pub fn server_message(&mut self, tag: u8, now: Instant) {
+    pub fn server_message(&mut self, tag: u8, now: Mono) {
         match tag {
             b'D' => {
                 if let Some(p) = self.pending.front_mut() {
@@ -268,7 +273,7 @@ impl Observer {
     }
 
     /// The execution just sent was answered from the cache with `rows` rows.
-    pub fn served_from_cache(&mut self, now: Instant, rows: u64) {
+    pub fn served_from_cache(&mut self, now: Mono, rows: u64) {
         if let Some(p) = self.pending.back_mut() {
             p.rows = rows;
         }
@@ -278,7 +283,7 @@ impl Observer {
         self.complete(now, false, true);
     }
 
-    fn complete(&mut self, now: Instant, error: bool, cache_hit: bool) {
+    fn complete(&mut self, now: Mono, error: bool, cache_hit: bool) {
         let Some(p) = self.pending.pop_front() else {
             return;
         };
@@ -288,7 +293,7 @@ impl Observer {
             _ => p.sent,
         };
         self.last_done = Some(now);
-        let duration = now.saturating_duration_since(start);
+        let duration = now.since(start);
         self.sinks
             .queries
             .record(&p.known.analysis, duration, p.rows, error, cache_hit);
@@ -301,7 +306,7 @@ impl Observer {
         }
         let kind = p.known.analysis.kind;
         let (sinks, origin) = (&self.sinks, &self.origin);
-        let (count, hist) = self.kind_metrics.entry(kind).or_insert_with(|| {
+        let (count, hist) = self.kind_metrics[kind as usize].get_or_insert_with(|| {
             (
                 sinks.metrics.queries_total.with_label_values(&[
                     &origin.database,
@@ -368,12 +373,12 @@ impl Observer {
     }
 
     /// When open bursts end if the client stays quiet.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub fn deadline(&self) -> Option<Mono> {
         self.detector.as_ref().and_then(Detector::deadline)
     }
 
     /// Ends bursts whose gap has passed.
-    pub fn tick(&mut self, now: Instant) {
+    pub fn tick(&mut self, now: Mono) {
         if let Some(d) = self.detector.as_mut() {
             for b in d.finish_idle(now) {
                 Self::report(&self.sinks, &self.origin, &mut self.burst_counter, &b);

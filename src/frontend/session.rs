@@ -24,6 +24,7 @@ use crate::backend::server::{note_parameter_status, send_cancel};
 use crate::backend::socket::{ServerWriter, TryWrite};
 use crate::backend::{mux, Checkout, Pool};
 use crate::cache::{Lookup, Miss};
+use crate::clock::Mono;
 use crate::config::PoolMode;
 use crate::metrics::ByteCounters;
 use crate::nplus1::store::Origin;
@@ -40,7 +41,7 @@ use std::collections::VecDeque;
 use std::future::pending;
 use std::io::IoSlice;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Queue bound per direction before pgsift stops reading the sender.
@@ -485,7 +486,7 @@ impl Session {
         // early (bursts went on); then only the bursts whose gap really
         // passed end, and it is armed again.
         let mut burst_timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
-        let mut timer_at: Option<Instant> = None;
+        let mut timer_at: Option<Mono> = None;
         // Once polled, the armed timer holds this task's waker and wakes it
         // when it fires; until then `is_elapsed` answers without a poll.
         let mut timer_registered = false;
@@ -539,7 +540,7 @@ impl Session {
                 if quiet {
                     if let Some(d) = self.observer.deadline() {
                         if timer_at.is_none_or(|t| d < t) {
-                            burst_timer.as_mut().reset(d.into());
+                            burst_timer.as_mut().reset(d.to_instant().into());
                             timer_at = Some(d);
                             timer_registered = false;
                         }
@@ -590,7 +591,7 @@ impl Session {
                     // a statement in flight is no gap: the timer is armed
                     // again when the session is quiet
                     if self.state.quiet() && to_server.is_empty() {
-                        self.observer.tick(Instant::now());
+                        self.observer.tick(Mono::now());
                     }
                 }
                 Event::ClientWrote(Ok(n)) if n > 0 => {
@@ -794,7 +795,7 @@ impl Session {
             }
             to_client.push(made);
         }
-        let now = Instant::now();
+        let now = Mono::now();
         let mut pos = 0;
         while let Some((tag, total)) = peek_frame(&chunk[pos..], usize::MAX >> 1)
             .map_err(|e| End::ServerProtocol(e.to_string()))?
@@ -862,7 +863,7 @@ impl Session {
             }
             self.multiplex = self.multiplex_servers();
         }
-        let now = Instant::now();
+        let now = Mono::now();
         let pipelined = self.pipelined();
         if pipelined {
             self.pipeline.salt = super::pipeline::search_path_salt(&self.settings);
@@ -978,7 +979,7 @@ impl Session {
         sql: &[u8],
         extra: &[u8],
         parse: Option<Bytes>,
-        now: Instant,
+        now: Mono,
         to_client: &mut Outbox,
     ) -> bool {
         let app = self.app.clone();
@@ -1182,7 +1183,7 @@ impl Session {
             let observer = &mut self.observer;
             let cache = &mut self.cache;
             let transactions = &self.transactions;
-            let now = Instant::now();
+            let now = Mono::now();
             let mut changed = false;
             let routed = self
                 .pipeline
@@ -1219,7 +1220,7 @@ impl Session {
         }
         let server = &mut co.server;
         let mut end = 0;
-        let now = Instant::now();
+        let now = Mono::now();
         loop {
             let (tag, total) = match peek_frame(&server.rbuf[end..], usize::MAX >> 1) {
                 Ok(Some(f)) => f,

@@ -11,10 +11,11 @@
 //! Memory is bounded (at most [`MAX_BURSTS`] open bursts and [`HISTORY`]
 //! remembered statement runs) and the work per statement is O(1).
 
+use crate::clock::Mono;
 use crate::sql::{Analysis, Kind};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// Open bursts kept per connection.
 pub const MAX_BURSTS: usize = 64;
@@ -35,7 +36,7 @@ pub struct Execution {
     /// in when it is missing
     pub example: Option<Arc<str>>,
     /// when it was sent to the server
-    pub start: Instant,
+    pub start: Mono,
     /// how long it took
     pub duration: Duration,
 }
@@ -93,8 +94,8 @@ struct Open {
     total: Duration,
     /// monotonic times, made wall-clock times when the burst is reported
     /// (one clock read per burst instead of one per execution)
-    first_seen: Instant,
-    last_seen: Instant,
+    first_seen: Mono,
+    last_seen: Mono,
     last_seq: u64,
 }
 
@@ -111,9 +112,11 @@ pub struct Detector {
     min_repeats: usize,
     max_gap: Duration,
     seq: u64,
-    last_end: Option<Instant>,
+    last_end: Option<Mono>,
     history: VecDeque<Run>,
     open: rustc_hash::FxHashMap<u64, Open>,
+    /// open bursts with two executions or more (those a deadline ends)
+    repeating: usize,
 }
 
 impl Detector {
@@ -126,6 +129,7 @@ impl Detector {
             last_end: None,
             history: VecDeque::with_capacity(8),
             open: rustc_hash::FxHashMap::default(),
+            repeating: 0,
         }
     }
 
@@ -136,8 +140,8 @@ impl Detector {
     }
 
     /// When the open bursts end if no statement comes.
-    pub fn deadline(&self) -> Option<Instant> {
-        if self.open.values().any(|b| b.count >= 2) {
+    pub fn deadline(&self) -> Option<Mono> {
+        if self.repeating > 0 {
             self.last_end.map(|t| t + self.max_gap)
         } else {
             None
@@ -148,7 +152,7 @@ impl Detector {
     pub fn observe(&mut self, e: Execution) -> Vec<Burst> {
         let mut done = Vec::new();
         if let Some(last) = self.last_end {
-            if e.start.saturating_duration_since(last) > self.max_gap {
+            if e.start.since(last) > self.max_gap {
                 done = self.finish_all();
             }
         }
@@ -160,31 +164,31 @@ impl Detector {
         self.seq += 1;
         let fp = e.analysis.fingerprint;
         let now = end;
-        // an open burst of this statement, and whether its parent is yet to
-        // be found (looked up before this execution counts, as it always was)
-        let open = self
-            .open
-            .get(&fp)
-            .map(|b| (!b.parent_resolved).then_some(b.first_seq));
-        if let Some(unresolved) = open {
-            let parent = unresolved.map(|first_seq| self.parent_before(first_seq));
-            if let Some(b) = self.open.get_mut(&fp) {
-                b.count += 1;
-                if b.distinct.len() < MAX_DISTINCT && !b.distinct.contains(&e.values) {
-                    b.distinct.push(e.values);
-                }
-                b.total += e.duration;
-                b.last_seen = now;
-                b.last_seq = self.seq;
-                if let Some(p) = parent {
-                    b.parent = p;
-                    b.parent_resolved = true;
-                }
+        // the open burst of this statement, counting this execution; its
+        // parent is looked for once, at its second execution (before that
+        // execution's run joins the history)
+        let mut unresolved = None;
+        if let Some(b) = self.open.get_mut(&fp) {
+            b.count += 1;
+            if b.count == 2 {
+                self.repeating += 1;
+            }
+            if b.distinct.len() < MAX_DISTINCT && !b.distinct.contains(&e.values) {
+                b.distinct.push(e.values);
+            }
+            b.total += e.duration;
+            b.last_seen = now;
+            b.last_seq = self.seq;
+            if !b.parent_resolved {
+                unresolved = Some(b.first_seq);
             }
         } else {
             if self.open.len() >= MAX_BURSTS {
                 if let Some((&victim, _)) = self.open.iter().min_by_key(|(_, b)| b.last_seq) {
                     if let Some(b) = self.open.remove(&victim) {
+                        if b.count >= 2 {
+                            self.repeating -= 1;
+                        }
                         done.extend(self.finished(b));
                     }
                 }
@@ -209,6 +213,13 @@ impl Detector {
                 },
             );
         }
+        if let Some(first_seq) = unresolved {
+            let parent = self.parent_before(first_seq, fp);
+            if let Some(b) = self.open.get_mut(&fp) {
+                b.parent = parent;
+                b.parent_resolved = true;
+            }
+        }
         match self.history.back() {
             Some(r) if r.fingerprint == fp => {}
             _ => {
@@ -229,34 +240,40 @@ impl Detector {
     /// burst, and so its text be kept as the burst's example: not while a
     /// burst of it is open and the session has not been idle past the gap
     /// (most repeats), which spares a copy of every repeat's text.
-    pub fn needs_example(&self, fingerprint: u64, sent: Instant) -> bool {
+    pub fn needs_example(&self, fingerprint: u64, sent: Mono) -> bool {
         !self.open.contains_key(&fingerprint)
             || self
                 .last_end
-                .is_some_and(|last| sent.saturating_duration_since(last) > self.max_gap)
+                .is_some_and(|last| sent.since(last) > self.max_gap)
     }
 
-    /// The last statement before `seq` that is not a repetition in a burst.
-    fn parent_before(&self, seq: u64) -> Option<Arc<Analysis>> {
+    /// The last statement before `seq` that is not a repetition in a burst
+    /// (`counted`, whose burst has just counted its second execution, is
+    /// judged as it was before that execution).
+    fn parent_before(&self, seq: u64, counted: u64) -> Option<Arc<Analysis>> {
         self.history
             .iter()
             .rev()
             .filter(|r| r.first_seq < seq)
-            .find(|r| self.open.get(&r.fingerprint).is_none_or(|b| b.count < 2))
+            .find(|r| {
+                r.fingerprint == counted
+                    || self.open.get(&r.fingerprint).is_none_or(|b| b.count < 2)
+            })
             .map(|r| r.analysis.clone())
     }
 
     /// Ends every open burst (idle gap, disconnect).
     pub fn finish_all(&mut self) -> Vec<Burst> {
         let open: Vec<Open> = self.open.drain().map(|(_, b)| b).collect();
+        self.repeating = 0;
         self.history.clear();
         open.into_iter().filter_map(|b| self.finished(b)).collect()
     }
 
     /// Ends the bursts whose gap has passed at `now`.
-    pub fn finish_idle(&mut self, now: Instant) -> Vec<Burst> {
+    pub fn finish_idle(&mut self, now: Mono) -> Vec<Burst> {
         match self.last_end {
-            Some(last) if now.saturating_duration_since(last) > self.max_gap => self.finish_all(),
+            Some(last) if now.since(last) > self.max_gap => self.finish_all(),
             _ => Vec::new(),
         }
     }
@@ -284,8 +301,8 @@ impl Detector {
 }
 
 /// The wall-clock time of a monotonic instant in the past.
-fn wall_clock(t: Instant) -> SystemTime {
-    SystemTime::now() - Instant::now().saturating_duration_since(t)
+fn wall_clock(t: Mono) -> SystemTime {
+    SystemTime::now() - Mono::now().since(t)
 }
 
 #[cfg(test)]
@@ -296,7 +313,7 @@ mod tests {
     struct Feed {
         a: Analyzer,
         d: Detector,
-        t: Instant,
+        t: Mono,
         out: Vec<Burst>,
     }
 
@@ -305,7 +322,7 @@ mod tests {
             Feed {
                 a: Analyzer::new(100),
                 d: Detector::new(5, Duration::from_millis(100)),
-                t: Instant::now(),
+                t: Mono::now(),
                 out: vec![],
             }
         }
@@ -379,7 +396,7 @@ mod tests {
     fn a_burst_opened_without_its_text_shows_the_normalized_statement() {
         let a = Analyzer::new(10);
         let mut d = Detector::new(3, Duration::from_millis(100));
-        let mut t = Instant::now();
+        let mut t = Mono::now();
         for i in 0..4 {
             let x = a.analyze(&format!("SELECT * FROM users WHERE id = {i}"));
             t += Duration::from_millis(1);
