@@ -238,14 +238,19 @@ impl Outbox {
     }
 }
 
-/// Reads what `r` has into `buf`, with room for at least `room` bytes more.
+/// Reads what `r` has into `buf`, with room for at least half of `room`
+/// bytes more. Only when less is free is room made for `room` bytes: the
+/// buffer's consumed front is reclaimed (or it grows) once in many reads,
+/// not at every read after a message left it.
 fn poll_read<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     room: usize,
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<std::io::Result<usize>> {
-    buf.reserve(room);
+    if buf.capacity() - buf.len() < room / 2 {
+        buf.reserve(room);
+    }
     tokio_util::io::poll_read_buf(std::pin::Pin::new(r), cx, buf)
 }
 

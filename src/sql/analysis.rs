@@ -4,6 +4,7 @@
 
 use super::shape::{self, LiteralSpans, Shape};
 use super::template::{Template, Templates, MAX_TEXT};
+use crate::stats::Tally;
 use moka::sync::Cache;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -74,6 +75,9 @@ pub struct Analysis {
     /// what it writes cannot be known from the text (CALL, DO, EXECUTE,
     /// text the parser rejects): it invalidates the whole database
     pub opaque: bool,
+    /// its executions, counted here so that recording one needs no table
+    /// lookup (see [`crate::stats::QueryStats`])
+    pub tally: Tally,
 }
 
 impl Analysis {
@@ -277,6 +281,7 @@ fn analyze_with_parser(sql: &str, s: &Shape) -> Analysis {
                 functions,
                 read_only,
                 opaque,
+                tally: Tally::default(),
             }
         }
         _ => fallback(sql, s),
@@ -311,6 +316,7 @@ fn fallback(sql: &str, s: &Shape) -> Analysis {
         functions: vec![],
         read_only: false,
         opaque: kind != Kind::Transaction,
+        tally: Tally::default(),
     }
 }
 

@@ -221,6 +221,7 @@ pub fn check_template(text: &str, replacements: &[&[u8]]) -> bool {
         functions: vec![],
         read_only: false,
         opaque: false,
+        tally: Default::default(),
     });
     let range = start..start + stmt.len();
     let Some(t) = Template::new(text.as_bytes(), range.clone(), &spans, analysis) else {

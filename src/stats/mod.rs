@@ -2,4 +2,4 @@
 
 pub mod queries;
 
-pub use queries::{QueryRow, QueryStats};
+pub use queries::{QueryRow, QueryStats, Tally};

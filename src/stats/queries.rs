@@ -2,21 +2,80 @@
 //! and mean time, rows, errors, cache hits. Bounded: past the limit the
 //! least costly entries are dropped. Fingerprints and SQL never become
 //! metric labels; they are served here (`/api/queries`, `SHOW QUERIES`).
+//!
+//! The counts live in each statement's [`Analysis`] (its [`Tally`]), which
+//! every execution already holds: recording one is a few atomic additions
+//! on memory the session has just touched, with no table lookup or lock.
+//! The table only lists the analyses whose counts it shows; an analysis is
+//! listed at its first execution. Should another analysis object of the
+//! same fingerprint be listed already (two texts of one fingerprint, or an
+//! analysis made again after the shared memo dropped it), executions of the
+//! unlisted one are counted on the listed one, through the table.
 
 use crate::sql::Analysis;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug)]
-struct Entry {
-    analysis: Arc<Analysis>,
-    calls: u64,
-    total: Duration,
-    rows: u64,
-    errors: u64,
-    cache_hits: u64,
+/// The executions of one statement.
+#[derive(Default)]
+pub struct Tally {
+    calls: AtomicU64,
+    total_ns: AtomicU64,
+    rows: AtomicU64,
+    errors: AtomicU64,
+    cache_hits: AtomicU64,
+    /// the table lists the analysis holding this tally
+    listed: AtomicBool,
+}
+
+impl Tally {
+    fn add(&self, duration: Duration, rows: u64, error: bool, cache_hit: bool) {
+        self.calls.fetch_add(1, Relaxed);
+        self.total_ns.fetch_add(duration.as_nanos() as u64, Relaxed);
+        if rows > 0 {
+            self.rows.fetch_add(rows, Relaxed);
+        }
+        if error {
+            self.errors.fetch_add(1, Relaxed);
+        }
+        if cache_hit {
+            self.cache_hits.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn total(&self) -> Duration {
+        Duration::from_nanos(self.total_ns.load(Relaxed))
+    }
+}
+
+/// A copy of an analysis is another statement object: it starts uncounted
+/// and unlisted.
+impl Clone for Tally {
+    fn clone(&self) -> Tally {
+        Tally::default()
+    }
+}
+
+/// Counts are not part of what a statement is.
+impl PartialEq for Tally {
+    fn eq(&self, _: &Tally) -> bool {
+        true
+    }
+}
+
+impl Eq for Tally {}
+
+impl std::fmt::Debug for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tally")
+            .field("calls", &self.calls.load(Relaxed))
+            .field("listed", &self.listed.load(Relaxed))
+            .finish()
+    }
 }
 
 /// One row of the top-statements table.
@@ -42,9 +101,9 @@ pub struct QueryRow {
     pub cache_hits: u64,
 }
 
-/// The statistics table.
+/// The statistics table: the listed analysis of each fingerprint.
 pub struct QueryStats {
-    entries: DashMap<u64, Entry, rustc_hash::FxBuildHasher>,
+    entries: DashMap<u64, Arc<Analysis>, rustc_hash::FxBuildHasher>,
     limit: usize,
 }
 
@@ -58,6 +117,7 @@ impl QueryStats {
     }
 
     /// Records one execution.
+    #[inline]
     pub fn record(
         &self,
         analysis: &Arc<Analysis>,
@@ -66,37 +126,51 @@ impl QueryStats {
         error: bool,
         cache_hit: bool,
     ) {
-        if let Some(mut e) = self.entries.get_mut(&analysis.fingerprint) {
-            e.calls += 1;
-            e.total += duration;
-            e.rows += rows;
-            e.errors += error as u64;
-            e.cache_hits += cache_hit as u64;
-            return;
+        if analysis.tally.listed.load(Relaxed) {
+            analysis.tally.add(duration, rows, error, cache_hit);
+        } else {
+            self.record_unlisted(analysis, duration, rows, error, cache_hit);
         }
-        if self.entries.len() >= self.limit {
-            self.evict();
-        }
-        self.entries.insert(
-            analysis.fingerprint,
-            Entry {
-                analysis: analysis.clone(),
-                calls: 1,
-                total: duration,
-                rows,
-                errors: error as u64,
-                cache_hits: cache_hit as u64,
-            },
-        );
     }
 
-    /// Drops the cheapest tenth of the table.
+    #[cold]
+    fn record_unlisted(
+        &self,
+        analysis: &Arc<Analysis>,
+        duration: Duration,
+        rows: u64,
+        error: bool,
+        cache_hit: bool,
+    ) {
+        if !self.entries.contains_key(&analysis.fingerprint) && self.entries.len() >= self.limit {
+            self.evict();
+        }
+        match self.entries.entry(analysis.fingerprint) {
+            Entry::Occupied(e) if !Arc::ptr_eq(e.get(), analysis) => {
+                e.get().tally.add(duration, rows, error, cache_hit);
+            }
+            Entry::Occupied(_) => analysis.tally.add(duration, rows, error, cache_hit),
+            Entry::Vacant(v) => {
+                analysis.tally.listed.store(true, Relaxed);
+                analysis.tally.add(duration, rows, error, cache_hit);
+                v.insert(analysis.clone());
+            }
+        }
+    }
+
+    /// Drops the cheapest tenth of the table. (A dropped analysis keeps its
+    /// counts; should it run again, it is listed again with them.)
     fn evict(&self) {
-        let mut costs: Vec<(Duration, u64)> =
-            self.entries.iter().map(|e| (e.total, *e.key())).collect();
+        let mut costs: Vec<(Duration, u64)> = self
+            .entries
+            .iter()
+            .map(|e| (e.tally.total(), *e.key()))
+            .collect();
         costs.sort();
         for (_, k) in costs.into_iter().take((self.limit / 10).max(1)) {
-            self.entries.remove(&k);
+            if let Some((_, a)) = self.entries.remove(&k) {
+                a.tally.listed.store(false, Relaxed);
+            }
         }
     }
 
@@ -106,21 +180,24 @@ impl QueryStats {
             .entries
             .iter()
             .map(|e| {
-                let total_ms = e.total.as_secs_f64() * 1000.0;
+                let a = e.value();
+                let t = &a.tally;
+                let calls = t.calls.load(Relaxed);
+                let total_ms = t.total().as_secs_f64() * 1000.0;
                 QueryRow {
-                    fingerprint: e.analysis.fingerprint_hex(),
-                    query: e.analysis.normalized.clone(),
-                    kind: e.analysis.kind.as_str(),
-                    calls: e.calls,
+                    fingerprint: a.fingerprint_hex(),
+                    query: a.normalized.clone(),
+                    kind: a.kind.as_str(),
+                    calls,
                     total_ms,
-                    mean_ms: if e.calls == 0 {
+                    mean_ms: if calls == 0 {
                         0.0
                     } else {
-                        total_ms / e.calls as f64
+                        total_ms / calls as f64
                     },
-                    rows: e.rows,
-                    errors: e.errors,
-                    cache_hits: e.cache_hits,
+                    rows: t.rows.load(Relaxed),
+                    errors: t.errors.load(Relaxed),
+                    cache_hits: t.cache_hits.load(Relaxed),
                 }
             })
             .collect();
@@ -164,5 +241,46 @@ mod tests {
         }
         assert!(s.entries.len() <= 10);
         assert_eq!(s.top(1)[0].calls, 5, "the costly entry survives eviction");
+    }
+
+    #[test]
+    fn another_object_of_a_listed_fingerprint_is_counted_on_the_listed_one() {
+        let a = Analyzer::new(100);
+        let s = QueryStats::new(10);
+        let first = a.analyze("SELECT * FROM t WHERE id = 1").analysis;
+        let copy = Arc::new((*first).clone());
+        s.record(&first, Duration::from_millis(1), 1, false, false);
+        s.record(&copy, Duration::from_millis(1), 1, true, false);
+        s.record(&copy, Duration::from_millis(1), 0, false, true);
+        s.record(&first, Duration::from_millis(1), 0, false, false);
+        let top = s.top(10);
+        assert_eq!(top.len(), 1);
+        let t = &top[0];
+        assert_eq!((t.calls, t.rows, t.errors, t.cache_hits), (4, 2, 1, 1));
+        assert!((t.total_ms - 4.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_evicted_statement_that_runs_again_is_listed_again() {
+        let a = Analyzer::new(100);
+        let s = QueryStats::new(10);
+        let cheap = a.analyze("SELECT cheap FROM t").analysis;
+        s.record(&cheap, Duration::from_nanos(1), 0, false, false);
+        for i in 0..10 {
+            s.record(
+                &a.analyze(&format!("SELECT c{i} FROM t")).analysis,
+                Duration::from_millis(1),
+                0,
+                false,
+                false,
+            );
+        }
+        assert!(
+            s.top(100).iter().all(|r| r.query != cheap.normalized),
+            "the cheapest went"
+        );
+        s.record(&cheap, Duration::from_nanos(1), 0, false, false);
+        let row = s.top(100).into_iter().find(|r| r.query == cheap.normalized);
+        assert_eq!(row.map(|r| r.calls), Some(2), "back, with its counts");
     }
 }
