@@ -21,7 +21,7 @@ use super::source::Source;
 use super::stream::ClientStream;
 use crate::app::App;
 use crate::backend::server::{note_parameter_status, send_cancel};
-use crate::backend::socket::{ServerWriter, TryWrite};
+use crate::backend::socket::TryWrite;
 use crate::backend::{mux, Checkout, Pool};
 use crate::cache::{Lookup, Miss};
 use crate::clock::Mono;
@@ -38,7 +38,7 @@ use crate::sql::Kind;
 use bytes::{Buf, Bytes, BytesMut};
 use prometheus::IntCounter;
 use std::collections::VecDeque;
-use std::future::pending;
+use std::future::Future;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,26 +254,26 @@ fn poll_read<R: AsyncRead + Unpin>(
     tokio_util::io::poll_read_buf(std::pin::Pin::new(r), cx, buf)
 }
 
-async fn recv_opt(
-    rx: Option<&mut tokio::sync::mpsc::UnboundedReceiver<mux::Reply>>,
-) -> Option<mux::Reply> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => pending().await,
-    }
-}
-
 /// Chunks handed to one `writev`.
 const MAX_SLICES: usize = 16;
 
 /// Writes as much of `outbox` as the socket takes, in one call.
-async fn write_outbox<W: AsyncWrite + Unpin>(w: &mut W, outbox: &Outbox) -> std::io::Result<usize> {
+fn poll_write_outbox<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    outbox: &Outbox,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Result<usize>> {
+    let w = std::pin::Pin::new(w);
     if outbox.chunks.len() == 1 {
-        return w.write(&outbox.chunks[0]).await;
+        return w.poll_write(cx, &outbox.chunks[0]);
     }
     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
     let n = outbox.slices(&mut slices);
-    w.write_vectored(&slices[..n]).await
+    w.poll_write_vectored(cx, &slices[..n])
+}
+
+async fn write_outbox<W: AsyncWrite + Unpin>(w: &mut W, outbox: &Outbox) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| poll_write_outbox(w, outbox, cx)).await
 }
 
 /// Sends what the socket takes right now, without waiting: a request or a
@@ -319,13 +319,6 @@ fn send_from_buffer<W: TryWrite>(
         buf.advance(n);
     }
     n
-}
-
-async fn write_opt(w: Option<&mut ServerWriter>, outbox: &Outbox) -> std::io::Result<usize> {
-    match w {
-        Some(w) if !outbox.is_empty() => write_outbox(w, outbox).await,
-        _ => pending().await,
-    }
 }
 
 /// The forwarding state of one client.
@@ -475,16 +468,9 @@ impl Session {
             std::task::Poll::Ready(())
         })
         .await;
+        // the shutdown flag is checked on every pass (the signal above
+        // wakes the task)
         let app = self.app.clone();
-        let stopping = || {
-            std::future::poll_fn(|_| {
-                if app.is_shutting_down() {
-                    std::task::Poll::Ready(())
-                } else {
-                    std::task::Poll::Pending
-                }
-            })
-        };
         // The N+1 burst timer: one for the session, armed when the session
         // goes quiet with a burst open and left alone while it is armed, so
         // statements in quick succession cost no timer work. It may fire
@@ -531,7 +517,7 @@ impl Session {
                 pending_input = false;
                 Event::ClientRead(Ok(cbuf.len()))
             } else {
-                let (mut sr, sw) = match self.server.as_mut() {
+                let (mut sr, mut sw) = match self.server.as_mut() {
                     Some(co) => (
                         Some((&mut co.server.reader, &mut co.server.rbuf)),
                         Some(&mut co.server.writer),
@@ -557,32 +543,67 @@ impl Session {
                 // a read is polled only when its socket may have something
                 // (its source checks that when polled)
                 let read_client = to_server.len < HIGH_WATER && !mux_pending;
-                let mux_rx = self.mux_replies.as_mut();
+                let mut mux_rx = self.mux_replies.as_mut();
                 let read_server = to_client.len < HIGH_WATER;
                 let server_source = &self.server_source;
                 let poll_timer =
                     timer_at.is_some() && quiet && (!timer_registered || burst_timer.is_elapsed());
-                // biased: no random branch order (a thread-local RNG draw
-                // per wake-up); the burst timer first (so that an enabled
-                // one is surely polled, and registered), then writes, then
-                // replies, then requests
-                let event = tokio::select! {
-                    biased;
+                // One poll function instead of a `select!`, which built a
+                // future for each of its seven branches on every pass, in
+                // a fixed order (no random draw per wake-up): the burst
+                // timer first (so that an enabled one is surely polled, and
+                // registered), then writes, then replies, then requests.
+                let event = std::future::poll_fn(|cx| {
+                    use std::task::Poll;
                     // unconstrained: a poll that returned Pending has surely
                     // left the waker with the timer (the budget check comes first)
-                    _ = tokio::task::unconstrained(&mut burst_timer), if poll_timer => Event::BurstDeadline,
-                    r = write_outbox(&mut cw, &to_client), if !to_client.is_empty() => Event::ClientWrote(r),
-                    r = write_opt(sw, &to_server), if !to_server.is_empty() => Event::ServerWrote(r),
-                    r = std::future::poll_fn(|cx| match sr.as_mut() {
-                        Some((r, buf)) => server_source.poll(cx, |cx| {
-                            poll_read(*r, buf, missing_bytes(buf).clamp(16 * 1024, 1 << 20), cx)
-                        }),
-                        None => std::task::Poll::Pending,
-                    }), if read_server => Event::ServerRead(r),
-                    r = recv_opt(mux_rx), if mux_pending && read_server => Event::Mux(r),
-                    r = std::future::poll_fn(|cx| client_source.poll(cx, |cx| poll_read(&mut cr, &mut cbuf, 8192, cx))), if read_client => Event::ClientRead(r),
-                    _ = stopping(), if !draining => Event::Shutdown,
-                };
+                    if poll_timer
+                        && std::pin::pin!(tokio::task::unconstrained(&mut burst_timer))
+                            .poll(cx)
+                            .is_ready()
+                    {
+                        return Poll::Ready(Event::BurstDeadline);
+                    }
+                    if !to_client.is_empty() {
+                        if let Poll::Ready(r) = poll_write_outbox(&mut cw, &to_client, cx) {
+                            return Poll::Ready(Event::ClientWrote(r));
+                        }
+                    }
+                    if !to_server.is_empty() {
+                        if let Some(w) = sw.as_deref_mut() {
+                            if let Poll::Ready(r) = poll_write_outbox(w, &to_server, cx) {
+                                return Poll::Ready(Event::ServerWrote(r));
+                            }
+                        }
+                    }
+                    if read_server {
+                        if let Some((r, buf)) = sr.as_mut() {
+                            let polled = server_source.poll(cx, |cx| {
+                                poll_read(*r, buf, missing_bytes(buf).clamp(16 * 1024, 1 << 20), cx)
+                            });
+                            if let Poll::Ready(r) = polled {
+                                return Poll::Ready(Event::ServerRead(r));
+                            }
+                        }
+                        if let Some(rx) = mux_rx.as_deref_mut() {
+                            if let Poll::Ready(r) = rx.poll_recv(cx) {
+                                return Poll::Ready(Event::Mux(r));
+                            }
+                        }
+                    }
+                    if read_client {
+                        let polled =
+                            client_source.poll(cx, |cx| poll_read(&mut cr, &mut cbuf, 8192, cx));
+                        if let Poll::Ready(r) = polled {
+                            return Poll::Ready(Event::ClientRead(r));
+                        }
+                    }
+                    if !draining && app.is_shutting_down() {
+                        return Poll::Ready(Event::Shutdown);
+                    }
+                    Poll::Pending
+                })
+                .await;
                 timer_registered |= poll_timer;
                 event
             };
