@@ -212,9 +212,19 @@ async fn each_client_keeps_its_own_settings_when_statements_are_multiplexed() {
 
 async fn own_settings_across_servers(extra: &str) {
     let pg = shared_postgres();
-    pg.psql("app", "CREATE SCHEMA IF NOT EXISTS tz_a AUTHORIZATION blog; CREATE SCHEMA IF NOT EXISTS tz_b AUTHORIZATION blog");
-    pg.psql("app", "CREATE TABLE IF NOT EXISTS tz_a.marker AS SELECT 'a'::text AS v; CREATE TABLE IF NOT EXISTS tz_b.marker AS SELECT 'b'::text AS v");
-    pg.psql("app", "GRANT SELECT ON tz_a.marker, tz_b.marker TO blog");
+    // the two tests that share this setup run at once: IF NOT EXISTS alone
+    // does not keep two sessions from creating the same object together
+    // (one fails on a unique index), so they take turns under a lock held
+    // to the end of this one transaction (psql sends the lines as one)
+    pg.psql(
+        "app",
+        "SELECT pg_advisory_xact_lock(7201); \
+         CREATE SCHEMA IF NOT EXISTS tz_a AUTHORIZATION blog; \
+         CREATE SCHEMA IF NOT EXISTS tz_b AUTHORIZATION blog; \
+         CREATE TABLE IF NOT EXISTS tz_a.marker AS SELECT 'a'::text AS v; \
+         CREATE TABLE IF NOT EXISTS tz_b.marker AS SELECT 'b'::text AS v; \
+         GRANT SELECT ON tz_a.marker, tz_b.marker TO blog",
+    );
     // three clients on two servers: they keep changing servers (on three
     // when multiplexing, which leaves one server for everything else)
     let proxy = tx_proxy(if extra.is_empty() { 2 } else { 3 }, extra);

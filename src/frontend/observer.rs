@@ -249,6 +249,7 @@ impl Observer {
     }
 
     /// A server message on its way to the client.
+    #[inline]
     pub fn server_message(&mut self, tag: u8, now: Mono) {
         match tag {
             b'D' => {

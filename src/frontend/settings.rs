@@ -172,6 +172,11 @@ impl SettingsTracker {
     /// ended cleanly, take effect; changes in a failed one are dropped.
     /// Returns true when the client's settings changed.
     pub fn ready(&mut self, tx: u8, settings: &mut Vec<(String, String)>) -> bool {
+        if tx == b'I' && self.pending.is_empty() {
+            // nothing to apply (all but every ReadyForQuery)
+            self.failed = false;
+            return false;
+        }
         let mut changed = false;
         match tx {
             b'I' => {

@@ -33,7 +33,9 @@ impl Wake for Inner {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.due.store(true, Ordering::Release);
+        // due before the task's waker is taken: a source that is not due
+        // still holds it
+        self.due.store(true, Ordering::SeqCst);
         self.task.wake();
     }
 }
@@ -59,34 +61,41 @@ impl Source {
     /// that poll completed.
     #[inline]
     pub fn due(&self) -> bool {
-        self.inner.due.load(Ordering::Acquire)
+        self.inner.due.load(Ordering::SeqCst)
     }
 
     /// The socket behind it changed (another server): poll it, which
     /// registers this source's waker with the new socket.
     pub fn reset(&self) {
-        self.inner.due.store(true, Ordering::Release);
+        self.inner.due.store(true, Ordering::SeqCst);
     }
 
     /// Polls a read of this source with the source's waker when it is due;
     /// `cx` is the task's, woken when the source is. (A future in a
     /// `select!` is polled again on every wake-up of the select, so this
     /// check belongs in the poll, not in the branch's precondition.)
+    ///
+    /// The task's waker is registered only when the source is due: a
+    /// source that is not due has not been woken since its last
+    /// registration, so it still holds the waker (a wake-up takes it, and
+    /// marks the source due first). This assumes what a tokio task gives:
+    /// the same waker on every poll of the session.
     #[inline]
     pub fn poll<T>(
         &self,
         cx: &mut Context<'_>,
         read: impl FnOnce(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        self.inner.task.register(cx.waker());
         if !self.due() {
             return Poll::Pending;
         }
-        // cleared before the poll: a wake-up during it sets it again
-        self.inner.due.store(false, Ordering::Release);
+        // cleared before the registration and the poll: a wake-up during
+        // either sets it again (and takes the waker only after that)
+        self.inner.due.store(false, Ordering::SeqCst);
+        self.inner.task.register(cx.waker());
         let r = read(&mut Context::from_waker(&self.waker));
         if r.is_ready() {
-            self.inner.due.store(true, Ordering::Release);
+            self.inner.due.store(true, Ordering::SeqCst);
         }
         r
     }
