@@ -13,7 +13,7 @@
 #   PROTO=simple CLIENTS=1 POOL_MODE=transaction scripts/instructions.sh
 # Env: PGSIFT_BIN (target/release/pgsift), PROTO (extended), CLIENTS (16),
 #      TXNS per client (300), POOL_MODE (session), N_PLUS_ONE (true), PORT (16460), ADMIN (127.0.0.1:19960),
-#      OUT (callgrind output prefix, /tmp/pgsift-callgrind)
+#      OUT (callgrind output prefix, /tmp/pgsift-callgrind), CALLGRIND_OPTS (more valgrind options)
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 BENCH_HARNESS=${BENCH_HARNESS:-/work/shared/bench}
@@ -29,7 +29,8 @@ pgsift_bench_config "$PORT" "$ADMIN" "$POOL_MODE" 20 1000 warn "${N_PLUS_ONE:-tr
 rm -f "$OUT".[0-9]* "$OUT.log"
 "$BIN" check --config "$cfg" >/dev/null
 log="$OUT.log"
-valgrind --tool=callgrind --callgrind-out-file="$OUT.%p" "$BIN" --config "$cfg" >"$log" 2>&1 &
+# shellcheck disable=SC2086 # CALLGRIND_OPTS: extra options, e.g. --dump-instr=yes
+valgrind --tool=callgrind ${CALLGRIND_OPTS:-} --callgrind-out-file="$OUT.%p" "$BIN" --config "$cfg" >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -f "$cfg"' EXIT
 ready=0

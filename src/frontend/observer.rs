@@ -249,7 +249,7 @@ impl Observer {
     }
 
     /// A server message on its way to the client.
-    #[inline]
+    #[inline(always)]
     pub fn server_message(&mut self, tag: u8, now: Mono) {
         match tag {
             b'D' => {
@@ -284,6 +284,7 @@ impl Observer {
         self.complete(now, false, true);
     }
 
+    #[inline(never)]
     fn complete(&mut self, now: Mono, error: bool, cache_hit: bool) {
         let Some(p) = self.pending.pop_front() else {
             return;

@@ -1247,22 +1247,24 @@ impl Session {
         let server = &mut co.server;
         let mut end = 0;
         let now = Mono::now();
-        loop {
-            let (tag, total) = match peek_frame(&server.rbuf[end..], usize::MAX >> 1) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return Err(End::ServerProtocol(e.to_string())),
-            };
+        // the buffer is read in place: one slice for the whole batch, each
+        // message a window of it
+        let buf: &[u8] = &server.rbuf;
+        while let Some((tag, total)) = peek_frame(&buf[end..], usize::MAX >> 1)
+            .map_err(|e| End::ServerProtocol(e.to_string()))?
+        {
+            let msg = &buf[end..end + total];
+            end += total;
             self.observer.server_message(tag, now);
-            let msg = &server.rbuf[end..end + total];
             if let Some(sc) = self.cache.as_mut() {
                 sc.take_effects(&mut self.observer.effects);
                 sc.server_message(tag, msg);
             }
             match tag {
+                b'D' | b'C' | b'T' | b'1' | b'2' | b'3' | b'n' | b's' | b'N' | b'A' => {}
                 b'G' => self.state.copy_in_started(),
                 b'Z' if total == 6 => {
-                    if self.state.ready(server.rbuf[end + 5]) {
+                    if self.state.ready(msg[5]) {
                         self.transactions.inc();
                     }
                     self.settings_changes
@@ -1270,20 +1272,15 @@ impl Session {
                 }
                 b'S' => {
                     self.settings_changes
-                        .reported(&server.rbuf[end + 5..end + total], &mut self.settings);
+                        .reported(&msg[5..], &mut self.settings);
                     server.synced = None;
-                    note_parameter_status(
-                        &mut server.params,
-                        &mut server.applied,
-                        &server.rbuf[end + 5..end + total],
-                    )
+                    note_parameter_status(&mut server.params, &mut server.applied, &msg[5..])
                 }
                 t if !is_backend_type(t) => {
                     return Err(End::ServerProtocol(FrameError::UnknownType(t).to_string()))
                 }
                 _ => {}
             }
-            end += total;
         }
         if end > 0 {
             // the cache must see the bytes and may hold them back (a write's
