@@ -126,33 +126,33 @@ impl QueryStats {
         error: bool,
         cache_hit: bool,
     ) {
+        let add = |t: &Tally| t.add(duration, rows, error, cache_hit);
         if analysis.tally.listed.load(Relaxed) {
-            analysis.tally.add(duration, rows, error, cache_hit);
+            add(&analysis.tally);
         } else {
-            self.record_unlisted(analysis, duration, rows, error, cache_hit);
+            self.record_unlisted(analysis, add);
         }
     }
 
+    /// Records an execution of an analysis the table does not list (yet):
+    /// `add` counts it on the tally that is listed for its fingerprint.
     #[cold]
-    fn record_unlisted(
-        &self,
-        analysis: &Arc<Analysis>,
-        duration: Duration,
-        rows: u64,
-        error: bool,
-        cache_hit: bool,
-    ) {
+    fn record_unlisted(&self, analysis: &Arc<Analysis>, add: impl Fn(&Tally)) {
         if !self.entries.contains_key(&analysis.fingerprint) && self.entries.len() >= self.limit {
             self.evict();
         }
         match self.entries.entry(analysis.fingerprint) {
-            Entry::Occupied(e) if !Arc::ptr_eq(e.get(), analysis) => {
-                e.get().tally.add(duration, rows, error, cache_hit);
+            Entry::Occupied(e) => {
+                if Arc::ptr_eq(e.get(), analysis) {
+                    // listed, but marked otherwise by an eviction that
+                    // raced with its listing again
+                    analysis.tally.listed.store(true, Relaxed);
+                }
+                add(&e.get().tally)
             }
-            Entry::Occupied(_) => analysis.tally.add(duration, rows, error, cache_hit),
             Entry::Vacant(v) => {
                 analysis.tally.listed.store(true, Relaxed);
-                analysis.tally.add(duration, rows, error, cache_hit);
+                add(&analysis.tally);
                 v.insert(analysis.clone());
             }
         }
@@ -212,6 +212,11 @@ mod tests {
     use super::*;
     use crate::sql::Analyzer;
 
+    /// One successful execution of `sql` taking `d`, with no rows.
+    fn run(s: &QueryStats, a: &Analyzer, sql: &str, d: Duration) {
+        s.record(&a.analyze(sql).analysis, d, 0, false, false);
+    }
+
     #[test]
     fn executions_aggregate_per_fingerprint_and_the_table_stays_bounded() {
         let a = Analyzer::new(100);
@@ -231,12 +236,11 @@ mod tests {
         assert_eq!((top[0].calls, top[0].rows), (5, 5));
         assert!((top[0].mean_ms - 2.0).abs() < 1e-9);
         for i in 0..50 {
-            s.record(
-                &a.analyze(&format!("SELECT c{i} FROM t")).analysis,
+            run(
+                &s,
+                &a,
+                &format!("SELECT c{i} FROM t"),
                 Duration::from_micros(1),
-                0,
-                false,
-                false,
             );
         }
         assert!(s.entries.len() <= 10);
@@ -267,12 +271,11 @@ mod tests {
         let cheap = a.analyze("SELECT cheap FROM t").analysis;
         s.record(&cheap, Duration::from_nanos(1), 0, false, false);
         for i in 0..10 {
-            s.record(
-                &a.analyze(&format!("SELECT c{i} FROM t")).analysis,
+            run(
+                &s,
+                &a,
+                &format!("SELECT c{i} FROM t"),
                 Duration::from_millis(1),
-                0,
-                false,
-                false,
             );
         }
         assert!(
