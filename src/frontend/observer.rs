@@ -308,7 +308,14 @@ impl Observer {
         }
         let kind = p.known.analysis.kind;
         let (sinks, origin) = (&self.sinks, &self.origin);
-        let (count, hist) = self.kind_metrics[kind as usize].get_or_insert_with(|| {
+        // (an index past the array, were a kind added without KINDS, would
+        // only cost the cached handles: the metrics are looked up each time)
+        let mut uncached = None;
+        let slot = match self.kind_metrics.get_mut(kind as usize) {
+            Some(slot) => slot,
+            None => &mut uncached,
+        };
+        let (count, hist) = slot.get_or_insert_with(|| {
             (
                 sinks.metrics.queries_total.with_label_values(&[
                     &origin.database,

@@ -1270,6 +1270,7 @@ impl Session {
                     self.settings_changes
                         .ready(self.state.tx, &mut self.settings);
                 }
+                b'E' => self.settings_changes.failed(),
                 b'S' => {
                     self.settings_changes
                         .reported(&msg[5..], &mut self.settings);

@@ -9,9 +9,8 @@
 //! last poll completed (a completed read leaves no waker behind; only a
 //! poll that found nothing registers one).
 
-use atomic_waker::AtomicWaker;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 /// The reads of one socket, polled with a waker of their own.
@@ -23,8 +22,10 @@ pub struct Source {
 struct Inner {
     /// woken since the last poll, or that poll completed
     due: AtomicBool,
-    /// the session task's waker
-    task: AtomicWaker,
+    /// the session task's waker, once a poll left it; a wake-up wakes it by
+    /// reference and leaves it there, so a source that is not due never
+    /// needs it registered again
+    task: Mutex<Option<Waker>>,
 }
 
 impl Wake for Inner {
@@ -33,10 +34,17 @@ impl Wake for Inner {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // due before the task's waker is taken: a source that is not due
-        // still holds it
         self.due.store(true, Ordering::SeqCst);
-        self.task.wake();
+        self.wake_task();
+    }
+}
+
+impl Inner {
+    fn wake_task(&self) {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = task.as_ref() {
+            w.wake_by_ref();
+        }
     }
 }
 
@@ -51,7 +59,7 @@ impl Source {
     pub fn new() -> Source {
         let inner = Arc::new(Inner {
             due: AtomicBool::new(true),
-            task: AtomicWaker::new(),
+            task: Mutex::new(None),
         });
         let waker = Waker::from(inner.clone());
         Source { inner, waker }
@@ -75,11 +83,10 @@ impl Source {
     /// `select!` is polled again on every wake-up of the select, so this
     /// check belongs in the poll, not in the branch's precondition.)
     ///
-    /// The task's waker is registered only when the source is due: a
-    /// source that is not due has not been woken since its last
-    /// registration, so it still holds the waker (a wake-up takes it, and
-    /// marks the source due first). This assumes what a tokio task gives:
-    /// the same waker on every poll of the session.
+    /// The task's waker is kept when the source is due (a wake-up does not
+    /// take it away), so a source that is not due returns at once without
+    /// looking at `cx`. This relies on what a tokio task gives the session:
+    /// the same waker on every poll.
     #[inline]
     pub fn poll<T>(
         &self,
@@ -89,10 +96,15 @@ impl Source {
         if !self.due() {
             return Poll::Pending;
         }
-        // cleared before the registration and the poll: a wake-up during
-        // either sets it again (and takes the waker only after that)
+        // cleared before the poll: a wake-up during it sets it again
         self.inner.due.store(false, Ordering::SeqCst);
-        self.inner.task.register(cx.waker());
+        {
+            let mut task = self.inner.task.lock().unwrap_or_else(|e| e.into_inner());
+            match task.as_ref() {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *task = Some(cx.waker().clone()),
+            }
+        }
         let r = read(&mut Context::from_waker(&self.waker));
         if r.is_ready() {
             self.inner.due.store(true, Ordering::SeqCst);
@@ -149,5 +161,42 @@ mod tests {
         assert!(!s.due());
         s.reset();
         assert!(s.due(), "another socket");
+    }
+
+    #[test]
+    fn a_wake_up_split_around_a_poll_loses_no_later_wake_up() {
+        // another thread's wake-up is two steps (mark the source due, wake
+        // the task); the session polls the source between them. Its next
+        // poll finds the source not due, and the socket's next wake-up must
+        // still reach the task.
+        let task = Arc::new(Count(AtomicUsize::new(0)));
+        let task_waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&task_waker);
+        let s = Source::new();
+        let mut socket = None;
+        assert!(s
+            .poll(&mut cx, |cx| {
+                socket = Some(cx.waker().clone());
+                Poll::<()>::Pending
+            })
+            .is_pending());
+        s.inner.due.store(true, Ordering::SeqCst); // the first step
+        assert!(s
+            .poll(&mut cx, |_| {
+                s.inner.wake_task(); // the second, during the read
+                Poll::<()>::Pending
+            })
+            .is_pending());
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert!(
+            s.poll(&mut cx, |_| Poll::<()>::Ready(())).is_pending(),
+            "not due"
+        );
+        socket.unwrap().wake();
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            2,
+            "the socket's next wake-up reached the task"
+        );
     }
 }

@@ -138,7 +138,15 @@ impl QueryStats {
     /// `add` counts it on the tally that is listed for its fingerprint.
     #[cold]
     fn record_unlisted(&self, analysis: &Arc<Analysis>, add: impl Fn(&Tally)) {
-        if !self.entries.contains_key(&analysis.fingerprint) && self.entries.len() >= self.limit {
+        // another object of a listed fingerprint (every execution of it
+        // comes here): one shared lookup
+        if let Some(listed) = self.entries.get(&analysis.fingerprint) {
+            if !Arc::ptr_eq(listed.value(), analysis) {
+                add(&listed.tally);
+                return;
+            }
+        }
+        if self.entries.len() >= self.limit {
             self.evict();
         }
         match self.entries.entry(analysis.fingerprint) {
