@@ -535,6 +535,11 @@ pub fn pgbench(url: &str, args: &[&str]) -> (bool, Option<u64>, String) {
         .arg(url)
         .output()
         .unwrap();
+    pgbench_result(&out)
+}
+
+/// Whether pgbench succeeded, its failed transactions and its output.
+fn pgbench_result(out: &std::process::Output) -> (bool, Option<u64>, String) {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -546,6 +551,32 @@ pub fn pgbench(url: &str, args: &[&str]) -> (bool, Option<u64>, String) {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok());
     (out.status.success(), failed, text)
+}
+
+/// [`pgbench`], killed at `deadline`: `None` when it had not finished by then
+/// (a client left waiting).
+pub fn pgbench_within(
+    url: &str,
+    args: &[&str],
+    deadline: std::time::Duration,
+) -> Option<(bool, Option<u64>, String)> {
+    let mut child = Command::new("pgbench")
+        .args(args)
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Some(pgbench_result(&child.wait_with_output().unwrap()))
 }
 
 /// Loads `url` in headless Chromium and returns the DOM after rendering.
