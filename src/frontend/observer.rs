@@ -184,7 +184,7 @@ impl Observer {
                         .is_some_and(|d| d.needs_example(a.analysis.fingerprint, now));
                     let known = Known {
                         analysis: a.analysis,
-                        text: keep.then(|| Arc::from(&*utf8(stmt))),
+                        text: keep.then(|| Arc::from(&*String::from_utf8_lossy(stmt))),
                         values: a.values,
                     };
                     pending.push_back(Pending {
@@ -204,7 +204,7 @@ impl Observer {
                             return;
                         }
                     }
-                    let known = self.known(&utf8(p.query), true, now);
+                    let known = self.known(&String::from_utf8_lossy(p.query), true, now);
                     self.statements.insert(p.name, known);
                 }
             }
@@ -402,14 +402,5 @@ impl Observer {
                 Self::report(&self.sinks, &self.origin, &mut self.burst_counter, &b);
             }
         }
-    }
-}
-
-/// SQL text as `str`: valid UTF-8 (all but always) is borrowed after the
-/// fast check; anything else is repaired with replacement characters.
-fn utf8(b: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(b) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(b),
     }
 }

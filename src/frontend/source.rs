@@ -125,22 +125,35 @@ mod tests {
         }
     }
 
+    /// A task that counts its wake-ups, and its waker.
+    fn counting_task() -> (Arc<Count>, Waker) {
+        let task = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        (task, waker)
+    }
+
+    /// Polls `s` with a read that finds nothing and returns the waker that
+    /// read was given (what the socket would wake).
+    fn poll_finding_nothing(s: &Source, cx: &mut Context<'_>) -> Waker {
+        let mut kept = None;
+        assert!(s
+            .poll(cx, |cx| {
+                kept = Some(cx.waker().clone());
+                Poll::<()>::Pending
+            })
+            .is_pending());
+        kept.unwrap()
+    }
+
     #[test]
     fn due_until_a_poll_finds_nothing_then_again_when_woken() {
-        let task = Arc::new(Count(AtomicUsize::new(0)));
-        let task_waker = Waker::from(task.clone());
+        let (task, task_waker) = counting_task();
         let mut cx = Context::from_waker(&task_waker);
         let s = Source::new();
         assert!(s.due(), "never polled");
         assert!(s.poll(&mut cx, |_| Poll::Ready(())).is_ready());
         assert!(s.due(), "a completed read registered no waker");
-        let mut kept = None;
-        assert!(s
-            .poll(&mut cx, |cx| {
-                kept = Some(cx.waker().clone());
-                Poll::<()>::Pending
-            })
-            .is_pending());
+        let socket = poll_finding_nothing(&s, &mut cx);
         assert!(!s.due(), "nothing until the socket wakes it");
         let mut polled = false;
         assert!(s
@@ -150,7 +163,7 @@ mod tests {
             })
             .is_pending());
         assert!(!polled, "not due: the read is not polled");
-        kept.unwrap().wake();
+        socket.wake();
         assert!(s.due(), "woken");
         assert_eq!(task.0.load(Ordering::SeqCst), 1, "the task was woken");
         assert!(
@@ -169,17 +182,10 @@ mod tests {
         // the task); the session polls the source between them. Its next
         // poll finds the source not due, and the socket's next wake-up must
         // still reach the task.
-        let task = Arc::new(Count(AtomicUsize::new(0)));
-        let task_waker = Waker::from(task.clone());
+        let (task, task_waker) = counting_task();
         let mut cx = Context::from_waker(&task_waker);
         let s = Source::new();
-        let mut socket = None;
-        assert!(s
-            .poll(&mut cx, |cx| {
-                socket = Some(cx.waker().clone());
-                Poll::<()>::Pending
-            })
-            .is_pending());
+        let socket = poll_finding_nothing(&s, &mut cx);
         s.inner.due.store(true, Ordering::SeqCst); // the first step
         assert!(s
             .poll(&mut cx, |_| {
@@ -192,7 +198,7 @@ mod tests {
             s.poll(&mut cx, |_| Poll::<()>::Ready(())).is_pending(),
             "not due"
         );
-        socket.unwrap().wake();
+        socket.wake();
         assert_eq!(
             task.0.load(Ordering::SeqCst),
             2,
