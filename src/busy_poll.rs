@@ -95,15 +95,15 @@ mod tests {
         let b = BusyPoll::new(Duration::from_millis(20));
         let task = tokio::spawn(b.clone().run());
         b.touch();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        crate::timer::sleep(Duration::from_millis(5)).await;
         assert!(b.spinning.load(Ordering::Relaxed));
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        crate::timer::sleep(Duration::from_millis(60)).await;
         assert!(
             !b.spinning.load(Ordering::Relaxed),
             "stopped after the window"
         );
         b.touch();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        crate::timer::sleep(Duration::from_millis(5)).await;
         assert!(
             b.spinning.load(Ordering::Relaxed),
             "woken by the next event"

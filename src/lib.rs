@@ -23,3 +23,4 @@ pub mod protocol;
 pub mod runtime;
 pub mod sql;
 pub mod stats;
+pub mod timer;

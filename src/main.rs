@@ -74,7 +74,8 @@ fn main() -> ExitCode {
         b.worker_threads(workers);
         b
     };
-    let rt = match builder.enable_all().build() {
+    // No time driver: timers live on the control thread (src/timer.rs).
+    let rt = match builder.enable_io().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -32,7 +32,16 @@ pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("admin.listen: cannot bind {}: {e}", config.admin_listen))?;
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, "pgsift {} started", env!("CARGO_PKG_VERSION"));
 
-    tokio::spawn(crate::admin::http::serve(app.clone(), admin_listener));
+    // axum uses tokio's timers itself: the admin server runs on the control
+    // thread, whose runtime has them (its listener is moved there)
+    let admin_listener = admin_listener.into_std()?;
+    let admin_app = app.clone();
+    crate::timer::control().spawn(async move {
+        match TcpListener::from_std(admin_listener) {
+            Ok(l) => crate::admin::http::serve(admin_app, l).await,
+            Err(e) => tracing::error!("admin.listen: {e}"),
+        }
+    });
     tokio::spawn(upkeep(app.clone()));
     tokio::spawn(app.busy_poll.clone().run());
     tokio::spawn(probe_upstreams(app.clone()));
@@ -48,7 +57,7 @@ pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         "draining: waiting up to {:?} for in-flight transactions",
         timeout
     );
-    if tokio::time::timeout(timeout, app.all_clients_gone())
+    if crate::timer::timeout(timeout, app.all_clients_gone())
         .await
         .is_err()
     {
@@ -115,7 +124,7 @@ pub fn reload(app: &App, source: &ConfigSource) {
 
 /// Once a second: every pool closes what it should and opens min_pool_size.
 async fn upkeep(app: Arc<App>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = crate::timer::interval(Duration::from_secs(1));
     let mut shutdown = app.shutdown_signal();
     loop {
         tokio::select! {
@@ -149,7 +158,7 @@ async fn probe_upstreams(app: Arc<App>) {
     while !app.upstream_answered.load(Ordering::Relaxed) && !app.is_shutting_down() {
         let config = app.config();
         for d in config.databases.values() {
-            if let Ok(Ok(_)) = tokio::time::timeout(
+            if let Ok(Ok(_)) = crate::timer::timeout(
                 Duration::from_secs(1),
                 crate::backend::socket::ServerStream::connect(&d.host, d.port),
             )
@@ -159,6 +168,6 @@ async fn probe_upstreams(app: Arc<App>) {
                 break;
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        crate::timer::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -217,7 +217,7 @@ async fn pause(app: &Arc<App>, db: Option<&str>) -> Reply {
                 format!("paused, but {active} server(s) are still in use after {limit:?} (session-mode clients keep theirs)"),
             );
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        crate::timer::sleep(Duration::from_millis(10)).await;
     }
 }
 

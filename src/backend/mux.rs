@@ -383,7 +383,7 @@ impl Lane {
                         return co;
                     }
                 }
-                match tokio::time::timeout(LANE_IDLE, self.rx.recv()).await {
+                match crate::timer::timeout(LANE_IDLE, self.rx.recv()).await {
                     Ok(Some(req)) => {
                         self.enqueue(req, &mut co, &mut wbuf);
                         continue;

@@ -230,7 +230,7 @@ impl Pool {
         let acquired = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => Ok(Ok(slot)),
             Err(_) => {
-                tokio::time::timeout(
+                crate::timer::timeout(
                     settings.checkout_timeout,
                     self.slots.clone().acquire_owned(),
                 )

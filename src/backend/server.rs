@@ -114,7 +114,7 @@ impl ServerConnection {
         timeout: Duration,
     ) -> Result<ServerConnection, ServerError> {
         let addr = super::socket::describe(&target.host, target.port);
-        tokio::time::timeout(timeout, Self::connect_inner(target, &addr))
+        crate::timer::timeout(timeout, Self::connect_inner(target, &addr))
             .await
             .map_err(|_| ServerError::ConnectTimeout(addr.clone()))?
     }
@@ -399,7 +399,7 @@ pub fn quote_ident(s: &str) -> String {
 
 /// Sends a CancelRequest for a server process.
 pub async fn send_cancel(addr: &ServerAddr, pid: i32, secret: i32) -> std::io::Result<()> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), ServerStream::reconnect(addr))
+    let mut stream = crate::timer::timeout(Duration::from_secs(5), ServerStream::reconnect(addr))
         .await
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect timed out")
@@ -409,7 +409,7 @@ pub async fn send_cancel(addr: &ServerAddr, pid: i32, secret: i32) -> std::io::R
     stream.write_all(&buf).await?;
     // Postgres closes the connection after reading the request.
     let mut sink = [0u8; 16];
-    let _ = tokio::time::timeout(
+    let _ = crate::timer::timeout(
         Duration::from_secs(2),
         tokio::io::AsyncReadExt::read(&mut stream, &mut sink),
     )

@@ -152,7 +152,8 @@ impl RedisStore {
                         )?)
                     }
                     Target::Cluster(client) => Connection::Cluster(
-                        tokio::time::timeout(CALL_TIMEOUT, client.get_async_connection()).await??,
+                        crate::timer::timeout(CALL_TIMEOUT, client.get_async_connection())
+                            .await??,
                     ),
                 })
             })
@@ -354,7 +355,7 @@ impl RedisStore {
     /// round succeeds with no failure after it started.
     async fn repair(self: Arc<Self>) {
         loop {
-            tokio::time::sleep(REPAIR_EVERY).await;
+            crate::timer::sleep(REPAIR_EVERY).await;
             let seen = self.repair.lock().failures;
             let dbs: Vec<Arc<str>> = self.databases.lock().iter().cloned().collect();
             let bumped = within(async {
@@ -393,11 +394,14 @@ impl RedisStore {
     }
 }
 
-/// Runs Redis work under the deadline of one cache call.
+/// Runs Redis work under the deadline of one cache call. The Redis client
+/// uses tokio's timers itself (its own timeouts, reconnect backoff), so its
+/// work runs in the control thread's context: its connection and tasks live
+/// there (src/timer.rs).
 async fn within<T>(
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    tokio::time::timeout(CALL_TIMEOUT, work)
+    crate::timer::timeout(CALL_TIMEOUT, crate::timer::on_control(work))
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
 }

@@ -27,7 +27,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                crate::timer::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -53,7 +53,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
 async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAddr) {
     let login_timeout = app.config().pool.client_login_timeout;
     let login =
-        match tokio::time::timeout(login_timeout, handshake(&app, ClientStream::Plain(socket)))
+        match crate::timer::timeout(login_timeout, handshake(&app, ClientStream::Plain(socket)))
             .await
         {
             Err(_) => {
@@ -97,7 +97,7 @@ async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAd
 /// and answer with Postgres's own 53300 error.
 async fn refuse_too_many(app: Arc<App>, mut socket: TcpStream) {
     let timeout = app.config().pool.client_login_timeout;
-    let _ = tokio::time::timeout(timeout, async {
+    let _ = crate::timer::timeout(timeout, async {
         let mut len = [0u8; 4];
         loop {
             socket.read_exact(&mut len).await?;

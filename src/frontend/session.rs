@@ -160,7 +160,7 @@ pub async fn return_server(pool: &Pool, mut co: Checkout, state: ServerState, mo
         }
         Ok::<u8, crate::backend::ServerError>(tx)
     };
-    match tokio::time::timeout(RESET_TIMEOUT, reset).await {
+    match crate::timer::timeout(RESET_TIMEOUT, reset).await {
         Ok(Ok(b'I')) => pool.checkin(co),
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => pool.discard(co),
     }
@@ -476,7 +476,7 @@ impl Session {
         // statements in quick succession cost no timer work. It may fire
         // early (bursts went on); then only the bursts whose gap really
         // passed end, and it is armed again.
-        let mut burst_timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
+        let mut burst_timer = std::pin::pin!(crate::timer::sleep(Duration::from_secs(3600)));
         let mut timer_at: Option<Mono> = None;
         // Once polled, the armed timer holds this task's waker and wakes it
         // when it fires; until then `is_elapsed` answers without a poll.
@@ -718,7 +718,7 @@ impl Session {
                 }
                 let _ = cw.flush().await;
             };
-            let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+            let _ = crate::timer::timeout(Duration::from_secs(2), flush).await;
         }
         let _ = cw.shutdown().await;
         to_client.clear();
@@ -1063,7 +1063,7 @@ impl Session {
                     // another session is fetching the same result: wait for
                     // it (bounded), then look again
                     let _ =
-                        tokio::time::timeout(SINGLE_FLIGHT_WAIT, rx.wait_for(|done| *done)).await;
+                        crate::timer::timeout(SINGLE_FLIGHT_WAIT, rx.wait_for(|done| *done)).await;
                     found = sc.cache.lookup(key, &sc.db, &a.reads).await;
                 }
             }
