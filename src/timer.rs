@@ -4,9 +4,10 @@
 //! every park of the runtime (two per statement for a lone client: one
 //! waiting for the server, one for the client's next statement) locks the
 //! timer wheel, looks for its next expiry, reads the clock twice and
-//! processes the wheel on waking: about 500 instructions a park, measured
-//! with callgrind, about a sixth of pgsift's own work per statement at one
-//! client. Without it the runtime parks straight in `epoll_wait`.
+//! processes the wheel on waking: about 570 instructions a park, measured
+//! with callgrind, about a sixth of pgsift's user-space instructions per
+//! statement at one client. Without it the runtime parks straight in
+//! `epoll_wait`.
 //!
 //! Timers live on the *control thread* instead: a small runtime of its own
 //! (time and I/O) that sleeps while no timer is due. A timer made here
