@@ -135,6 +135,73 @@ impl ServerState {
     }
 }
 
+/// The parts of a session that every server message updates, whichever
+/// path framed it (plain, pipelined or multiplexed): the observer, the
+/// cache, the transaction state and the settings tracker.
+struct ServerSide<'a> {
+    observer: &'a mut Observer,
+    cache: &'a mut Option<SessionCache>,
+    state: &'a mut ServerState,
+    settings_changes: &'a mut SettingsTracker,
+    settings: &'a mut Vec<(String, String)>,
+    transactions: &'a IntCounter,
+}
+
+/// A session's [`ServerSide`]: a borrow of those fields only, so that the
+/// session's server may stay borrowed beside it.
+macro_rules! server_side {
+    ($session:expr) => {
+        ServerSide {
+            observer: &mut $session.observer,
+            cache: &mut $session.cache,
+            state: &mut $session.state,
+            settings_changes: &mut $session.settings_changes,
+            settings: &mut $session.settings,
+            transactions: &$session.transactions,
+        }
+    };
+}
+
+/// What a server message was, for the framing path's own bookkeeping.
+enum Seen {
+    /// ReadyForQuery; `settings_changed`: the client's settings changed
+    /// with it
+    Ready {
+        settings_changed: bool,
+    },
+    /// ParameterStatus
+    Parameter,
+    Other,
+}
+
+impl ServerSide<'_> {
+    #[inline(always)]
+    fn message(&mut self, tag: u8, msg: &[u8], now: Mono) -> Seen {
+        self.observer.server_message(tag, now);
+        if let Some(sc) = self.cache.as_mut() {
+            sc.take_effects(&mut self.observer.effects);
+            sc.server_message(tag, msg);
+        }
+        match tag {
+            b'G' => self.state.copy_in_started(),
+            b'Z' if msg.len() == 6 => {
+                if self.state.ready(msg[5]) {
+                    self.transactions.inc();
+                }
+                let settings_changed = self.settings_changes.ready(msg[5], self.settings);
+                return Seen::Ready { settings_changed };
+            }
+            b'E' => self.settings_changes.failed(),
+            b'S' => {
+                self.settings_changes.reported(&msg[5..], self.settings);
+                return Seen::Parameter;
+            }
+            _ => {}
+        }
+        Seen::Other
+    }
+}
+
 /// Hands a server back after its client is done with it: a server with work
 /// in flight is cancelled and closed; one inside a transaction is rolled
 /// back; in session mode it also gets `DISCARD ALL`. Anything that fails or
@@ -827,27 +894,13 @@ impl Session {
             .map_err(|e| End::ServerProtocol(e.to_string()))?
         {
             let msg = &chunk[pos..pos + total];
-            self.observer.server_message(tag, now);
-            if let Some(sc) = self.cache.as_mut() {
-                sc.take_effects(&mut self.observer.effects);
-                sc.server_message(tag, msg);
-            }
-            match tag {
-                b'Z' if total == 6 => {
-                    if self.state.ready(msg[5]) {
-                        self.transactions.inc();
-                        self.multiplexed.inc();
-                    }
-                    self.settings_changes.ready(msg[5], &mut self.settings);
-                    self.mux_replies = None;
-                    self.cancel.clear();
-                    self.info.set(ClientState::Idle, None);
+            if let Seen::Ready { .. } = server_side!(self).message(tag, msg, now) {
+                if self.state.tx == b'I' {
+                    self.multiplexed.inc();
                 }
-                b'E' => self.settings_changes.failed(),
-                b'S' => self
-                    .settings_changes
-                    .reported(&msg[5..], &mut self.settings),
-                _ => {}
+                self.mux_replies = None;
+                self.cancel.clear();
+                self.info.set(ClientState::Idle, None);
             }
             pos += total;
         }
@@ -1203,33 +1256,14 @@ impl Session {
         };
         if pipelined {
             let mut out = Vec::new();
-            let state = &mut self.state;
-            let tracker = &mut self.settings_changes;
-            let settings = &mut self.settings;
-            let observer = &mut self.observer;
-            let cache = &mut self.cache;
-            let transactions = &self.transactions;
+            let mut side = server_side!(self);
             let now = Mono::now();
             let mut changed = false;
             let routed = self
                 .pipeline
                 .server_messages(&mut co.server, &mut out, |tag, msg| {
-                    observer.server_message(tag, now);
-                    if let Some(sc) = cache.as_mut() {
-                        sc.take_effects(&mut observer.effects);
-                        sc.server_message(tag, msg);
-                    }
-                    match tag {
-                        b'G' => state.copy_in_started(),
-                        b'Z' if msg.len() == 6 => {
-                            if state.ready(msg[5]) {
-                                transactions.inc();
-                            }
-                            changed |= tracker.ready(msg[5], settings);
-                        }
-                        b'E' => tracker.failed(),
-                        b'S' => tracker.reported(&msg[5..], settings),
-                        _ => {}
+                    if let Seen::Ready { settings_changed } = side.message(tag, msg, now) {
+                        changed |= settings_changed;
                     }
                 });
             if changed {
@@ -1245,6 +1279,7 @@ impl Session {
             return routed.map_err(|t| End::ServerProtocol(FrameError::UnknownType(t).to_string()));
         }
         let server = &mut co.server;
+        let mut side = server_side!(self);
         let mut end = 0;
         let now = Mono::now();
         // the buffer is read in place: one slice for the whole batch, each
@@ -1255,30 +1290,15 @@ impl Session {
         {
             let msg = &buf[end..end + total];
             end += total;
-            self.observer.server_message(tag, now);
-            if let Some(sc) = self.cache.as_mut() {
-                sc.take_effects(&mut self.observer.effects);
-                sc.server_message(tag, msg);
-            }
-            match tag {
-                b'D' | b'C' | b'T' | b'1' | b'2' | b'3' | b'n' | b's' | b'N' | b'A' => {}
-                b'G' => self.state.copy_in_started(),
-                b'Z' if total == 6 => {
-                    if self.state.ready(msg[5]) {
-                        self.transactions.inc();
-                    }
-                    self.settings_changes
-                        .ready(self.state.tx, &mut self.settings);
-                }
-                b'E' => self.settings_changes.failed(),
-                b'S' => {
-                    self.settings_changes
-                        .reported(&msg[5..], &mut self.settings);
+            match side.message(tag, msg, now) {
+                Seen::Parameter => {
                     server.synced = None;
                     note_parameter_status(&mut server.params, &mut server.applied, &msg[5..])
                 }
-                t if !is_backend_type(t) => {
-                    return Err(End::ServerProtocol(FrameError::UnknownType(t).to_string()))
+                Seen::Other if !is_backend_type(tag) => {
+                    return Err(End::ServerProtocol(
+                        FrameError::UnknownType(tag).to_string(),
+                    ))
                 }
                 _ => {}
             }
