@@ -74,8 +74,15 @@ fn main() -> ExitCode {
         b.worker_threads(workers);
         b
     };
-    // No time driver: timers live on the control thread (src/timer.rs).
-    let rt = match builder.enable_io().build() {
+    // No time driver: pgsift's timers live on the control thread
+    // (src/timer.rs). The Redis client uses tokio's timers in its own code
+    // and runs in the sessions that call it, so with the Redis cache backend
+    // (fixed at start) the runtime keeps its time driver.
+    builder.enable_io();
+    if config.cache.backend == "redis" {
+        builder.enable_time();
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

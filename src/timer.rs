@@ -18,17 +18,20 @@
 //! of the control thread when the new timer is due before anything it already
 //! waits for.
 //!
-//! The control thread also runs the code whose libraries use tokio's timers
-//! themselves, which would panic on the session runtime: the admin HTTP
-//! server and the Redis client ([`on_control`]).
+//! The control thread also runs the admin HTTP server, whose library (axum)
+//! uses tokio's timers itself. The Redis client does too, but it stays with
+//! the sessions that call it: with the Redis cache backend the session
+//! runtime keeps its time driver (main.rs), because a hop to another thread
+//! on every Redis call cost more than the time driver does (BENCHMARKS.md
+//! round 12).
 //!
 //! Every timer in pgsift comes from this module; `tokio::time::{sleep,
-//! timeout, interval}` would panic on the session runtime.
+//! timeout, interval}` would panic on the session runtime (clippy.toml
+//! disallows them outside this module).
+#![allow(clippy::disallowed_methods)]
 
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
+use std::future::IntoFuture;
 use std::sync::OnceLock;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::time::{Instant, Interval, Sleep, Timeout};
@@ -72,31 +75,6 @@ pub fn timeout<F: IntoFuture>(duration: Duration, future: F) -> Timeout<F::IntoF
 pub fn interval(period: Duration) -> Interval {
     let _in = control().enter();
     tokio::time::interval(period)
-}
-
-/// Polls `future` in the control runtime's context: the timers it makes are
-/// the control thread's, and so are the tasks it spawns and the sockets it
-/// opens (their I/O is then driven by the control thread). For libraries that
-/// use tokio's timers internally (the Redis client).
-pub fn on_control<F: Future>(future: F) -> OnControl<F> {
-    OnControl { future }
-}
-
-pin_project_lite::pin_project! {
-    /// See [`on_control`].
-    pub struct OnControl<F> {
-        #[pin]
-        future: F,
-    }
-}
-
-impl<F: Future> Future for OnControl<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let _in = control().enter();
-        self.project().future.poll(cx)
-    }
 }
 
 #[cfg(test)]
@@ -148,17 +126,5 @@ mod tests {
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(50), "{took:?}");
         assert!(took < Duration::from_secs(5), "{took:?}");
-    }
-
-    #[test]
-    fn tokio_timers_inside_on_control_work_without_a_time_driver() {
-        io_only().block_on(async {
-            // what a library with its own tokio::time::timeout does
-            let r = on_control(async {
-                tokio::time::timeout(Duration::from_millis(10), std::future::pending::<()>()).await
-            })
-            .await;
-            assert!(r.is_err());
-        });
     }
 }

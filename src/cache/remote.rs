@@ -395,13 +395,13 @@ impl RedisStore {
 }
 
 /// Runs Redis work under the deadline of one cache call. The Redis client
-/// uses tokio's timers itself (its own timeouts, reconnect backoff), so its
-/// work runs in the control thread's context: its connection and tasks live
-/// there (src/timer.rs).
+/// uses tokio's timers itself (its own timeouts, reconnect backoff): pgsift
+/// keeps the session runtime's time driver when the cache backend is Redis
+/// (main.rs), and the connection's tasks run beside the sessions.
 async fn within<T>(
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    crate::timer::timeout(CALL_TIMEOUT, crate::timer::on_control(work))
+    crate::timer::timeout(CALL_TIMEOUT, work)
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
 }
