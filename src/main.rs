@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     // and runs in the sessions that call it, so with the Redis cache backend
     // (fixed at start) the runtime keeps its time driver.
     builder.enable_io();
-    if config.cache.backend == "redis" {
+    if config.session_runtime_timers() {
         builder.enable_time();
     }
     let rt = match builder.build() {

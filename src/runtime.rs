@@ -32,16 +32,23 @@ pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("admin.listen: cannot bind {}: {e}", config.admin_listen))?;
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, "pgsift {} started", env!("CARGO_PKG_VERSION"));
 
-    // axum uses tokio's timers itself: the admin server runs on the control
-    // thread, whose runtime has them (its listener is moved there)
-    let admin_listener = admin_listener.into_std()?;
-    let admin_app = app.clone();
-    crate::timer::control().spawn(async move {
-        match TcpListener::from_std(admin_listener) {
-            Ok(l) => crate::admin::http::serve(admin_app, l).await,
-            Err(e) => tracing::error!("admin.listen: {e}"),
-        }
-    });
+    // axum uses tokio's timers itself. Without the session runtime's time
+    // driver, the admin server runs on the control thread (its listener is
+    // moved there). With it (the Redis backend), the server stays here: a
+    // scrape's Redis call (the bytes gauge) must not open the Redis
+    // connection on another thread, where every session's call would follow.
+    if config.session_runtime_timers() {
+        tokio::spawn(crate::admin::http::serve(app.clone(), admin_listener));
+    } else {
+        let admin_listener = admin_listener.into_std()?;
+        let admin_app = app.clone();
+        crate::timer::control().spawn(async move {
+            match TcpListener::from_std(admin_listener) {
+                Ok(l) => crate::admin::http::serve(admin_app, l).await,
+                Err(e) => tracing::error!("admin.listen: {e}"),
+            }
+        });
+    }
     tokio::spawn(upkeep(app.clone()));
     tokio::spawn(app.busy_poll.clone().run());
     tokio::spawn(probe_upstreams(app.clone()));

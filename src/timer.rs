@@ -23,7 +23,8 @@
 //! the sessions that call it: with the Redis cache backend the session
 //! runtime keeps its time driver (main.rs), because a hop to another thread
 //! on every Redis call cost more than the time driver does (BENCHMARKS.md
-//! round 12).
+//! round 12); the admin server then stays on the session runtime as well
+//! (runtime.rs), so that its Redis calls do not open the connection here.
 //!
 //! Every timer in pgsift comes from this module; `tokio::time::{sleep,
 //! timeout, interval}` would panic on the session runtime (clippy.toml

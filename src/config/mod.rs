@@ -280,6 +280,13 @@ impl Config {
         Self::parse(&text)
     }
 
+    /// True when the session runtime needs tokio's time driver: the Redis
+    /// client (`cache.backend: redis`) uses tokio's timers in its own code.
+    /// Otherwise pgsift's timers live on the control thread (src/timer.rs).
+    pub fn session_runtime_timers(&self) -> bool {
+        self.cache.backend == "redis"
+    }
+
     /// The number of runtime worker threads to start.
     pub fn effective_worker_threads(&self) -> usize {
         if self.worker_threads > 0 {
