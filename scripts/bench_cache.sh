@@ -33,8 +33,11 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
-  --dir "$OUT" >"$OUT/redis.log" 2>&1 &
+# setsid: with the kernel's autogroup scheduling (kernel.sched_autogroup_enabled=1),
+# a process started from this script would share pgbench's CPU share; Redis and
+# pgsift run as services of their own, as PostgreSQL does (see bench.sh)
+setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+  --dir "$OUT" >"$OUT/redis.log" 2>&1 < /dev/null &
 pids+=($!)
 
 start_pgsift() { # name port admin backend
@@ -57,7 +60,7 @@ cache:
     - tables: [users, posts, comments]
       ttl: 600s
 YAML
-  "$PGSIFT_BIN" --config "$cfg" >"$OUT/$name.log" 2>&1 &
+  setsid "$PGSIFT_BIN" --config "$cfg" >"$OUT/$name.log" 2>&1 < /dev/null &
   pids+=($!)
   for _ in $(seq 100); do curl -sf "http://$admin/readyz" >/dev/null && return; sleep 0.1; done
   echo "$name did not become ready" >&2; cat "$OUT/$name.log" >&2; exit 1
