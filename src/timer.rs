@@ -35,7 +35,7 @@ use std::future::IntoFuture;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::runtime::Handle;
-use tokio::time::{Instant, Interval, Sleep, Timeout};
+use tokio::time::{Interval, Sleep, Timeout};
 
 /// The control thread's runtime, started on first use.
 pub fn control() -> &'static Handle {
@@ -60,12 +60,6 @@ pub fn sleep(duration: Duration) -> Sleep {
     tokio::time::sleep(duration)
 }
 
-/// [`tokio::time::sleep_until`], on the control thread's wheel.
-pub fn sleep_until(deadline: Instant) -> Sleep {
-    let _in = control().enter();
-    tokio::time::sleep_until(deadline)
-}
-
 /// [`tokio::time::timeout`], on the control thread's wheel.
 pub fn timeout<F: IntoFuture>(duration: Duration, future: F) -> Timeout<F::IntoFuture> {
     let _in = control().enter();
@@ -81,6 +75,7 @@ pub fn interval(period: Duration) -> Interval {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant;
 
     /// A runtime like the session runtime: I/O, no time driver.
     fn io_only() -> tokio::runtime::Runtime {

@@ -164,9 +164,10 @@ macro_rules! server_side {
 
 /// What a server message was, for the framing path's own bookkeeping.
 enum Seen {
-    /// ReadyForQuery; `settings_changed`: the client's settings changed
-    /// with it
+    /// ReadyForQuery; `ended`: it ended a transaction (status `I`);
+    /// `settings_changed`: the client's settings changed with it
     Ready {
+        ended: bool,
         settings_changed: bool,
     },
     /// ParameterStatus
@@ -185,11 +186,15 @@ impl ServerSide<'_> {
         match tag {
             b'G' => self.state.copy_in_started(),
             b'Z' if msg.len() == 6 => {
-                if self.state.ready(msg[5]) {
+                let ended = self.state.ready(msg[5]);
+                if ended {
                     self.transactions.inc();
                 }
                 let settings_changed = self.settings_changes.ready(msg[5], self.settings);
-                return Seen::Ready { settings_changed };
+                return Seen::Ready {
+                    ended,
+                    settings_changed,
+                };
             }
             b'E' => self.settings_changes.failed(),
             b'S' => {
@@ -894,8 +899,8 @@ impl Session {
             .map_err(|e| End::ServerProtocol(e.to_string()))?
         {
             let msg = &chunk[pos..pos + total];
-            if let Seen::Ready { .. } = server_side!(self).message(tag, msg, now) {
-                if self.state.tx == b'I' {
+            if let Seen::Ready { ended, .. } = server_side!(self).message(tag, msg, now) {
+                if ended {
                     self.multiplexed.inc();
                 }
                 self.mux_replies = None;
@@ -1262,7 +1267,10 @@ impl Session {
             let routed = self
                 .pipeline
                 .server_messages(&mut co.server, &mut out, |tag, msg| {
-                    if let Seen::Ready { settings_changed } = side.message(tag, msg, now) {
+                    if let Seen::Ready {
+                        settings_changed, ..
+                    } = side.message(tag, msg, now)
+                    {
                         changed |= settings_changed;
                     }
                 });
