@@ -19,7 +19,7 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 
 /// Shared state of a running pgsift.
 pub struct App {
@@ -29,10 +29,10 @@ pub struct App {
     pub pools: DashMap<PoolKey, Arc<Pool>>,
     /// pgsift-issued cancel keys
     pub cancels: CancelRegistry,
-    /// client-facing TLS, when configured
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// one permit per allowed client connection
-    pub client_slots: Arc<Semaphore>,
+    /// client-facing TLS, when configured (replaced by a reload)
+    tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
+    /// client connections holding a slot (at most `pool.max_client_conn`)
+    client_slots: Arc<AtomicUsize>,
     shutdown: watch::Sender<bool>,
     /// the shutdown signal as a flag sessions check on every wake-up
     stopping: std::sync::atomic::AtomicBool,
@@ -64,12 +64,7 @@ pub struct App {
 impl App {
     /// Builds the shared state for a validated config.
     pub fn new(config: Config) -> anyhow::Result<Arc<App>> {
-        let tls = match &config.tls {
-            Some(t) if t.mode != crate::config::TlsMode::Disable => {
-                Some(crate::frontend::tls::acceptor(t)?)
-            }
-            _ => None,
-        };
+        let tls = tls_acceptor(&config)?;
         let (shutdown, _) = watch::channel(false);
         let cache = match config.cache.backend.as_str() {
             "memory" => Some(Arc::new(QueryCache::new(config.cache.max_memory))),
@@ -100,11 +95,11 @@ impl App {
             generation: std::sync::atomic::AtomicU64::new(0),
             paused: RwLock::new(Default::default()),
             credentials: RwLock::new(Arc::new(Credentials::new(config.users.values()))),
-            client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
+            client_slots: Arc::new(AtomicUsize::new(0)),
             config: RwLock::new(Arc::new(config)),
             pools: DashMap::new(),
             cancels: CancelRegistry::default(),
-            tls,
+            tls: RwLock::new(tls),
             shutdown,
             stopping: std::sync::atomic::AtomicBool::new(false),
             clients: AtomicUsize::new(0),
@@ -124,12 +119,38 @@ impl App {
         self.credentials.read().clone()
     }
 
+    /// The client-facing TLS acceptor in force, if any.
+    pub fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls.read().clone()
+    }
+
+    /// A slot for a new client connection, while fewer than
+    /// `pool.max_client_conn` hold one; it is given back when dropped.
+    pub fn try_client_slot(&self) -> Option<ClientSlot> {
+        let limit = self.config.read().pool.max_client_conn;
+        let taken = self.client_slots.fetch_add(1, Ordering::AcqRel);
+        let slot = ClientSlot(self.client_slots.clone());
+        (taken < limit).then_some(slot)
+    }
+
     /// Replaces the config (reload): users, pool sizes and timeouts take
-    /// effect for existing pools; connected clients stay.
-    pub fn apply_config(&self, config: Config) {
+    /// effect for existing pools, TLS for new connections, the client limit
+    /// for new clients; connected clients stay. Keys that take effect only
+    /// at start keep their running values (so SHOW CONFIG tells what runs),
+    /// with a warning. A TLS certificate or key that cannot be loaded
+    /// rejects the reload, and the old configuration stays.
+    pub fn apply_config(&self, mut config: Config) -> Result<(), String> {
+        let old = self.config();
+        let tls = tls_acceptor(&config).map_err(|e| format!("tls: {e:#}"))?;
+        for key in keep_start_only(&old, &mut config) {
+            tracing::warn!("{key} changes only on restart; the running value stays");
+        }
+        *self.tls.write() = tls;
+        if config.logging.level != old.logging.level {
+            crate::logging::set_level(&config.logging.level);
+        }
         self.metrics.init_databases(config.databases.keys());
         self.busy_poll.set_window(config.busy_poll);
-        let old = self.config();
         if old.n_plus_one.report_file != config.n_plus_one.report_file {
             self.sinks
                 .reports
@@ -139,8 +160,14 @@ impl App {
             .reports
             .set_min_total(config.n_plus_one.min_total_time);
         *self.credentials.write() = Arc::new(Credentials::new(config.users.values()));
-        self.pools
-            .retain(|(db, user), pool| match config.databases.get(db) {
+        // A pool stays while clients would still be given it: its database
+        // is configured and its user is the database's server_user or, when
+        // there is none, a configured user.
+        self.pools.retain(|(db, user), pool| {
+            match config.databases.get(db).filter(|d| match &d.server_user {
+                Some(su) => su == user,
+                None => config.users.contains_key(user),
+            }) {
                 Some(d) => {
                     pool.reconfigure(upstream_target(&config, d, user), pool_settings(&config, d));
                     true
@@ -149,20 +176,25 @@ impl App {
                     pool.close();
                     false
                 }
-            });
+            }
+        });
         *self.config.write() = Arc::new(config);
         self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
-    /// The pool for a (database, user), created on first use; `None` when the
-    /// database is not configured.
+    /// The pool a client of (database, user) uses, created on first use:
+    /// the pool of the database's server_user when it has one (its clients
+    /// all log in upstream as that user, so they share it), otherwise the
+    /// client user's own. `None` when the database is not configured.
     pub fn pool(&self, database: &str, user: &str) -> Option<Arc<Pool>> {
+        let config = self.config();
+        let d = config.databases.get(database)?;
+        let user = d.server_user.as_deref().unwrap_or(user);
         let key = (database.to_owned(), user.to_owned());
         if let Some(p) = self.pools.get(&key) {
             return Some(p.clone());
         }
-        let config = self.config();
-        let d = config.databases.get(database)?;
         let pool = self
             .pools
             .entry(key)
@@ -235,6 +267,49 @@ impl Drop for ClientGuard {
             self.0.clients_gone.notify_waiters();
         }
     }
+}
+
+/// A client connection's slot under `pool.max_client_conn`.
+pub struct ClientSlot(Arc<AtomicUsize>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The TLS acceptor a config asks for (none when TLS is off).
+fn tls_acceptor(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    match &config.tls {
+        Some(t) if t.mode != crate::config::TlsMode::Disable => {
+            Ok(Some(crate::frontend::tls::acceptor(t)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Puts back the running values of the keys that take effect only at
+/// start (listeners, threads, the cache's backend and bound, logging's
+/// format) and returns the names of those the new config changed.
+fn keep_start_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($($field:ident).+ => $name:literal) => {
+            if new.$($field).+ != old.$($field).+ {
+                new.$($field).+ = old.$($field).+.clone();
+                kept.push($name);
+            }
+        };
+    }
+    keep!(listen => "listen");
+    keep!(admin_listen => "admin.listen");
+    keep!(worker_threads => "worker_threads");
+    keep!(cache.backend => "cache.backend");
+    keep!(cache.redis_url => "cache.redis_url");
+    keep!(cache.key_prefix => "cache.key_prefix");
+    keep!(cache.max_memory => "cache.max_memory");
+    keep!(logging.format => "logging.format");
+    kept
 }
 
 /// Where a (database, user) pool logs in: the database's server_user and

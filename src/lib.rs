@@ -17,6 +17,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod frontend;
+pub mod logging;
 pub mod metrics;
 pub mod nplus1;
 pub mod protocol;

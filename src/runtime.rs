@@ -113,14 +113,12 @@ pub fn reload(app: &App, source: &ConfigSource) {
         return;
     };
     match Config::load(path) {
-        Ok(cfg) => {
-            let old = app.config();
-            if cfg.listen != old.listen || cfg.admin_listen != old.admin_listen {
-                tracing::warn!("listen addresses change only on restart");
+        Ok(cfg) => match app.apply_config(cfg) {
+            Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+            Err(e) => {
+                tracing::error!(path = %path.display(), "reload rejected, old configuration stays: {e}")
             }
-            app.apply_config(cfg);
-            tracing::info!(path = %path.display(), "configuration reloaded");
-        }
+        },
         Err(e) => {
             for line in &e.0 {
                 tracing::error!(path = %path.display(), "reload rejected, old configuration stays: {line}");
@@ -142,18 +140,19 @@ async fn upkeep(app: Arc<App>) {
         for p in pools {
             p.upkeep().await;
         }
-        // Pools with min_pool_size exist before any client asks for them.
+        // A pool with min_pool_size exists before any client asks for it
+        // when its user is known in advance: the database's server_user, or
+        // the only configured user. Otherwise a (database, user) pool opens
+        // at its first client's login and is kept at min_pool_size from then.
         let config = app.config();
+        let only_user = match config.users.len() {
+            1 => config.users.keys().next(),
+            _ => None,
+        };
         for (db, d) in &config.databases {
             if d.min_pool_size > 0 {
-                if let Some(user) = d
-                    .server_user
-                    .as_ref()
-                    .or_else(|| config.users.keys().next())
-                {
-                    if config.users.contains_key(user) {
-                        app.pool(db, user);
-                    }
+                if let Some(user) = d.server_user.as_ref().or(only_user) {
+                    app.pool(db, user);
                 }
             }
         }

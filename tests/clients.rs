@@ -179,11 +179,9 @@ fn pgbench_runs_with_zero_failures_on_the_multi_thread_runtime() {
     }
 }
 
-#[test]
-fn tls_is_negotiated_when_configured_and_required_when_asked() {
-    let pg = shared_postgres();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+/// A self-signed certificate and its key in `dir`.
+fn self_signed_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
     let ok = Command::new("openssl")
         .args([
             "req",
@@ -207,6 +205,14 @@ fn tls_is_negotiated_when_configured_and_required_when_asked() {
         "openssl: {}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    (cert, key)
+}
+
+#[test]
+fn tls_is_negotiated_when_configured_and_required_when_asked() {
+    let pg = shared_postgres();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_cert(dir.path());
     let proxy = Proxy::start(&format!(
         "tls: {{cert: {}, key: {}, mode: require}}\n{}",
         cert.display(),
@@ -231,4 +237,73 @@ fn tls_is_negotiated_when_configured_and_required_when_asked() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_reload_turns_tls_on_and_a_reload_with_an_unreadable_key_changes_nothing() {
+    let pg = shared_postgres();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_cert(dir.path());
+    let proxy = Proxy::start(&databases_yaml(pg, "session", 2));
+    let url = proxy.url("blog", "blogpw", "app");
+    let select = |sslmode: &str| {
+        psql(
+            &format!("{url}?sslmode={sslmode}"),
+            &["-A", "-t", "-c", "SELECT 42"],
+        )
+    };
+    assert!(
+        !select("require").status.success(),
+        "no TLS before the reload"
+    );
+    let plain = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let tls = format!(
+        "tls: {{cert: {}, key: {}, mode: require}}\n",
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&proxy.config_path, format!("{tls}{plain}")).unwrap();
+    proxy.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !select("require").status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TLS never came: {}",
+            proxy.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = select("disable");
+    assert!(
+        !out.status.success(),
+        "mode: require refuses plaintext after the reload"
+    );
+    // a key that cannot be read: the reload is rejected, TLS goes on
+    let bad = dir.path().join("missing.key");
+    std::fs::write(
+        &proxy.config_path,
+        format!(
+            "tls: {{cert: {}, key: {}, mode: require}}\n{plain}",
+            cert.display(),
+            bad.display()
+        ),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !proxy.log().contains("reload rejected") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rejection logged: {}",
+            proxy.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = select("require");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 }

@@ -12,7 +12,7 @@ mod common;
 use common::{databases_yaml, http_get, pgbench, shared_postgres, Proxy};
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn scrape(proxy: &Proxy) -> prometheus_parse::Scrape {
     let (status, body) = http_get(proxy.admin_port, "/metrics").expect("scrape");
@@ -92,17 +92,7 @@ async fn metrics_expose_every_family_and_label_and_move_with_traffic() {
     ))
     .await
     .unwrap();
-    app.simple_query("SELECT relname FROM pg_class LIMIT 5")
-        .await
-        .unwrap();
-    for i in 0..6 {
-        app.simple_query(&format!(
-            "SELECT oid FROM pg_class WHERE oid = {}",
-            1000 + i
-        ))
-        .await
-        .unwrap();
-    }
+    n_plus_one_burst(&app, 6, 1000).await;
     drop(app); // the burst ends with the connection
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = scrape(&proxy);
@@ -415,6 +405,18 @@ fn the_status_page_renders_in_a_browser() {
     );
 }
 
+/// An N+1 burst on `c`: a list query, then `n` lookups by id from `first_oid`.
+async fn n_plus_one_burst(c: &tokio_postgres::Client, n: u32, first_oid: u32) {
+    c.simple_query("SELECT relname FROM pg_class LIMIT 3")
+        .await
+        .unwrap();
+    for oid in first_oid..first_oid + n {
+        c.simple_query(&format!("SELECT oid FROM pg_class WHERE oid = {oid}"))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_changes_n_plus_one_thresholds_for_connected_clients() {
     let pg = shared_postgres();
@@ -437,17 +439,7 @@ async fn a_reload_changes_n_plus_one_thresholds_for_connected_clients() {
     .unwrap();
     proxy.signal("HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    c.simple_query("SELECT relname FROM pg_class LIMIT 3")
-        .await
-        .unwrap();
-    for i in 0..4 {
-        c.simple_query(&format!(
-            "SELECT oid FROM pg_class WHERE oid = {}",
-            2000 + i
-        ))
-        .await
-        .unwrap();
-    }
+    n_plus_one_burst(&c, 4, 2000).await;
     drop(c); // the burst ends with the connection
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, body) = http_get(proxy.admin_port, "/api/n-plus-one").unwrap();
@@ -464,4 +456,124 @@ async fn a_reload_changes_n_plus_one_thresholds_for_connected_clients() {
         "the connected client uses the reloaded min_repeats: {body}"
     );
     assert_eq!(mine[0]["max_repeats"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_changes_the_client_limit_and_keeps_the_running_cache_backend() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  max_client_conn: 2\ncache:\n  backend: \"off\"\n",
+        databases_yaml(pg, "transaction", 2)
+    ));
+    let url = proxy.conn_str("blog", "blogpw", "app");
+    let mut held = vec![
+        common::connect(&url).await.unwrap(),
+        common::connect(&url).await.unwrap(),
+    ];
+    let too_many = |e: tokio_postgres::Error| {
+        e.as_db_error()
+            .is_some_and(|d| d.message() == "sorry, too many clients already")
+    };
+    assert!(too_many(common::connect(&url).await.unwrap_err()));
+    let reload = |from: &str, to: &str| {
+        let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+        assert!(yaml.contains(from));
+        std::fs::write(&proxy.config_path, yaml.replace(from, to)).unwrap();
+        proxy.signal("HUP");
+    };
+    reload("max_client_conn: 2", "max_client_conn: 3");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let third = loop {
+        match common::connect(&url).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(too_many(e) && Instant::now() < deadline, "{}", proxy.log());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    held.push(third);
+    assert!(too_many(common::connect(&url).await.unwrap_err()));
+    // lowered below the clients connected: they stay, newcomers wait for room
+    reload("max_client_conn: 3", "max_client_conn: 1");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for c in &held {
+        assert_eq!(common::scalar(c, "SELECT 1").await, "1");
+    }
+    held.truncate(1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(too_many(common::connect(&url).await.unwrap_err()));
+    held.clear();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = common::connect(&url).await {
+        assert!(too_many(e) && Instant::now() < deadline, "{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the cache backend is chosen at start: a reload says so and keeps it
+    reload("backend: \"off\"", "backend: memory");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .log()
+        .contains("cache.backend changes only on restart")
+    {
+        assert!(Instant::now() < deadline, "no warning: {}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .unwrap();
+    let rows = admin.simple_query("SHOW CONFIG").await.unwrap();
+    let backend: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("cache.backend") => {
+                r.get(1).map(str::to_owned)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(backend, ["off"], "SHOW CONFIG tells the running backend");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn n_plus_one_reports_carry_the_application_name_a_client_set_after_login() {
+    let pg = shared_postgres();
+    for mode in ["session", "transaction"] {
+        let proxy = Proxy::start(&format!(
+            "{}n_plus_one:\n  min_repeats: 3\n",
+            databases_yaml(pg, mode, 2)
+        ));
+        let c = common::connect(&format!(
+            "{} application_name=at-login",
+            proxy.conn_str("blog", "blogpw", "app")
+        ))
+        .await
+        .unwrap();
+        c.simple_query(&format!("SET application_name = 'set-later-{mode}'"))
+            .await
+            .unwrap();
+        n_plus_one_burst(&c, 4, 2000).await;
+        drop(c); // the burst ends with the connection
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let apps = loop {
+            let (_, body) = http_get(proxy.admin_port, "/api/n-plus-one").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let apps: Vec<String> = v["reports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["application"].as_str().unwrap_or("").to_owned())
+                .collect();
+            if !apps.is_empty() || Instant::now() > deadline {
+                break apps;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(apps, [format!("set-later-{mode}")], "{mode} mode");
+        let (_, metrics) = http_get(proxy.admin_port, "/metrics").unwrap();
+        assert!(
+            metrics.contains(&format!("application=\"set-later-{mode}\"")),
+            "{mode} mode: the bursts counter carries the name too"
+        );
+    }
 }

@@ -516,3 +516,109 @@ async fn a_socket_directory_as_upstream_host_serves_both_modes_and_cancels() {
         cancel_pg_sleep_within_two_seconds(&c).await;
     }
 }
+
+/// Server connections of `db` as `usename` (or as anyone else, with `!`).
+fn servers_of(db: &str, usename: &str) -> i64 {
+    let (op, name) = match usename.strip_prefix('!') {
+        Some(n) => ("<>", n),
+        None => ("=", usename),
+    };
+    shared_postgres()
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename {op} '{name}'"
+            ),
+        )
+        .parse()
+        .unwrap()
+}
+
+/// Waits up to 10 s for `db`'s server connections as `usename` to be `n`.
+async fn wait_servers(db: &str, usename: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = servers_of(db, usename);
+        if now == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{db}: {now} server connections as {usename}, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_with_a_server_user_has_one_pool_for_all_its_clients_opened_at_start() {
+    let pg = shared_postgres();
+    pg.psql(
+        "postgres",
+        "CREATE ROLE pool_owner LOGIN PASSWORD 'ownerpw'",
+    );
+    pg.psql("postgres", "CREATE DATABASE forced OWNER pool_owner");
+    let proxy = Proxy::start(&format!(
+        "databases:\n  forced: {{host: 127.0.0.1, port: {}, pool_mode: session, pool_size: 2, min_pool_size: 2, server_user: pool_owner, server_password: ownerpw}}\npool:\n  checkout_timeout: 500ms\n",
+        pg.port
+    ));
+    // min_pool_size: open before any client, as the server user
+    wait_servers("forced", "pool_owner", 2).await;
+    // two client users, one upstream identity, one pool of 2
+    let a = connect(&proxy.conn_str("blog", "blogpw", "forced"))
+        .await
+        .unwrap();
+    let b = connect(&proxy.conn_str("md5user", "md5pw", "forced"))
+        .await
+        .unwrap();
+    for c in [&a, &b] {
+        assert_eq!(common::scalar(c, "SELECT current_user").await, "pool_owner");
+    }
+    let err = connect(&proxy.conn_str("postgres", "postgres", "forced"))
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code(), &SqlState::TOO_MANY_CONNECTIONS);
+    assert!(
+        db.message().contains("forced/pool_owner"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(servers_of("forced", "!pool_owner"), 0);
+    assert_eq!(servers_of("forced", "pool_owner"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_pool_size_opens_a_pool_at_its_first_login_when_its_user_is_not_known_in_advance() {
+    let pg = shared_postgres();
+    pg.psql("postgres", "CREATE DATABASE warm_later OWNER blog");
+    let proxy = Proxy::start(&format!(
+        "databases:\n  warm_later: {{host: 127.0.0.1, port: {}, pool_mode: session, pool_size: 4, min_pool_size: 2}}\n",
+        pg.port
+    ));
+    // several users could connect: no pool yet, for no one (the upkeep
+    // that opens min_pool_size runs every second)
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(servers_of("warm_later", "!none"), 0);
+    let c = connect(&proxy.conn_str("blog", "blogpw", "warm_later"))
+        .await
+        .unwrap();
+    assert_eq!(common::scalar(&c, "SELECT current_user").await, "blog");
+    drop(c);
+    // the client's pool stays at min_pool_size after it left
+    wait_servers("warm_later", "blog", 2).await;
+    assert_eq!(servers_of("warm_later", "!blog"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_pool_size_opens_the_only_users_pool_at_start() {
+    let pg = shared_postgres();
+    pg.psql("postgres", "CREATE DATABASE warm_now OWNER blog");
+    let _proxy = Proxy::start_with(|port, admin_port| {
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  users: []\nusers:\n  - {{name: blog, password: blogpw}}\ndatabases:\n  warm_now: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 4, min_pool_size: 3}}\n",
+            pg.port
+        )
+    });
+    wait_servers("warm_now", "blog", 3).await;
+}

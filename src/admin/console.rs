@@ -149,11 +149,13 @@ async fn execute(app: &Arc<App>, command: &str) -> Reply {
             match path {
                 None => Reply::Error("55000", "pgsift runs from --upstream: there is no config file to reload".into()),
                 Some(p) => match crate::config::Config::load(&p) {
-                    Ok(cfg) => {
-                        app.apply_config(cfg);
-                        tracing::info!(path = %p.display(), "configuration reloaded from the admin console");
-                        Reply::Done("RELOAD".into())
-                    }
+                    Ok(cfg) => match app.apply_config(cfg) {
+                        Ok(()) => {
+                            tracing::info!(path = %p.display(), "configuration reloaded from the admin console");
+                            Reply::Done("RELOAD".into())
+                        }
+                        Err(e) => Reply::Error("F0000", format!("reload rejected, old configuration stays: {e}")),
+                    },
                     Err(e) => Reply::Error("F0000", format!("reload rejected, old configuration stays: {}", e.0.join("; "))),
                 },
             }

@@ -102,8 +102,8 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
             }
             Err(e) => return Err(refuse(&mut stream, "08P01", e.to_string()).await),
             Ok(StartupPacket::SslRequest) => {
-                let acceptor = match (&app.tls, &stream) {
-                    (Some(a), ClientStream::Plain(_)) => a.clone(),
+                let acceptor = match (app.tls(), &stream) {
+                    (Some(a), ClientStream::Plain(_)) => a,
                     _ => {
                         if stream.write_all(b"N").await.is_err() {
                             return Err(HandshakeEnd::Done);

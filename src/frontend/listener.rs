@@ -33,15 +33,15 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
         };
         socket.set_nodelay(true).ok();
         let app = app.clone();
-        match app.client_slots.clone().try_acquire_owned() {
-            Ok(slot) => {
+        match app.try_client_slot() {
+            Some(slot) => {
                 tokio::spawn(async move {
                     let _slot = slot;
                     let _counted = app.client_connected();
                     serve_client(app, socket, peer).await;
                 });
             }
-            Err(_) => {
+            None => {
                 app.metrics.error("too_many_clients");
                 tokio::spawn(async move { refuse_too_many(app, socket).await });
             }

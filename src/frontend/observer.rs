@@ -145,6 +145,15 @@ impl Observer {
         }
     }
 
+    /// The session's application_name changed (the server reported it):
+    /// later N+1 reports and burst counts carry the new name.
+    pub fn set_application(&mut self, name: &str) {
+        if self.origin.application != name {
+            self.origin.application = name.to_owned();
+            self.burst_counter = None;
+        }
+    }
+
     /// The analysis of `sql`; its text is copied when `keep_text` or when
     /// the N+1 detector may want it as an example.
     fn known(&mut self, sql: &str, keep_text: bool, now: Mono) -> Known {

@@ -198,7 +198,13 @@ impl ServerSide<'_> {
             }
             b'E' => self.settings_changes.failed(),
             b'S' => {
-                self.settings_changes.reported(&msg[5..], self.settings);
+                let body = &msg[5..];
+                self.settings_changes.reported(body, self.settings);
+                if let Some(value) = body.strip_prefix(b"application_name\0") {
+                    let value = value.strip_suffix(b"\0").unwrap_or(value);
+                    self.observer
+                        .set_application(&String::from_utf8_lossy(value));
+                }
                 return Seen::Parameter;
             }
             _ => {}

@@ -262,11 +262,14 @@ impl Detector {
             .map(|r| r.analysis.clone())
     }
 
-    /// Ends every open burst (idle gap, disconnect).
+    /// Ends every open burst (idle gap, disconnect). The last statement
+    /// stays in the history: it is the parent of a burst that starts after
+    /// the gap (a list query, then a pause, then the loop over its rows).
     pub fn finish_all(&mut self) -> Vec<Burst> {
         let open: Vec<Open> = self.open.drain().map(|(_, b)| b).collect();
         self.repeating = 0;
-        self.history.clear();
+        let older = self.history.len().saturating_sub(1);
+        self.history.drain(..older);
         open.into_iter().filter_map(|b| self.finished(b)).collect()
     }
 
@@ -390,6 +393,23 @@ mod tests {
         let bursts = f.end();
         assert_eq!(bursts.len(), 1);
         assert_eq!(&*bursts[0].example, "SELECT * FROM users WHERE id = 0");
+    }
+
+    #[test]
+    fn a_loop_that_starts_after_an_idle_gap_has_the_statement_before_the_gap_as_parent() {
+        let mut f = Feed::new();
+        f.run("SELECT * FROM users WHERE id = 1");
+        f.run("SELECT * FROM users WHERE id = 2");
+        f.run("SELECT * FROM posts ORDER BY created_at DESC LIMIT 20");
+        // the application renders something before its loop
+        f.t += Duration::from_secs(1);
+        for i in 0..6 {
+            f.run(&format!("SELECT * FROM comments WHERE post_id = {i}"));
+        }
+        let bursts = f.end();
+        assert_eq!(bursts.len(), 1);
+        let parent = bursts[0].parent.as_ref().expect("a parent");
+        assert!(parent.normalized.contains("FROM posts"), "{parent:?}");
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl Analyzer {
         let analysis = match self.by_shape.get(&s.hash) {
             Some(a) => a,
             None => {
-                let a = Arc::new(analyze_with_parser(sql, s));
+                let a = Arc::new(analyze_with_parser(sql));
                 self.by_shape.insert(s.hash, a.clone());
                 a
             }
@@ -226,10 +226,10 @@ impl ShapeMemo {
 
 /// The slow path: libpg_query. Fingerprints are taken of the normalized
 /// text so that inlined literals and `$n` parameters give the same one.
-fn analyze_with_parser(sql: &str, s: &Shape) -> Analysis {
+fn analyze_with_parser(sql: &str) -> Analysis {
     let normalized = pg_query::normalize(sql);
     let Ok(normalized) = normalized else {
-        return fallback(sql, s);
+        return fallback(sql);
     };
     let fp = pg_query::fingerprint(&normalized, 0, pg_query::FingerprintOptions::FULL_RELNAME);
     let summary = pg_query::summary(&normalized, 0, -1);
@@ -273,7 +273,8 @@ fn analyze_with_parser(sql: &str, s: &Shape) -> Analysis {
                 && !has_locking_or_value_function(&normalized);
             Analysis {
                 fingerprint: fp.value,
-                normalized,
+                // collapsed for reading only: `IN ($1, ...)` does not parse
+                normalized: collapse_lists(normalized),
                 kind,
                 reads,
                 writes,
@@ -284,12 +285,108 @@ fn analyze_with_parser(sql: &str, s: &Shape) -> Analysis {
                 tally: Tally::default(),
             }
         }
-        _ => fallback(sql, s),
+        _ => fallback(sql),
+    }
+}
+
+/// Collapses each `IN` list and `ARRAY[...]` of placeholders (`$n` from the
+/// parser's normalization, `?n`/`?s` from the fallback's folding) to its
+/// first element and `...`: `id IN ($1, $2, $3)` and `id IN ($1)` both read
+/// `id IN ($1, ...)`, so one text stands for every length. Other lists
+/// (VALUES rows, function arguments) stay as they are.
+pub(crate) fn collapse_lists(text: String) -> String {
+    let b = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let open = if word_at(b, i, b"in") {
+            skip_spaces(b, i + 2).filter(|&j| b.get(j) == Some(&b'('))
+        } else if word_at(b, i, b"array") {
+            skip_spaces(b, i + 5).filter(|&j| b.get(j) == Some(&b'['))
+        } else {
+            None
+        };
+        let Some(open) = open else {
+            i += 1;
+            continue;
+        };
+        let close = if b[open] == b'(' { b')' } else { b']' };
+        match placeholder_list(b, open + 1, close) {
+            Some((first_end, end)) => {
+                let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                let first_start = skip_spaces(b, open + 1).unwrap_or(open + 1);
+                o.push_str(&text[copied..first_start]);
+                o.push_str(&text[first_start..first_end]);
+                o.push_str(", ...");
+                o.push(close as char);
+                copied = end;
+                i = end;
+            }
+            _ => i = open + 1,
+        }
+    }
+    match out {
+        Some(mut o) => {
+            o.push_str(&text[copied..]);
+            o
+        }
+        None => text,
+    }
+}
+
+/// Whether `word` (lowercase) starts at `i`, case-insensitively, as a whole word.
+fn word_at(b: &[u8], i: usize, word: &[u8]) -> bool {
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    b.len() >= i + word.len()
+        && b[i..i + word.len()].eq_ignore_ascii_case(word)
+        && (i == 0 || !ident(b[i - 1]))
+        && b.get(i + word.len()).is_none_or(|&c| !ident(c))
+}
+
+/// The index of the first byte at or after `i` that is not a space.
+fn skip_spaces(b: &[u8], mut i: usize) -> Option<usize> {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    (i < b.len()).then_some(i)
+}
+
+/// A list of placeholders from `i` up to `close`: the end of the first
+/// element and the index after `close`.
+fn placeholder_list(b: &[u8], i: usize, close: u8) -> Option<(usize, usize)> {
+    let mut i = skip_spaces(b, i)?;
+    let mut first_end = 0;
+    loop {
+        // one placeholder: $digits, ?n or ?s
+        let start = i;
+        match b.get(i) {
+            Some(b'$') => {
+                i += 1;
+                while b.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+                if i == start + 1 {
+                    return None;
+                }
+            }
+            Some(b'?') if matches!(b.get(i + 1), Some(b'n' | b's')) => i += 2,
+            _ => return None,
+        }
+        if first_end == 0 {
+            first_end = i;
+        }
+        i = skip_spaces(b, i)?;
+        match b[i] {
+            b',' => i = skip_spaces(b, i + 1)?,
+            c if c == close => return Some((first_end, i + 1)),
+            _ => return None,
+        }
     }
 }
 
 /// Text the parser rejects: fingerprint of the shape, kind from the first word.
-fn fallback(sql: &str, s: &Shape) -> Analysis {
+fn fallback(sql: &str) -> Analysis {
     let mut folded = String::new();
     shape::scan(sql.as_bytes(), Some(&mut folded));
     let first = folded.split_whitespace().next().unwrap_or("");
@@ -306,8 +403,12 @@ fn fallback(sql: &str, s: &Shape) -> Analysis {
         }
         _ => Kind::Utility,
     };
+    // the fingerprint of the folded text with its lists collapsed, so IN
+    // lists of any length share it here too (the shape hash, which keys the
+    // analysis memos, counts each constant)
+    let folded = collapse_lists(folded);
     Analysis {
-        fingerprint: s.hash,
+        fingerprint: xxhash_rust::xxh3::xxh3_64(folded.as_bytes()),
         normalized: folded,
         kind,
         reads: vec![],
@@ -395,6 +496,54 @@ mod tests {
         assert_eq!(
             fp("SELECT * FROM t WHERE id IN (1, 2, 3)"),
             fp("SELECT * FROM t WHERE id IN (4)")
+        );
+    }
+
+    #[test]
+    fn in_lists_and_arrays_of_constants_read_collapsed_in_the_normalized_text() {
+        let a = Analyzer::new(100);
+        let n = |sql: &str| a.analyze(sql).analysis.normalized.clone();
+        assert_eq!(
+            n("SELECT * FROM t WHERE id IN (1, 2, 3) AND x = 5"),
+            "SELECT * FROM t WHERE id IN ($1, ...) AND x = $4"
+        );
+        assert_eq!(
+            n("select * from t where id in (7,8) or id = any(ARRAY[1, 2, 3])"),
+            "select * from t where id in ($1, ...) or id = any(ARRAY[$3, ...])"
+        );
+        // one element reads as any other length; VALUES rows and function
+        // arguments stay
+        assert_eq!(
+            n("SELECT * FROM t WHERE id IN (1)"),
+            "SELECT * FROM t WHERE id IN ($1, ...)"
+        );
+        assert_eq!(
+            n("INSERT INTO t (a, b) VALUES (1, 2)"),
+            "INSERT INTO t (a, b) VALUES ($1, $2)"
+        );
+        assert_eq!(n("SELECT f(1, 2)"), "SELECT f($1, $2)");
+        // a subquery is no list of constants
+        assert_eq!(
+            n("SELECT * FROM t WHERE id IN (SELECT a FROM u)"),
+            "SELECT * FROM t WHERE id IN (SELECT a FROM u)"
+        );
+    }
+
+    #[test]
+    fn text_the_parser_rejects_shares_a_fingerprint_across_in_list_lengths() {
+        let a = Analyzer::new(100);
+        let x = a
+            .analyze("SELECT * FROM t WHERE id IN (1, 2, 3) AND ((")
+            .analysis;
+        let y = a.analyze("SELECT * FROM t WHERE id IN (4) AND ((").analysis;
+        assert!(!x.parsed && !y.parsed);
+        assert_eq!(x.fingerprint, y.fingerprint);
+        assert!(x.normalized.contains("in (?n, ...)"), "{}", x.normalized);
+        assert_ne!(
+            x.fingerprint,
+            a.analyze("SELECT * FROM u WHERE id IN (4) AND ((")
+                .analysis
+                .fingerprint
         );
     }
 
