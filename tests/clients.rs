@@ -57,7 +57,12 @@ fn check_prints_every_error_with_its_key_path_and_exits_1() {
         "{err}"
     );
 
-    std::fs::write(&path, "databases:\n  blog:\n    pool_sise: 3\n").unwrap();
+    // a typo does not hide the other errors
+    std::fs::write(
+        &path,
+        "databases:\n  blog:\n    pool_sise: 3\n    pool_mode: sometimes\npool:\n  idle_timout: 1m\n",
+    )
+    .unwrap();
     let out = pgsift()
         .arg("check")
         .arg("--config")
@@ -66,10 +71,13 @@ fn check_prints_every_error_with_its_key_path_and_exits_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("databases.blog") && err.contains("pool_sise"),
-        "{err}"
-    );
+    for line in [
+        "databases.blog.pool_sise: unknown key",
+        "pool.idle_timout: unknown key",
+        "databases.blog.pool_mode: invalid value \"sometimes\"",
+    ] {
+        assert!(err.contains(line), "{line} in {err}");
+    }
 }
 
 #[test]

@@ -298,14 +298,28 @@ impl Config {
         (cores / 2).max(1)
     }
 
-    /// Parses and validates config.yaml text.
+    /// Parses and validates config.yaml text. Every unknown key and every
+    /// invalid value is reported, each with its key path; a value of the
+    /// wrong type (or text that is no YAML) stops the reading, and is the
+    /// one error then.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string()]))?
+            serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |path| {
+                errors.push(format!("{}: unknown key", key_path(&path)))
+            })
+            .map_err(|e| ConfigErrors(vec![e.to_string()]))?
         };
-        Self::from_raw(raw)
+        match Self::from_raw(raw) {
+            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigErrors(errors)),
+            Err(ConfigErrors(values)) => {
+                errors.extend(values);
+                Err(ConfigErrors(errors))
+            }
+        }
     }
 
     fn from_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
@@ -704,6 +718,23 @@ impl Config {
     }
 }
 
+/// A key path as the value errors write it: `databases.blog.pool_size`,
+/// `users[0].name`.
+fn key_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,6 +752,23 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("databases.blog"), "{msg}");
         assert!(msg.contains("poolsize"), "{msg}");
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_beside_every_invalid_value() {
+        let err = Config::parse(
+            "lisen: 127.0.0.1:6432\nusers:\n  - {name: a, pasword: x}\ndatabases:\n  blog:\n    poolsize: 3\n    pool_size: 0\npool:\n  max_client_con: 5\n",
+        )
+        .unwrap_err();
+        for line in [
+            "lisen: unknown key",
+            "users[0].pasword: unknown key",
+            "databases.blog.poolsize: unknown key",
+            "pool.max_client_con: unknown key",
+            "databases.blog.pool_size: must be > 0",
+        ] {
+            assert!(err.0.contains(&line.to_string()), "{line} in {err}");
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! config.yaml exactly as written: every key optional, unknown keys refused.
+//! config.yaml exactly as written: every key optional. Unknown keys are
+//! collected while it is read ([`super::Config::parse`]) and refused with the
+//! value errors.
 //! [`super::Config::from_raw`] turns it into the validated, typed form.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
     pub shutdown_timeout: Option<String>,
@@ -24,14 +25,12 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub users: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub cert: Option<String>,
     pub key: Option<String>,
@@ -39,14 +38,12 @@ pub struct RawTls {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawUser {
     pub name: Option<String>,
     pub password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     pub host: Option<String>,
     pub port: Option<u16>,
@@ -59,7 +56,6 @@ pub struct RawDatabase {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPool {
     pub connect_timeout: Option<String>,
     pub checkout_timeout: Option<String>,
@@ -74,7 +70,6 @@ pub struct RawPool {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawCache {
     pub backend: Option<String>,
     pub redis_url: Option<String>,
@@ -87,7 +82,6 @@ pub struct RawCache {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawCacheRule {
     #[serde(default)]
     pub tables: Vec<String>,
@@ -95,7 +89,6 @@ pub struct RawCacheRule {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawNPlusOne {
     pub enabled: Option<bool>,
     pub min_repeats: Option<i64>,
@@ -105,7 +98,6 @@ pub struct RawNPlusOne {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLogging {
     pub level: Option<String>,
     pub format: Option<String>,
