@@ -156,6 +156,54 @@ fn asyncpg_naive_request_gives_the_same_two_reports() {
 }
 
 #[test]
+fn an_orm_with_lazy_relationships_gives_two_n_plus_one_reports_on_psycopg2_and_psycopg3() {
+    let proxy = blog_proxy(None);
+    for driver in ["sqlalchemy", "sqlalchemy-psycopg"] {
+        let reports = run_request(&proxy, driver, "naive");
+        assert_eq!(reports.len(), 2, "{driver}: {reports:#?}");
+        let mut queries: Vec<&str> = reports
+            .iter()
+            .map(|r| r["query"].as_str().unwrap())
+            .collect();
+        queries.sort();
+        // SQLAlchemy's lazy loads: the comments of a post, the author by
+        // id (psycopg 3's dialect casts its parameters: `$1::INTEGER`)
+        assert!(
+            queries[0].starts_with("SELECT comments.id, comments.post_id")
+                && queries[0].contains(" FROM comments WHERE $1")
+                && queries[0].contains(" = comments.post_id ORDER BY comments.created_at"),
+            "{driver}: {queries:?}"
+        );
+        assert!(
+            queries[1].starts_with(
+                "SELECT users.id, users.name, users.email FROM users WHERE users.id = $1"
+            ),
+            "{driver}: {queries:?}"
+        );
+        for r in &reports {
+            assert_eq!(r["kind"], "n_plus_one", "{driver}: {r:#}");
+            assert_eq!(r["max_repeats"], 20, "{driver}: one load per post: {r:#}");
+            assert_eq!(r["application"], format!("blog-naive-{driver}"));
+            let parent = r["parent_query"].as_str().unwrap();
+            assert!(
+                parent.contains("FROM posts ORDER BY posts.created_at DESC"),
+                "{driver}: the parent is the posts query: {parent}"
+            );
+            let s = r["suggestion"].as_str().unwrap();
+            assert!(s.contains("selectinload"), "{s}");
+        }
+        // selectinload: three statements, no burst
+        assert!(
+            run_request(&proxy, driver, "eager").is_empty(),
+            "{driver}: eager loading is not N+1"
+        );
+        let dups = run_request(&proxy, driver, "duplicate");
+        assert_eq!(dups.len(), 1, "{driver}: {dups:#?}");
+        assert_eq!(dups[0]["kind"], "duplicate", "{driver}: {dups:#?}");
+    }
+}
+
+#[test]
 fn inlined_literals_and_parameters_land_on_the_same_fingerprints() {
     let proxy = blog_proxy(None);
     let mut a: Vec<String> = run_request(&proxy, "psycopg2", "naive")

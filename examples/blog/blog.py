@@ -10,6 +10,10 @@ Run it through pgsift and read the N+1 report pgsift produced:
 
 --driver psycopg2 sends statements with literals inlined (what SQLAlchemy on
 psycopg2 does); --driver asyncpg sends $n parameters with prepared statements.
+--driver sqlalchemy is the blog as an ORM writes it: SQLAlchemy 2 models whose
+relationships load lazily (naive) or with selectinload (eager), on psycopg2;
+--driver sqlalchemy-psycopg runs the same on psycopg 3, which sends $n
+parameters (and prepares statements it runs often).
 """
 import argparse
 import asyncio
@@ -68,6 +72,60 @@ def psycopg2_request(dsn, request, app):
     return page
 
 
+def sqlalchemy_request(dsn, request, app, dialect):
+    from datetime import datetime
+
+    from sqlalchemy import ForeignKey, create_engine, func, select, text
+    from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
+    from sqlalchemy.pool import NullPool
+
+    class Base(DeclarativeBase):
+        pass
+
+    class User(Base):
+        __tablename__ = "users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+        email: Mapped[str]
+
+    class Comment(Base):
+        __tablename__ = "comments"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"))
+        user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+        body: Mapped[str]
+        created_at: Mapped[datetime]
+
+    class Post(Base):
+        __tablename__ = "posts"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+        title: Mapped[str]
+        created_at: Mapped[datetime]
+        author: Mapped[User] = relationship()
+        comments: Mapped[list[Comment]] = relationship(order_by=Comment.created_at)
+
+    url = dsn.replace("postgresql://", f"postgresql+{dialect}://", 1)
+    engine = create_engine(url, poolclass=NullPool, connect_args={"application_name": app})
+    page = []
+    with Session(engine) as session:
+        latest = select(Post).order_by(Post.created_at.desc()).limit(20)
+        if request == "naive":
+            for post in session.scalars(latest):
+                page.append((post.title, post.author.name, len(post.comments)))
+        elif request == "eager":
+            posts = session.scalars(latest.options(selectinload(Post.author), selectinload(Post.comments)))
+            page = [(p.title, p.author.name, len(p.comments)) for p in posts]
+        elif request == "duplicate":
+            for _ in range(10):
+                page.append(session.scalar(select(func.count()).select_from(Post)))
+        elif request == "unrelated":
+            for sql in UNRELATED:
+                page.append(session.execute(text(sql)).all())
+    engine.dispose()
+    return page
+
+
 async def asyncpg_request(dsn, request, app):
     import asyncpg
 
@@ -98,7 +156,7 @@ async def asyncpg_request(dsn, request, app):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", required=True)
-    ap.add_argument("--driver", choices=["psycopg2", "asyncpg"], default="psycopg2")
+    ap.add_argument("--driver", choices=["psycopg2", "asyncpg", "sqlalchemy", "sqlalchemy-psycopg"], default="psycopg2")
     ap.add_argument("--request", choices=["naive", "eager", "duplicate", "unrelated"], default="naive")
     ap.add_argument("--app", help="application_name (default blog-<request>-<driver>)")
     ap.add_argument("--admin", help="pgsift admin URL: print the N+1 reports of this application afterwards")
@@ -108,6 +166,10 @@ def main():
     started = time.perf_counter()
     if args.driver == "psycopg2":
         page = psycopg2_request(args.dsn, args.request, app)
+    elif args.driver == "sqlalchemy":
+        page = sqlalchemy_request(args.dsn, args.request, app, "psycopg2")
+    elif args.driver == "sqlalchemy-psycopg":
+        page = sqlalchemy_request(args.dsn, args.request, app, "psycopg")
     else:
         page = asyncio.run(asyncpg_request(args.dsn, args.request, app))
     elapsed = (time.perf_counter() - started) * 1000

@@ -15,7 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use pgsift::frontend::caching::extended_read;
 use pgsift::frontend::pipeline::{plannable, shared_name, Pipeline};
 use pgsift::protocol::extended::{
-    bind_statement, build_parse, build_target, parse_parse, rebuild_bind, target,
+    bind_statement, bind_values_hash, build_parse, build_target, parse_parse, rebuild_bind,
+    target,
 };
 use pgsift::protocol::frame::scan;
 
@@ -52,6 +53,8 @@ fn check(msg: &[u8]) {
         assert_eq!(&rebuilt[new_after..], &msg[after..]);
         assert_eq!(&rebuilt[5..new_after - NEW_NAME.len() - 1], &msg[5..after - stmt.len() - 1]);
         assert_eq!(rebuilt.len(), 1 + u32::from_be_bytes(rebuilt[1..5].try_into().unwrap()) as usize);
+        // the values' hash reads only the values: the same for the rebuilt message
+        assert_eq!(bind_values_hash(msg, after), bind_values_hash(&rebuilt, new_after));
     }
     if let Some((kind, name)) = target(msg) {
         let name = String::from_utf8_lossy(name);

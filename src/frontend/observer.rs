@@ -226,7 +226,8 @@ impl Observer {
                 if let Some((stmt, after)) = extended::bind_statement(msg) {
                     if let Some(k) = self.statements.get(stmt) {
                         let mut known = k.clone();
-                        known.values = xxhash_rust::xxh3::xxh3_64(&msg[after..]);
+                        known.values = extended::bind_values_hash(msg, after)
+                            .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_64(&msg[after..]));
                         self.portals.insert(portal, known);
                     }
                 }

@@ -42,6 +42,51 @@ pub fn bind_statement(msg: &[u8]) -> Option<(&[u8], usize)> {
     Some((stmt, after))
 }
 
+/// A hash of a Bind message's parameter values, `after` being where its
+/// bytes after the statement name begin ([`bind_statement`]): each value
+/// with its format (text or binary), however the message spells the
+/// formats (none listed, one for all, or one each). The result formats,
+/// which a driver may change between executions of the same values (a
+/// prepared statement asking for binary rows), are left out. No values
+/// hash to 0, as a text without literals does ([`crate::sql::shape`]): a
+/// driver that sends a statement without parameters as a simple query
+/// first and prepared later (psycopg 3) runs it with the same values.
+/// `None` for a malformed body.
+pub fn bind_values_hash(msg: &[u8], after: usize) -> Option<u64> {
+    let mut b = msg.get(after..)?;
+    let n_formats = take_u16(&mut b)? as usize;
+    let formats = b.get(..2 * n_formats)?;
+    b = &b[2 * n_formats..];
+    let n_params = take_u16(&mut b)? as usize;
+    if n_params == 0 {
+        return Some(0);
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for i in 0..n_params {
+        let format = match n_formats {
+            0 => 0,
+            1 => u16::from_be_bytes([formats[0], formats[1]]),
+            _ if i < n_formats => u16::from_be_bytes([formats[2 * i], formats[2 * i + 1]]),
+            _ => return None,
+        };
+        let len = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+        b = &b[4..];
+        h.update(&format.to_be_bytes());
+        h.update(&len.to_be_bytes());
+        if len > 0 {
+            h.update(b.get(..len as usize)?);
+            b = &b[len as usize..];
+        }
+    }
+    Some(h.digest())
+}
+
+fn take_u16(b: &mut &[u8]) -> Option<u16> {
+    let v = u16::from_be_bytes(b.get(..2)?.try_into().ok()?);
+    *b = &b[2..];
+    Some(v)
+}
+
 /// The kind (`S` or `P`) and name of a Describe or Close message.
 pub fn target(msg: &[u8]) -> Option<(u8, &[u8])> {
     let kind = *msg.get(5)?;
@@ -116,6 +161,60 @@ mod tests {
         let mut expected = BytesMut::new();
         frontend::parse("pgsift_x", "SELECT $1", [23u32], &mut expected).unwrap();
         assert_eq!(&rebuilt[..], &expected[..]);
+    }
+
+    /// A Bind of `values` (text) with these parameter and result formats.
+    fn bind_of(values: &[&str], formats: &[i16], results: &[i16]) -> BytesMut {
+        let mut m = BytesMut::new();
+        frontend::bind(
+            "",
+            "s",
+            formats.iter().copied(),
+            values.iter().copied(),
+            |v: &str, buf: &mut BytesMut| {
+                buf.put_slice(v.as_bytes());
+                Ok::<_, Box<dyn std::error::Error + Sync + Send>>(postgres_protocol::IsNull::No)
+            },
+            results.iter().copied(),
+            &mut m,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        m
+    }
+
+    fn values_hash(m: &[u8]) -> Option<u64> {
+        let (_, after) = bind_statement(m).unwrap();
+        bind_values_hash(m, after)
+    }
+
+    #[test]
+    fn bind_values_hash_sees_the_values_not_how_formats_are_spelled_or_rows_asked_for() {
+        let plain = values_hash(&bind_of(&["7", "x"], &[], &[])).unwrap();
+        assert_eq!(
+            plain,
+            values_hash(&bind_of(&["7", "x"], &[0], &[1])).unwrap()
+        );
+        assert_eq!(
+            plain,
+            values_hash(&bind_of(&["7", "x"], &[0, 0], &[0, 1])).unwrap()
+        );
+        assert_ne!(plain, values_hash(&bind_of(&["8", "x"], &[], &[])).unwrap());
+        assert_ne!(
+            plain,
+            values_hash(&bind_of(&["7", "x"], &[1], &[])).unwrap()
+        );
+        // no values: 0, as for a text without literals
+        assert_eq!(values_hash(&bind_of(&[], &[], &[])), Some(0));
+        assert_eq!(values_hash(&bind_of(&[], &[], &[1])), Some(0));
+        assert_eq!(
+            crate::sql::shape::scan(b"SELECT count(*) FROM posts", None).values,
+            0
+        );
+        // formats that do not match the values' count, a cut message
+        assert_eq!(values_hash(&bind_of(&["7", "x", "y"], &[0, 0], &[])), None);
+        let whole = bind_of(&["7"], &[], &[]);
+        assert_eq!(values_hash(&whole[..whole.len() - 3]), None);
     }
 
     #[test]

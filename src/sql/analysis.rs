@@ -273,8 +273,8 @@ fn analyze_with_parser(sql: &str) -> Analysis {
                 && !has_locking_or_value_function(&normalized);
             Analysis {
                 fingerprint: fp.value,
-                // collapsed for reading only: `IN ($1, ...)` does not parse
-                normalized: collapse_lists(normalized),
+                // folded for reading only: `IN ($1, ...)` does not parse
+                normalized: collapse_lists(fold_space_and_comments(&normalized)),
                 kind,
                 reads,
                 writes,
@@ -289,12 +289,110 @@ fn analyze_with_parser(sql: &str) -> Analysis {
     }
 }
 
+/// The parser's normalized text with comments dropped and each run of
+/// whitespace made one space (none at the ends), as SPEC §6 reads it.
+/// Quoted identifiers, strings and dollar-quoted bodies stay as written.
+pub fn fold_space_and_comments(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut space = false;
+    let mut i = 0;
+    // copies b[from..to] (whole characters: every cut is at ASCII)
+    let copy = |out: &mut String, space: &mut bool, from: usize, to: usize| {
+        if *space && !out.is_empty() {
+            out.push(' ');
+        }
+        *space = false;
+        out.push_str(&text[from..to]);
+    };
+    while i < b.len() {
+        match b[i] {
+            c if c.is_ascii_whitespace() => {
+                space = true;
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                space = true;
+                i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |n| i + n + 1);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                space = true;
+                let mut depth = 0;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            q @ (b'"' | b'\'') => {
+                // to the closing quote (a doubled quote stays inside)
+                let mut j = i + 1;
+                while j < b.len() {
+                    if b[j] == q {
+                        if b.get(j + 1) == Some(&q) {
+                            j += 2;
+                            continue;
+                        }
+                        j += 1;
+                        break;
+                    }
+                    j += 1;
+                }
+                let end = j.min(b.len());
+                copy(&mut out, &mut space, i, end);
+                i = end;
+            }
+            b'$' if !b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                // a dollar quote $tag$...$tag$, or a lone `$`
+                let tag_end = b[i + 1..]
+                    .iter()
+                    .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
+                    .map(|n| i + 1 + n)
+                    .filter(|&n| b[n] == b'$');
+                let end = match tag_end {
+                    Some(t) => {
+                        let tag = &text[i..=t];
+                        text[t + 1..]
+                            .find(tag)
+                            .map_or(b.len(), |n| t + 1 + n + tag.len())
+                    }
+                    None => i + 1,
+                };
+                copy(&mut out, &mut space, i, end);
+                i = end;
+            }
+            _ => {
+                // a run of anything else
+                let mut j = i + 1;
+                while j < b.len()
+                    && !matches!(b[j], b'-' | b'/' | b'"' | b'\'' | b'$')
+                    && !b[j].is_ascii_whitespace()
+                {
+                    j += 1;
+                }
+                copy(&mut out, &mut space, i, j);
+                i = j;
+            }
+        }
+    }
+    out
+}
+
 /// Collapses each `IN` list and `ARRAY[...]` of placeholders (`$n` from the
 /// parser's normalization, `?n`/`?s` from the fallback's folding) to its
 /// first element and `...`: `id IN ($1, $2, $3)` and `id IN ($1)` both read
 /// `id IN ($1, ...)`, so one text stands for every length. Other lists
 /// (VALUES rows, function arguments) stay as they are.
-pub(crate) fn collapse_lists(text: String) -> String {
+pub fn collapse_lists(text: String) -> String {
     let b = text.as_bytes();
     let mut out: Option<String> = None;
     let mut copied = 0;
@@ -527,6 +625,23 @@ mod tests {
             n("SELECT * FROM t WHERE id IN (SELECT a FROM u)"),
             "SELECT * FROM t WHERE id IN (SELECT a FROM u)"
         );
+    }
+
+    #[test]
+    fn normalized_text_has_its_comments_dropped_and_its_whitespace_folded() {
+        let a = Analyzer::new(100);
+        let x = a
+            .analyze("SELECT  id,\n  name -- who\nFROM /* the /* nested */ table */ users\n WHERE id = 7  ")
+            .analysis;
+        assert_eq!(x.normalized, "SELECT id, name FROM users WHERE id = $1");
+        // quoted names keep their spaces, dollar-quoted bodies their text
+        let y = a.analyze("SELECT \"a  b\"  FROM t WHERE x = $1").analysis;
+        assert_eq!(y.normalized, "SELECT \"a  b\" FROM t WHERE x = $1");
+        assert_eq!(
+            fold_space_and_comments("DO $f$ BEGIN  -- x\n END $f$;\n"),
+            "DO $f$ BEGIN  -- x\n END $f$;"
+        );
+        assert_eq!(fold_space_and_comments("a-b / c"), "a-b / c");
     }
 
     #[test]
