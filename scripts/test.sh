@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every pgsift test on a fresh machine: installs what is missing
-# (PostgreSQL, Redis, libclang, openssl, a Python venv with the drivers),
+# (PostgreSQL, Redis, libclang, openssl, Chromium, Java with the PostgreSQL
+# JDBC driver, a Python venv with the drivers),
 # then checks formatting and lints and runs the whole test suite.
 # The integration tests start their own PostgreSQL on free ports.
 set -euo pipefail
@@ -16,6 +17,9 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v runuser >/dev/null || need+=(util-linux)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# `java File.java` compiles the source: a JDK, not only a JRE
+command -v javac >/dev/null || need+=(default-jdk-headless)
+[ -e /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,5 +1,6 @@
 //! Real client programs through pgsift: psql, pgbench in every protocol mode,
-//! and the pgsift command line itself (check, --version, --help).
+//! the JDBC driver, sqlx, and the pgsift command line itself (check,
+//! --version, --help).
 // Tests run tokio runtimes of their own, with timers: the timer functions
 // clippy.toml keeps out of pgsift (src/timer.rs) are theirs to use.
 #![allow(clippy::disallowed_methods)]
@@ -314,4 +315,113 @@ fn a_reload_turns_tls_on_and_a_reload_with_an_unreadable_key_changes_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+}
+
+#[test]
+fn the_jdbc_driver_works_in_both_pool_modes() {
+    let jar = "/usr/share/java/postgresql.jar";
+    assert!(
+        std::path::Path::new(jar).exists(),
+        "{jar} is missing: run scripts/test.sh (it installs libpostgresql-jdbc-java)"
+    );
+    let pg = shared_postgres();
+    for (mode, pool_size) in [("session", 8), ("transaction", 3)] {
+        let proxy = Proxy::start(&databases_yaml(pg, mode, pool_size));
+        let out = Command::new("java")
+            .args(["-cp", jar])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/java/JdbcCheck.java"
+            ))
+            .arg(format!(
+                "jdbc:postgresql://127.0.0.1:{}/app?sslmode=disable",
+                proxy.port
+            ))
+            .args(["blog", "blogpw"])
+            .output()
+            .expect("java (scripts/test.sh installs a JDK when it is missing)");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+            "JDBC in {mode} mode: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlx_with_its_pool_and_statement_cache_works_in_transaction_mode() {
+    use sqlx::Acquire;
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "transaction", 2));
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(6)
+        .connect(&proxy.url("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    type Row = (
+        i32,
+        String,
+        Vec<u8>,
+        Vec<i32>,
+        serde_json::Value,
+        Option<String>,
+    );
+    let row: Row =
+        sqlx::query_as("SELECT $1::int4, $2::text, $3::bytea, $4::int4[], $5::json, NULL::text")
+            .bind(-7)
+            .bind("naïve café ✓ 日本")
+            .bind(vec![0u8, 255, 39, 92])
+            .bind(vec![1, 2, 3])
+            .bind(serde_json::json!({"a": [1, null]}))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        row,
+        (
+            -7,
+            "naïve café ✓ 日本".to_owned(),
+            vec![0u8, 255, 39, 92],
+            vec![1, 2, 3],
+            serde_json::json!({"a": [1, null]}),
+            None
+        )
+    );
+    // six connections, each with its own cache of named statements, on two
+    // servers: every statement finds its prepared form wherever it runs
+    let mut tasks = Vec::new();
+    for t in 0..6i64 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let mut pids = std::collections::BTreeSet::new();
+            for i in 0..50i64 {
+                let (v, pid): (i64, i32) = sqlx::query_as("SELECT $1::int8 * 2, pg_backend_pid()")
+                    .bind(i + t)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap();
+                assert_eq!(v, 2 * (i + t));
+                pids.insert(pid);
+            }
+            let mut tx = conn.begin().await.unwrap();
+            let (a,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            let (b,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            assert_eq!(a, b, "a transaction keeps its server");
+            tx.commit().await.unwrap();
+            pids
+        }));
+    }
+    let mut servers = std::collections::BTreeSet::new();
+    for t in tasks {
+        servers.extend(t.await.unwrap());
+    }
+    assert!(servers.len() <= 2, "{servers:?}: the pool has two servers");
 }
