@@ -61,7 +61,9 @@ pub fn bind_values_hash(msg: &[u8], after: usize) -> Option<u64> {
     if n_params == 0 {
         return Some(0);
     }
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    // one one-shot hash per value, chained through the seed (cheaper than
+    // a streaming hasher for the few short values of a typical Bind)
+    let mut h = 0u64;
     for i in 0..n_params {
         let format = match n_formats {
             0 => 0,
@@ -71,14 +73,17 @@ pub fn bind_values_hash(msg: &[u8], after: usize) -> Option<u64> {
         };
         let len = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
         b = &b[4..];
-        h.update(&format.to_be_bytes());
-        h.update(&len.to_be_bytes());
-        if len > 0 {
-            h.update(b.get(..len as usize)?);
+        let value = if len > 0 {
+            let v = b.get(..len as usize)?;
             b = &b[len as usize..];
-        }
+            v
+        } else {
+            &[]
+        };
+        let seed = h.rotate_left(29) ^ (u64::from(format) << 32 | u64::from(len as u32));
+        h = xxhash_rust::xxh3::xxh3_64_with_seed(value, seed);
     }
-    Some(h.digest())
+    Some(h)
 }
 
 fn take_u16(b: &mut &[u8]) -> Option<u16> {
