@@ -119,6 +119,21 @@ impl App {
         self.credentials.read().clone()
     }
 
+    /// Closes the pools no client is given under the config in force (a
+    /// login that raced a reload may have made one from the old config);
+    /// the upkeep calls this every second.
+    pub fn close_unmapped_pools(&self) {
+        let config = self.config();
+        self.pools
+            .retain(|(db, user), pool| match pool_in_config(&config, db, user) {
+                Some(_) => true,
+                None => {
+                    pool.close();
+                    false
+                }
+            });
+    }
+
     /// The client-facing TLS acceptor in force, if any.
     pub fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
         self.tls.read().clone()
@@ -160,14 +175,9 @@ impl App {
             .reports
             .set_min_total(config.n_plus_one.min_total_time);
         *self.credentials.write() = Arc::new(Credentials::new(config.users.values()));
-        // A pool stays while clients would still be given it: its database
-        // is configured and its user is the database's server_user or, when
-        // there is none, a configured user.
-        self.pools.retain(|(db, user), pool| {
-            match config.databases.get(db).filter(|d| match &d.server_user {
-                Some(su) => su == user,
-                None => config.users.contains_key(user),
-            }) {
+        // A pool stays while clients would still be given it.
+        self.pools
+            .retain(|(db, user), pool| match pool_in_config(&config, db, user) {
                 Some(d) => {
                     pool.reconfigure(upstream_target(&config, d, user), pool_settings(&config, d));
                     true
@@ -176,8 +186,7 @@ impl App {
                     pool.close();
                     false
                 }
-            }
-        });
+            });
         *self.config.write() = Arc::new(config);
         self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -267,6 +276,16 @@ impl Drop for ClientGuard {
             self.0.clients_gone.notify_waiters();
         }
     }
+}
+
+/// The database config of a (database, user) pool when clients are given
+/// that pool under `config`: its database is configured and its user is the
+/// database's server_user or, when there is none, a configured user.
+fn pool_in_config<'a>(config: &'a Config, db: &str, user: &str) -> Option<&'a DatabaseConfig> {
+    config.databases.get(db).filter(|d| match &d.server_user {
+        Some(su) => su == user,
+        None => config.users.contains_key(user),
+    })
 }
 
 /// A client connection's slot under `pool.max_client_conn`.

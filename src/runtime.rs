@@ -136,6 +136,7 @@ async fn upkeep(app: Arc<App>) {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+        app.close_unmapped_pools();
         let pools: Vec<_> = app.pools.iter().map(|p| p.value().clone()).collect();
         for p in pools {
             p.upkeep().await;

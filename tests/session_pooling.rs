@@ -622,3 +622,44 @@ async fn min_pool_size_opens_the_only_users_pool_at_start() {
     });
     wait_servers("warm_now", "blog", 3).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_gives_a_database_a_server_user_moves_its_connected_clients_to_that_pool() {
+    let pg = shared_postgres();
+    pg.psql(
+        "postgres",
+        "CREATE ROLE later_owner LOGIN PASSWORD 'laterpw'",
+    );
+    pg.psql("postgres", "CREATE DATABASE forced_later OWNER blog");
+    let proxy = Proxy::start(&format!(
+        "databases:\n  forced_later: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 2}}\n",
+        pg.port
+    ));
+    let c = connect(&proxy.conn_str("blog", "blogpw", "forced_later"))
+        .await
+        .unwrap();
+    assert_eq!(common::scalar(&c, "SELECT current_user").await, "blog");
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        yaml.replace(
+            "pool_size: 2}",
+            "pool_size: 2, server_user: later_owner, server_password: laterpw}",
+        ),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    // the connected client goes on, its next transactions on the new pool
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let who = common::scalar(&c, "SELECT current_user").await;
+        if who == "later_owner" {
+            break;
+        }
+        assert_eq!(who, "blog");
+        assert!(Instant::now() < deadline, "{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // and the old pool's servers are gone
+    wait_servers("forced_later", "blog", 0).await;
+}

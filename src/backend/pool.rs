@@ -420,6 +420,11 @@ impl Pool {
         *cur = settings;
     }
 
+    /// Whether the pool was closed (its database or user left the config).
+    pub fn is_closed(&self) -> bool {
+        self.slots.is_closed()
+    }
+
     /// Closes the pool: waiting clients get an error, idle servers close.
     pub fn close(&self) {
         self.slots.close();

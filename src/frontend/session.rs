@@ -403,6 +403,9 @@ fn send_from_buffer<W: TryWrite>(
 pub struct Session {
     app: Arc<App>,
     pool: Arc<Pool>,
+    /// the (database, user) the client logged in as, for finding its pool
+    /// again after a reload
+    login: (Arc<str>, Arc<str>),
     mode: PoolMode,
     settings: Vec<(String, String)>,
     cancel: Arc<CancelTarget>,
@@ -458,6 +461,7 @@ impl Session {
             .enabled
             .then(|| Detector::new(n1.min_repeats, n1.max_gap));
         let observer_db: Arc<str> = database.as_str().into();
+        let login_key: (Arc<str>, Arc<str>) = (observer_db.clone(), user.as_str().into());
         let origin = Origin {
             database,
             user,
@@ -496,6 +500,7 @@ impl Session {
             observer.effects_of = Some((c.cache.volatility.clone(), c.db.clone()));
         }
         let mut session = Session {
+            login: login_key,
             cache,
             generation,
             info,
@@ -948,6 +953,7 @@ impl Session {
             let config = self.app.config();
             self.observer
                 .reconfigure(&config.n_plus_one, config.logging.slow_statement);
+            self.follow_pool();
             if self.mode == PoolMode::Transaction {
                 self.pipeline.promote_unnamed = config.pool.prepare_unnamed_statements;
             }
@@ -1228,7 +1234,24 @@ impl Session {
     }
 
     /// Checks out a server and brings its settings in line with the client's.
+    /// Between transactions, takes up the pool the client maps to now: a
+    /// reload may have given its database another `server_user` (its pool
+    /// is then another) or closed its pool.
+    fn follow_pool(&mut self) {
+        if self.server.is_some() || self.mux_replies.is_some() {
+            return;
+        }
+        if let Some(p) = self.app.pool(&self.login.0, &self.login.1) {
+            if !Arc::ptr_eq(&p, &self.pool) {
+                self.pool = p;
+            }
+        }
+    }
+
     async fn attach_server(&mut self) -> Result<(), End> {
+        if self.pool.is_closed() {
+            self.follow_pool();
+        }
         self.info.set(ClientState::Waiting, None);
         let checkout = self.pool.checkout().await;
         self.info.set(ClientState::Idle, None);

@@ -23,6 +23,11 @@ pub const MAX_BURSTS: usize = 64;
 pub const HISTORY: usize = 32;
 /// Distinct parameter values remembered per burst.
 const MAX_DISTINCT: usize = 8;
+/// A statement is the parent of a burst that starts after an idle gap only
+/// if the gap is shorter than this (a page rendered between a list query
+/// and its loop); after a longer one, a pooled connection's last statement
+/// most likely belonged to other work.
+pub const PARENT_ACROSS_GAP: Duration = Duration::from_secs(2);
 
 /// One finished statement execution.
 #[derive(Debug, Clone)]
@@ -152,8 +157,13 @@ impl Detector {
     pub fn observe(&mut self, e: Execution) -> Vec<Burst> {
         let mut done = Vec::new();
         if let Some(last) = self.last_end {
-            if e.start.since(last) > self.max_gap {
+            let gap = e.start.since(last);
+            if gap > self.max_gap {
                 done = self.finish_all();
+            }
+            if gap > PARENT_ACROSS_GAP {
+                // too long ago to have started this work
+                self.history.clear();
             }
         }
         let end = e.start + e.duration;
@@ -248,28 +258,27 @@ impl Detector {
     }
 
     /// The last statement before `seq` that is not a repetition in a burst
-    /// (`counted`, whose burst has just counted its second execution, is
-    /// judged as it was before that execution).
+    /// and not the burst's own statement `counted` (which ran before an
+    /// idle gap, say): a statement is not its own parent.
     fn parent_before(&self, seq: u64, counted: u64) -> Option<Arc<Analysis>> {
         self.history
             .iter()
             .rev()
             .filter(|r| r.first_seq < seq)
             .find(|r| {
-                r.fingerprint == counted
-                    || self.open.get(&r.fingerprint).is_none_or(|b| b.count < 2)
+                r.fingerprint != counted
+                    && self.open.get(&r.fingerprint).is_none_or(|b| b.count < 2)
             })
             .map(|r| r.analysis.clone())
     }
 
-    /// Ends every open burst (idle gap, disconnect). The last statement
-    /// stays in the history: it is the parent of a burst that starts after
-    /// the gap (a list query, then a pause, then the loop over its rows).
+    /// Ends every open burst (idle gap, disconnect). The history stays: its
+    /// last statement is the parent of a burst that starts after the gap (a
+    /// list query, then a pause, then the loop over its rows), unless the
+    /// gap is longer than [`PARENT_ACROSS_GAP`].
     pub fn finish_all(&mut self) -> Vec<Burst> {
         let open: Vec<Open> = self.open.drain().map(|(_, b)| b).collect();
         self.repeating = 0;
-        let older = self.history.len().saturating_sub(1);
-        self.history.drain(..older);
         open.into_iter().filter_map(|b| self.finished(b)).collect()
     }
 
@@ -410,6 +419,32 @@ mod tests {
         assert_eq!(bursts.len(), 1);
         let parent = bursts[0].parent.as_ref().expect("a parent");
         assert!(parent.normalized.contains("FROM posts"), "{parent:?}");
+    }
+
+    #[test]
+    fn a_statement_is_not_the_parent_of_its_own_burst_and_old_work_is_no_parent() {
+        let mut f = Feed::new();
+        f.run("SELECT * FROM posts ORDER BY created_at DESC LIMIT 20");
+        f.run("SELECT * FROM users WHERE id = 1");
+        f.t += Duration::from_millis(500);
+        for i in 2..8 {
+            f.run(&format!("SELECT * FROM users WHERE id = {i}"));
+        }
+        let bursts = f.end();
+        assert_eq!(bursts.len(), 1);
+        let parent = bursts[0].parent.as_ref().expect("a parent");
+        assert!(parent.normalized.contains("FROM posts"), "{parent:?}");
+
+        // after a gap longer than PARENT_ACROSS_GAP: no parent
+        let mut f = Feed::new();
+        f.run("SELECT * FROM posts ORDER BY created_at DESC LIMIT 20");
+        f.t += PARENT_ACROSS_GAP + Duration::from_secs(1);
+        for i in 0..6 {
+            f.run(&format!("SELECT * FROM comments WHERE post_id = {i}"));
+        }
+        let bursts = f.end();
+        assert_eq!(bursts.len(), 1);
+        assert!(bursts[0].parent.is_none(), "{:?}", bursts[0].parent);
     }
 
     #[test]

@@ -395,6 +395,8 @@ pub fn fold_space_and_comments(text: &str) -> String {
 pub fn collapse_lists(text: String) -> String {
     let b = text.as_bytes();
     let mut out: Option<String> = None;
+    // the `$n` a collapse took out, so that the rest can be numbered again
+    let mut removed: Vec<u32> = Vec::new();
     let mut copied = 0;
     let mut i = 0;
     while i < b.len() {
@@ -418,6 +420,7 @@ pub fn collapse_lists(text: String) -> String {
                 o.push_str(&text[first_start..first_end]);
                 o.push_str(", ...");
                 o.push(close as char);
+                removed.extend(dollar_numbers(&b[first_end..end]).map(|(_, _, n)| n));
                 copied = end;
                 i = end;
             }
@@ -427,10 +430,62 @@ pub fn collapse_lists(text: String) -> String {
     match out {
         Some(mut o) => {
             o.push_str(&text[copied..]);
-            o
+            renumber(o, removed)
         }
         None => text,
     }
+}
+
+/// The `$n` placeholders in `b`: start, end and number of each.
+fn dollar_numbers(b: &[u8]) -> impl Iterator<Item = (usize, usize, u32)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < b.len() {
+            let start = i;
+            i += 1;
+            let after_ident =
+                start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+            if b[start] != b'$' || after_ident {
+                continue;
+            }
+            let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 || digits > 9 {
+                i += digits;
+                continue;
+            }
+            let n = std::str::from_utf8(&b[i..i + digits]).ok()?.parse().ok()?;
+            i += digits;
+            return Some((start, i, n));
+        }
+        None
+    })
+}
+
+/// Numbers the `$n` left after collapses without the gaps the numbers in
+/// `removed` that no longer appear left:
+/// `IN ($1, ...) AND x = $4` reads `IN ($1, ...) AND x = $2`, as it does
+/// for a list of any other length.
+fn renumber(text: String, mut removed: Vec<u32>) -> String {
+    if removed.is_empty() {
+        return text;
+    }
+    // a number the text still shows (the list's first element, a
+    // parameter used twice) keeps its place
+    let present: Vec<u32> = dollar_numbers(text.as_bytes()).map(|(_, _, n)| n).collect();
+    removed.retain(|r| !present.contains(r));
+    removed.sort_unstable();
+    removed.dedup();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (start, end, n) in dollar_numbers(text.as_bytes()) {
+        let gone = removed.partition_point(|&r| r < n) as u32;
+        out.push_str(&text[copied..start]);
+        out.push('$');
+        out.push_str(&n.saturating_sub(gone).to_string());
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// Whether `word` (lowercase) starts at `i`, case-insensitively, as a whole word.
@@ -603,11 +658,11 @@ mod tests {
         let n = |sql: &str| a.analyze(sql).analysis.normalized.clone();
         assert_eq!(
             n("SELECT * FROM t WHERE id IN (1, 2, 3) AND x = 5"),
-            "SELECT * FROM t WHERE id IN ($1, ...) AND x = $4"
+            "SELECT * FROM t WHERE id IN ($1, ...) AND x = $2"
         );
         assert_eq!(
             n("select * from t where id in (7,8) or id = any(ARRAY[1, 2, 3])"),
-            "select * from t where id in ($1, ...) or id = any(ARRAY[$3, ...])"
+            "select * from t where id in ($1, ...) or id = any(ARRAY[$2, ...])"
         );
         // one element reads as any other length; VALUES rows and function
         // arguments stay
@@ -620,6 +675,10 @@ mod tests {
             "INSERT INTO t (a, b) VALUES ($1, $2)"
         );
         assert_eq!(n("SELECT f(1, 2)"), "SELECT f($1, $2)");
+        assert_eq!(
+            collapse_lists("a IN ($1, $1, $1) AND b = $2 AND c IN ($3, $4)".into()),
+            "a IN ($1, ...) AND b = $2 AND c IN ($3, ...)"
+        );
         // a subquery is no list of constants
         assert_eq!(
             n("SELECT * FROM t WHERE id IN (SELECT a FROM u)"),
