@@ -200,10 +200,8 @@ impl ServerSide<'_> {
             b'S' => {
                 let body = &msg[5..];
                 self.settings_changes.reported(body, self.settings);
-                if let Some(value) = body.strip_prefix(b"application_name\0") {
-                    let value = value.strip_suffix(b"\0").unwrap_or(value);
-                    self.observer
-                        .set_application(&String::from_utf8_lossy(value));
+                if body.starts_with(b"application_name\0") {
+                    application_changed(self.observer, body);
                 }
                 return Seen::Parameter;
             }
@@ -211,6 +209,16 @@ impl ServerSide<'_> {
         }
         Seen::Other
     }
+}
+
+/// The server reported the session's application_name (a SET, a RESET):
+/// the observer's reports and counts carry it from now on.
+#[cold]
+#[inline(never)]
+fn application_changed(observer: &mut Observer, body: &[u8]) {
+    let value = &body[b"application_name\0".len()..];
+    let value = value.strip_suffix(b"\0").unwrap_or(value);
+    observer.set_application(&String::from_utf8_lossy(value));
 }
 
 /// Hands a server back after its client is done with it: a server with work
