@@ -769,6 +769,42 @@ async fn extended_protocol_reads_are_served_and_invalidated_too() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_write_sent_before_the_previous_reply_arrived_invalidates_too() {
+    let proxy = cache_proxy(false);
+    let c = client(&proxy).await;
+    let other = client(&proxy).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = "SELECT v FROM items WHERE id = 36";
+    let first = one(&other, read).await;
+    assert_eq!(one(&other, read).await, first, "stored, then a hit");
+    let hits = metric(&proxy, "hit");
+    for v in 1..=4 {
+        // polled together, tokio-postgres pipelines the two requests: the
+        // UPDATE is on its way before the SELECT's ReadyForQuery is back
+        let update = format!("UPDATE items SET v = {v} WHERE id = 36");
+        if v % 2 == 1 {
+            let (r, w) = tokio::join!(c.simple_query("SELECT 1"), c.simple_query(&update));
+            r.unwrap();
+            w.unwrap();
+        } else {
+            let (r, w) = tokio::join!(c.query("SELECT 1", &[]), c.execute(&update, &[]));
+            r.unwrap();
+            w.unwrap();
+        }
+        assert_eq!(
+            one(&other, read).await,
+            v.to_string(),
+            "a stale read after the acknowledged UPDATE"
+        );
+        assert_eq!(one(&other, read).await, v.to_string());
+    }
+    assert!(
+        metric(&proxy, "hit") > hits,
+        "the read is served from the cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn partial_executes_are_never_cached_and_their_writes_invalidate() {
     let proxy = cache_proxy(false);
     let mut c = client(&proxy).await;

@@ -36,9 +36,31 @@ struct Known {
 
 #[derive(Debug)]
 struct Pending {
-    known: Known,
+    /// `None`: an Execute of a portal the observer does not know (bound to
+    /// a statement prepared with SQL `PREPARE`, or forgotten past
+    /// [`MAX_NAMED`]); it is counted nowhere, but what it wrote must still
+    /// be invalidated
+    known: Option<Known>,
     sent: Mono,
     rows: u64,
+}
+
+/// What the client sent that the server answers, in order: executions, and
+/// the ends of the batches they were sent in. A ReadyForQuery ends the
+/// oldest batch; executions still before its end were skipped after an
+/// error. Executions of later batches, which a client may send before that
+/// ReadyForQuery arrives, stay.
+#[derive(Debug)]
+enum Slot {
+    Exec(Pending),
+    /// a Query or FunctionCall: a ReadyForQuery is owed
+    Query,
+    /// a Sync: a ReadyForQuery is owed, unless the server receives it in
+    /// copy-in mode (it ignores Sync there)
+    Sync,
+    /// the client ended a copy (CopyDone, CopyFail) before the server's
+    /// CopyInResponse arrived: Syncs after this are not in copy-in mode
+    CopyEnd,
 }
 
 /// The shared tables a session reports to.
@@ -63,7 +85,9 @@ pub struct Observer {
     shapes: ShapeMemo,
     statements: Names,
     portals: Names,
-    pending: VecDeque<Pending>,
+    pending: VecDeque<Slot>,
+    /// the server is in copy-in mode and the client has not ended the copy
+    copy_in: bool,
     last_done: Option<Mono>,
     /// metric handles per statement kind (by `Kind as usize`), resolved on
     /// first use
@@ -136,6 +160,7 @@ impl Observer {
             statements: Names::default(),
             portals: Names::default(),
             pending: VecDeque::new(),
+            copy_in: false,
             last_done: None,
             kind_metrics: Default::default(),
             burst_counter: None,
@@ -196,12 +221,24 @@ impl Observer {
                         text: keep.then(|| Arc::from(&*String::from_utf8_lossy(stmt))),
                         values: a.values,
                     };
-                    pending.push_back(Pending {
-                        known,
+                    pending.push_back(Slot::Exec(Pending {
+                        known: Some(known),
                         sent: now,
                         rows: 0,
-                    });
+                    }));
                 });
+                self.pending.push_back(Slot::Query);
+            }
+            b'F' => self.pending.push_back(Slot::Query),
+            // a server in copy-in mode ignores Sync
+            b'S' if self.copy_in => {}
+            b'S' => self.pending.push_back(Slot::Sync),
+            b'c' | b'f' => {
+                if self.copy_in {
+                    self.copy_in = false;
+                } else {
+                    self.pending.push_back(Slot::CopyEnd);
+                }
             }
             b'P' => {
                 if let Some(p) = extended::parse_parse(msg) {
@@ -237,13 +274,12 @@ impl Observer {
                 let Some(end) = body.iter().position(|&b| b == 0) else {
                     return;
                 };
-                if let Some(known) = self.portals.get(&body[..end]).cloned() {
-                    self.pending.push_back(Pending {
-                        known,
-                        sent: now,
-                        rows: 0,
-                    });
-                }
+                let known = self.portals.get(&body[..end]).cloned();
+                self.pending.push_back(Slot::Exec(Pending {
+                    known,
+                    sent: now,
+                    rows: 0,
+                }));
             }
             b'C' => {
                 if let Some((kind, name)) = extended::target(msg) {
@@ -263,17 +299,18 @@ impl Observer {
     pub fn server_message(&mut self, tag: u8, now: Mono) {
         match tag {
             b'D' => {
-                if let Some(p) = self.pending.front_mut() {
+                if let Some(Slot::Exec(p)) = self.pending.front_mut() {
                     p.rows += 1;
                 }
             }
-            b'C' | b'I' | b's' => self.complete(now, false, false),
-            b'E' => self.complete(now, true, false),
+            b'C' => self.complete(now, false, false, true),
+            b'I' | b's' => self.complete(now, false, false, false),
+            b'E' => self.complete(now, true, false, false),
             b'Z' => {
-                // whatever did not complete was skipped after an error
-                self.pending.clear();
+                self.batch_ended();
                 self.portals.remove(b"");
             }
+            b'G' => self.copy_in_started(),
             _ => {}
         }
     }
@@ -283,20 +320,77 @@ impl Observer {
         self.statements.get(name).and_then(|k| k.text.clone())
     }
 
-    /// The execution just sent was answered from the cache with `rows` rows.
+    /// The execution just sent, the batch's only one, was answered from
+    /// the cache with `rows` rows: no ReadyForQuery comes for its batch.
     pub fn served_from_cache(&mut self, now: Mono, rows: u64) {
-        if let Some(p) = self.pending.back_mut() {
+        if matches!(self.pending.back(), Some(Slot::Query | Slot::Sync)) {
+            self.pending.pop_back();
+        }
+        if let Some(Slot::Exec(mut p)) = self.pending.pop_back() {
             p.rows = rows;
+            self.pending.push_front(Slot::Exec(p));
+            self.complete(now, false, true, false);
         }
-        if let Some(p) = self.pending.pop_back() {
-            self.pending.push_front(p);
-        }
-        self.complete(now, false, true);
     }
 
+    /// ReadyForQuery: the oldest batch has ended; what of it did not
+    /// complete was skipped after an error.
+    fn batch_ended(&mut self) {
+        while let Some(slot) = self.pending.pop_front() {
+            if matches!(slot, Slot::Query | Slot::Sync) {
+                return;
+            }
+        }
+        // none was owed (the bookkeeping is out of step): start afresh
+    }
+
+    /// CopyInResponse: until the client ends the copy, the server ignores
+    /// Sync; Syncs already sent since the COPY's Execute owe nothing.
+    #[cold]
+    fn copy_in_started(&mut self) {
+        // (the front is the COPY's execution)
+        let mut ended = false;
+        while let Some(slot) = self.pending.get(1) {
+            match slot {
+                Slot::Sync => {
+                    self.pending.remove(1);
+                }
+                Slot::CopyEnd => {
+                    self.pending.remove(1);
+                    ended = true;
+                    break;
+                }
+                Slot::Query | Slot::Exec(_) => break,
+            }
+        }
+        self.copy_in = !ended;
+    }
+
+    /// An execution of the oldest batch ended (`done`: with a
+    /// CommandComplete).
     #[inline(never)]
-    fn complete(&mut self, now: Mono, error: bool, cache_hit: bool) {
-        let Some(p) = self.pending.pop_front() else {
+    fn complete(&mut self, now: Mono, error: bool, cache_hit: bool, done: bool) {
+        while matches!(self.pending.front(), Some(Slot::CopyEnd)) {
+            self.pending.pop_front();
+        }
+        let p = match self.pending.front() {
+            Some(Slot::Exec(_)) => match self.pending.pop_front() {
+                Some(Slot::Exec(p)) => p,
+                _ => return,
+            },
+            _ => {
+                // a statement of this batch that nothing was waiting for:
+                // what it wrote is unknown
+                if done {
+                    self.unknown_write();
+                }
+                return;
+            }
+        };
+        let Some(known) = p.known else {
+            if done {
+                self.unknown_write();
+            }
             return;
         };
         // pipelined executions run one after the other on the server
@@ -308,15 +402,15 @@ impl Observer {
         let duration = now.since(start);
         self.sinks
             .queries
-            .record(&p.known.analysis, duration, p.rows, error, cache_hit);
+            .record(&known.analysis, duration, p.rows, error, cache_hit);
         if !error && !cache_hit {
             if let Some((volatility, db)) = &self.effects_of {
-                if let Some(e) = effect_of(&p.known.analysis, volatility.get(db).as_deref()) {
+                if let Some(e) = effect_of(&known.analysis, volatility.get(db).as_deref()) {
                     self.effects.push(e);
                 }
             }
         }
-        let kind = p.known.analysis.kind;
+        let kind = known.analysis.kind;
         let (sinks, origin) = (&self.sinks, &self.origin);
         // (an index past the array, were a kind added without KINDS, would
         // only cost the cached handles: the metrics are looked up each time)
@@ -342,9 +436,9 @@ impl Observer {
         hist.observe(duration.as_secs_f64());
         if !self.slow.is_zero() && duration >= self.slow {
             tracing::warn!(
-                fingerprint = %p.known.analysis.fingerprint_hex(),
+                fingerprint = %known.analysis.fingerprint_hex(),
                 duration_ms = duration.as_secs_f64() * 1000.0,
-                query = %p.known.analysis.normalized,
+                query = %known.analysis.normalized,
                 "slow statement"
             );
         }
@@ -354,15 +448,24 @@ impl Observer {
         }
         if let Some(d) = self.detector.as_mut() {
             let bursts = d.observe(Execution {
-                analysis: p.known.analysis,
-                values: p.known.values,
-                example: p.known.text,
+                analysis: known.analysis,
+                values: known.values,
+                example: known.text,
                 start,
                 duration,
             });
             for b in &bursts {
                 Self::report(&self.sinks, &self.origin, &mut self.burst_counter, b);
             }
+        }
+    }
+
+    /// A statement completed that the observer could not tell: with the
+    /// cache on, it may have written anything in the database.
+    #[cold]
+    fn unknown_write(&mut self) {
+        if self.effects_of.is_some() {
+            self.effects.push(Effect::Database);
         }
     }
 
@@ -412,5 +515,184 @@ impl Observer {
                 Self::report(&self.sinks, &self.origin, &mut self.burst_counter, &b);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observer() -> Observer {
+        let sinks = Sinks {
+            analyzer: Arc::new(Analyzer::default()),
+            queries: Arc::new(QueryStats::new(100)),
+            reports: Arc::new(ReportStore::new(Duration::ZERO, None)),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let origin = Origin {
+            database: "db".into(),
+            user: "u".into(),
+            application: String::new(),
+            client_addr: String::new(),
+        };
+        let mut o = Observer::new(sinks, origin, None);
+        o.effects_of = Some((Arc::new(VolatilityTable::new(None)), "db".into()));
+        o
+    }
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn cstr(s: &str) -> Vec<u8> {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        b
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        msg(b'Q', &cstr(sql))
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = cstr(name);
+        b.extend(cstr(sql));
+        b.extend_from_slice(&0u16.to_be_bytes());
+        msg(b'P', &b)
+    }
+
+    fn bind(statement: &str) -> Vec<u8> {
+        let mut b = cstr("");
+        b.extend(cstr(statement));
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        msg(b'B', &b)
+    }
+
+    fn execute() -> Vec<u8> {
+        let mut b = cstr("");
+        b.extend_from_slice(&0u32.to_be_bytes());
+        msg(b'E', &b)
+    }
+
+    /// The client sends `client` (each message seen on its way), then the
+    /// server answers with `server` (tags only).
+    fn run(o: &mut Observer, client: &[Vec<u8>], server: &[u8]) {
+        let now = Mono::now();
+        for m in client {
+            o.client_message(m[0], m, now);
+        }
+        for &tag in server {
+            o.server_message(tag, now);
+        }
+    }
+
+    #[test]
+    fn a_write_sent_before_the_previous_reply_arrived_is_still_invalidated() {
+        let mut o = observer();
+        run(
+            &mut o,
+            &[
+                query("SELECT * FROM posts"),
+                query("UPDATE posts SET n = 1"),
+            ],
+            b"TDCZ",
+        );
+        assert!(o.effects.is_empty(), "the SELECT wrote nothing");
+        run(&mut o, &[], b"CZ");
+        assert_eq!(o.effects.len(), 1, "the UPDATE's effect was lost");
+        assert!(o.pending.is_empty());
+    }
+
+    #[test]
+    fn an_error_skips_only_the_rest_of_its_own_batch() {
+        let mut o = observer();
+        // batch 1: two executions, the first fails and the server skips the
+        // second; batch 2, sent at once, writes
+        let batch1 = [
+            parse("", "SELECT 1/0"),
+            bind(""),
+            execute(),
+            parse("", "DELETE FROM posts"),
+            bind(""),
+            execute(),
+            msg(b'S', b""),
+        ];
+        let batch2 = [
+            parse("", "UPDATE posts SET n = 1"),
+            bind(""),
+            execute(),
+            msg(b'S', b""),
+        ];
+        run(&mut o, &[&batch1[..], &batch2[..]].concat(), b"12EZ");
+        assert!(o.effects.is_empty(), "the skipped DELETE ran nowhere");
+        run(&mut o, &[], b"12CZ");
+        assert_eq!(o.effects.len(), 1, "the UPDATE's effect was lost");
+        assert!(o.pending.is_empty());
+    }
+
+    #[test]
+    fn an_error_in_a_batch_without_executions_is_not_a_later_batchs() {
+        let mut o = observer();
+        let batch1 = [parse("s1", "SELEC nonsense"), msg(b'S', b"")];
+        let batch2 = [
+            parse("", "UPDATE posts SET n = 1"),
+            bind(""),
+            execute(),
+            msg(b'S', b""),
+        ];
+        run(&mut o, &[&batch1[..], &batch2[..]].concat(), b"EZ12CZ");
+        assert_eq!(o.effects.len(), 1, "the UPDATE's effect was lost");
+    }
+
+    #[test]
+    fn an_execution_of_an_unknown_statement_invalidates_the_database() {
+        let mut o = observer();
+        // a statement prepared with SQL PREPARE: the observer never saw it
+        run(
+            &mut o,
+            &[bind("from_sql"), execute(), msg(b'S', b"")],
+            b"2CZ",
+        );
+        assert!(matches!(o.effects[..], [Effect::Database]));
+    }
+
+    #[test]
+    fn syncs_a_server_ignores_in_copy_in_mode_owe_no_ready_for_query() {
+        let mut o = observer();
+        // libpq's extended-protocol COPY: a Sync with the Execute (ignored
+        // in copy-in mode), another after CopyDone
+        run(
+            &mut o,
+            &[
+                parse("", "COPY posts FROM STDIN"),
+                bind(""),
+                execute(),
+                msg(b'S', b""),
+            ],
+            b"12G",
+        );
+        run(
+            &mut o,
+            &[msg(b'd', b"1\n"), msg(b'c', b""), msg(b'S', b"")],
+            b"CZ",
+        );
+        assert_eq!(o.effects.len(), 1, "COPY FROM writes");
+        assert!(o.pending.is_empty(), "nothing is owed: {:?}", o.pending);
+        // the next batch's completions are its own
+        run(&mut o, &[query("UPDATE posts SET n = 1")], b"CZ");
+        assert_eq!(o.effects.len(), 2);
+        assert!(o.pending.is_empty());
+    }
+
+    #[test]
+    fn a_simple_query_copy_keeps_its_ready_for_query() {
+        let mut o = observer();
+        run(&mut o, &[query("COPY posts FROM STDIN")], b"G");
+        run(&mut o, &[msg(b'd', b"1\n"), msg(b'c', b"")], b"CZ");
+        assert_eq!(o.effects.len(), 1);
+        assert!(o.pending.is_empty(), "{:?}", o.pending);
     }
 }

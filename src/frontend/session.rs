@@ -86,7 +86,14 @@ impl ServerState {
     /// A client message is on its way to the server.
     fn client_sent(&mut self, tag: u8) {
         match tag {
-            b'Q' | b'F' => self.pending += 1,
+            b'F' => self.pending += 1,
+            b'Q' => {
+                // a COPY it runs starts afresh: Syncs before it are not in
+                // its copy-in mode
+                self.pending += 1;
+                self.syncs_in_copy = 0;
+                self.copy_ended = false;
+            }
             b'S' if self.copy_in => {} // ignored by the server
             b'S' => {
                 self.pending += 1;
