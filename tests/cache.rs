@@ -36,6 +36,7 @@ fn setup() {
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE shared_r (id int, v int); INSERT INTO shared_r VALUES (1, 0)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE parents (id int PRIMARY KEY); CREATE TABLE kids (id int, parent int REFERENCES parents ON DELETE CASCADE); INSERT INTO parents VALUES (1), (2); INSERT INTO kids VALUES (1, 1), (2, 1), (3, 2)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE audited (id int, v int); CREATE TABLE audit_log (n int); INSERT INTO audited VALUES (1, 0); CREATE FUNCTION log_it() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN INSERT INTO audit_log VALUES (1); RETURN NEW; END'; CREATE TRIGGER t AFTER UPDATE ON audited FOR EACH ROW EXECUTE FUNCTION log_it()");
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE base_t (id int, v int); INSERT INTO base_t VALUES (1, 0); CREATE VIEW base_v AS SELECT * FROM base_t; CREATE TABLE events (id int, v int) PARTITION BY RANGE (id); CREATE TABLE events_1 PARTITION OF events FOR VALUES FROM (0) TO (100); INSERT INTO events VALUES (5, 0)");
         pg.psql("cachedb", "GRANT SELECT ON items, secret, stamps TO reader; GRANT SELECT (id) ON privy TO reader");
     });
 }
@@ -72,7 +73,7 @@ fn cache_proxy_with(extra_users: bool, backend: &str) -> Proxy {
     };
     Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1]\n      ttl: 60s\n",
             pg.port
         )
     })
@@ -802,6 +803,46 @@ async fn a_write_sent_before_the_previous_reply_arrived_invalidates_too() {
         metric(&proxy, "hit") > hits,
         "the read is served from the cache"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn views_and_partitions_are_never_read_stale() {
+    let proxy = cache_proxy(false);
+    let c = client(&proxy).await;
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    // a view reads the table a write names
+    let view = "SELECT v FROM base_v WHERE id = 1";
+    assert_eq!(one(&other, view).await, "0");
+    assert_eq!(one(&other, view).await, "0");
+    c.simple_query("UPDATE base_t SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(one(&other, view).await, "1", "a stale read of a view");
+    // a partitioned table and its partition are written through each other
+    let parent = "SELECT v FROM events WHERE id = 5";
+    let partition = "SELECT v FROM events_1 WHERE id = 5";
+    for sql in [parent, partition, parent, partition] {
+        assert_eq!(one(&other, sql).await, "0");
+    }
+    c.simple_query("UPDATE events_1 SET v = 1 WHERE id = 5")
+        .await
+        .unwrap();
+    assert_eq!(one(&other, parent).await, "1", "a stale read of the parent");
+    c.simple_query("UPDATE events SET v = 2 WHERE id = 5")
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&other, partition).await,
+        "2",
+        "a stale read of a partition"
+    );
+    // the table behind the view is still cached
+    let table = "SELECT v FROM base_t WHERE id = 1";
+    one(&other, table).await;
+    let hits = metric(&proxy, "hit");
+    assert_eq!(one(&other, table).await, "1");
+    assert_eq!(metric(&proxy, "hit"), hits + 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

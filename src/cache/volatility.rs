@@ -21,6 +21,12 @@ pub struct DatabaseFacts {
     pub volatile: HashSet<String>,
     /// tables with row-level security enabled
     pub rls_tables: HashSet<String>,
+    /// relations whose rows a write to another relation changes, or that
+    /// pgsift never sees written: views, partitioned tables and their
+    /// partitions, inheritance parents and children, foreign tables. Each
+    /// relation has a version of its own, so a cached read of one of them
+    /// would outlive a write to the table behind it.
+    pub derived: HashSet<String>,
     /// tables whose writes can change other tables: user triggers, rules,
     /// or foreign keys with cascading actions pointing at them
     pub side_effects: HashSet<String>,
@@ -37,6 +43,17 @@ pub struct DatabaseFacts {
 const RELOAD_UNKNOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl DatabaseFacts {
+    /// True when a read of these relations may be cached: none has
+    /// row-level security (rows depend on who reads) or is [`derived`].
+    ///
+    /// [`derived`]: DatabaseFacts::derived
+    pub fn cacheable_reads(&self, reads: &[String]) -> bool {
+        reads.iter().all(|t| {
+            let name = super::table_name(t);
+            !self.rls_tables.contains(&name) && !self.derived.contains(&name)
+        })
+    }
+
     /// True when the facts should be read again because they do not know
     /// one of `functions` and are old enough for that to mean something.
     pub fn stale_for(&self, functions: &[String]) -> bool {
@@ -66,7 +83,10 @@ const QUERY: &str = "SELECT 'i', proname FROM pg_catalog.pg_proc GROUP BY pronam
                      UNION ALL SELECT 'w', c.relname FROM pg_catalog.pg_class c WHERE c.relhasrules \
                         OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal) \
                      UNION ALL SELECT 'w', c.relname FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.confrelid \
-                        WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))";
+                        WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')) \
+                     UNION ALL SELECT 'd', c.relname FROM pg_catalog.pg_class c WHERE c.relkind IN ('v', 'p', 'f') \
+                        OR c.relispartition OR c.relhassubclass \
+                        OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid)";
 
 impl VolatilityTable {
     /// Facts per database; with a shared store, read under its schema epoch.
@@ -123,6 +143,7 @@ impl VolatilityTable {
                                 "n" => facts.not_volatile.insert(name),
                                 "v" => facts.volatile.insert(name),
                                 "w" => facts.side_effects.insert(name),
+                                "d" => facts.derived.insert(name),
                                 _ => facts.rls_tables.insert(name),
                             };
                         }
@@ -148,6 +169,16 @@ impl VolatilityTable {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn reads_of_rls_tables_and_derived_relations_are_not_cacheable() {
+        let mut f = DatabaseFacts::default();
+        f.rls_tables.insert("secret".into());
+        f.derived.insert("post_summaries".into());
+        assert!(f.cacheable_reads(&["posts".into(), "public.users".into()]));
+        assert!(!f.cacheable_reads(&["posts".into(), "public.\"Secret\"".into()]));
+        assert!(!f.cacheable_reads(&["app.post_summaries".into()]));
+    }
 
     #[test]
     fn only_old_facts_that_miss_a_function_are_stale() {
