@@ -846,6 +846,51 @@ async fn views_and_partitions_are_never_read_stale() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_database_whose_transactions_default_to_repeatable_read_is_not_cached() {
+    setup();
+    let pg = shared_postgres();
+    pg.psql("postgres", "CREATE DATABASE isodb OWNER blog");
+    pg.psql(
+        "isodb",
+        "SET ROLE blog; CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 0)",
+    );
+    pg.psql(
+        "postgres",
+        "ALTER DATABASE isodb SET default_transaction_isolation = 'repeatable read'",
+    );
+    let proxy = Proxy::start_with(|port, admin| {
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\ndatabases:\n  isodb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 4}}\ncache:\n  backend: memory\n  rules:\n    - tables: [t]\n      ttl: 60s\n",
+            pg.port
+        )
+    });
+    let dsn = proxy.conn_str("blog", "blogpw", "isodb");
+    let (a, b, c) = (
+        connect(&dsn).await.unwrap(),
+        connect(&dsn).await.unwrap(),
+        connect(&dsn).await.unwrap(),
+    );
+    let read = "SELECT v FROM t WHERE id = 1";
+    // the first read has the catalog facts read; with them, reads of this
+    // database stay bypasses
+    for _ in 0..10 {
+        one(&c, read).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A's snapshot is taken before B's write is acknowledged
+    a.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(one(&a, "SELECT count(*) FROM t").await, "1");
+    b.simple_query("UPDATE t SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(one(&a, read).await, "0", "A reads its snapshot");
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(one(&c, read).await, "1", "A's snapshot was served to C");
+    assert_eq!(metric(&proxy, "hit"), 0.0);
+    assert_eq!(metric(&proxy, "miss"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn partial_executes_are_never_cached_and_their_writes_invalidate() {
     let proxy = cache_proxy(false);
     let mut c = client(&proxy).await;

@@ -30,6 +30,12 @@ pub struct DatabaseFacts {
     /// tables whose writes can change other tables: user triggers, rules,
     /// or foreign keys with cascading actions pointing at them
     pub side_effects: HashSet<String>,
+    /// transactions may default to REPEATABLE READ or SERIALIZABLE (the
+    /// server's `default_transaction_isolation`, or an `ALTER DATABASE` /
+    /// `ALTER ROLE ... SET` of it): a read inside one answers from a
+    /// snapshot that may predate acknowledged writes, so nothing of this
+    /// database is cached
+    pub strict_isolation: bool,
     /// shared cache: the schema epoch read before the catalog was (the
     /// facts are current while it has not moved)
     pub schema_epoch: Option<u64>,
@@ -86,7 +92,13 @@ const QUERY: &str = "SELECT 'i', proname FROM pg_catalog.pg_proc GROUP BY pronam
                         WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')) \
                      UNION ALL SELECT 'd', c.relname FROM pg_catalog.pg_class c WHERE c.relkind IN ('v', 'p', 'f') \
                         OR c.relispartition OR c.relhassubclass \
-                        OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid)";
+                        OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) \
+                     UNION ALL SELECT 's', 'default_transaction_isolation' \
+                        WHERE current_setting('default_transaction_isolation') NOT IN ('read committed', 'read uncommitted') \
+                        OR EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) g \
+                          WHERE g LIKE 'default\\_transaction\\_isolation=%' \
+                          AND lower(trim(both '\"' FROM split_part(g, '=', 2))) NOT IN ('read committed', 'read uncommitted') \
+                          AND s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())))";
 
 impl VolatilityTable {
     /// Facts per database; with a shared store, read under its schema epoch.
@@ -144,6 +156,10 @@ impl VolatilityTable {
                                 "v" => facts.volatile.insert(name),
                                 "w" => facts.side_effects.insert(name),
                                 "d" => facts.derived.insert(name),
+                                "s" => {
+                                    facts.strict_isolation = true;
+                                    true
+                                }
                                 _ => facts.rls_tables.insert(name),
                             };
                         }

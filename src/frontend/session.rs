@@ -1121,7 +1121,9 @@ impl Session {
             && !sc.wrote_in_transaction()
             && self.state.tx != b'E'
             && facts.as_ref().is_some_and(|f| {
-                a.functions.iter().all(|n| f.immutable.contains(n)) && f.cacheable_reads(&a.reads)
+                !f.strict_isolation
+                    && a.functions.iter().all(|n| f.immutable.contains(n))
+                    && f.cacheable_reads(&a.reads)
             });
         let (true, Some(ttl)) = (eligible, ttl) else {
             if let Some(f) = facts.as_ref().filter(|f| f.stale_for(&a.functions)) {
