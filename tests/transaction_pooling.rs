@@ -430,6 +430,51 @@ async fn a_set_never_leaks_to_a_client_with_the_same_startup_settings() {
     }
 }
 
+#[tokio::test]
+async fn session_state_a_client_changes_never_reaches_another_client() {
+    shared_postgres().psql(
+        "postgres",
+        "DO $$ BEGIN CREATE ROLE txreader; EXCEPTION WHEN duplicate_object THEN NULL; END $$; GRANT txreader TO blog",
+    );
+    // one server: whatever a leaves on it, b would see
+    let proxy = tx_proxy(1, "");
+    let a = app_client(&proxy).await;
+    let b = app_client(&proxy).await;
+    let read = "SELECT current_setting('statement_timeout') || ',' || coalesce(current_setting('app.tenant_id', true), '') || ',' || current_user";
+    assert_eq!(scalar(&b, read).await, "0,,blog");
+    // settings of any name, custom ones and the role follow their client
+    a.batch_execute("SET statement_timeout = 1234; SET app.tenant_id = '7'; SET ROLE txreader")
+        .await
+        .unwrap();
+    for round in 0..3 {
+        assert_eq!(scalar(&b, read).await, "0,,blog", "round {round}: b");
+        assert_eq!(
+            scalar(&a, read).await,
+            "1234ms,7,txreader",
+            "round {round}: a keeps its own"
+        );
+    }
+    a.batch_execute("RESET ROLE; RESET statement_timeout")
+        .await
+        .unwrap();
+    assert_eq!(scalar(&a, read).await, "0,7,blog");
+    assert_eq!(scalar(&b, read).await, "0,,blog");
+    // what pgsift cannot carry is reset before the server serves anyone else
+    scalar(&a, "SELECT set_config('lock_timeout', '4321', false)").await;
+    scalar(&a, "SELECT pg_advisory_lock(77)::text").await;
+    assert_eq!(scalar(&b, "SHOW lock_timeout").await, "0");
+    assert_eq!(
+        scalar(
+            &b,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        .await,
+        "0"
+    );
+    // and the client's carried settings are applied again after the reset
+    assert_eq!(scalar(&a, read).await, "0,7,blog");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_unnamed_statements_are_kept_prepared_only_when_enabled() {
     use tokio_postgres::types::Type;

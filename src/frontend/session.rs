@@ -514,6 +514,7 @@ impl Session {
         if let Some(c) = &cache {
             observer.effects_of = Some((c.cache.volatility.clone(), c.db.clone()));
         }
+        let settings_changes = SettingsTracker::new(&settings);
         let mut session = Session {
             login: login_key,
             cache,
@@ -537,7 +538,7 @@ impl Session {
                 config.pool.prepare_unnamed_statements,
                 mode == PoolMode::Transaction,
             ),
-            settings_changes: SettingsTracker::default(),
+            settings_changes,
             multiplex: 0,
             mux_replies: None,
             mux_prefix: None,
@@ -594,6 +595,13 @@ impl Session {
                     if let Some(why) = self.pipeline.take_unusable() {
                         tracing::warn!("{why}; closing that server");
                         self.pool.discard(co);
+                    } else if std::mem::take(&mut self.settings_changes.dirtied) {
+                        // session state the next client must not inherit:
+                        // DISCARD ALL first (off this session's path)
+                        let pool = self.pool.clone();
+                        tokio::spawn(async move {
+                            return_server(&pool, co, ServerState::idle(), PoolMode::Session).await
+                        });
                     } else {
                         self.pool.checkin(co);
                     }
@@ -843,7 +851,13 @@ impl Session {
             if matches!(end, End::ServerLost(_) | End::ServerProtocol(_)) {
                 self.pool.discard(co);
             } else {
-                return_server(&self.pool, co, state, self.mode).await;
+                // a dirty server gets DISCARD ALL, as in session mode
+                let mode = if self.settings_changes.dirtied {
+                    PoolMode::Session
+                } else {
+                    self.mode
+                };
+                return_server(&self.pool, co, state, mode).await;
             }
         }
     }

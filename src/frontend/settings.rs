@@ -4,9 +4,13 @@
 //! Settings that Postgres reports with ParameterStatus (TimeZone, DateStyle,
 //! application_name, …) are followed through those reports, which also
 //! covers `SET LOCAL` (reported on set and again when the transaction ends).
-//! `search_path` and `extra_float_digits` are not reported by the servers
-//! pgsift supports, so plain `SET`/`RESET` of them is read from the SQL and
-//! applied once the transaction it ran in has ended without error.
+//! Every other setting (`search_path`, `statement_timeout`, `app.tenant_id`,
+//! the role of `SET ROLE`, …) is not reported, so a plain `SET`/`RESET` of
+//! it is read from the SQL and applied once the transaction it ran in has
+//! ended without error. Session state that cannot be carried that way
+//! (`set_config(…)`, `SET SESSION AUTHORIZATION`, temporary tables, LISTEN,
+//! SQL `PREPARE`, session advisory locks) makes the client's server *dirty*:
+//! it gets `DISCARD ALL` before anyone else uses it.
 
 /// The settings transaction mode carries from server to server.
 pub const TRACKED: &[&str] = &[
@@ -25,9 +29,28 @@ const UNREPORTED: &[&str] = &["search_path", "extra_float_digits"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Change {
-    Set(&'static str, String),
-    Reset(&'static str),
+    Set(String, String),
+    Reset(String),
+    /// `RESET ALL`: every setting back to its value at login (the role
+    /// stays, as in Postgres)
     ResetAll,
+    /// `DISCARD ALL`: as `RESET ALL`, and the role too
+    DiscardAll,
+}
+
+/// What a SET, RESET or DISCARD statement does to the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Statement {
+    /// a change pgsift carries from server to server
+    Carried(Change),
+    /// of a setting the server reports: followed through ParameterStatus
+    Reported,
+    /// lasts until the transaction ends (`SET LOCAL`, `SET TRANSACTION`,
+    /// `SET CONSTRAINTS`, `DISCARD PLANS`)
+    Local,
+    /// session state pgsift cannot carry (`SET SESSION AUTHORIZATION`,
+    /// `SET SESSION CHARACTERISTICS`, …): the server is dirty
+    Uncarried,
 }
 
 /// Follows a client's setting changes.
@@ -35,6 +58,13 @@ enum Change {
 pub struct SettingsTracker {
     pending: Vec<Change>,
     failed: bool,
+    /// the client's unreported settings at login (`RESET ALL` returns to
+    /// them)
+    login: Vec<(String, String)>,
+    /// the client changed session state that its next server will not
+    /// have and the next client of this one must not inherit: the server
+    /// gets `DISCARD ALL` when the client lets go of it
+    pub dirtied: bool,
     /// session-only features this client tried (each logged once)
     pub warned: Vec<&'static str>,
     /// the client changed something pgsift does not model (a setting outside
@@ -97,8 +127,20 @@ pub fn session_only_feature(sql: &[u8]) -> Option<&'static str> {
 }
 
 impl SettingsTracker {
+    /// A tracker for a client that logged in with `settings`.
+    pub fn new(settings: &[(String, String)]) -> SettingsTracker {
+        SettingsTracker {
+            login: settings
+                .iter()
+                .filter(|(k, _)| !is_reported(k))
+                .cloned()
+                .collect(),
+            ..Default::default()
+        }
+    }
+
     /// Looks at a Query or Parse message for SET/RESET of an unreported
-    /// tracked setting.
+    /// setting, and for session state pgsift cannot carry.
     /// Returns true the first time this client uses a given session-only
     /// feature.
     pub fn observe(&mut self, tag: u8, msg: &[u8], transaction_mode: bool) -> bool {
@@ -118,13 +160,21 @@ impl SettingsTracker {
             return false;
         }
         let mut first_use = false;
-        if !self.unmodeled && has_set_config(text) {
+        // set_config(…, false) changes the session (whether it is local
+        // cannot be told from the text in general); a session-only feature
+        // leaves state on the server. Either is seen every time: each makes
+        // the server it runs on dirty.
+        let set_config = has_set_config(text);
+        let session_only = session_only_feature(text);
+        if set_config {
             self.unmodeled = true;
+            self.dirtied = true;
         }
-        if let Some(what) = session_only_feature(text) {
+        if let Some(what) = session_only {
             if what.starts_with("temporary") {
                 self.unmodeled = true;
             }
+            self.dirtied = true;
             if transaction_mode && !self.warned.contains(&what) {
                 first_use = true;
                 self.warned.push(what);
@@ -144,7 +194,7 @@ impl SettingsTracker {
         } else if is_change_head(text) {
             // one statement: only its start matters
             self.note_change(&String::from_utf8_lossy(text));
-        } else if !first_use && text.len() <= 4096 {
+        } else if !set_config && session_only.is_none() && text.len() <= 4096 {
             self.last_plain.clear();
             self.last_plain.extend_from_slice(text);
         }
@@ -153,12 +203,22 @@ impl SettingsTracker {
 
     /// One SET/RESET/DISCARD statement.
     fn note_change(&mut self, stmt: &str) {
-        match parse_change(stmt) {
-            Some(c) => self.pending.push(c),
-            None => {
-                if !set_of_reported_setting(stmt) {
-                    self.unmodeled = true;
+        match classify(stmt) {
+            Statement::Carried(c) => {
+                if let Change::Set(name, _) | Change::Reset(name) = &c {
+                    if !TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+                        // results may differ from other clients' (the cache
+                        // key holds the tracked settings only)
+                        self.unmodeled = true;
+                    }
                 }
+                self.pending.push(c);
+            }
+            Statement::Reported => {}
+            Statement::Local => self.unmodeled = true,
+            Statement::Uncarried => {
+                self.unmodeled = true;
+                self.dirtied = true;
             }
         }
     }
@@ -182,7 +242,7 @@ impl SettingsTracker {
             b'I' => {
                 if !self.failed {
                     for c in self.pending.drain(..) {
-                        apply(c, settings);
+                        apply(c, settings, &self.login);
                         changed = true;
                     }
                 }
@@ -202,11 +262,9 @@ impl SettingsTracker {
         settings: &[(String, String)],
         applied: &mut std::collections::HashMap<String, String>,
     ) {
-        for name in UNREPORTED {
-            match settings.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
-                Some((_, v)) => applied.insert(name.to_ascii_lowercase(), v.clone()),
-                None => applied.remove(&name.to_ascii_lowercase()),
-            };
+        applied.retain(|k, _| is_reported(k));
+        for (k, v) in settings.iter().filter(|(k, _)| !is_reported(k)) {
+            applied.insert(k.to_ascii_lowercase(), v.clone());
         }
     }
 
@@ -220,66 +278,177 @@ impl SettingsTracker {
             return;
         };
         if let Some(name) = TRACKED.iter().find(|t| t.eq_ignore_ascii_case(k)) {
-            apply(
-                Change::Set(name, String::from_utf8_lossy(v).into_owned()),
-                settings,
-            );
+            let value = String::from_utf8_lossy(v).into_owned();
+            apply(Change::Set((*name).to_owned(), value), settings, &[]);
         }
     }
 }
 
-fn apply(c: Change, settings: &mut Vec<(String, String)>) {
+/// A tracked setting that the server reports with ParameterStatus.
+fn is_reported(name: &str) -> bool {
+    TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name))
+        && !UNREPORTED.iter().any(|u| u.eq_ignore_ascii_case(name))
+}
+
+/// Applies a change to the client's settings; `login` holds its unreported
+/// settings at login.
+fn apply(c: Change, settings: &mut Vec<(String, String)>, login: &[(String, String)]) {
+    let back_to_login = |settings: &mut Vec<(String, String)>, name: &str| {
+        settings.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if let Some(v) = login.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            settings.push(v.clone());
+        }
+    };
     match c {
         Change::Set(name, value) => match settings
             .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
         {
             Some(slot) => slot.1 = value,
-            None => settings.push((name.to_owned(), value)),
+            None => settings.push((name, value)),
         },
-        Change::Reset(name) => settings.retain(|(k, _)| !k.eq_ignore_ascii_case(name)),
-        Change::ResetAll => {
-            settings.retain(|(k, _)| !UNREPORTED.iter().any(|u| u.eq_ignore_ascii_case(k)))
+        Change::Reset(name) => back_to_login(settings, &name),
+        Change::ResetAll | Change::DiscardAll => {
+            let keep_role = c == Change::ResetAll;
+            settings.retain(|(k, _)| is_reported(k) || keep_role && k.eq_ignore_ascii_case("role"));
+            settings.extend(login.iter().cloned());
         }
     }
 }
 
-/// Reads `SET [SESSION] name {TO|=} value`, `RESET name`, `RESET ALL`,
-/// `DISCARD ALL` for the unreported settings.
-fn parse_change(sql: &str) -> Option<Change> {
-    let stmt = sql.split(';').next()?.trim();
-    let mut words = stmt.split_whitespace();
-    let first = words.next()?.to_ascii_lowercase();
-    match first.as_str() {
-        "discard" | "reset" if words.clone().next()?.eq_ignore_ascii_case("all") => {
-            Some(Change::ResetAll)
+/// Reads a SET, RESET or DISCARD statement: `SET [SESSION] name {TO|=}
+/// value`, `SET [SESSION] ROLE name`, `RESET name`, `RESET ALL`, `DISCARD
+/// ALL`, and what they do when they are something else.
+fn classify(sql: &str) -> Statement {
+    let stmt = sql.split(';').next().unwrap_or("").trim();
+    let (first, rest) = split_word(stmt);
+    match first.to_ascii_lowercase().as_str() {
+        "discard" => match split_word(rest).0.to_ascii_lowercase().as_str() {
+            "all" => Statement::Carried(Change::DiscardAll),
+            // temporary tables and sequence state: gone or per server anyway
+            _ => Statement::Local,
+        },
+        "reset" => {
+            let (name, _) = split_word(rest);
+            match name.to_ascii_lowercase().as_str() {
+                "all" => Statement::Carried(Change::ResetAll),
+                "session" => Statement::Uncarried,
+                "time" => Statement::Reported,
+                _ => match setting_name(name) {
+                    Some(n) if is_reported(&n) => Statement::Reported,
+                    Some(n) => Statement::Carried(Change::Reset(n)),
+                    None => Statement::Uncarried,
+                },
+            }
         }
-        "reset" => unreported(words.next()?).map(Change::Reset),
         "set" => {
-            let rest = stmt[3..].trim_start();
-            let rest = match rest.get(..8) {
-                Some(w) if w.eq_ignore_ascii_case("session ") => rest[8..].trim_start(),
-                _ => rest,
+            let (word, after) = split_word(rest);
+            let (word, after) = if word.eq_ignore_ascii_case("session") {
+                split_word(after)
+            } else if word.eq_ignore_ascii_case("local") {
+                return Statement::Local;
+            } else {
+                (word, after)
             };
-            let name_end = rest.find(|c: char| c.is_whitespace() || c == '=')?;
-            let name = unreported(&rest[..name_end])?;
-            let after = rest[name_end..].trim_start();
+            match word.to_ascii_lowercase().as_str() {
+                "transaction" | "constraints" => return Statement::Local,
+                "time" | "names" => return Statement::Reported,
+                // SET SESSION AUTHORIZATION, SET SESSION CHARACTERISTICS,
+                // SET SCHEMA, SET XML OPTION
+                "session" | "authorization" | "characteristics" | "schema" | "xml" => {
+                    return Statement::Uncarried
+                }
+                "role" if !after.starts_with('=') && !starts_with_to(after) => {
+                    let value = after.trim();
+                    return Statement::Carried(if value.eq_ignore_ascii_case("none") {
+                        Change::Reset("role".into())
+                    } else {
+                        Change::Set("role".into(), identifier_value(value))
+                    });
+                }
+                _ => {}
+            }
+            let Some(name) = setting_name(word) else {
+                return Statement::Uncarried;
+            };
+            if is_reported(&name) {
+                return Statement::Reported;
+            }
             let value = if let Some(v) = after.strip_prefix('=') {
                 v
-            } else if after.len() > 2 && after[..2].eq_ignore_ascii_case("to") {
+            } else if starts_with_to(after) {
                 &after[2..]
             } else {
-                return None;
+                return Statement::Uncarried;
             };
             let value = value.trim();
             if value.eq_ignore_ascii_case("default") {
-                return Some(Change::Reset(name));
+                return Statement::Carried(Change::Reset(name));
             }
-            let items: Vec<String> = value.split(',').map(|i| unquote(i.trim())).collect();
-            Some(Change::Set(name, items.join(", ")))
+            let items: Vec<String> = value.split(',').map(|i| value_item(i.trim())).collect();
+            Statement::Carried(Change::Set(name, items.join(", ")))
         }
-        _ => None,
+        _ => Statement::Local,
     }
+}
+
+/// The first word of `s` (up to white space or `=`) and the rest, trimmed.
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    let end = s
+        .find(|c: char| c.is_whitespace() || c == '=')
+        .unwrap_or(s.len());
+    (&s[..end], s[end..].trim_start())
+}
+
+/// `TO` followed by white space or a quote.
+fn starts_with_to(s: &str) -> bool {
+    s.get(..2).is_some_and(|w| w.eq_ignore_ascii_case("to"))
+        && s[2..].starts_with(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+}
+
+/// A setting's name as Postgres knows it: an identifier (a custom one may
+/// have a dot), lower-case unless quoted; `None` for anything else.
+fn setting_name(word: &str) -> Option<String> {
+    if let Some(u) = UNREPORTED.iter().find(|u| u.eq_ignore_ascii_case(word)) {
+        return Some((*u).to_owned());
+    }
+    let quoted = word.len() >= 2 && word.starts_with('"') && word.ends_with('"');
+    let name = if quoted {
+        &word[1..word.len() - 1]
+    } else {
+        word
+    };
+    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$'));
+    valid.then(|| {
+        if quoted {
+            name.to_owned()
+        } else {
+            name.to_ascii_lowercase()
+        }
+    })
+}
+
+/// One item of a SET's value list, as `set_config` takes it: a string
+/// literal unquoted, a bare word folded to lower case as the parser folds
+/// it, a quoted identifier kept (search_path reads the quotes).
+fn value_item(item: &str) -> String {
+    match item.strip_prefix('\'').and_then(|i| i.strip_suffix('\'')) {
+        Some(inner) => inner.replace("''", "'"),
+        None if item.starts_with('"') => item.to_owned(),
+        None => item.to_ascii_lowercase(),
+    }
+}
+
+/// The role name of `SET ROLE name`.
+fn identifier_value(value: &str) -> String {
+    if let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        return inner.replace("\"\"", "\"");
+    }
+    value_item(value)
 }
 
 /// True when a statement starts with SET, RESET or DISCARD (leading
@@ -315,40 +484,6 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     })
 }
 
-/// True for a plain `SET [SESSION] name …` / `RESET name` of a tracked
-/// setting that the server reports (TimeZone, DateStyle, …), which pgsift
-/// follows through ParameterStatus.
-fn set_of_reported_setting(sql: &str) -> bool {
-    let stmt = sql.split(';').next().unwrap_or("").trim();
-    let mut words = stmt.split(|c: char| c.is_whitespace() || c == '=');
-    let first = words.next().unwrap_or("");
-    if !(first.eq_ignore_ascii_case("set") || first.eq_ignore_ascii_case("reset")) {
-        return false;
-    }
-    let mut name = words.find(|w| !w.is_empty()).unwrap_or("");
-    if name.eq_ignore_ascii_case("session") {
-        name = words.find(|w| !w.is_empty()).unwrap_or("");
-    }
-    let name = name.trim_matches('"');
-    TRACKED.iter().any(|t| {
-        t.eq_ignore_ascii_case(name) && !UNREPORTED.iter().any(|u| u.eq_ignore_ascii_case(name))
-    })
-}
-
-fn unreported(word: &str) -> Option<&'static str> {
-    UNREPORTED
-        .iter()
-        .copied()
-        .find(|u| u.eq_ignore_ascii_case(word.trim_matches('"')))
-}
-
-fn unquote(item: &str) -> String {
-    match item.strip_prefix('\'').and_then(|i| i.strip_suffix('\'')) {
-        Some(inner) => inner.replace("''", "'"),
-        None => item.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,29 +496,186 @@ mod tests {
         m
     }
 
+    fn set(name: &str, value: &str) -> Statement {
+        Statement::Carried(Change::Set(name.into(), value.into()))
+    }
+
     #[test]
     fn set_and_reset_of_unreported_settings_are_read_from_sql() {
         assert_eq!(
-            parse_change("SET search_path TO app, public"),
-            Some(Change::Set("search_path", "app, public".into()))
+            classify("SET search_path TO app, public"),
+            set("search_path", "app, public")
         );
         assert_eq!(
-            parse_change("set session search_path = 'x'; select 1"),
-            Some(Change::Set("search_path", "x".into()))
+            classify("set session search_path = 'x'; select 1"),
+            set("search_path", "x")
         );
         assert_eq!(
-            parse_change("SET extra_float_digits = 3"),
-            Some(Change::Set("extra_float_digits", "3".into()))
+            classify("SET search_path TO \"$user\", App"),
+            set("search_path", "\"$user\", app")
         );
         assert_eq!(
-            parse_change("RESET search_path"),
-            Some(Change::Reset("search_path"))
+            classify("SET extra_float_digits = 3"),
+            set("extra_float_digits", "3")
         );
-        assert_eq!(parse_change("RESET ALL"), Some(Change::ResetAll));
-        assert_eq!(parse_change("DISCARD ALL"), Some(Change::ResetAll));
-        assert_eq!(parse_change("SET LOCAL search_path TO x"), None);
-        assert_eq!(parse_change("SET work_mem TO '8MB'"), None);
-        assert_eq!(parse_change("SELECT 1"), None);
+        assert_eq!(
+            classify("RESET search_path"),
+            Statement::Carried(Change::Reset("search_path".into()))
+        );
+        assert_eq!(classify("RESET ALL"), Statement::Carried(Change::ResetAll));
+        assert_eq!(
+            classify("DISCARD ALL"),
+            Statement::Carried(Change::DiscardAll)
+        );
+        // any other setting, custom ones too, and the role
+        assert_eq!(classify("SET work_mem TO '8MB'"), set("work_mem", "8MB"));
+        assert_eq!(
+            classify("SET statement_timeout=5000"),
+            set("statement_timeout", "5000")
+        );
+        assert_eq!(
+            classify("SET app.tenant_id = '42'"),
+            set("app.tenant_id", "42")
+        );
+        assert_eq!(
+            classify("set lock_timeout to default"),
+            Statement::Carried(Change::Reset("lock_timeout".into()))
+        );
+        assert_eq!(classify("SET ROLE Reader"), set("role", "reader"));
+        assert_eq!(
+            classify("SET SESSION ROLE \"Reader\""),
+            set("role", "Reader")
+        );
+        assert_eq!(classify("SET role = 'x'"), set("role", "x"));
+        assert_eq!(
+            classify("SET ROLE NONE"),
+            Statement::Carried(Change::Reset("role".into()))
+        );
+        // reported ones are followed through ParameterStatus
+        assert_eq!(classify("SET TimeZone = 'UTC'"), Statement::Reported);
+        assert_eq!(classify("SET TIME ZONE 'UTC'"), Statement::Reported);
+        assert_eq!(classify("RESET datestyle"), Statement::Reported);
+        // what ends with the transaction
+        assert_eq!(classify("SET LOCAL search_path TO x"), Statement::Local);
+        assert_eq!(
+            classify("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            Statement::Local
+        );
+        assert_eq!(classify("SET CONSTRAINTS ALL DEFERRED"), Statement::Local);
+        // what cannot be carried
+        assert_eq!(
+            classify("SET SESSION AUTHORIZATION reader"),
+            Statement::Uncarried
+        );
+        assert_eq!(
+            classify("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+            Statement::Uncarried
+        );
+        assert_eq!(
+            classify("RESET SESSION AUTHORIZATION"),
+            Statement::Uncarried
+        );
+    }
+
+    /// The client's settings, sorted, after `sql` ran in a transaction of
+    /// its own.
+    fn after(
+        t: &mut SettingsTracker,
+        s: &mut Vec<(String, String)>,
+        sql: &str,
+    ) -> Vec<(String, String)> {
+        t.observe(b'Q', &query_msg(sql), true);
+        t.ready(b'I', s);
+        s.sort();
+        s.clone()
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reset_returns_to_the_login_values() {
+        let login = pairs(&[("statement_timeout", "100")]);
+        let mut t = SettingsTracker::new(&login);
+        let mut s = login.clone();
+        s.push(("TimeZone".into(), "UTC".into()));
+        let sql = "SET statement_timeout = 5; SET work_mem = '8MB'; SET ROLE r";
+        assert_eq!(
+            after(&mut t, &mut s, sql),
+            pairs(&[
+                ("TimeZone", "UTC"),
+                ("role", "r"),
+                ("statement_timeout", "5"),
+                ("work_mem", "8MB")
+            ])
+        );
+        let reset = after(&mut t, &mut s, "RESET statement_timeout");
+        assert!(reset.contains(&("statement_timeout".into(), "100".into())));
+        // RESET ALL keeps the role, DISCARD ALL does not
+        assert_eq!(
+            after(&mut t, &mut s, "RESET ALL"),
+            pairs(&[
+                ("TimeZone", "UTC"),
+                ("role", "r"),
+                ("statement_timeout", "100")
+            ])
+        );
+        assert_eq!(
+            after(&mut t, &mut s, "DISCARD ALL"),
+            pairs(&[("TimeZone", "UTC"), ("statement_timeout", "100")])
+        );
+    }
+
+    #[test]
+    fn state_that_cannot_be_carried_dirties_the_server_every_time() {
+        let mut t = SettingsTracker::default();
+        for sql in [
+            "SELECT set_config('statement_timeout', '1', false)",
+            "SELECT pg_advisory_lock(1)",
+            "CREATE TEMP TABLE t (x int)",
+            "LISTEN chan",
+            "SET SESSION AUTHORIZATION reader",
+        ] {
+            for _ in 0..2 {
+                t.observe(b'Q', &query_msg(sql), true);
+                assert!(std::mem::take(&mut t.dirtied), "{sql}");
+            }
+        }
+        for sql in [
+            "SELECT 1",
+            "SET statement_timeout = 5",
+            "SET LOCAL work_mem = '1MB'",
+            "SET ROLE r",
+        ] {
+            t.observe(b'Q', &query_msg(sql), true);
+            assert!(!t.dirtied, "{sql}");
+        }
+    }
+
+    #[test]
+    fn the_server_records_the_clients_unreported_settings() {
+        let mut applied: std::collections::HashMap<String, String> = [
+            ("timezone".to_string(), "UTC".to_string()),
+            ("work_mem".to_string(), "1MB".to_string()),
+        ]
+        .into();
+        let settings = vec![
+            ("TimeZone".to_string(), "UTC".to_string()),
+            ("statement_timeout".to_string(), "5".to_string()),
+        ];
+        SettingsTracker::mark_server(&settings, &mut applied);
+        let mut got: Vec<_> = applied.into_iter().collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("statement_timeout".to_string(), "5".to_string()),
+                ("timezone".to_string(), "UTC".to_string()),
+            ]
+        );
     }
 
     #[test]
@@ -457,6 +749,7 @@ mod tests {
         assert!(q("SET SESSION AUTHORIZATION reader"));
         assert!(q("SET bytea_output = 'escape'"));
         assert!(q("SET default_transaction_isolation = 'serializable'"));
+        assert!(q("SET statement_timeout = 5"));
         assert!(q("SELECT set_config('role', 'x', false)"));
         assert!(q("CREATE TEMP TABLE posts (id int)"));
         assert!(q("SET LOCAL statement_timeout = 5"));
