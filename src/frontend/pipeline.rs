@@ -125,6 +125,9 @@ pub struct Pipeline {
     skipping: bool,
     /// the server is in copy-in mode and the client has not ended the copy
     copy_in: bool,
+    /// the client's transaction has failed (its statements are refused
+    /// until it ends): a DEALLOCATE goes to the server as it is
+    pub failed_transaction: bool,
 }
 
 /// Unnamed statements remembered for promotion on their second sighting.
@@ -294,6 +297,26 @@ impl Pipeline {
             match tag {
                 b'P' => {
                     let parsed = extended::parse_parse(msg);
+                    // an unnamed one-off DEALLOCATE (psycopg 3's execute)
+                    let dealloc = parsed
+                        .as_ref()
+                        .filter(|p| p.name.is_empty())
+                        .and_then(|p| Some((self.mapped_deallocation(p.query)?, p)));
+                    if let Some((name, p)) = dealloc {
+                        out.cut(pos, pos + total);
+                        let sql = self.deallocate(&name, server, limit, out.dest);
+                        out.dest.push(extended::build_parse(
+                            "",
+                            &extended::ParseMsg {
+                                query: sql.as_bytes(),
+                                ..*p
+                            },
+                        ));
+                        self.forget_unnamed();
+                        self.expect(Expect::Count(1), true, None);
+                        pos += total;
+                        continue;
+                    }
                     let unnamed = parsed.as_ref().is_some_and(|p| p.name.is_empty());
                     let renamed = parsed.and_then(|p| {
                         let shared = if p.name.is_empty() {
@@ -375,6 +398,14 @@ impl Pipeline {
                 b'Q' => {
                     // a simple query destroys the unnamed statement
                     self.forget_unnamed();
+                    let text = msg.get(5..total - 1).unwrap_or_default();
+                    if let Some(name) = self.mapped_deallocation(text) {
+                        out.cut(pos, pos + total);
+                        let sql = self.deallocate(&name, server, limit, out.dest);
+                        let mut q = bytes::BytesMut::new();
+                        crate::protocol::messages::query(&mut q, &sql);
+                        out.dest.push(q.freeze());
+                    }
                     self.expect(Expect::UntilReady, true, None)
                 }
                 b'S' | b'F' => self.expect(Expect::UntilReady, true, None),
@@ -589,6 +620,36 @@ impl Pipeline {
         self.expect(Expect::Count(1), false, Some(s.shared.clone()));
     }
 
+    /// The client's name of the statement a SQL `DEALLOCATE name` in `sql`
+    /// drops, when the client prepared it through the protocol (the server
+    /// knows it by its shared name). Not in a failed transaction: there the
+    /// server refuses the DEALLOCATE, as Postgres does, and nothing changes.
+    fn mapped_deallocation(&self, sql: &[u8]) -> Option<Vec<u8>> {
+        if !self.rename_named || self.failed_transaction {
+            return None;
+        }
+        deallocated(sql).filter(|name| self.statements.contains_key(name))
+    }
+
+    /// Forgets the client's statement `name` and returns the DEALLOCATE the
+    /// server runs instead, after the statement is made sure to be there
+    /// (so the reply is the server's own). Rails and libpq before 17 evict
+    /// statements from their caches so.
+    fn deallocate(
+        &mut self,
+        name: &[u8],
+        server: &mut ServerConnection,
+        limit: usize,
+        dest: &mut Vec<Bytes>,
+    ) -> String {
+        let Some(s) = self.statements.remove(name) else {
+            return String::new();
+        };
+        self.ensure_prepared(&s, server, limit, dest);
+        server.prepared.remove(&s.shared);
+        format!("DEALLOCATE \"{}\"", s.shared)
+    }
+
     /// Records `name` as prepared on the server, closing the least recently
     /// used statement first when the server is full.
     fn evict_for(
@@ -795,6 +856,37 @@ impl Pipeline {
     }
 }
 
+/// The statement name of a text that is one `DEALLOCATE [PREPARE] name`
+/// (not `ALL`), as the client named it at Parse: an unquoted name folded to
+/// lower case, a quoted one as written.
+fn deallocated(sql: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(sql).ok()?.trim();
+    let text = text.strip_suffix(';').unwrap_or(text).trim_end();
+    let head = text.get(..10)?;
+    if !head.eq_ignore_ascii_case("deallocate") {
+        return None;
+    }
+    let mut rest = text[10..].trim_start();
+    if text[10..].len() == rest.len() {
+        return None; // DEALLOCATEx
+    }
+    if rest.len() > 8 && rest[..8].eq_ignore_ascii_case("prepare ") {
+        rest = rest[8..].trim_start();
+    }
+    if let Some(quoted) = rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        if quoted.is_empty() || quoted.replace("\"\"", "").contains('"') {
+            return None;
+        }
+        return Some(quoted.replace("\"\"", "\"").into_bytes());
+    }
+    let plain = !rest.is_empty()
+        && rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+    (plain && !rest.eq_ignore_ascii_case("all")).then(|| rest.to_ascii_lowercase().into_bytes())
+}
+
 /// Bytes of a complete message at the start of a buffer, for tests.
 #[cfg(test)]
 fn frames(b: &[u8]) -> Vec<u8> {
@@ -806,6 +898,23 @@ fn frames(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deallocate_names_its_statement_as_parse_did() {
+        let q = |sql: &str| deallocated(sql.as_bytes()).map(|n| String::from_utf8(n).unwrap());
+        assert_eq!(q("DEALLOCATE a12").as_deref(), Some("a12"));
+        assert_eq!(
+            q("  deallocate prepare _pg3_0 ;").as_deref(),
+            Some("_pg3_0")
+        );
+        assert_eq!(q("DEALLOCATE S1").as_deref(), Some("s1"));
+        assert_eq!(q("DEALLOCATE \"S1\"").as_deref(), Some("S1"));
+        assert_eq!(q("DEALLOCATE ALL"), None);
+        assert_eq!(q("DEALLOCATE PREPARE ALL"), None);
+        assert_eq!(q("DEALLOCATE a; SELECT 1"), None);
+        assert_eq!(q("DEALLOCATEa"), None);
+        assert_eq!(q("SELECT 1"), None);
+    }
 
     #[test]
     fn shared_names_depend_on_text_and_parameter_types_only() {

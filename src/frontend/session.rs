@@ -1238,6 +1238,7 @@ impl Session {
             match self.server.as_mut() {
                 Some(co) if pipelined => {
                     let mut out = Vec::new();
+                    self.pipeline.failed_transaction = self.state.tx == b'E';
                     self.pipeline.client_messages(
                         &chunk,
                         &mut co.server,

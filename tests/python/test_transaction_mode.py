@@ -583,6 +583,33 @@ def test_psycopg3_statements_evicted_from_its_prepared_cache_are_prepared_again_
                     assert row == expect(*args), (i, sql, args)
 
 
+def test_psycopg3_evicting_with_sql_deallocate_as_before_libpq_17_keeps_working(tx_url, monkeypatch):
+    # with libpq before 17 psycopg evicts with SQL `DEALLOCATE _pg3_N` (Rails
+    # does the same): the server knows the statement by pgsift's shared name
+    import psycopg._connection_base as base
+
+    monkeypatch.setattr(base, "_HAS_SEND_CLOSE", False)
+    failures, done = _run_threads(_psycopg3_worker, 4, tx_url, 200, binary=False, prepared_max=3)
+    failures.check("psycopg 3 evicting with SQL DEALLOCATE")
+    assert sum(done) == 4 * 200, done
+    # an application's own DEALLOCATE, sent as a one-off (unnamed) statement
+    with psycopg.connect(tx_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
+        assert conn.execute("SELECT 1 + %s", (1,), prepare=True).fetchone() == (2,)  # _pg3_0
+        # inside a transaction that failed: Postgres's own error
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            with conn.transaction():
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    conn.execute("SELECT 1/0")
+                conn.execute("DEALLOCATE _pg3_0")
+    with psycopg.connect(tx_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
+        assert conn.execute("SELECT 1 + %s", (1,), prepare=True).fetchone() == (2,)  # _pg3_0
+        for _ in range(3):  # on whichever server
+            assert conn.execute("SELECT 1 + %s", (2,), prepare=True).fetchone() == (3,)
+        conn.execute("DEALLOCATE _pg3_0")
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            conn.execute("SELECT 1 + %s", (3,))  # psycopg still binds _pg3_0
+
+
 # ------------------------------------------ 7. errors inside transactions
 
 
