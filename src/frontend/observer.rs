@@ -43,24 +43,27 @@ struct Pending {
     known: Option<Known>,
     sent: Mono,
     rows: u64,
+    /// the client batch it was sent in (see [`Batches`])
+    batch: u64,
 }
 
-/// What the client sent that the server answers, in order: executions, and
-/// the ends of the batches they were sent in. A ReadyForQuery ends the
-/// oldest batch; executions still before its end were skipped after an
-/// error. Executions of later batches, which a client may send before that
-/// ReadyForQuery arrives, stay.
-#[derive(Debug)]
-enum Slot {
-    Exec(Pending),
-    /// a Query or FunctionCall: a ReadyForQuery is owed
-    Query,
-    /// a Sync: a ReadyForQuery is owed, unless the server receives it in
-    /// copy-in mode (it ignores Sync there)
-    Sync,
-    /// the client ended a copy (CopyDone, CopyFail) before the server's
-    /// CopyInResponse arrived: Syncs after this are not in copy-in mode
-    CopyEnd,
+/// Which batch of the client's each execution belongs to. A batch ends
+/// with a Query, a Sync or a FunctionCall, and the server answers each end
+/// with a ReadyForQuery; executions of a batch the server has ended
+/// without completing them were skipped after an error. A client may send
+/// later batches before that ReadyForQuery arrives: their executions stay.
+#[derive(Debug, Default)]
+struct Batches {
+    /// batches the client has ended: the next execution is of this one
+    sent: u64,
+    /// batches the server has ended: its current one
+    done: u64,
+    /// Syncs sent since the last Execute, before the client ended a copy:
+    /// a server in copy-in mode ignores them (as `ServerState` counts)
+    syncs_in_copy: u64,
+    copy_ended: bool,
+    /// the server is in copy-in mode and the client has not ended the copy
+    copy_in: bool,
 }
 
 /// The shared tables a session reports to.
@@ -85,9 +88,8 @@ pub struct Observer {
     shapes: ShapeMemo,
     statements: Names,
     portals: Names,
-    pending: VecDeque<Slot>,
-    /// the server is in copy-in mode and the client has not ended the copy
-    copy_in: bool,
+    pending: VecDeque<Pending>,
+    batches: Batches,
     last_done: Option<Mono>,
     /// metric handles per statement kind (by `Kind as usize`), resolved on
     /// first use
@@ -160,7 +162,7 @@ impl Observer {
             statements: Names::default(),
             portals: Names::default(),
             pending: VecDeque::new(),
-            copy_in: false,
+            batches: Batches::default(),
             last_done: None,
             kind_metrics: Default::default(),
             burst_counter: None,
@@ -209,8 +211,10 @@ impl Observer {
                     shapes,
                     detector,
                     pending,
+                    batches,
                     ..
                 } = self;
+                let batch = batches.sent;
                 sinks.analyzer.analyze_query(text, shapes, |a, stmt| {
                     // the text is copied only when it may be an N+1 example
                     let keep = detector
@@ -221,23 +225,35 @@ impl Observer {
                         text: keep.then(|| Arc::from(&*String::from_utf8_lossy(stmt))),
                         values: a.values,
                     };
-                    pending.push_back(Slot::Exec(Pending {
+                    pending.push_back(Pending {
                         known: Some(known),
                         sent: now,
                         rows: 0,
-                    }));
+                        batch,
+                    });
                 });
-                self.pending.push_back(Slot::Query);
+                let b = &mut self.batches;
+                b.sent += 1;
+                // a COPY it runs starts afresh
+                b.syncs_in_copy = 0;
+                b.copy_ended = false;
             }
-            b'F' => self.pending.push_back(Slot::Query),
+            b'F' => self.batches.sent += 1,
             // a server in copy-in mode ignores Sync
-            b'S' if self.copy_in => {}
-            b'S' => self.pending.push_back(Slot::Sync),
+            b'S' if self.batches.copy_in => {}
+            b'S' => {
+                let b = &mut self.batches;
+                b.sent += 1;
+                if !b.copy_ended {
+                    b.syncs_in_copy += 1;
+                }
+            }
             b'c' | b'f' => {
-                if self.copy_in {
-                    self.copy_in = false;
+                let b = &mut self.batches;
+                if b.copy_in {
+                    b.copy_in = false;
                 } else {
-                    self.pending.push_back(Slot::CopyEnd);
+                    b.copy_ended = true;
                 }
             }
             b'P' => {
@@ -275,11 +291,15 @@ impl Observer {
                     return;
                 };
                 let known = self.portals.get(&body[..end]).cloned();
-                self.pending.push_back(Slot::Exec(Pending {
+                let b = &mut self.batches;
+                b.syncs_in_copy = 0;
+                b.copy_ended = false;
+                self.pending.push_back(Pending {
                     known,
                     sent: now,
                     rows: 0,
-                }));
+                    batch: b.sent,
+                });
             }
             b'C' => {
                 if let Some((kind, name)) = extended::target(msg) {
@@ -299,7 +319,7 @@ impl Observer {
     pub fn server_message(&mut self, tag: u8, now: Mono) {
         match tag {
             b'D' => {
-                if let Some(Slot::Exec(p)) = self.pending.front_mut() {
+                if let Some(p) = self.pending.front_mut() {
                     p.rows += 1;
                 }
             }
@@ -323,69 +343,52 @@ impl Observer {
     /// The execution just sent, the batch's only one, was answered from
     /// the cache with `rows` rows: no ReadyForQuery comes for its batch.
     pub fn served_from_cache(&mut self, now: Mono, rows: u64) {
-        if matches!(self.pending.back(), Some(Slot::Query | Slot::Sync)) {
-            self.pending.pop_back();
-        }
-        if let Some(Slot::Exec(mut p)) = self.pending.pop_back() {
+        if let Some(mut p) = self.pending.pop_back() {
             p.rows = rows;
-            self.pending.push_front(Slot::Exec(p));
+            self.pending.push_front(p);
             self.complete(now, false, true, false);
         }
+        self.batch_ended();
     }
 
-    /// ReadyForQuery: the oldest batch has ended; what of it did not
-    /// complete was skipped after an error.
+    /// ReadyForQuery: the server's current batch has ended; what of it did
+    /// not complete was skipped after an error.
+    #[inline]
     fn batch_ended(&mut self) {
-        while let Some(slot) = self.pending.pop_front() {
-            if matches!(slot, Slot::Query | Slot::Sync) {
-                return;
-            }
+        let done = self.batches.done;
+        while self.pending.front().is_some_and(|p| p.batch <= done) {
+            self.pending.pop_front();
         }
-        // none was owed (the bookkeeping is out of step): start afresh
+        // (never past what the client sent: a ReadyForQuery nothing owed
+        // is out of step)
+        self.batches.done = (done + 1).min(self.batches.sent);
     }
 
     /// CopyInResponse: until the client ends the copy, the server ignores
-    /// Sync; Syncs already sent since the COPY's Execute owe nothing.
+    /// Sync; Syncs already sent since the COPY's Execute end no batch. They
+    /// are the last ones sent (an Execute after them restarts the count),
+    /// so no execution's batch changes.
     #[cold]
     fn copy_in_started(&mut self) {
-        // (the front is the COPY's execution)
-        let mut ended = false;
-        while let Some(slot) = self.pending.get(1) {
-            match slot {
-                Slot::Sync => {
-                    self.pending.remove(1);
-                }
-                Slot::CopyEnd => {
-                    self.pending.remove(1);
-                    ended = true;
-                    break;
-                }
-                Slot::Query | Slot::Exec(_) => break,
-            }
-        }
-        self.copy_in = !ended;
+        let b = &mut self.batches;
+        b.sent -= b.syncs_in_copy.min(b.sent - b.done);
+        b.syncs_in_copy = 0;
+        b.copy_in = !b.copy_ended;
     }
 
     /// An execution of the oldest batch ended (`done`: with a
     /// CommandComplete).
     #[inline(never)]
     fn complete(&mut self, now: Mono, error: bool, cache_hit: bool, done: bool) {
-        while matches!(self.pending.front(), Some(Slot::CopyEnd)) {
-            self.pending.pop_front();
-        }
-        let p = match self.pending.front() {
-            Some(Slot::Exec(_)) => match self.pending.pop_front() {
-                Some(Slot::Exec(p)) => p,
-                _ => return,
-            },
-            _ => {
-                // a statement of this batch that nothing was waiting for:
-                // what it wrote is unknown
-                if done {
-                    self.unknown_write();
-                }
-                return;
+        let current = self.batches.done;
+        let ours = self.pending.front().is_some_and(|p| p.batch <= current);
+        let Some(p) = (if ours { self.pending.pop_front() } else { None }) else {
+            // a statement of this batch that nothing was waiting for: what
+            // it wrote is unknown
+            if done {
+                self.unknown_write();
             }
+            return;
         };
         let Some(known) = p.known else {
             if done {
@@ -680,7 +683,8 @@ mod tests {
             b"CZ",
         );
         assert_eq!(o.effects.len(), 1, "COPY FROM writes");
-        assert!(o.pending.is_empty(), "nothing is owed: {:?}", o.pending);
+        assert!(o.pending.is_empty(), "{:?}", o.pending);
+        assert_eq!(o.batches.sent, o.batches.done, "nothing is owed");
         // the next batch's completions are its own
         run(&mut o, &[query("UPDATE posts SET n = 1")], b"CZ");
         assert_eq!(o.effects.len(), 2);
@@ -694,5 +698,6 @@ mod tests {
         run(&mut o, &[msg(b'd', b"1\n"), msg(b'c', b"")], b"CZ");
         assert_eq!(o.effects.len(), 1);
         assert!(o.pending.is_empty(), "{:?}", o.pending);
+        assert_eq!(o.batches.sent, o.batches.done, "nothing is owed");
     }
 }
