@@ -475,6 +475,56 @@ async fn session_state_a_client_changes_never_reaches_another_client() {
     assert_eq!(scalar(&a, read).await, "0,7,blog");
 }
 
+#[tokio::test]
+async fn a_prepared_set_config_dirties_its_server_at_every_execution() {
+    let proxy = tx_proxy(1, "");
+    let a = app_client(&proxy).await;
+    let b = app_client(&proxy).await;
+    // a driver's statement cache: Parse once, then Bind and Execute only
+    let set = a
+        .prepare("SELECT set_config('app.tenant_id', $1, false)")
+        .await
+        .unwrap();
+    let read = "SELECT coalesce(current_setting('app.tenant_id', true), '')";
+    for tenant in ["7", "8", "9"] {
+        a.query_one(&set, &[&tenant]).await.unwrap();
+        assert_eq!(scalar(&b, read).await, "", "tenant {tenant} leaked");
+    }
+}
+
+#[tokio::test]
+async fn a_reset_setting_returns_to_the_clients_login_value() {
+    let proxy = tx_proxy(1, "");
+    let dsn = format!(
+        "{} options='-c statement_timeout=4321'",
+        proxy.conn_str("blog", "blogpw", "app")
+    );
+    let a = connect(&dsn).await.unwrap();
+    let b = app_client(&proxy).await;
+    assert_eq!(scalar(&a, "SHOW statement_timeout").await, "4321ms");
+    a.batch_execute("SET statement_timeout = 99").await.unwrap();
+    assert_eq!(scalar(&a, "SHOW statement_timeout").await, "99ms");
+    assert_eq!(scalar(&b, "SHOW statement_timeout").await, "0");
+    for reset in [
+        "RESET statement_timeout",
+        "RESET ALL",
+        "SET statement_timeout TO DEFAULT",
+    ] {
+        a.batch_execute(reset).await.unwrap();
+        assert_eq!(
+            scalar(&a, "SHOW statement_timeout").await,
+            "4321ms",
+            "after {reset}"
+        );
+        assert_eq!(
+            scalar(&b, "SHOW statement_timeout").await,
+            "0",
+            "b after {reset}"
+        );
+        a.batch_execute("SET statement_timeout = 99").await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_unnamed_statements_are_kept_prepared_only_when_enabled() {
     use tokio_postgres::types::Type;

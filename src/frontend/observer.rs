@@ -352,9 +352,10 @@ impl Observer {
     }
 
     /// ReadyForQuery: the server's current batch has ended; what of it did
-    /// not complete was skipped after an error.
+    /// not complete was skipped after an error. Also called when pgsift
+    /// answered a batch itself.
     #[inline]
-    fn batch_ended(&mut self) {
+    pub fn batch_ended(&mut self) {
         let done = self.batches.done;
         while self.pending.front().is_some_and(|p| p.batch <= done) {
             self.pending.pop_front();
@@ -648,6 +649,21 @@ mod tests {
         ];
         run(&mut o, &[&batch1[..], &batch2[..]].concat(), b"EZ12CZ");
         assert_eq!(o.effects.len(), 1, "the UPDATE's effect was lost");
+    }
+
+    #[test]
+    fn a_batch_pgsift_answered_itself_ends_too() {
+        let mut o = observer();
+        // PQprepare while no server is free: pgsift acknowledges it
+        run(
+            &mut o,
+            &[parse("p1", "UPDATE posts SET n = $1"), msg(b'S', b"")],
+            b"",
+        );
+        o.batch_ended();
+        run(&mut o, &[query("UPDATE posts SET n = 1")], b"CZ");
+        assert_eq!(o.effects.len(), 1);
+        assert_eq!(o.batches.sent, o.batches.done, "in step");
     }
 
     #[test]

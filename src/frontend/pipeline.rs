@@ -82,6 +82,9 @@ struct ClientStatement {
     /// (it cannot open a transaction or SET anything) and it takes no
     /// session-only lock, which would then be everyone's
     multiplexable: bool,
+    /// each execution leaves session state on the server (set_config, a
+    /// session-only feature): the server it runs on is dirty
+    dirties: bool,
 }
 
 impl ClientStatement {
@@ -90,8 +93,8 @@ impl ClientStatement {
         ClientStatement {
             parse: extended::build_parse(&shared, p),
             shared,
-            multiplexable: plannable(p.query)
-                && super::settings::session_only_feature(p.query).is_none(),
+            multiplexable: plannable(p.query) && !super::settings::leaves_session_state(p.query),
+            dirties: super::settings::leaves_session_state(p.query),
         }
     }
 }
@@ -128,6 +131,9 @@ pub struct Pipeline {
     /// the client's transaction has failed (its statements are refused
     /// until it ends): a DEALLOCATE goes to the server as it is
     pub failed_transaction: bool,
+    /// the client bound a statement that leaves session state on the
+    /// server (taken by the session, which resets that server)
+    pub dirtied: bool,
 }
 
 /// Unnamed statements remembered for promotion on their second sighting.
@@ -358,6 +364,7 @@ impl Pipeline {
                         stmt.and_then(|s| extended::rebuild_bind(msg, &s.shared).map(|b| (s, b)))
                     {
                         out.cut(pos, pos + total);
+                        self.dirtied |= s.dirties;
                         self.ensure_prepared(&s, server, limit, out.dest);
                         out.dest.push(bind);
                         self.replies.push_back(Reply::Server {

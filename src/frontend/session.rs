@@ -1228,6 +1228,8 @@ impl Session {
                 if transaction_mode && !self.pool.has_free_slot() {
                     if let Some(replies) = self.pipeline.acknowledge_prepares(&chunk) {
                         self.state = ServerState::idle();
+                        // its Sync's ReadyForQuery is pgsift's own
+                        self.observer.batch_ended();
                         replies.into_iter().for_each(|b| to_client.push(b));
                         return Ok(!terminate);
                     }
@@ -1245,6 +1247,7 @@ impl Session {
                         self.max_prepared,
                         &mut out,
                     );
+                    self.settings_changes.dirtied |= std::mem::take(&mut self.pipeline.dirtied);
                     out.into_iter().for_each(|b| to_server.push(b));
                     let mut made = Vec::new();
                     self.pipeline.emit_made_unless_server_follows(&mut made);
@@ -1332,7 +1335,7 @@ impl Session {
                     }
                 });
             if changed {
-                SettingsTracker::mark_server(&self.settings, &mut co.server.applied);
+                self.settings_changes.mark_server(&mut co.server.applied);
                 co.server.synced = None;
             }
             for b in out {
@@ -1356,6 +1359,13 @@ impl Session {
             let msg = &buf[end..end + total];
             end += total;
             match side.message(tag, msg, now) {
+                Seen::Ready {
+                    settings_changed: true,
+                    ..
+                } => {
+                    side.settings_changes.mark_server(&mut server.applied);
+                    server.synced = None;
+                }
                 Seen::Parameter => {
                     server.synced = None;
                     note_parameter_status(&mut server.params, &mut server.applied, &msg[5..])

@@ -61,6 +61,9 @@ pub struct SettingsTracker {
     /// the client's unreported settings at login (`RESET ALL` returns to
     /// them)
     login: Vec<(String, String)>,
+    /// changes that took effect on the client's server, for
+    /// [`SettingsTracker::mark_server`]
+    landed: Vec<Change>,
     /// the client changed session state that its next server will not
     /// have and the next client of this one must not inherit: the server
     /// gets `DISCARD ALL` when the client lets go of it
@@ -129,12 +132,22 @@ pub fn session_only_feature(sql: &[u8]) -> Option<&'static str> {
 impl SettingsTracker {
     /// A tracker for a client that logged in with `settings`.
     pub fn new(settings: &[(String, String)]) -> SettingsTracker {
+        // transactions above READ COMMITTED read snapshots older than
+        // acknowledged writes: no cache for such a client
+        let strict = settings.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("default_transaction_isolation")
+                && !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "read committed" | "read uncommitted"
+                )
+        });
         SettingsTracker {
             login: settings
                 .iter()
                 .filter(|(k, _)| !is_reported(k))
                 .cloned()
                 .collect(),
+            unmodeled: strict,
             ..Default::default()
         }
     }
@@ -242,7 +255,8 @@ impl SettingsTracker {
             b'I' => {
                 if !self.failed {
                     for c in self.pending.drain(..) {
-                        apply(c, settings, &self.login);
+                        apply(c.clone(), settings, &self.login);
+                        self.landed.push(c);
                         changed = true;
                     }
                 }
@@ -255,16 +269,22 @@ impl SettingsTracker {
         changed
     }
 
-    /// The server now carries the client's values of the unreported
-    /// settings (the client set them there itself): record that on the
-    /// server so the next client gets them reset.
-    pub fn mark_server(
-        settings: &[(String, String)],
-        applied: &mut std::collections::HashMap<String, String>,
-    ) {
-        applied.retain(|k, _| is_reported(k));
-        for (k, v) in settings.iter().filter(|(k, _)| !is_reported(k)) {
-            applied.insert(k.to_ascii_lowercase(), v.clone());
+    /// The client changed unreported settings on its server itself: record
+    /// on the server what it now holds, so that the next client gets them
+    /// reset, and this one gets its login values back where a RESET put
+    /// the server's defaults (they are no longer applied there).
+    pub fn mark_server(&mut self, applied: &mut std::collections::HashMap<String, String>) {
+        for c in self.landed.drain(..) {
+            match c {
+                Change::Set(k, v) => {
+                    applied.insert(k.to_ascii_lowercase(), v);
+                }
+                Change::Reset(k) => {
+                    applied.remove(&k.to_ascii_lowercase());
+                }
+                Change::ResetAll => applied.retain(|k, _| is_reported(k) || k == "role"),
+                Change::DiscardAll => applied.retain(|k, _| is_reported(k)),
+            }
         }
     }
 
@@ -320,7 +340,10 @@ fn apply(c: Change, settings: &mut Vec<(String, String)>, login: &[(String, Stri
 /// value`, `SET [SESSION] ROLE name`, `RESET name`, `RESET ALL`, `DISCARD
 /// ALL`, and what they do when they are something else.
 fn classify(sql: &str) -> Statement {
-    let stmt = sql.split(';').next().unwrap_or("").trim();
+    // one statement (a multi-statement query is split before): only a
+    // final `;` goes, not one inside a quoted value
+    let stmt = sql.trim();
+    let stmt = stmt.strip_suffix(';').unwrap_or(stmt).trim_end();
     let (first, rest) = split_word(stmt);
     match first.to_ascii_lowercase().as_str() {
         "discard" => match split_word(rest).0.to_ascii_lowercase().as_str() {
@@ -363,7 +386,7 @@ fn classify(sql: &str) -> Statement {
                     return Statement::Carried(if value.eq_ignore_ascii_case("none") {
                         Change::Reset("role".into())
                     } else {
-                        Change::Set("role".into(), identifier_value(value))
+                        Change::Set("role".into(), value_item(value, false))
                     });
                 }
                 _ => {}
@@ -373,6 +396,11 @@ fn classify(sql: &str) -> Statement {
             };
             if is_reported(&name) {
                 return Statement::Reported;
+            }
+            if name.starts_with("transaction_") {
+                // transaction_isolation, _read_only, _deferrable: this
+                // transaction's only
+                return Statement::Local;
             }
             let value = if let Some(v) = after.strip_prefix('=') {
                 v
@@ -385,7 +413,13 @@ fn classify(sql: &str) -> Statement {
             if value.eq_ignore_ascii_case("default") {
                 return Statement::Carried(Change::Reset(name));
             }
-            let items: Vec<String> = value.split(',').map(|i| value_item(i.trim())).collect();
+            // search_path reads quoted names itself; any other setting gets
+            // the identifier's text
+            let keep_quotes = name == "search_path";
+            let items: Vec<String> = list_items(value)
+                .into_iter()
+                .map(|i| value_item(i, keep_quotes))
+                .collect();
             Statement::Carried(Change::Set(name, items.join(", ")))
         }
         _ => Statement::Local,
@@ -432,23 +466,39 @@ fn setting_name(word: &str) -> Option<String> {
     })
 }
 
-/// One item of a SET's value list, as `set_config` takes it: a string
-/// literal unquoted, a bare word folded to lower case as the parser folds
-/// it, a quoted identifier kept (search_path reads the quotes).
-fn value_item(item: &str) -> String {
-    match item.strip_prefix('\'').and_then(|i| i.strip_suffix('\'')) {
-        Some(inner) => inner.replace("''", "'"),
-        None if item.starts_with('"') => item.to_owned(),
-        None => item.to_ascii_lowercase(),
+/// The items of a SET's value list: split at the commas outside quotes.
+fn list_items(value: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut start, mut quote) = (0, None);
+    for (i, c) in value.char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            // a doubled quote closes and reopens: the same either way
+            (Some(q), c) if c == q => quote = None,
+            (None, ',') => {
+                items.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
     }
+    items.push(value[start..].trim());
+    items
 }
 
-/// The role name of `SET ROLE name`.
-fn identifier_value(value: &str) -> String {
-    if let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        return inner.replace("\"\"", "\"");
+/// One item of a SET's value list, as `set_config` takes it: a string
+/// literal unquoted, a bare word folded to lower case as the parser folds
+/// it, a quoted identifier unquoted (or kept: `keep_quotes`, for
+/// search_path, which reads the quotes).
+fn value_item(item: &str, keep_quotes: bool) -> String {
+    if let Some(inner) = item.strip_prefix('\'').and_then(|i| i.strip_suffix('\'')) {
+        return inner.replace("''", "'");
     }
-    value_item(value)
+    match item.strip_prefix('"').and_then(|i| i.strip_suffix('"')) {
+        Some(_) if keep_quotes => item.to_owned(),
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => item.to_ascii_lowercase(),
+    }
 }
 
 /// True when a statement starts with SET, RESET or DISCARD (leading
@@ -461,6 +511,13 @@ fn is_change_head(stmt: &[u8]) -> bool {
             || head.len() >= 5
                 && (head[..5].eq_ignore_ascii_case(b"reset")
                     || head[..5].eq_ignore_ascii_case(b"disca")))
+}
+
+/// True when running `sql` leaves session state on the server that pgsift
+/// cannot carry to another: `set_config(…)` (whether local cannot be told
+/// from the text in general) or a session-only feature.
+pub fn leaves_session_state(sql: &[u8]) -> bool {
+    has_set_config(sql) || session_only_feature(sql).is_some()
 }
 
 /// `set_config(` anywhere in a statement (case-insensitive).
@@ -507,7 +564,7 @@ mod tests {
             set("search_path", "app, public")
         );
         assert_eq!(
-            classify("set session search_path = 'x'; select 1"),
+            classify("set session search_path = 'x';"),
             set("search_path", "x")
         );
         assert_eq!(
@@ -630,6 +687,57 @@ mod tests {
     }
 
     #[test]
+    fn values_are_read_as_the_parser_reads_them() {
+        assert_eq!(classify("SET app.ids = '1,2'"), set("app.ids", "1,2"));
+        assert_eq!(classify("SET app.x = 'a;b';"), set("app.x", "a;b"));
+        assert_eq!(classify("SET app.x = \"Foo\""), set("app.x", "Foo"));
+        assert_eq!(classify("SET app.x = 'it''s'"), set("app.x", "it's"));
+        assert_eq!(
+            classify("SET search_path = \"My, Schema\", public"),
+            set("search_path", "\"My, Schema\", public")
+        );
+        assert_eq!(
+            classify("SET transaction_isolation = 'serializable'"),
+            Statement::Local
+        );
+        assert_eq!(
+            classify("SET SESSION transaction_read_only = on"),
+            Statement::Local
+        );
+    }
+
+    #[test]
+    fn a_reset_leaves_the_server_at_its_default_and_the_client_at_its_login_value() {
+        let login = pairs(&[("statement_timeout", "100")]);
+        let mut t = SettingsTracker::new(&login);
+        let mut s = login.clone();
+        // pgsift applied the login value at attach
+        let mut applied: std::collections::HashMap<String, String> =
+            [("statement_timeout".to_string(), "100".to_string())].into();
+        after(&mut t, &mut s, "SET work_mem = '8MB'");
+        t.mark_server(&mut applied);
+        assert_eq!(applied.get("work_mem").map(String::as_str), Some("8MB"));
+        after(&mut t, &mut s, "RESET statement_timeout; RESET work_mem");
+        t.mark_server(&mut applied);
+        assert!(
+            applied.is_empty(),
+            "the server holds its defaults: {applied:?}"
+        );
+        assert_eq!(s, login, "the client its login values");
+    }
+
+    #[test]
+    fn a_strict_isolation_at_login_turns_the_cache_off() {
+        let t = SettingsTracker::new(&pairs(&[("default_transaction_isolation", "serializable")]));
+        assert!(t.unmodeled);
+        let t = SettingsTracker::new(&pairs(&[(
+            "default_transaction_isolation",
+            "read committed",
+        )]));
+        assert!(!t.unmodeled);
+    }
+
+    #[test]
     fn state_that_cannot_be_carried_dirties_the_server_every_time() {
         let mut t = SettingsTracker::default();
         for sql in [
@@ -653,29 +761,6 @@ mod tests {
             t.observe(b'Q', &query_msg(sql), true);
             assert!(!t.dirtied, "{sql}");
         }
-    }
-
-    #[test]
-    fn the_server_records_the_clients_unreported_settings() {
-        let mut applied: std::collections::HashMap<String, String> = [
-            ("timezone".to_string(), "UTC".to_string()),
-            ("work_mem".to_string(), "1MB".to_string()),
-        ]
-        .into();
-        let settings = vec![
-            ("TimeZone".to_string(), "UTC".to_string()),
-            ("statement_timeout".to_string(), "5".to_string()),
-        ];
-        SettingsTracker::mark_server(&settings, &mut applied);
-        let mut got: Vec<_> = applied.into_iter().collect();
-        got.sort();
-        assert_eq!(
-            got,
-            vec![
-                ("statement_timeout".to_string(), "5".to_string()),
-                ("timezone".to_string(), "UTC".to_string()),
-            ]
-        );
     }
 
     #[test]
