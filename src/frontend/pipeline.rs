@@ -631,8 +631,11 @@ impl Pipeline {
     /// drops, when the client prepared it through the protocol (the server
     /// knows it by its shared name). Not in a failed transaction: there the
     /// server refuses the DEALLOCATE, as Postgres does, and nothing changes.
+    /// Nor in a pipeline behind replies still owed (it goes as written).
     fn mapped_deallocation(&self, sql: &[u8]) -> Option<Vec<u8>> {
-        if !self.rename_named || self.failed_transaction {
+        // nor behind replies still owed: an error among them would make
+        // the server skip the DEALLOCATE that pgsift had already booked
+        if !self.rename_named || self.failed_transaction || !self.replies.is_empty() {
             return None;
         }
         deallocated(sql).filter(|name| self.statements.contains_key(name))
