@@ -880,7 +880,10 @@ fn deallocated(sql: &[u8]) -> Option<Vec<u8>> {
     if text[10..].len() == rest.len() {
         return None; // DEALLOCATEx
     }
-    if rest.len() > 8 && rest[..8].eq_ignore_ascii_case("prepare ") {
+    if rest
+        .get(..8)
+        .is_some_and(|w| w.eq_ignore_ascii_case("prepare "))
+    {
         rest = rest[8..].trim_start();
     }
     if let Some(quoted) = rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
@@ -924,6 +927,16 @@ mod tests {
         assert_eq!(q("DEALLOCATE a; SELECT 1"), None);
         assert_eq!(q("DEALLOCATEa"), None);
         assert_eq!(q("SELECT 1"), None);
+        // any text from a client, cut anywhere, is read without a panic
+        let text = "DEALLOCATE prepare \"é€\"\"x\" aé€ ;";
+        for (i, _) in text.char_indices() {
+            for (j, _) in text.char_indices().skip(i) {
+                q(&text[i..j]);
+            }
+        }
+        assert_eq!(q("DEALLOCATE aé€"), None);
+        assert_eq!(q("DEALLOCATE abcdefgé"), None);
+        assert_eq!(q("DEALLOCATE \"é€\"").as_deref(), Some("é€"));
     }
 
     #[test]

@@ -707,6 +707,18 @@ mod tests {
     }
 
     #[test]
+    fn any_text_is_classified_without_a_panic() {
+        let text = "SET SESSION \"é€x\" TO 'a€,b''c', \"d\"é; RESET ROLE é DISCARD ALL TO";
+        for (i, _) in text.char_indices() {
+            for (j, _) in text.char_indices().skip(i) {
+                classify(&text[i..j]);
+            }
+            classify(&text[i..]);
+        }
+        assert_eq!(classify("SET \"é\" = 1"), Statement::Uncarried);
+    }
+
+    #[test]
     fn a_reset_leaves_the_server_at_its_default_and_the_client_at_its_login_value() {
         let login = pairs(&[("statement_timeout", "100")]);
         let mut t = SettingsTracker::new(&login);
