@@ -13,7 +13,7 @@ SECS="${1:-60}"
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(startup_packet message_framing error_fields scram_verifier config_yaml units cache_entry sql_shape sql_template extended_messages)
+    TARGETS=(startup_packet message_framing error_fields scram_verifier config_yaml units cache_entry sql_shape sql_template extended_messages session_sql)
 fi
 # cargo-fuzz passes nightly-only rustc flags (-Zsanitizer=address), so it
 # needs the nightly toolchain; `+nightly` picks rustup's. TOOLCHAIN= (empty)

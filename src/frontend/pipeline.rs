@@ -869,7 +869,7 @@ impl Pipeline {
 /// The statement name of a text that is one `DEALLOCATE [PREPARE] name`
 /// (not `ALL`), as the client named it at Parse: an unquoted name folded to
 /// lower case, a quoted one as written.
-fn deallocated(sql: &[u8]) -> Option<Vec<u8>> {
+pub fn deallocated(sql: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(sql).ok()?.trim();
     let text = text.strip_suffix(';').unwrap_or(text).trim_end();
     let head = text.get(..10)?;
