@@ -2,6 +2,7 @@
 //! protocol negotiation, authentication), and the session that forwards a
 //! client's messages to the server it holds, in session or transaction mode.
 
+pub mod batch_ends;
 pub mod caching;
 pub mod cancel;
 pub mod handshake;

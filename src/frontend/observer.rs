@@ -7,6 +7,7 @@
 //! PortalSuspended, ErrorResponse, ReadyForQuery) to know when each ends.
 //! Executions complete in the order they were sent, so a queue suffices.
 
+use super::batch_ends::BatchEnds;
 use super::caching::{effect_of, Effect};
 use crate::cache::volatility::VolatilityTable;
 use crate::clock::Mono;
@@ -58,12 +59,19 @@ struct Batches {
     sent: u64,
     /// batches the server has ended: its current one
     done: u64,
-    /// Syncs sent since the last Execute, before the client ended a copy:
-    /// a server in copy-in mode ignores them (as `ServerState` counts)
-    syncs_in_copy: u64,
-    copy_ended: bool,
-    /// the server is in copy-in mode and the client has not ended the copy
-    copy_in: bool,
+    /// which client messages end a batch
+    ends: BatchEnds,
+}
+
+impl Batches {
+    /// A client message that may end a batch (Query, Sync, FunctionCall)
+    /// or bear on one (Execute, CopyDone, CopyFail).
+    #[inline]
+    fn end(&mut self, tag: u8) {
+        if self.ends.client_sent(tag) {
+            self.sent += 1;
+        }
+    }
 }
 
 /// The shared tables a session reports to.
@@ -232,30 +240,9 @@ impl Observer {
                         batch,
                     });
                 });
-                let b = &mut self.batches;
-                b.sent += 1;
-                // a COPY it runs starts afresh
-                b.syncs_in_copy = 0;
-                b.copy_ended = false;
+                self.batches.end(tag);
             }
-            b'F' => self.batches.sent += 1,
-            // a server in copy-in mode ignores Sync
-            b'S' if self.batches.copy_in => {}
-            b'S' => {
-                let b = &mut self.batches;
-                b.sent += 1;
-                if !b.copy_ended {
-                    b.syncs_in_copy += 1;
-                }
-            }
-            b'c' | b'f' => {
-                let b = &mut self.batches;
-                if b.copy_in {
-                    b.copy_in = false;
-                } else {
-                    b.copy_ended = true;
-                }
-            }
+            b'F' | b'S' | b'c' | b'f' => self.batches.end(tag),
             b'P' => {
                 if let Some(p) = extended::parse_parse(msg) {
                     // A driver that sends the same text under the same name
@@ -291,14 +278,12 @@ impl Observer {
                     return;
                 };
                 let known = self.portals.get(&body[..end]).cloned();
-                let b = &mut self.batches;
-                b.syncs_in_copy = 0;
-                b.copy_ended = false;
+                self.batches.end(tag);
                 self.pending.push_back(Pending {
                     known,
                     sent: now,
                     rows: 0,
-                    batch: b.sent,
+                    batch: self.batches.sent,
                 });
             }
             b'C' => {
@@ -372,9 +357,8 @@ impl Observer {
     #[cold]
     fn copy_in_started(&mut self) {
         let b = &mut self.batches;
-        b.sent -= b.syncs_in_copy.min(b.sent - b.done);
-        b.syncs_in_copy = 0;
-        b.copy_in = !b.copy_ended;
+        let ignored = b.ends.copy_in_started() as u64;
+        b.sent -= ignored.min(b.sent - b.done);
     }
 
     /// An execution of the oldest batch ended (`done`: with a

@@ -10,6 +10,7 @@
 //! back to the pool: in transaction mode at ReadyForQuery `I` with nothing
 //! owed, in session mode when the client leaves.
 
+use super::batch_ends::BatchEnds;
 use super::caching::{self, SessionCache};
 use super::cancel::CancelTarget;
 use super::handshake::Login;
@@ -60,14 +61,8 @@ pub struct ServerState {
     pub unsynced: bool,
     /// transaction status of the last ReadyForQuery
     pub tx: u8,
-    /// the server is in copy-in mode (it ignores Sync) until the client
-    /// sends CopyDone or CopyFail
-    pub copy_in: bool,
-    /// Syncs sent since the last Execute and before a CopyDone/CopyFail: if
-    /// that Execute starts a COPY FROM STDIN, the server ignores them
-    pub syncs_in_copy: usize,
-    /// the client ended a copy since its last Execute
-    pub copy_ended: bool,
+    /// which client messages the server answers with ReadyForQuery
+    pub ends: BatchEnds,
 }
 
 impl ServerState {
@@ -77,55 +72,26 @@ impl ServerState {
             pending: 0,
             unsynced: false,
             tx: b'I',
-            copy_in: false,
-            syncs_in_copy: 0,
-            copy_ended: false,
+            ends: BatchEnds::default(),
         }
     }
 
     /// A client message is on its way to the server.
     fn client_sent(&mut self, tag: u8) {
+        let ends = self.ends.client_sent(tag);
+        if ends {
+            self.pending += 1;
+        }
         match tag {
-            b'F' => self.pending += 1,
-            b'Q' => {
-                // a COPY it runs starts afresh: Syncs before it are not in
-                // its copy-in mode
-                self.pending += 1;
-                self.syncs_in_copy = 0;
-                self.copy_ended = false;
-            }
-            b'S' if self.copy_in => {} // ignored by the server
-            b'S' => {
-                self.pending += 1;
-                self.unsynced = false;
-                if !self.copy_ended {
-                    self.syncs_in_copy += 1;
-                }
-            }
-            b'E' => {
-                self.unsynced = true;
-                self.syncs_in_copy = 0;
-                self.copy_ended = false;
-            }
-            b'P' | b'B' | b'D' | b'C' | b'H' => self.unsynced = true,
-            b'c' | b'f' => {
-                if self.copy_in {
-                    self.copy_in = false;
-                } else {
-                    self.copy_ended = true;
-                }
-            }
+            b'S' if ends => self.unsynced = false,
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
             _ => {}
         }
     }
 
     /// CopyInResponse: Syncs sent since the COPY's Execute owe nothing.
     fn copy_in_started(&mut self) {
-        self.pending = self.pending.saturating_sub(self.syncs_in_copy);
-        self.syncs_in_copy = 0;
-        if !self.copy_ended {
-            self.copy_in = true;
-        }
+        self.pending = self.pending.saturating_sub(self.ends.copy_in_started());
     }
 
     /// A ReadyForQuery with transaction status `status` arrived; true when
