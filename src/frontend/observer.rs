@@ -565,6 +565,12 @@ mod tests {
         msg(b'E', &b)
     }
 
+    /// A one-off statement as drivers send it: unnamed Parse, Bind, Execute,
+    /// Sync.
+    fn one_off(sql: &str) -> Vec<Vec<u8>> {
+        vec![parse("", sql), bind(""), execute(), msg(b'S', b"")]
+    }
+
     /// The client sends `client` (each message seen on its way), then the
     /// server answers with `server` (tags only).
     fn run(o: &mut Observer, client: &[Vec<u8>], server: &[u8]) {
@@ -608,12 +614,7 @@ mod tests {
             execute(),
             msg(b'S', b""),
         ];
-        let batch2 = [
-            parse("", "UPDATE posts SET n = 1"),
-            bind(""),
-            execute(),
-            msg(b'S', b""),
-        ];
+        let batch2 = one_off("UPDATE posts SET n = 1");
         run(&mut o, &[&batch1[..], &batch2[..]].concat(), b"12EZ");
         assert!(o.effects.is_empty(), "the skipped DELETE ran nowhere");
         run(&mut o, &[], b"12CZ");
@@ -625,12 +626,7 @@ mod tests {
     fn an_error_in_a_batch_without_executions_is_not_a_later_batchs() {
         let mut o = observer();
         let batch1 = [parse("s1", "SELEC nonsense"), msg(b'S', b"")];
-        let batch2 = [
-            parse("", "UPDATE posts SET n = 1"),
-            bind(""),
-            execute(),
-            msg(b'S', b""),
-        ];
+        let batch2 = one_off("UPDATE posts SET n = 1");
         run(&mut o, &[&batch1[..], &batch2[..]].concat(), b"EZ12CZ");
         assert_eq!(o.effects.len(), 1, "the UPDATE's effect was lost");
     }
@@ -667,16 +663,7 @@ mod tests {
         let mut o = observer();
         // libpq's extended-protocol COPY: a Sync with the Execute (ignored
         // in copy-in mode), another after CopyDone
-        run(
-            &mut o,
-            &[
-                parse("", "COPY posts FROM STDIN"),
-                bind(""),
-                execute(),
-                msg(b'S', b""),
-            ],
-            b"12G",
-        );
+        run(&mut o, &one_off("COPY posts FROM STDIN"), b"12G");
         run(
             &mut o,
             &[msg(b'd', b"1\n"), msg(b'c', b""), msg(b'S', b"")],
