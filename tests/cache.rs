@@ -37,6 +37,9 @@ fn setup() {
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE parents (id int PRIMARY KEY); CREATE TABLE kids (id int, parent int REFERENCES parents ON DELETE CASCADE); INSERT INTO parents VALUES (1), (2); INSERT INTO kids VALUES (1, 1), (2, 1), (3, 2)");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE audited (id int, v int); CREATE TABLE audit_log (n int); INSERT INTO audited VALUES (1, 0); CREATE FUNCTION log_it() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN INSERT INTO audit_log VALUES (1); RETURN NEW; END'; CREATE TRIGGER t AFTER UPDATE ON audited FOR EACH ROW EXECUTE FUNCTION log_it()");
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE base_t (id int, v int); INSERT INTO base_t VALUES (1, 0); CREATE VIEW base_v AS SELECT * FROM base_t; CREATE TABLE events (id int, v int) PARTITION BY RANGE (id); CREATE TABLE events_1 PARTITION OF events FOR VALUES FROM (0) TO (100); INSERT INTO events VALUES (5, 0)");
+        // a commit that takes 1.5 s and shrugs off cancel requests (as one
+        // waiting for a synchronous standby does)
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE doubt (id int PRIMARY KEY, v int); INSERT INTO doubt VALUES (1, 0), (2, 0); CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE until timestamptz := clock_timestamp() + interval '1.5 s'; BEGIN WHILE clock_timestamp() < until LOOP BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; RETURN NULL; END $$; CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON doubt DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()");
         pg.psql("cachedb", "GRANT SELECT ON items, secret, stamps TO reader; GRANT SELECT (id) ON privy TO reader");
     });
 }
@@ -73,7 +76,7 @@ fn cache_proxy_with(extra_users: bool, backend: &str) -> Proxy {
     };
     Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt]\n      ttl: 60s\n",
             pg.port
         )
     })
@@ -803,6 +806,74 @@ async fn a_write_sent_before_the_previous_reply_arrived_invalidates_too() {
         metric(&proxy, "hit") > hits,
         "the read is served from the cache"
     );
+}
+
+/// Sends `sql` through a client of `proxy` and closes the client's socket
+/// 100 ms later, before the reply (no Terminate).
+async fn send_and_vanish(proxy: &Proxy, setup: &str, sql: &str) {
+    let (c, conn) = tokio_postgres::connect(&dsn(proxy), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    if !setup.is_empty() {
+        c.batch_execute(setup).await.unwrap();
+    }
+    let sql = sql.to_owned();
+    let query = tokio::spawn(async move {
+        let _ = c.batch_execute(&sql).await;
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.abort();
+    let _ = query.await;
+}
+
+/// Waits (up to `limit`) until `read` through `c` gives `want`.
+async fn until_read(c: &tokio_postgres::Client, read: &str, want: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = one(c, read).await;
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_that_commits_after_its_client_left_is_invalidated_after_the_commit() {
+    let proxy = cache_proxy(false);
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    let pg = shared_postgres();
+    // a COMMIT sent, then the client is gone (the commit takes 1.5 s); and
+    // an autocommit UPDATE, whose commit takes as long, sent likewise
+    let cases = [
+        ("BEGIN; UPDATE doubt SET v = 1 WHERE id = 1", "COMMIT", 1),
+        ("", "UPDATE doubt SET v = 1 WHERE id = 2", 2),
+    ];
+    for (setup, sql, id) in cases {
+        let read = format!("SELECT v FROM doubt WHERE id = {id}");
+        assert_eq!(one(&other, &read).await, "0");
+        assert_eq!(one(&other, &read).await, "0");
+        send_and_vanish(&proxy, setup, sql).await;
+        // read while the commit is under way: the old value, stored
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(one(&other, &read).await, "0", "{sql}: not committed yet");
+        let direct = format!("SELECT v FROM doubt WHERE id = {id}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pg.psql("cachedb", &direct) != "1" {
+            assert!(Instant::now() < deadline, "{sql} never committed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // the entry stored before the commit must not outlive it (its TTL
+        // is 60 s): pgsift records the invalidation again once the
+        // server has ended
+        assert_eq!(
+            until_read(&other, &read, "1", Duration::from_secs(3)).await,
+            "1",
+            "{sql}: a stale read after the commit"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -217,6 +217,29 @@ impl SessionCache {
         self.record().await;
     }
 
+    /// The session ends with statements in flight, which may still commit
+    /// after it: everything pending is recorded now, as [`Self::finish`]
+    /// does, and returned to be recorded once more when the server is known
+    /// to be done ([`Self::record_again`]). A read that missed in between,
+    /// before the commit, would otherwise keep its result.
+    pub async fn finish_in_doubt(&mut self) -> Vec<Effect> {
+        self.capture = None;
+        let mut doubt = self.pending.clone();
+        doubt.extend(self.unrecorded.iter().cloned());
+        self.commit();
+        self.record().await;
+        doubt
+    }
+
+    /// Records `effects` again (see [`Self::finish_in_doubt`]); they were
+    /// counted then.
+    pub async fn record_again(&mut self, effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
+        Box::pin(self.cache.invalidate(&self.db, &effects)).await;
+    }
+
     /// The reply to a hit: the stored messages and ReadyForQuery.
     pub fn hit_reply(bytes: Bytes, tx: u8) -> [Bytes; 2] {
         let mut z = BytesMut::with_capacity(6);

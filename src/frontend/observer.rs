@@ -448,6 +448,23 @@ impl Observer {
         }
     }
 
+    /// The session ends with executions in flight, which may still take
+    /// effect on the server after it: with the cache on, their effects
+    /// (whatever an unknown one may have written) join the completed ones.
+    pub fn in_flight_effects(&mut self) {
+        let Some((volatility, db)) = &self.effects_of else {
+            return;
+        };
+        let facts = volatility.get(db);
+        for p in self.pending.drain(..) {
+            let effect = match &p.known {
+                Some(k) => effect_of(&k.analysis, facts.as_deref()),
+                None => Some(Effect::Database),
+            };
+            self.effects.extend(effect);
+        }
+    }
+
     /// A statement completed that the observer could not tell: with the
     /// cache on, it may have written anything in the database.
     #[cold]

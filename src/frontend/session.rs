@@ -796,17 +796,31 @@ impl Session {
         to_client.clear();
 
         self.observer.finish();
+        if self.cache.is_some() && self.mux_replies.is_some() {
+            self.drain_multiplexed().await;
+        }
+        let server_lost = matches!(end, End::ServerLost(_) | End::ServerProtocol(_));
+        let in_flight = self.server.is_some()
+            && (!to_server.is_empty() || !self.pipeline.is_empty() || !self.state.quiet());
+        // Statements still in flight may commit after the session has
+        // recorded its invalidations: their effects are recorded again once
+        // the server is known to be done with them.
+        let mut doubt = None;
         if let Some(sc) = self.cache.as_mut() {
-            sc.take_effects(&mut self.observer.effects);
-            sc.finish().await;
+            if (in_flight && !server_lost) || self.mux_replies.is_some() {
+                self.observer.in_flight_effects();
+                sc.take_effects(&mut self.observer.effects);
+                doubt = Some(sc.finish_in_doubt().await);
+            } else {
+                sc.take_effects(&mut self.observer.effects);
+                sc.finish().await;
+            }
         }
         self.app.cancels.remove(self.cancel_key);
         self.cancel.clear();
         if let Some(co) = self.server.take() {
-            let in_flight = !to_server.is_empty()
-                || !self.pipeline.is_empty()
-                || self.pipeline.take_unusable().is_some();
-            let state = if matches!(end, End::ServerLost(_) | End::ServerProtocol(_)) || in_flight {
+            let in_flight = in_flight || self.pipeline.take_unusable().is_some();
+            let state = if server_lost || in_flight {
                 ServerState {
                     pending: 1,
                     ..self.state
@@ -814,8 +828,10 @@ impl Session {
             } else {
                 self.state
             };
-            if matches!(end, End::ServerLost(_) | End::ServerProtocol(_)) {
+            if server_lost {
                 self.pool.discard(co);
+            } else if doubt.is_some() {
+                self.await_server_end(co).await;
             } else {
                 // a dirty server gets DISCARD ALL, as in session mode
                 let mode = if self.settings_changes.dirtied {
@@ -826,6 +842,65 @@ impl Session {
                 return_server(&self.pool, co, state, mode).await;
             }
         }
+        if let (Some(sc), Some(effects)) = (self.cache.as_mut(), doubt) {
+            sc.record_again(effects).await;
+        }
+    }
+
+    /// The client left while a multiplexed batch of its was running: its
+    /// replies are still observed (and dropped), for up to [`RESET_TIMEOUT`],
+    /// so that what it wrote is invalidated after it took effect.
+    async fn drain_multiplexed(&mut self) {
+        let drain = async {
+            let mut sink = Outbox::default();
+            while let Some(rx) = self.mux_replies.as_mut() {
+                match rx.recv().await {
+                    Some(Ok(chunk)) => {
+                        if self.mux_input(chunk, &mut sink).is_err() {
+                            break;
+                        }
+                        sink.clear();
+                        if let Some(sc) = self.cache.as_mut().filter(|sc| sc.must_record()) {
+                            sc.record().await;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        };
+        let _ = crate::timer::timeout(RESET_TIMEOUT, drain).await;
+    }
+
+    /// Closes a server that still has statements of a departed client in
+    /// flight, and waits (up to [`RESET_TIMEOUT`]) until its backend is
+    /// gone: they are cancelled, the write side is shut so that the backend
+    /// reads end-of-file once they are done, and the backend closes its
+    /// socket only after its transaction has ended, committed or not. Only
+    /// then is it certain that nothing more of theirs takes effect.
+    async fn await_server_end(&mut self, mut co: Checkout) {
+        let (addr, pid, secret) = (co.server.addr.clone(), co.server.pid, co.server.secret);
+        tokio::spawn(async move {
+            let _ = send_cancel(&addr, pid, secret).await;
+        });
+        let gone = async {
+            let _ = co.server.writer.shutdown().await;
+            let mut scratch = vec![0u8; 8192];
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut co.server.reader, &mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        if crate::timer::timeout(RESET_TIMEOUT, gone).await.is_err() {
+            tracing::warn!(
+                pid,
+                "a departed client's statement was still running after {} s; \
+                 its invalidations are recorded without waiting for it",
+                RESET_TIMEOUT.as_secs()
+            );
+        }
+        self.pool.discard(co);
     }
 
     /// Client messages go through `pipeline`: transaction mode, or session
