@@ -40,6 +40,8 @@ fn setup() {
         // a commit that takes 1.5 s and shrugs off cancel requests (as one
         // waiting for a synchronous standby does)
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE doubt (id int PRIMARY KEY, v int); INSERT INTO doubt VALUES (1, 0), (2, 0); CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE until timestamptz := clock_timestamp() + interval '1.5 s'; BEGIN WHILE clock_timestamp() < until LOOP BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; RETURN NULL; END $$; CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON doubt DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()");
+        // a tenant's schema with a table of the same name
+        pg.psql("cachedb", "SET ROLE blog; CREATE SCHEMA tenant2; CREATE TABLE tenant2.items (id int PRIMARY KEY, v int, owner text); INSERT INTO tenant2.items VALUES (60, 77, 'blog'), (61, 77, 'blog')");
         pg.psql("cachedb", "GRANT SELECT ON items, secret, stamps TO reader; GRANT SELECT (id) ON privy TO reader");
     });
 }
@@ -872,6 +874,71 @@ async fn a_write_that_commits_after_its_client_left_is_invalidated_after_the_com
             until_read(&other, &read, "1", Duration::from_secs(3)).await,
             "1",
             "{sql}: a stale read after the commit"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setting_changed_inside_a_transaction_keys_that_transactions_reads() {
+    let proxy = cache_proxy(false);
+    let c = client(&proxy).await;
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    let (cached, fresh) = (
+        "SELECT v FROM items WHERE id = 60",
+        "SELECT v FROM items WHERE id = 61",
+    );
+    assert_eq!(one(&other, cached).await, "0");
+    assert_eq!(one(&other, cached).await, "0");
+    // the server runs the transaction's reads with the new search_path at
+    // once; the client's settings change only when the transaction ends
+    c.batch_execute("BEGIN; SET search_path = tenant2, public")
+        .await
+        .unwrap();
+    assert_eq!(one(&c, cached).await, "77", "another search_path's entry");
+    assert_eq!(one(&c, fresh).await, "77");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        one(&other, fresh).await,
+        "0",
+        "tenant2's row stored under the default search_path"
+    );
+    // after the COMMIT the setting is the client's own, and keys its reads
+    assert_eq!(one(&c, cached).await, "77");
+    assert_eq!(one(&c, cached).await, "77");
+    assert_eq!(one(&other, cached).await, "0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeatable_read_transaction_is_never_cached_however_it_is_spelled() {
+    let proxy = cache_proxy(false);
+    let (a, b, c) = (
+        client(&proxy).await,
+        client(&proxy).await,
+        client(&proxy).await,
+    );
+    wait_for_facts(&c, &proxy).await;
+    let begins = [
+        "BEGIN ISOLATION LEVEL REPEATABLE  READ",
+        "BEGIN ISOLATION LEVEL\n  REPEATABLE /* snapshot */ READ",
+        "START TRANSACTION ISOLATION LEVEL serializable",
+    ];
+    for (v, begin) in begins.into_iter().enumerate() {
+        let read = "SELECT v FROM items WHERE id = 62";
+        let before = v.to_string();
+        assert_eq!(one(&c, read).await, before);
+        // A's snapshot is taken before B's write is acknowledged
+        a.batch_execute(begin).await.unwrap();
+        assert_eq!(one(&a, "SELECT 1").await, "1");
+        b.simple_query(&format!("UPDATE items SET v = {} WHERE id = 62", v + 1))
+            .await
+            .unwrap();
+        assert_eq!(one(&a, read).await, before, "{begin}: A reads its snapshot");
+        a.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(
+            one(&c, read).await,
+            (v + 1).to_string(),
+            "{begin}: A's snapshot was served to C"
         );
     }
 }

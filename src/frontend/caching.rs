@@ -42,10 +42,9 @@ pub fn effect_of(a: &Analysis, facts: Option<&DatabaseFacts>) -> Option<Effect> 
             Effect::Database
         });
     }
-    if matches!(
-        a.kind,
-        Kind::Select | Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge
-    ) && !a.functions.is_empty()
+    // (any kind of statement: COPY (SELECT f()) TO, EXPLAIN ANALYZE run
+    // their functions too)
+    if !a.functions.is_empty()
         && !facts.is_some_and(|f| a.functions.iter().all(|n| f.not_volatile.contains(n)))
     {
         // a volatile function may write: what it touched cannot be known
@@ -248,13 +247,27 @@ impl SessionCache {
     }
 }
 
-/// Whether a statement's text asks for an isolation level above READ
-/// COMMITTED.
+/// Whether a statement's text may ask for an isolation level above READ
+/// COMMITTED: it has the word `repeatable` or `serializable` anywhere, in
+/// any case, whatever spaces or comments surround it. A false alarm (a
+/// literal, a name) only keeps that transaction's reads from the cache.
 pub fn strict_isolation(sql: &[u8]) -> bool {
-    let head = &sql[..sql.len().min(200)];
-    let lower = String::from_utf8_lossy(head).to_ascii_lowercase();
-    (lower.contains("repeatable read") || lower.contains("serializable"))
-        && lower.contains("isolation")
+    const WORDS: [&[u8]; 2] = [b"repeatable", b"serializable"];
+    let mut at = 0;
+    while let Some(i) = sql[at..]
+        .iter()
+        .position(|&c| matches!(c | 0x20, b'r' | b's'))
+    {
+        let rest = &sql[at + i..];
+        if WORDS
+            .iter()
+            .any(|w| rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w))
+        {
+            return true;
+        }
+        at += i + 1;
+    }
+    false
 }
 
 /// The cache key of a query: its text, and for the extended protocol the
@@ -402,7 +415,48 @@ mod tests {
         assert_eq!(e("SELEC garbage", Some(true)), Some(Effect::Database));
         assert_eq!(e("BEGIN", Some(true)), None);
         assert_eq!(e("SET TimeZone = 'UTC'", Some(true)), None);
-        assert!(strict_isolation(b"BEGIN ISOLATION LEVEL SERIALIZABLE"));
-        assert!(!strict_isolation(b"BEGIN"));
+        assert_eq!(
+            e("COPY (SELECT my_func(1)) TO STDOUT", Some(true)),
+            Some(Effect::Database),
+            "a COPY runs its query's functions"
+        );
+        assert_eq!(
+            e("EXPLAIN ANALYZE SELECT my_func(1)", Some(true)),
+            Some(Effect::Database)
+        );
+        assert_eq!(e("COPY (SELECT now()) TO STDOUT", Some(true)), None);
+    }
+
+    #[test]
+    fn isolation_levels_above_read_committed_are_seen_in_any_spelling() {
+        for sql in [
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "BEGIN ISOLATION LEVEL REPEATABLE  READ",
+            "begin isolation level repeatable\n\tread",
+            "BEGIN ISOLATION /* a comment */ LEVEL Repeatable -- and another\n READ",
+            "START TRANSACTION READ ONLY, DEFERRABLE, ISOLATION LEVEL SERIALIZABLE",
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        ] {
+            assert!(strict_isolation(sql.as_bytes()), "{sql}");
+        }
+        let long = format!(
+            "BEGIN /* {} */ ISOLATION LEVEL SERIALIZABLE",
+            "x".repeat(500)
+        );
+        assert!(strict_isolation(long.as_bytes()), "past 200 bytes");
+        for sql in [
+            "BEGIN",
+            "BEGIN ISOLATION LEVEL READ COMMITTED",
+            "SELECT 1",
+            "",
+            "r",
+            "s",
+        ] {
+            assert!(!strict_isolation(sql.as_bytes()), "{sql}");
+        }
+        // a multi-byte character before the word
+        assert!(strict_isolation(
+            "BEGIN /* é */ ISOLATION LEVEL SERIALIZABLE".as_bytes()
+        ));
     }
 }

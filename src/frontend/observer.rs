@@ -432,6 +432,11 @@ impl Observer {
         }
         if error {
             self.sinks.metrics.error("query");
+            if known.analysis.opaque {
+                // a procedure or DO block may have committed some of its
+                // work before it failed
+                self.unknown_write();
+            }
             return;
         }
         if let Some(d) = self.detector.as_mut() {
@@ -673,6 +678,43 @@ mod tests {
             b"2CZ",
         );
         assert!(matches!(o.effects[..], [Effect::Database]));
+    }
+
+    #[test]
+    fn a_failed_procedure_may_have_committed_and_invalidates_the_database() {
+        let mut o = observer();
+        run(
+            &mut o,
+            &[query("UPDATE posts SET n = 1 WHERE n = 1/0")],
+            b"EZ",
+        );
+        assert!(o.effects.is_empty(), "a failed UPDATE wrote nothing");
+        for sql in ["CALL archive_old_posts()", "DO $$ BEGIN COMMIT; END $$"] {
+            run(&mut o, &[query(sql)], b"EZ");
+            assert!(matches!(o.effects[..], [Effect::Database]), "{sql}");
+            o.effects.clear();
+        }
+    }
+
+    #[test]
+    fn executions_in_flight_when_the_client_leaves_are_counted_as_writes() {
+        let mut o = observer();
+        run(
+            &mut o,
+            &[
+                query("SELECT * FROM posts"),
+                query("UPDATE posts SET n = 1"),
+            ],
+            b"",
+        );
+        run(&mut o, &[bind("from_sql"), execute(), msg(b'S', b"")], b"");
+        o.in_flight_effects();
+        assert!(
+            matches!(&o.effects[..], [Effect::Database, Effect::Database]),
+            "the UPDATE (no facts: the database) and the unknown portal: {:?}",
+            o.effects
+        );
+        assert!(o.pending.is_empty());
     }
 
     #[test]

@@ -1172,6 +1172,7 @@ impl Session {
         let ttl = crate::cache::rules::covering_ttl(&config.cache.rules, &a.reads);
         let eligible = a.read_only
             && !self.settings_changes.unmodeled
+            && !self.settings_changes.has_pending()
             && !sc.strict_isolation
             && !sc.wrote_in_transaction()
             && self.state.tx != b'E'

@@ -236,6 +236,13 @@ impl SettingsTracker {
         }
     }
 
+    /// True while changes the client made wait for the end of their
+    /// transaction: the server already runs with them, the client's
+    /// settings (and so its cache keys) do not show them yet.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The server reported an error.
     pub fn failed(&mut self) {
         self.failed = true;
