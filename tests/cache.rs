@@ -42,6 +42,8 @@ fn setup() {
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE doubt (id int PRIMARY KEY, v int); INSERT INTO doubt VALUES (1, 0), (2, 0); CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE until timestamptz := clock_timestamp() + interval '1.5 s'; BEGIN WHILE clock_timestamp() < until LOOP BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; RETURN NULL; END $$; CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON doubt DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()");
         // a tenant's schema with a table of the same name
         pg.psql("cachedb", "SET ROLE blog; CREATE SCHEMA tenant2; CREATE TABLE tenant2.items (id int PRIMARY KEY, v int, owner text); INSERT INTO tenant2.items VALUES (60, 77, 'blog'), (61, 77, 'blog')");
+        // written through the alias test and the cross-instance DDL test only
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE aliased (id int, v int); INSERT INTO aliased VALUES (1, 0); CREATE TABLE posted (id int); CREATE TABLE post_log (n int)");
         pg.psql("cachedb", "GRANT SELECT ON items, secret, stamps TO reader; GRANT SELECT (id) ON privy TO reader");
     });
 }
@@ -78,7 +80,7 @@ fn cache_proxy_with(extra_users: bool, backend: &str) -> Proxy {
     };
     Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt, aliased, posted, post_log]\n      ttl: 60s\n",
             pg.port
         )
     })
@@ -454,14 +456,27 @@ async fn concurrent_writers_and_readers_never_see_a_stale_read() {
     assert_eq!((s.stale, s.errors), (0, 0), "stale reads, errors");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_instances_on_one_redis_share_entries_and_invalidations() {
+/// Two instances on a Redis of their own, each with a client, both with
+/// their catalog facts read.
+async fn two_instances() -> (
+    common::Redis,
+    Proxy,
+    Proxy,
+    tokio_postgres::Client,
+    tokio_postgres::Client,
+) {
     let redis = common::Redis::start();
     let (a, b) = (redis_proxy(&redis), redis_proxy(&redis));
     let ca = client(&a).await;
     let cb = client(&b).await;
     wait_for_facts(&ca, &a).await;
     wait_for_facts(&cb, &b).await;
+    (redis, a, b, ca, cb)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_on_one_redis_share_entries_and_invalidations() {
+    let (redis, a, b, ca, cb) = two_instances().await;
     let sql = "SELECT v FROM shared_r WHERE id = 1";
     // A stores what it read in the background, after answering: B's read
     // waits until the entry is in Redis (the probes' entries settled first)
@@ -494,7 +509,9 @@ async fn two_instances_on_one_redis_share_entries_and_invalidations() {
     let keys = redis.cli(&["--scan"]);
     assert!(keys.lines().count() >= 2, "{keys}");
     assert!(keys.lines().all(|k| k.starts_with("t:")), "{keys}");
-    assert!(keys.lines().any(|k| k == "t:{cachedb}:v"), "{keys}");
+    // (the upstream database, whatever name clients use for it)
+    let versions = format!("t:{{cachedb@127.0.0.1:{}}}:v", shared_postgres().port);
+    assert!(keys.lines().any(|k| k == versions), "{keys}");
     assert!(keys.lines().any(|k| k.starts_with("t:c:")), "{keys}");
     let (_, body) = common::http_get(a.admin_port, "/metrics").unwrap();
     assert!(
@@ -571,6 +588,73 @@ async fn ddl_through_one_instance_makes_the_others_read_the_catalog_again() {
         metric(&b, "hit"),
         hits,
         "a volatile function's result was served from the cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_instances_trigger_is_seen_by_a_write_before_any_read() {
+    // A has read the catalog: posted has no trigger
+    let (_redis, _a, b, ca, cb) = two_instances().await;
+    // through B: a trigger makes every write to posted write post_log too
+    cb.batch_execute(
+        "CREATE FUNCTION log_post() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN INSERT INTO post_log VALUES (1); RETURN NEW; END'; \
+         CREATE TRIGGER logged AFTER INSERT ON posted FOR EACH ROW EXECUTE FUNCTION log_post()",
+    )
+    .await
+    .unwrap();
+    let log = "SELECT count(*) FROM post_log";
+    let start = Instant::now();
+    loop {
+        let hits = metric(&b, "hit");
+        assert_eq!(one(&cb, log).await, "0");
+        if metric(&b, "hit") > hits {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never cached on B"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A writes posted with no read before it: it classified the write
+    // with the facts it read before the trigger existed
+    ca.batch_execute("INSERT INTO posted VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&cb, log).await,
+        "1",
+        "B served post_log as it was before A's acknowledged write"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_names_of_one_database_share_invalidations() {
+    setup();
+    let pg = shared_postgres();
+    let proxy = Proxy::start_with(|port, admin| {
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\ndatabases:\n  cachedb: {{host: 127.0.0.1, port: {0}, pool_mode: transaction, pool_size: 4}}\n  alias: {{host: 127.0.0.1, port: {0}, dbname: cachedb, pool_mode: transaction, pool_size: 4}}\ncache:\n  backend: memory\n  rules:\n    - tables: [aliased, shared_r]\n      ttl: 60s\n",
+            pg.port
+        )
+    });
+    let c = client(&proxy).await;
+    let via_alias = connect(&proxy.conn_str("blog", "blogpw", "alias"))
+        .await
+        .unwrap();
+    wait_for_facts(&via_alias, &proxy).await;
+    let read = "SELECT v FROM aliased WHERE id = 1";
+    assert_eq!(one(&via_alias, read).await, "0");
+    let hits = metric(&proxy, "hit");
+    assert_eq!(one(&via_alias, read).await, "0");
+    assert!(metric(&proxy, "hit") > hits, "cached through the alias");
+    c.batch_execute("UPDATE aliased SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&via_alias, read).await,
+        "1",
+        "a write through one name left the other name's entry stale"
     );
 }
 

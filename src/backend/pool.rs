@@ -188,6 +188,18 @@ impl Pool {
         self.idle.lock().len()
     }
 
+    /// Who the cache knows this pool's results by: the upstream database
+    /// (`dbname@host:port`, so that every name a configuration gives one
+    /// database shares its versions and invalidations) and the upstream
+    /// role the statements run as.
+    pub fn cache_identity(&self) -> (Arc<str>, Arc<str>) {
+        let t = self.target.lock();
+        (
+            format!("{}@{}:{}", t.dbname, t.host, t.port).into(),
+            t.user.as_str().into(),
+        )
+    }
+
     /// The parameter values of a fresh server, once one has connected.
     pub fn defaults(&self) -> Arc<HashMap<String, String>> {
         self.defaults.lock().clone().unwrap_or_default()

@@ -69,8 +69,15 @@ pub fn table_name(t: &str) -> String {
 /// What a completed statement did to the database's contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// wrote these tables
-    Tables(Vec<String>),
+    /// wrote these tables (`schema`: with a shared cache, the schema epoch
+    /// of the catalog facts that said no trigger, rule or cascade reaches
+    /// further; see [`remote::RedisStore::invalidate`])
+    Tables {
+        /// the tables written
+        tables: Vec<String>,
+        /// schema epoch of the facts the write was classified with
+        schema: Option<u64>,
+    },
     /// may have written anything (CALL, DO, volatile functions, text the
     /// parser rejects)
     Database,
@@ -348,7 +355,7 @@ impl QueryCache {
         if let Backend::Memory(m) = &self.backend {
             for e in effects {
                 match e {
-                    Effect::Tables(t) => m.invalidate_tables(db, t),
+                    Effect::Tables { tables, .. } => m.invalidate_tables(db, tables),
                     Effect::Database | Effect::Schema => m.invalidate_database(db),
                 }
             }

@@ -3,7 +3,8 @@
 //! write through one instance invalidates what all of them serve.
 //!
 //! Layout, all under `key_prefix`:
-//! - `<prefix>{<db>}:v` — a hash per database: field `e` is the epoch,
+//! - `<prefix>{<db>}:v` — a hash per upstream database (`dbname@host:port`):
+//!   field `e` is the epoch,
 //!   `s` the schema epoch (moved by DDL only: other instances reload what
 //!   they know about functions and row-level security when it moves),
 //!   `t:<table>` a table's version. One key per database, so every counter
@@ -54,12 +55,16 @@ impl Connection {
         }
     }
 
-    async fn pipeline(&self, p: &::redis::Pipeline) -> ::redis::RedisResult<()> {
-        async fn run(
+    /// Runs a pipeline; `T` is what its commands not ignored answer.
+    async fn pipeline<T: ::redis::FromRedisValue>(
+        &self,
+        p: &::redis::Pipeline,
+    ) -> ::redis::RedisResult<T> {
+        async fn run<T: ::redis::FromRedisValue>(
             c: &mut impl ConnectionLike,
             p: &::redis::Pipeline,
-        ) -> ::redis::RedisResult<()> {
-            p.exec_async(c).await
+        ) -> ::redis::RedisResult<T> {
+            p.query_async(c).await
         }
         match self.clone() {
             Connection::Single(mut c) => run(&mut c, p).await,
@@ -276,15 +281,20 @@ impl RedisStore {
         // never saw Redis fail), and they must see this write
         let vkey = self.versions_key(db);
         let mut p = ::redis::pipe();
+        // the schema epochs that said which tables writes reach
+        let mut classified: Vec<Option<u64>> = Vec::new();
         for e in effects {
             match e {
-                Effect::Tables(tables) => {
+                Effect::Tables { tables, schema } => {
                     for t in tables {
                         p.cmd("HINCRBY")
                             .arg(&vkey)
                             .arg(format!("t:{}", super::table_name(t)))
                             .arg(1)
                             .ignore();
+                    }
+                    if !classified.contains(schema) {
+                        classified.push(*schema);
                     }
                 }
                 Effect::Database => {
@@ -305,8 +315,22 @@ impl RedisStore {
                 }
             }
         }
+        // Table writes were classified with catalog facts read under some
+        // schema epoch. Another instance's DDL (a trigger, a rule, a
+        // cascading foreign key, a function made VOLATILE) moves that epoch
+        // without this instance seeing it: then the write may have reached
+        // other tables, and the whole database is invalidated, in a second
+        // round trip before the write is acknowledged.
+        p.cmd("HGET").arg(&vkey).arg("s");
         let recorded = within(async {
-            self.connection().await?.pipeline(&p).await?;
+            let c = self.connection().await?;
+            let (schema,): (Option<u64>,) = c.pipeline(&p).await?;
+            let current = Some(schema.unwrap_or(0));
+            if classified.iter().any(|s| *s != current) {
+                let mut bump = ::redis::cmd("HINCRBY");
+                bump.arg(&vkey).arg("e").arg(epoch_step());
+                c.query::<u64>(&bump).await?;
+            }
             anyhow::Ok(())
         })
         .await;

@@ -78,6 +78,10 @@ impl DatabaseFacts {
 pub struct VolatilityTable {
     facts: DashMap<Arc<str>, Arc<DatabaseFacts>>,
     loading: DashMap<Arc<str>, ()>,
+    /// how many times facts were forgotten: a load that saw this move
+    /// while it read the catalog may have read it before the DDL that
+    /// made the forget, and keeps nothing
+    forgets: std::sync::atomic::AtomicU64,
     /// the shared store whose schema epoch facts are read under
     pub shared: Option<Arc<super::remote::RedisStore>>,
 }
@@ -120,6 +124,7 @@ impl VolatilityTable {
             return;
         }
         let table = self.clone();
+        let forgets = self.forgets.load(std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let schema_epoch = match &table.shared {
                 Some(s) => s.schema_epoch(&db).await,
@@ -165,7 +170,15 @@ impl VolatilityTable {
                         }
                     }
                     tracing::debug!(database = %db, immutable = facts.immutable.len(), rls = facts.rls_tables.len(), "loaded function volatility");
-                    table.facts.insert(db.clone(), Arc::new(facts));
+                    // (checked after the insert too: a forget between the
+                    // check and the insert would otherwise be lost)
+                    let current = || table.forgets.load(std::sync::atomic::Ordering::SeqCst);
+                    if current() == forgets {
+                        table.facts.insert(db.clone(), Arc::new(facts));
+                        if current() != forgets {
+                            table.facts.remove(&db);
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(database = %db, error = %e, "could not read pg_proc; nothing with functions is cached yet")
@@ -177,6 +190,8 @@ impl VolatilityTable {
 
     /// Forgets what is known (DDL may have changed functions or policies).
     pub fn forget(&self, db: &Arc<str>) {
+        self.forgets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.facts.remove(db);
     }
 }

@@ -37,7 +37,10 @@ pub fn effect_of(a: &Analysis, facts: Option<&DatabaseFacts>) -> Option<Effect> 
                 .any(|t| f.side_effects.contains(&cache::table_name(t)))
         });
         return Some(if contained {
-            Effect::Tables(a.writes.clone())
+            Effect::Tables {
+                tables: a.writes.clone(),
+                schema: facts.and_then(|f| f.schema_epoch),
+            }
         } else {
             Effect::Database
         });
@@ -68,8 +71,14 @@ struct Capture {
 pub struct SessionCache {
     /// the shared cache
     pub cache: Arc<QueryCache>,
-    /// the client-facing database
+    /// the upstream database, as [`Pool::cache_identity`] names it
+    ///
+    /// [`Pool::cache_identity`]: crate::backend::Pool::cache_identity
     pub db: Arc<str>,
+    /// the upstream role the session's statements run as
+    pub role: Arc<str>,
+    /// the client-facing database (metric labels)
+    pub label: Arc<str>,
     pending: Vec<Effect>,
     /// effects of ended transactions whose invalidation is still to be
     /// recorded (backends that take a round trip): the ReadyForQuery that
@@ -85,13 +94,16 @@ impl SessionCache {
     /// A session's cache state.
     pub fn new(
         cache: Arc<QueryCache>,
-        db: Arc<str>,
+        (db, role): (Arc<str>, Arc<str>),
+        label: Arc<str>,
         invalidations: prometheus::IntCounter,
     ) -> SessionCache {
         SessionCache {
             invalidations,
             cache,
             db,
+            role,
+            label,
             pending: Vec::new(),
             unrecorded: Vec::new(),
             capture: None,
@@ -378,14 +390,20 @@ mod tests {
         };
         assert_eq!(
             e("UPDATE posts SET title = 'x'", Some(true)),
-            Some(Effect::Tables(vec!["posts".into()]))
+            Some(Effect::Tables {
+                tables: vec!["posts".into()],
+                schema: None
+            })
         );
         assert_eq!(
             e(
                 "INSERT INTO c (a) VALUES (1) ON CONFLICT DO NOTHING",
                 Some(true)
             ),
-            Some(Effect::Tables(vec!["c".into()]))
+            Some(Effect::Tables {
+                tables: vec!["c".into()],
+                schema: None
+            })
         );
         assert_eq!(e("TRUNCATE posts", Some(true)), Some(Effect::Schema));
         assert_eq!(

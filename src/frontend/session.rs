@@ -467,15 +467,15 @@ impl Session {
         // Every session records its writes' invalidations, even while no
         // rule allows caching: rules can be added by a reload.
         let cache = app.cache.as_ref().map(|c| {
-            let db: Arc<str> = observer_db.clone();
+            let identity = pool.cache_identity();
             if !config.cache.rules.is_empty() {
-                c.volatility.load(db.clone(), pool.clone());
+                c.volatility.load(identity.0.clone(), pool.clone());
             }
             let counter = app
                 .metrics
                 .cache_invalidations_total
-                .with_label_values(&[&db]);
-            SessionCache::new(c.clone(), db, counter)
+                .with_label_values(&[&observer_db]);
+            SessionCache::new(c.clone(), identity, observer_db.clone(), counter)
         });
         if let Some(c) = &cache {
             observer.effects_of = Some((c.cache.volatility.clone(), c.db.clone()));
@@ -1157,7 +1157,7 @@ impl Session {
         if a.kind != Kind::Select {
             return false;
         }
-        let db = sc.db.clone();
+        let db = sc.label.clone();
         let result = |r: &str| {
             app.metrics
                 .cache_requests_total
@@ -1192,7 +1192,7 @@ impl Session {
             result("bypass");
             return false;
         };
-        let key = caching::key(&sc.db, &self.info.user, sql, extra, &self.settings);
+        let key = caching::key(&sc.db, &sc.role, sql, extra, &self.settings);
         let mut found = sc.cache.lookup(key, &sc.db, &a.reads).await;
         let mut flight = None;
         if matches!(found, Lookup::Miss(_)) {
@@ -1318,6 +1318,18 @@ impl Session {
             if !Arc::ptr_eq(&p, &self.pool) {
                 self.pool = p;
             }
+        }
+        // a reload may have given the database another upstream (host,
+        // dbname, server_user): keys and invalidations follow it
+        if let Some(sc) = self.cache.as_mut() {
+            let (db, role) = self.pool.cache_identity();
+            if db != sc.db {
+                sc.db = db;
+                if let Some((_, observed)) = self.observer.effects_of.as_mut() {
+                    *observed = sc.db.clone();
+                }
+            }
+            sc.role = role;
         }
     }
 
