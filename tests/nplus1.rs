@@ -300,3 +300,38 @@ fn reports_reach_the_jsonl_file_the_html_page_and_top_statements() {
     );
     assert_eq!(dom.matches("class=\"kind-n_plus_one\"").count(), 2);
 }
+
+#[test]
+fn an_extended_protocol_loop_with_literals_in_its_text_is_an_n_plus_one() {
+    // what JDBC's Statement.executeQuery("… id = " + id) sends: a Parse of
+    // a text with the value written into it, a Bind without parameters
+    let proxy = blog_proxy(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = common::connect(&proxy.conn_str("blog", "blogpw", "blog"))
+            .await
+            .unwrap();
+        c.query("SELECT id, user_id FROM posts ORDER BY id LIMIT 8", &[])
+            .await
+            .unwrap();
+        for id in 1..=8 {
+            c.query(&format!("SELECT id, name FROM users WHERE id = {id}"), &[])
+                .await
+                .unwrap();
+        }
+    });
+    // the client left: its bursts ended
+    let mut reports = Vec::new();
+    for _ in 0..50 {
+        let (_, body) = http_get(proxy.admin_port, "/api/n-plus-one").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        reports = v["reports"].as_array().cloned().unwrap_or_default();
+        if !reports.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0]["kind"], "n_plus_one", "{reports:#?}");
+    assert_eq!(reports[0]["max_repeats"], 8);
+}

@@ -266,8 +266,13 @@ impl Observer {
                 if let Some((stmt, after)) = extended::bind_statement(msg) {
                     if let Some(k) = self.statements.get(stmt) {
                         let mut known = k.clone();
-                        known.values = extended::bind_values_hash(msg, after)
-                            .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_64(&msg[after..]));
+                        // the values are the text's literals and the bound
+                        // parameters together: a loop that writes its value
+                        // into the text (no parameters, which hash to 0)
+                        // runs with different values at each execution
+                        known.values = k.values
+                            ^ extended::bind_values_hash(msg, after)
+                                .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_64(&msg[after..]));
                         self.portals.insert(portal, known);
                     }
                 }
@@ -715,6 +720,23 @@ mod tests {
             o.effects
         );
         assert!(o.pending.is_empty());
+    }
+
+    #[test]
+    fn literals_in_an_extended_protocol_text_are_values_too() {
+        let mut o = observer();
+        let mut values = Vec::new();
+        for sql in [
+            "SELECT * FROM users WHERE id = 1",
+            "SELECT * FROM users WHERE id = 2",
+            "SELECT * FROM users WHERE id = 2",
+        ] {
+            o.client_message(b'P', &parse("", sql), Mono::now());
+            o.client_message(b'B', &bind(""), Mono::now());
+            values.push(o.portals.get(b"").unwrap().values);
+        }
+        assert_ne!(values[0], values[1], "a loop over ids: different values");
+        assert_eq!(values[1], values[2], "the same query again: a duplicate");
     }
 
     #[test]

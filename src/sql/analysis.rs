@@ -621,7 +621,12 @@ fn kind_of(statement_type: &str) -> Kind {
         "CopyStmt" => Kind::Copy,
         "TransactionStmt" => Kind::Transaction,
         "TruncateStmt" | "GrantStmt" | "GrantRoleStmt" | "RenameStmt" | "CommentStmt"
-        | "IndexStmt" | "ViewStmt" | "CreateTableAsStmt" | "RefreshMatViewStmt" => Kind::Ddl,
+        | "IndexStmt" | "ViewStmt" | "CreateTableAsStmt" | "RefreshMatViewStmt"
+        // CREATE RULE; CREATE AGGREGATE, OPERATOR, COLLATION, TEXT SEARCH …,
+        // base types; CREATE TYPE … AS (…); SECURITY LABEL; REASSIGN OWNED;
+        // IMPORT FOREIGN SCHEMA
+        | "RuleStmt" | "DefineStmt" | "CompositeTypeStmt" | "SecLabelStmt"
+        | "ReassignOwnedStmt" | "ImportForeignSchemaStmt" => Kind::Ddl,
         t if t.starts_with("Create") || t.starts_with("Alter") || t.starts_with("Drop") => {
             Kind::Ddl
         }
@@ -642,6 +647,28 @@ mod tests {
         let base = fp("SELECT * FROM users WHERE id = 1");
         assert_eq!(base, fp("select *   from users\n where id = 42 -- hi"));
         assert_eq!(base, fp("SELECT /* c */ * FROM Users WHERE ID = 7"));
+    }
+
+    #[test]
+    fn schema_changes_without_create_alter_or_drop_in_their_node_name_are_ddl() {
+        let a = Analyzer::new(100);
+        for sql in [
+            "CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY t",
+            "CREATE OR REPLACE RULE r AS ON UPDATE TO t DO INSTEAD NOTHING",
+            "CREATE TYPE pair AS (a int, b text)",
+            "CREATE AGGREGATE agg (int) (sfunc = int4pl, stype = int)",
+            "CREATE OPERATOR === (leftarg = int, rightarg = int, function = int4eq)",
+            "CREATE COLLATION c (locale = 'C')",
+            "SECURITY LABEL FOR selinux ON TABLE t IS 'x'",
+            "REASSIGN OWNED BY a TO b",
+            "IMPORT FOREIGN SCHEMA s FROM SERVER srv INTO public",
+            "CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()",
+        ] {
+            assert_eq!(a.analyze(sql).analysis.kind, Kind::Ddl, "{sql}");
+        }
+        for sql in ["VACUUM t", "LOCK TABLE t", "SHOW search_path"] {
+            assert_eq!(a.analyze(sql).analysis.kind, Kind::Utility, "{sql}");
+        }
     }
 
     #[test]
