@@ -384,6 +384,43 @@ fn sighup_with_a_new_pool_size_applies_under_load() {
 }
 
 #[test]
+fn a_pool_a_reload_closed_leaves_no_connection_series_behind() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "session", 2));
+    for db in ["app", "postgres"] {
+        assert!(psql(&proxy.url("blog", "blogpw", db), "SELECT 1")
+            .status
+            .success());
+    }
+    let series = |db: &str| {
+        let (_, body) = http_get(proxy.admin_port, "/metrics").unwrap();
+        body.lines()
+            .filter(|l| {
+                l.starts_with("pgsift_server_connections")
+                    && l.contains(&format!("database=\"{db}\""))
+            })
+            .count()
+    };
+    assert!(series("postgres") > 0 && series("app") > 0);
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let kept: Vec<&str> = yaml
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("postgres:"))
+        .collect();
+    std::fs::write(&proxy.config_path, kept.join("\n") + "\n").unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while series("postgres") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the removed database's server gauges are still scraped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(series("app") > 0, "the pool that stays keeps its series");
+}
+
+#[test]
 fn the_status_page_renders_in_a_browser() {
     let pg = shared_postgres();
     let proxy = Proxy::start(&databases_yaml(pg, "transaction", 2));

@@ -104,20 +104,31 @@ async fn n_plus_one_html(State(app): State<Arc<App>>) -> axum::response::Html<St
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    refresh_gauges(&app);
     refresh_cache_gauges(&app).await;
+    let body = {
+        // one scrape at a time rebuilds the connection gauges and renders
+        // them: another scrape's reset never shows half-filled families
+        static SCRAPE: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+        let _one = SCRAPE.lock();
+        refresh_gauges(&app);
+        app.metrics.render()
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.metrics.render(),
+        body,
     )
 }
 
-/// Connection gauges are computed from the pools at scrape time.
+/// Connection gauges are computed from the pools at scrape time. They are
+/// emptied first: the series of a pool a reload closed (its database or
+/// user removed) must not go on showing its last counts.
 pub fn refresh_gauges(app: &App) {
     let m = &app.metrics;
+    m.client_connections.reset();
+    m.server_connections.reset();
     for p in app.pools.iter() {
         let (db, user) = (p.database.as_str(), p.user.as_str());
         let active = p.counts.active.load(Ordering::Relaxed) as i64;

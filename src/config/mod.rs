@@ -652,11 +652,12 @@ impl Config {
         if !matches!(u.scheme(), "postgres" | "postgresql") {
             return Err(err(format!("expected a postgresql:// URL, got \"{url}\"")));
         }
+        // as libpq does: only %XX escapes are decoded (a `+` is a plus,
+        // not a space as in a form)
         let decode = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
         };
         let user = if u.username().is_empty() {
             "postgres".to_owned()
@@ -673,9 +674,12 @@ impl Config {
         // libpq's query parameters name the host (a socket directory too,
         // `?host=/var/run/postgresql`) and port when the authority cannot
         let query = |key: &str| {
-            u.query_pairs()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.into_owned())
+            u.query()
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| decode(k) == key)
+                .map(|(_, v)| decode(v))
                 .filter(|v| !v.is_empty())
         };
         let host = match (query("host"), u.host()) {
@@ -842,6 +846,22 @@ mod tests {
             Some(Password::Plain("s@cret".into()))
         );
         assert_eq!(cfg.listen, DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn a_plus_in_an_upstream_url_is_a_plus() {
+        let cfg = Config::from_upstream_url("postgresql://a+b:pass+word@db/shop+1").unwrap();
+        assert_eq!(
+            cfg.users["a+b"].password,
+            Some(Password::Plain("pass+word".into()))
+        );
+        assert!(
+            cfg.databases.contains_key("shop+1"),
+            "{:?}",
+            cfg.databases.keys()
+        );
+        let cfg = Config::from_upstream_url("postgresql://u@/d?host=/run/pg+sql").unwrap();
+        assert_eq!(cfg.databases["d"].host, "/run/pg+sql");
     }
 
     #[test]
