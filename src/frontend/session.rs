@@ -63,6 +63,11 @@ pub struct ServerState {
     pub tx: u8,
     /// which client messages the server answers with ReadyForQuery
     pub ends: BatchEnds,
+    /// the server is in copy-in mode (from its CopyInResponse until its
+    /// CommandComplete, ErrorResponse or ReadyForQuery): an
+    /// extended-protocol COPY owes no ReadyForQuery meanwhile (the Sync
+    /// sent with its Execute was ignored), yet it is in flight
+    pub copy_in: bool,
 }
 
 impl ServerState {
@@ -73,6 +78,7 @@ impl ServerState {
             unsynced: false,
             tx: b'I',
             ends: BatchEnds::default(),
+            copy_in: false,
         }
     }
 
@@ -90,8 +96,25 @@ impl ServerState {
     }
 
     /// CopyInResponse: Syncs sent since the COPY's Execute owe nothing.
+    /// The server ignored them, so it still needs a Sync after the copy
+    /// (the extended protocol's messages are unsynced again).
+    #[cold]
     fn copy_in_started(&mut self) {
-        self.pending = self.pending.saturating_sub(self.ends.copy_in_started());
+        self.copy_in = true;
+        let ignored = self.ends.copy_in_started();
+        if ignored > 0 {
+            self.pending = self.pending.saturating_sub(ignored);
+            self.unsynced = true;
+        }
+    }
+
+    /// A server message that ends copy-in mode (CommandComplete,
+    /// ErrorResponse, ReadyForQuery; a server in copy-in mode sends none
+    /// of them before it has left it).
+    #[inline]
+    fn copy_over(&mut self, tag: u8) {
+        self.copy_in = false;
+        self.ends.server_sent(tag);
     }
 
     /// A ReadyForQuery with transaction status `status` arrived; true when
@@ -102,9 +125,10 @@ impl ServerState {
         status == b'I'
     }
 
-    /// True when no reply is owed and nothing is half-sent.
+    /// True when no reply is owed, nothing is half-sent and no COPY is
+    /// under way.
     pub fn quiet(&self) -> bool {
-        self.pending == 0 && !self.unsynced
+        self.pending == 0 && !self.unsynced && !self.copy_in
     }
 }
 
@@ -158,7 +182,9 @@ impl ServerSide<'_> {
         }
         match tag {
             b'G' => self.state.copy_in_started(),
+            b'C' => self.state.copy_over(tag),
             b'Z' if msg.len() == 6 => {
+                self.state.copy_over(tag);
                 let ended = self.state.ready(msg[5]);
                 if ended {
                     self.transactions.inc();
@@ -169,7 +195,10 @@ impl ServerSide<'_> {
                     settings_changed,
                 };
             }
-            b'E' => self.settings_changes.failed(),
+            b'E' => {
+                self.state.copy_over(tag);
+                self.settings_changes.failed()
+            }
             b'S' => {
                 let body = &msg[5..];
                 self.settings_changes.reported(body, self.settings);
@@ -1434,5 +1463,61 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the server says, as the session sees it.
+    fn server_sends(state: &mut ServerState, tags: &[u8]) {
+        for &tag in tags {
+            match tag {
+                b'G' => state.copy_in_started(),
+                b'C' | b'E' => state.copy_over(tag),
+                b'Z' => {
+                    state.copy_over(tag);
+                    state.ready(b'I');
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn an_extended_protocol_copy_is_in_flight_until_it_ends() {
+        let mut s = ServerState::idle();
+        // tokio-postgres copy_in, libpq PQexecParams: Bind, Execute and
+        // Sync in one batch; the server ignores that Sync in copy-in mode
+        for tag in [b'B', b'E', b'S'] {
+            s.client_sent(tag);
+        }
+        server_sends(&mut s, b"2G");
+        assert!(!s.quiet(), "mid-copy");
+        s.client_sent(b'd');
+        assert!(!s.quiet(), "mid-copy");
+        s.client_sent(b'c');
+        s.client_sent(b'S');
+        server_sends(&mut s, b"C");
+        assert!(!s.quiet(), "the last Sync is owed its ReadyForQuery");
+        server_sends(&mut s, b"Z");
+        assert!(s.quiet());
+    }
+
+    #[test]
+    fn a_failed_simple_query_copy_leaves_the_next_sync_counted() {
+        let mut s = ServerState::idle();
+        s.client_sent(b'Q');
+        server_sends(&mut s, b"G");
+        s.client_sent(b'd');
+        // the data is rejected: no CopyDone from the client
+        server_sends(&mut s, b"EZ");
+        assert!(s.quiet());
+        for tag in [b'P', b'B', b'E', b'S'] {
+            s.client_sent(tag);
+        }
+        server_sends(&mut s, b"12CZ");
+        assert!(s.quiet(), "{s:?}");
     }
 }
