@@ -420,6 +420,33 @@ async fn more_clients_than_max_client_conn_get_53300() {
     assert_eq!(db.message(), "sorry, too many clients already");
 }
 
+/// Cancel requests do not count against `max_client_conn` (Postgres reads
+/// them before it checks its connection limit): a full proxy still cancels
+/// its clients' queries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_request_is_honoured_at_max_client_conn() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  max_client_conn: 2\n",
+        databases_yaml(pg, "session", 2)
+    ));
+    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let _b = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let err = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code()),
+        Some(&SqlState::TOO_MANY_CONNECTIONS),
+        "the limit is reached"
+    );
+    cancel_pg_sleep_within_two_seconds(&a).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn session_mode_keeps_repeated_unnamed_statements_prepared_for_the_session_only() {
     use tokio_postgres::types::Type;
