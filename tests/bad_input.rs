@@ -200,3 +200,45 @@ async fn ssl_and_gssenc_requests_are_declined_without_tls_configured() {
         assert_eq!(&answer, b"N");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_password_message_gets_08p01() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "session", 2));
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", "blog"), ("database", "app")],
+        &mut buf,
+    )
+    .unwrap();
+    s.write_all(&buf).await.unwrap();
+    let mut rbuf = BytesMut::new();
+    let (tag, _) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(tag, b'R', "the password challenge");
+    // a SASLInitialResponse announcing 100,000 bytes (authentication
+    // messages are small: pgsift reads at most 8 KiB of one)
+    let mut m = BytesMut::new();
+    m.put_u8(b'p');
+    m.put_u32(100_000);
+    m.put_slice(b"SCRAM-SHA-256\0");
+    s.write_all(&m).await.unwrap();
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
+    // a length below 4 likewise
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    s.write_all(&buf).await.unwrap();
+    let mut rbuf = BytesMut::new();
+    pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 16)
+        .await
+        .unwrap();
+    s.write_all(&[b'p', 0, 0, 0, 1]).await.unwrap();
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
+}
