@@ -820,3 +820,53 @@ async fn a_failed_copy_the_client_never_ended_leaves_its_server_reusable() {
     let next = common::scalar(&c, "SELECT pg_backend_pid()").await;
     assert_eq!(next, pid, "the server went back to the pool");
 }
+
+/// Postgres runs everything a client sent before its Terminate, also in the
+/// same write (a client that inserts a row and leaves at once): so does
+/// pgsift, in both pool modes, on the plain path (no cache) and the cache's
+/// path, for simple and extended queries, also a statement that takes a
+/// while. The server then goes back to the pool.
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_sent_with_a_terminate_in_one_write_run() {
+    use common::raw::{one_off, query, raw_login, read_until_closed, terminate};
+    use tokio::io::AsyncWriteExt;
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE terminate_rows (v int); GRANT ALL ON terminate_rows TO blog",
+    );
+    let mut v = 0;
+    for (mode, extra) in [
+        ("session", "cache:\n  backend: off\n"),
+        ("session", ""),
+        ("transaction", ""),
+    ] {
+        let proxy = Proxy::start(&format!("{}{extra}", databases_yaml(pg, mode, 1)));
+        for batch in [
+            |v: i32| query(&format!("INSERT INTO terminate_rows VALUES ({v})")),
+            |v: i32| one_off(&format!("INSERT INTO terminate_rows VALUES ({v})")),
+            |v: i32| {
+                query(&format!(
+                    "SELECT pg_sleep(0.5); INSERT INTO terminate_rows VALUES ({v})"
+                ))
+            },
+        ] {
+            v += 1;
+            let mut s = raw_login(proxy.port).await;
+            let mut bytes = batch(v);
+            bytes.extend(terminate());
+            s.write_all(&bytes).await.unwrap();
+            read_until_closed(&mut s).await;
+            drop(s);
+            let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+                .await
+                .unwrap();
+            let found = common::scalar(
+                &c,
+                &format!("SELECT count(*) FROM terminate_rows WHERE v = {v}"),
+            )
+            .await;
+            assert_eq!(found, "1", "{mode} {extra:?}: row {v}");
+        }
+    }
+}
