@@ -8,75 +8,11 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
+use common::raw::{error_code, raw_login, read_until_closed};
 use common::{connect, databases_yaml, shared_postgres, Proxy};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use postgres_protocol::message::frontend;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Reads until the server closes or 5 s pass; returns what arrived.
-async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    out
-}
-
-/// The SQLSTATE of the first ErrorResponse in `bytes`.
-fn error_code(bytes: &[u8]) -> Option<String> {
-    let mut pos = 0;
-    while pos + 5 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[pos + 1..pos + 5].try_into().unwrap()) as usize;
-        let end = (pos + 1 + len).min(bytes.len());
-        if bytes[pos] == b'E' {
-            let f = pgsift::protocol::messages::parse_error_fields(&bytes[pos + 5..end]);
-            return Some(f.code);
-        }
-        pos = end;
-    }
-    None
-}
-
-/// Logs in over a raw socket (SCRAM) and returns it after ReadyForQuery.
-async fn raw_login(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut buf = BytesMut::new();
-    frontend::startup_message([("user", "blog"), ("database", "app")], &mut buf).unwrap();
-    s.write_all(&buf).await.unwrap();
-    let mut rbuf = BytesMut::new();
-    let mut scram: Option<ScramSha256> = None;
-    loop {
-        let (tag, msg) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 20)
-            .await
-            .unwrap();
-        let body = &msg[5..];
-        buf.clear();
-        match tag {
-            b'R' => match u32::from_be_bytes(body[..4].try_into().unwrap()) {
-                0 => {}
-                10 => {
-                    let sc = ScramSha256::new(b"blogpw", ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", sc.message(), &mut buf)
-                        .unwrap();
-                    scram = Some(sc);
-                }
-                11 => {
-                    let sc = scram.as_mut().unwrap();
-                    sc.update(&body[4..]).unwrap();
-                    frontend::sasl_response(sc.message(), &mut buf).unwrap();
-                }
-                12 => scram.as_mut().unwrap().finish(&body[4..]).unwrap(),
-                other => panic!("unexpected auth request {other}"),
-            },
-            b'Z' => return s,
-            b'E' => panic!("login failed"),
-            _ => {}
-        }
-        if !buf.is_empty() {
-            s.write_all(&buf).await.unwrap();
-        }
-    }
-}
 
 /// A well-behaved client that keeps querying while the bad ones misbehave.
 async fn bystander(proxy_conn: String, stop: tokio::sync::watch::Receiver<bool>) -> usize {
@@ -263,4 +199,46 @@ async fn ssl_and_gssenc_requests_are_declined_without_tls_configured() {
         s.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"N");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_password_message_gets_08p01() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "session", 2));
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", "blog"), ("database", "app")],
+        &mut buf,
+    )
+    .unwrap();
+    s.write_all(&buf).await.unwrap();
+    let mut rbuf = BytesMut::new();
+    let (tag, _) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(tag, b'R', "the password challenge");
+    // a SASLInitialResponse announcing 100,000 bytes (authentication
+    // messages are small: pgsift reads at most 8 KiB of one)
+    let mut m = BytesMut::new();
+    m.put_u8(b'p');
+    m.put_u32(100_000);
+    m.put_slice(b"SCRAM-SHA-256\0");
+    s.write_all(&m).await.unwrap();
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
+    // a length below 4 likewise
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    s.write_all(&buf).await.unwrap();
+    let mut rbuf = BytesMut::new();
+    pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 16)
+        .await
+        .unwrap();
+    s.write_all(&[b'p', 0, 0, 0, 1]).await.unwrap();
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
 }

@@ -614,3 +614,87 @@ async fn n_plus_one_reports_carry_the_application_name_a_client_set_after_login(
         );
     }
 }
+
+/// The pool entry of (`db`, `user`) in /api/pools.
+fn api_pool(proxy: &Proxy, db: &str, user: &str) -> serde_json::Value {
+    let (_, body) = http_get(proxy.admin_port, "/api/pools").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["database"] == db && p["user"] == user)
+        .cloned()
+        .unwrap_or_else(|| panic!("no pool {db}/{user}: {body}"))
+}
+
+/// Session-mode logins that the login timeout drops while they wait for a
+/// server (the pool is paused) or while their server connects (an upstream
+/// that accepts and never answers) leave no count behind: /api/pools, SHOW
+/// POOLS and the gauges show nobody waiting or connecting once they are
+/// gone, and PAUSE finds no server still active.
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_dropped_by_the_login_timeout_leave_no_pool_counts_behind() {
+    let pg = shared_postgres();
+    // an upstream that accepts connections and never says a word
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_port = hole.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let proxy = Proxy::start(&format!(
+        "{}  hole: {{host: 127.0.0.1, port: {hole_port}, pool_mode: session, pool_size: 2}}\n\
+         pool:\n  client_login_timeout: 1s\n  connect_timeout: 10s\n",
+        databases_yaml(pg, "session", 2)
+    ));
+    let app = proxy.conn_str("blog", "blogpw", "app");
+    drop(common::connect(&app).await.unwrap());
+    let admin = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .unwrap();
+    admin.simple_query("PAUSE app").await.unwrap();
+    for conn in [&app, &app, &proxy.conn_str("blog", "blogpw", "hole")] {
+        let started = Instant::now();
+        common::connect(conn)
+            .await
+            .expect_err("no server within the login timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    admin.simple_query("RESUME app").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let app_pool = api_pool(&proxy, "app", "blog");
+    assert_eq!(app_pool["waiting"], 0, "{app_pool}");
+    assert_eq!(app_pool["active"], 0, "{app_pool}");
+    let hole_pool = api_pool(&proxy, "hole", "blog");
+    assert_eq!(hole_pool["connecting"], 0, "{hole_pool}");
+    assert_eq!(hole_pool["waiting"], 0, "{hole_pool}");
+    let s = scrape(&proxy);
+    let gauge = |name, db, state| {
+        sample(
+            &s,
+            name,
+            &[("database", db), ("user", "blog"), ("state", state)],
+        )
+    };
+    assert_eq!(
+        gauge("pgsift_client_connections", "app", "waiting"),
+        Some(0.0)
+    );
+    assert_eq!(
+        gauge("pgsift_server_connections", "hole", "connecting"),
+        Some(0.0)
+    );
+    // PAUSE does not wait for servers nobody holds
+    let started = Instant::now();
+    admin.simple_query("PAUSE app").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    admin.simple_query("RESUME app").await.unwrap();
+    drop(common::connect(&app).await.unwrap());
+}

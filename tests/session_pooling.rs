@@ -420,6 +420,33 @@ async fn more_clients_than_max_client_conn_get_53300() {
     assert_eq!(db.message(), "sorry, too many clients already");
 }
 
+/// Cancel requests do not count against `max_client_conn` (Postgres reads
+/// them before it checks its connection limit): a full proxy still cancels
+/// its clients' queries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_request_is_honoured_at_max_client_conn() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  max_client_conn: 2\n",
+        databases_yaml(pg, "session", 2)
+    ));
+    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let _b = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let err = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code()),
+        Some(&SqlState::TOO_MANY_CONNECTIONS),
+        "the limit is reached"
+    );
+    cancel_pg_sleep_within_two_seconds(&a).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn session_mode_keeps_repeated_unnamed_statements_prepared_for_the_session_only() {
     use tokio_postgres::types::Type;
@@ -662,4 +689,184 @@ async fn a_reload_that_gives_a_database_a_server_user_moves_its_connected_client
     }
     // and the old pool's servers are gone
     wait_servers("forced_later", "blog", 0).await;
+}
+
+/// A COPY FROM STDIN sent as Bind/Execute/Sync (tokio-postgres `copy_in`,
+/// libpq `PQexecParams`) owes no ReadyForQuery while the data flows (the
+/// server ignores that Sync), yet it is in flight: SIGTERM lets it finish.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_an_extended_protocol_copy_under_way_finish() {
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE drain_copy (id int); GRANT ALL ON drain_copy TO blog",
+    );
+    let mut proxy = Proxy::start(&format!(
+        "{}shutdown_timeout: 10s\n",
+        databases_yaml(pg, "session", 2)
+    ));
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let sink = c.copy_in("COPY drain_copy FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"1\n2\n"))
+        .await
+        .unwrap();
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sink.send(bytes::Bytes::from_static(b"3\n")).await.unwrap();
+    let rows = sink.finish().await.expect("the copy under way finishes");
+    assert_eq!(rows, 3);
+    drop(c);
+    proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("pgsift exits after the drain");
+    assert_eq!(
+        pg.psql("app", "SELECT count(*) FROM drain_copy").trim(),
+        "3"
+    );
+}
+
+/// A client that leaves in the middle of an extended-protocol COPY has its
+/// server cancelled and closed, as with any statement in flight: no
+/// `DISCARD ALL` is sent into the copy (Postgres refuses a Query in copy-in
+/// mode and ends the connection, having lost protocol synchronization).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_mid_copy_has_its_server_cancelled_not_reset() {
+    use common::raw::{first_value, message, one_off, query, raw_login, read_until};
+    use tokio::io::AsyncWriteExt;
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE left_copy (id int); GRANT ALL ON left_copy TO blog",
+    );
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  checkout_timeout: 10s\n",
+        databases_yaml(pg, "session", 1)
+    ));
+    let mut s = raw_login(proxy.port).await;
+    s.write_all(&query("SELECT pg_backend_pid()"))
+        .await
+        .unwrap();
+    let pid = first_value(&read_until(&mut s, b'Z').await).unwrap();
+    s.write_all(&one_off("COPY left_copy FROM STDIN"))
+        .await
+        .unwrap();
+    read_until(&mut s, b'G').await;
+    s.write_all(&message(b'd', b"1\n2\n")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    let started = Instant::now();
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the next client waited {:?} for the pool's only server",
+        started.elapsed()
+    );
+    let next = common::scalar(&c, "SELECT pg_backend_pid()").await;
+    assert_ne!(next, pid, "the copying server was closed");
+    assert_eq!(
+        common::scalar(&c, "SELECT count(*) FROM left_copy").await,
+        "0"
+    );
+    // the server never read a Query in copy-in mode (Postgres logs the
+    // message it refused, then the COPY as the context)
+    let log = pg.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let refused = lines.windows(2).any(|w| {
+        w[0].contains("unexpected message type 0x51 during COPY") && w[1].contains("COPY left_copy")
+    });
+    assert!(!refused, "DISCARD ALL was sent into the copy:\n{log}");
+}
+
+/// A simple-query COPY FROM STDIN whose data the server rejects ends with
+/// ErrorResponse and ReadyForQuery; the client need not send CopyDone (libpq
+/// does not once it has seen the error). Its later Syncs are answered as
+/// usual, so the server is clean when it leaves: the next client gets it
+/// back (after DISCARD ALL) instead of a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_copy_the_client_never_ended_leaves_its_server_reusable() {
+    use common::raw::{first_error, first_value, message, one_off, query, raw_login};
+    use common::raw::{read_until, read_until_closed, terminate};
+    use tokio::io::AsyncWriteExt;
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE failed_copy (id int); GRANT ALL ON failed_copy TO blog",
+    );
+    let proxy = session_proxy(1);
+    let mut s = raw_login(proxy.port).await;
+    s.write_all(&query("COPY failed_copy FROM STDIN"))
+        .await
+        .unwrap();
+    read_until(&mut s, b'G').await;
+    s.write_all(&message(b'd', b"not a number\n"))
+        .await
+        .unwrap();
+    let failed = read_until(&mut s, b'Z').await;
+    assert_eq!(first_error(&failed).as_deref(), Some("22P02"));
+    s.write_all(&one_off("SELECT pg_backend_pid()"))
+        .await
+        .unwrap();
+    let pid = first_value(&read_until(&mut s, b'Z').await).unwrap();
+    s.write_all(&terminate()).await.unwrap();
+    read_until_closed(&mut s).await;
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let next = common::scalar(&c, "SELECT pg_backend_pid()").await;
+    assert_eq!(next, pid, "the server went back to the pool");
+}
+
+/// Postgres runs everything a client sent before its Terminate, also in the
+/// same write (a client that inserts a row and leaves at once): so does
+/// pgsift, in both pool modes, on the plain path (no cache) and the cache's
+/// path, for simple and extended queries, also a statement that takes a
+/// while. The server then goes back to the pool.
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_sent_with_a_terminate_in_one_write_run() {
+    use common::raw::{one_off, query, raw_login, read_until_closed, terminate};
+    use tokio::io::AsyncWriteExt;
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE terminate_rows (v int); GRANT ALL ON terminate_rows TO blog",
+    );
+    let mut v = 0;
+    for (mode, extra) in [
+        ("session", "cache:\n  backend: off\n"),
+        ("session", ""),
+        ("transaction", ""),
+    ] {
+        let proxy = Proxy::start(&format!("{}{extra}", databases_yaml(pg, mode, 1)));
+        for batch in [
+            |v: i32| query(&format!("INSERT INTO terminate_rows VALUES ({v})")),
+            |v: i32| one_off(&format!("INSERT INTO terminate_rows VALUES ({v})")),
+            |v: i32| {
+                query(&format!(
+                    "SELECT pg_sleep(0.5); INSERT INTO terminate_rows VALUES ({v})"
+                ))
+            },
+        ] {
+            v += 1;
+            let mut s = raw_login(proxy.port).await;
+            let mut bytes = batch(v);
+            bytes.extend(terminate());
+            s.write_all(&bytes).await.unwrap();
+            read_until_closed(&mut s).await;
+            drop(s);
+            let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+                .await
+                .unwrap();
+            let found = common::scalar(
+                &c,
+                &format!("SELECT count(*) FROM terminate_rows WHERE v = {v}"),
+            )
+            .await;
+            assert_eq!(found, "1", "{mode} {extra:?}: row {v}");
+        }
+    }
 }

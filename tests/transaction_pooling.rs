@@ -916,3 +916,48 @@ async fn a_failed_parse_on_a_multiplexed_server_is_each_clients_own_error() {
     }
     assert!(multiplexed(&proxy) > 0.0);
 }
+
+/// A simple-query COPY FROM STDIN whose data the server rejects, without a
+/// CopyDone from the client: its next batches are answered as usual, the
+/// server goes back to the pool after them (another client gets it), and
+/// it is reused, not closed as out of step.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_copy_the_client_never_ended_releases_its_server() {
+    use common::raw::{first_error, first_value, message, one_off, query, raw_login, read_until};
+    use tokio::io::AsyncWriteExt;
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE tx_failed_copy (id int); GRANT ALL ON tx_failed_copy TO blog",
+    );
+    let proxy = tx_proxy(1, "pool:\n  checkout_timeout: 2s\n");
+    let mut s = raw_login(proxy.port).await;
+    s.write_all(&query("COPY tx_failed_copy FROM STDIN"))
+        .await
+        .unwrap();
+    read_until(&mut s, b'G').await;
+    s.write_all(&message(b'd', b"not a number\n"))
+        .await
+        .unwrap();
+    let failed = read_until(&mut s, b'Z').await;
+    assert_eq!(first_error(&failed).as_deref(), Some("22P02"));
+    s.write_all(&one_off("SELECT pg_backend_pid()"))
+        .await
+        .unwrap();
+    let pid = first_value(&read_until(&mut s, b'Z').await).unwrap();
+    // the raw client stays connected, idle
+    let c = app_client(&proxy).await;
+    let other = c
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .expect("the pool's only server is free");
+    let other = other
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(other, pid, "the server was reused");
+    drop(s);
+}

@@ -60,7 +60,7 @@ impl Credentials {
                             stored_key: v.stored_key,
                             server_key: v.server_key,
                         },
-                        Err(_) => mock_secret(),
+                        Err(_) => mock_secret(&u.name),
                     },
                     Some(Password::Md5(h)) => Secret::Md5 {
                         inner: h[3..].to_owned(),
@@ -91,18 +91,31 @@ fn scram_from_salted(salt: Vec<u8>, salted: Vec<u8>, iterations: usize) -> Secre
             stored_key,
             server_key,
         },
-        ScramSecret::SaltedPassword { .. } => mock_secret(),
+        ScramSecret::SaltedPassword { .. } => mock_secret(""),
     }
 }
 
 /// A secret no password matches: unknown users fail like wrong passwords.
-fn mock_secret() -> Secret {
+/// Its salt is the same at every login of `user`, as a configured user's
+/// is: a fresh one each time would tell a client which users exist (as
+/// in Postgres, which derives it from the user name and a nonce of the
+/// cluster).
+fn mock_secret(user: &str) -> Secret {
     Secret::Scram {
-        salt: rand::random::<[u8; 16]>().to_vec(),
+        salt: mock_salt(user),
         iterations: SCRAM_ITERATIONS,
         stored_key: rand::random::<[u8; 32]>().to_vec(),
         server_key: rand::random::<[u8; 32]>().to_vec(),
     }
+}
+
+/// HMAC-SHA-256 of the user name under a key drawn once per process,
+/// cut to the length of a real salt.
+fn mock_salt(user: &str) -> Vec<u8> {
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY
+        .get_or_init(|| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &rand::random::<[u8; 32]>()));
+    ring::hmac::sign(key, user.as_bytes()).as_ref()[..16].to_vec()
 }
 
 /// Why a client could not log in.
@@ -140,7 +153,11 @@ pub async fn authenticate<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let secret = creds.secrets.get(user).cloned().unwrap_or_else(mock_secret);
+    let secret = creds
+        .secrets
+        .get(user)
+        .cloned()
+        .unwrap_or_else(|| mock_secret(user));
     let known = creds.knows(user);
     let mut out = BytesMut::new();
     match secret {
@@ -238,4 +255,68 @@ fn sasl_initial_response(body: &[u8]) -> Result<&[u8], ClientAuthError> {
         return Err(bad());
     }
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts a SCRAM login of `user` and returns the salt of the server's
+    /// first message.
+    async fn salt_offered(creds: &Credentials, user: &str) -> String {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let creds = creds.clone();
+        let user = user.to_owned();
+        let login = tokio::spawn(async move {
+            let mut rbuf = BytesMut::new();
+            let _ = authenticate(&mut server, &mut rbuf, &creds, &user).await;
+        });
+        let mut rbuf = BytesMut::new();
+        let (tag, _) = read_message(&mut client, &mut rbuf, 1 << 16).await.unwrap();
+        assert_eq!(tag, b'R', "AuthenticationSASL");
+        let first = b"n,,n=,r=clientnonce";
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+        body.extend_from_slice(first);
+        let mut msg = vec![b'p'];
+        msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        msg.extend_from_slice(&body);
+        client.write_all(&msg).await.unwrap();
+        let (tag, msg) = read_message(&mut client, &mut rbuf, 1 << 16).await.unwrap();
+        assert_eq!(tag, b'R', "AuthenticationSASLContinue");
+        let text = String::from_utf8(msg[9..].to_vec()).unwrap();
+        // the client leaves: the exchange ends with a read error
+        drop(client);
+        let _ = login.await;
+        text.split(',')
+            .find_map(|f| f.strip_prefix("s="))
+            .unwrap()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn an_unknown_users_salt_is_the_same_at_every_login() {
+        let users = [UserConfig {
+            name: "blog".into(),
+            password: Some(Password::Plain("blogpw".into())),
+        }];
+        let creds = Credentials::new(&users);
+        let known = salt_offered(&creds, "blog").await;
+        assert_eq!(known, salt_offered(&creds, "blog").await);
+        let unknown = salt_offered(&creds, "mallory").await;
+        assert_eq!(
+            unknown,
+            salt_offered(&creds, "mallory").await,
+            "a fresh salt per login would mark the user unknown"
+        );
+        assert_ne!(unknown, salt_offered(&creds, "trudy").await);
+        assert_ne!(unknown, known);
+        // as long as a real one
+        assert_eq!(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &unknown)
+                .unwrap()
+                .len(),
+            16
+        );
+    }
 }

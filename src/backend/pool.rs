@@ -130,8 +130,45 @@ pub struct Checkout {
     /// transaction in transaction mode, and a box moves as one pointer)
     pub server: Box<ServerConnection>,
     _slot: OwnedSemaphorePermit,
+    /// counts the server as active until the checkout is dropped, however
+    /// it ends: checked in, discarded, or dropped with a future a timeout
+    /// cancelled (a login timeout during `sync_settings`)
+    _active: Active,
     /// time spent waiting in the queue
     pub waited: Duration,
+}
+
+/// One of a pool's live counts, raised while the guard lives: a future
+/// dropped half-way (a login timeout, a departed client) lowers it again.
+struct Raised<'a>(&'a AtomicUsize);
+
+impl<'a> Raised<'a> {
+    fn new(count: &'a AtomicUsize) -> Raised<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Raised(count)
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A server counted in its pool's `active` while a [`Checkout`] holds it.
+struct Active(Arc<Pool>);
+
+impl Active {
+    fn new(pool: &Arc<Pool>) -> Active {
+        pool.counts.active.fetch_add(1, Ordering::Relaxed);
+        Active(pool.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.counts.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -230,7 +267,10 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         let settings = self.settings();
         let start = Instant::now();
-        self.counts.waiting.fetch_add(1, Ordering::Relaxed);
+        // a guard, not a decrement after the wait: the login timeout drops
+        // a session-mode login waiting here (a paused pool, a
+        // checkout_timeout above client_login_timeout)
+        let waiting = Raised::new(&self.counts.waiting);
         if self.is_paused() {
             // Paused: wait (without a time limit, as the operator asked) for RESUME.
             let mut rx = self.paused.subscribe();
@@ -249,7 +289,7 @@ impl Pool {
                 .await
             }
         };
-        self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
+        drop(waiting);
         let slot = match acquired {
             Err(_) => {
                 self.metrics.error("checkout_timeout");
@@ -276,10 +316,10 @@ impl Pool {
             // size every session's task (idle ones included)
             None => Box::pin(self.open(&settings)).await?,
         };
-        self.counts.active.fetch_add(1, Ordering::Relaxed);
         Ok(Checkout {
             server,
             _slot: slot,
+            _active: Active::new(self),
             waited,
         })
     }
@@ -316,9 +356,9 @@ impl Pool {
             }
         }
         let target = self.target.lock().clone();
-        self.counts.connecting.fetch_add(1, Ordering::Relaxed);
+        let connecting = Raised::new(&self.counts.connecting);
         let result = ServerConnection::connect(&target, settings.connect_timeout).await;
-        self.counts.connecting.fetch_sub(1, Ordering::Relaxed);
+        drop(connecting);
         match result {
             Ok(server) => {
                 *self.backoff.lock() = Backoff::default();
@@ -349,19 +389,20 @@ impl Pool {
     }
 
     /// Returns a clean server (ReadyForQuery `I`, nothing in flight).
-    pub fn checkin(&self, mut checkout: Checkout) {
-        self.counts.active.fetch_sub(1, Ordering::Relaxed);
-        checkout.server.last_used = Instant::now();
+    pub fn checkin(&self, checkout: Checkout) {
+        let Checkout { mut server, .. } = checkout;
+        server.last_used = Instant::now();
         let settings = self.settings.lock().clone();
-        if checkout.server.created.elapsed() < settings.server_lifetime && !self.slots.is_closed() {
-            self.idle.lock().push_back(checkout.server);
+        if server.created.elapsed() < settings.server_lifetime && !self.slots.is_closed() {
+            self.idle.lock().push_back(server);
         }
-        // the slot is released when `checkout` drops here
+        // the slot is released (and the server no longer counted active)
+        // when the rest of `checkout` drops here, after the server is idle:
+        // the waiter that gets the slot finds it
     }
 
     /// Closes a server that is in an unknown state.
     pub fn discard(&self, checkout: Checkout) {
-        self.counts.active.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(server = checkout.server.id, "discarding server connection");
         drop(checkout);
     }

@@ -2,7 +2,9 @@
 //! ReadyForQuery: a Query, a FunctionCall, and a Sync — unless the server
 //! receives that Sync in copy-in mode, where it ignores it. Syncs a client
 //! sends after a COPY's Execute, before the server's CopyInResponse has
-//! arrived, turn out to be ignored only when that response comes.
+//! arrived, turn out to be ignored only when that response comes. A copy
+//! the server gives up on (an ErrorResponse, then its ReadyForQuery) ends
+//! copy-in mode too: the client may then skip CopyDone and CopyFail.
 
 /// Follows a client's batch ends as its server will see them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -13,7 +15,7 @@ pub struct BatchEnds {
     /// the client ended a copy since its last Execute or Query
     copy_ended: bool,
     /// the server is in copy-in mode (it ignores Sync) until the client
-    /// sends CopyDone or CopyFail
+    /// sends CopyDone or CopyFail, or the server ends the copy itself
     copy_in: bool,
 }
 
@@ -64,6 +66,18 @@ impl BatchEnds {
         }
         std::mem::take(&mut self.syncs_in_copy)
     }
+
+    /// A server message that a server in copy-in mode sends only once it
+    /// has left that mode: an ErrorResponse (the copy failed) or a
+    /// ReadyForQuery. After a failed COPY the client need not send
+    /// CopyDone or CopyFail (libpq does not once it has seen the error),
+    /// and its next Sync is answered again.
+    #[inline]
+    pub fn server_sent(&mut self, tag: u8) {
+        if matches!(tag, b'E' | b'Z') {
+            self.copy_in = false;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -91,5 +105,28 @@ mod tests {
         assert!(b.client_sent(b'S'));
         assert_eq!(b.copy_in_started(), 0);
         assert!(b.client_sent(b'S'), "not in copy-in mode");
+    }
+
+    #[test]
+    fn a_copy_the_server_failed_ends_copy_in_mode_without_copy_done() {
+        let mut b = BatchEnds::default();
+        // a simple-query COPY FROM STDIN whose data the server rejects:
+        // ErrorResponse and ReadyForQuery, and the client sends no CopyDone
+        assert!(b.client_sent(b'Q'));
+        assert_eq!(b.copy_in_started(), 0);
+        assert!(!b.client_sent(b'd'));
+        b.server_sent(b'E');
+        b.server_sent(b'Z');
+        // the client's next extended-protocol batch is answered
+        assert!(!b.client_sent(b'P'));
+        assert!(!b.client_sent(b'E'));
+        assert!(b.client_sent(b'S'), "the server answers this Sync");
+        // an extended-protocol COPY that fails: the Sync after the error
+        // (with or without CopyDone) is answered
+        assert!(!b.client_sent(b'E'));
+        assert!(b.client_sent(b'S'));
+        assert_eq!(b.copy_in_started(), 1);
+        b.server_sent(b'E');
+        assert!(b.client_sent(b'S'), "the server discards up to this Sync");
     }
 }

@@ -9,6 +9,7 @@ use crate::app::App;
 use crate::auth::client::{authenticate, ClientAuthError};
 use crate::backend::{Checkout, Pool};
 use crate::config::{PoolMode, TlsMode};
+use crate::protocol::io::ReadError;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::startup::{self, StartupError, StartupPacket};
 use bytes::BytesMut;
@@ -221,6 +222,12 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
     let creds = app.credentials();
     if let Err(e) = authenticate(&mut stream, &mut rbuf, &creds, &user).await {
         return Err(match e {
+            // a malformed or oversized message gets 08P01 (SPEC §11); only
+            // a client that is gone hears nothing
+            ClientAuthError::Read(ReadError::Frame(e)) => {
+                app.metrics.error("client_protocol");
+                refuse(&mut stream, "08P01", e.to_string()).await
+            }
             ClientAuthError::Read(_) => HandshakeEnd::Done,
             e => {
                 app.metrics.error("auth");

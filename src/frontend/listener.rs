@@ -42,7 +42,6 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
                 });
             }
             None => {
-                app.metrics.error("too_many_clients");
                 tokio::spawn(async move { refuse_too_many(app, socket).await });
             }
         }
@@ -94,7 +93,10 @@ async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAd
 }
 
 /// Over max_client_conn: read the startup packet (so the client is listening)
-/// and answer with Postgres's own 53300 error.
+/// and answer with Postgres's own 53300 error. A CancelRequest is honoured
+/// all the same, as Postgres does (it reads cancel packets before it checks
+/// its connection limit): the clients that fill the limit are the ones
+/// whose queries may need cancelling.
 async fn refuse_too_many(app: Arc<App>, mut socket: TcpStream) {
     let timeout = app.config().pool.client_login_timeout;
     let _ = crate::timer::timeout(timeout, async {
@@ -109,9 +111,16 @@ async fn refuse_too_many(app: Arc<App>, mut socket: TcpStream) {
                 | Ok(crate::protocol::startup::StartupPacket::GssEncRequest) => {
                     socket.write_all(b"N").await?
                 }
+                Ok(crate::protocol::startup::StartupPacket::Cancel { pid, secret }) => {
+                    // nothing is sent back for a cancel request
+                    app.cancels.cancel(pid, &secret).await;
+                    return Ok(());
+                }
                 _ => break,
             }
         }
+        // (counted here: a cancel request over the limit is no refusal)
+        app.metrics.error("too_many_clients");
         let err =
             messages::error_bytes(Severity::Fatal, "53300", "sorry, too many clients already");
         socket.write_all(&err).await

@@ -315,8 +315,12 @@ impl Observer {
             }
             b'C' => self.complete(now, false, false, true),
             b'I' | b's' => self.complete(now, false, false, false),
-            b'E' => self.complete(now, true, false, false),
+            b'E' => {
+                self.batches.ends.server_sent(tag);
+                self.complete(now, true, false, false)
+            }
             b'Z' => {
+                self.batches.ends.server_sent(tag);
                 self.batch_ended();
                 self.portals.remove(b"");
             }

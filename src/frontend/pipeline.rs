@@ -126,7 +126,8 @@ pub struct Pipeline {
     /// an error came before the client sent its Sync: the server ignores
     /// everything up to that Sync, and so does the bookkeeping
     skipping: bool,
-    /// the server is in copy-in mode and the client has not ended the copy
+    /// the server is in copy-in mode and neither the client nor the server
+    /// (an ErrorResponse: the copy failed) has ended the copy
     copy_in: bool,
     /// the client's transaction has failed (its statements are refused
     /// until it ends): a DEALLOCATE goes to the server as it is
@@ -278,9 +279,13 @@ impl Pipeline {
                 b'c' | b'f' => {
                     if self.copy_in {
                         self.copy_in = false;
-                    } else {
+                    } else if self.copy_may_start() {
                         self.replies.push_back(Reply::CopyEnd);
                     }
+                    // (otherwise it ends a copy the server gave up on
+                    // before the client noticed; the server ignores it, and
+                    // a CopyEnd nothing would take off the list would keep
+                    // the client's server bound to it)
                     pos += total;
                     continue;
                 }
@@ -744,8 +749,13 @@ impl Pipeline {
             while matches!(self.replies.front(), Some(Reply::CopyEnd)) {
                 self.replies.pop_front();
             }
-            if tag == b'G' {
-                self.copy_in_started();
+            match tag {
+                b'G' => self.copy_in_started(),
+                // a server in copy-in mode sends neither before it has left
+                // it: the copy failed (or ended), and the client may skip
+                // CopyDone/CopyFail, so its next Sync counts again
+                b'E' | b'Z' => self.copy_in = false,
+                _ => {}
             }
             let is_error = tag == b'E';
             if is_error && is_stale_plan_error(&server.rbuf[pos..pos + total]) {
@@ -839,6 +849,21 @@ impl Pipeline {
             }
         }
         self.copy_in = !ended;
+    }
+
+    /// True when a reply still owed may be a CopyInResponse (the client
+    /// may end a COPY before the server has said it started).
+    fn copy_may_start(&self) -> bool {
+        self.replies.iter().any(|r| {
+            matches!(
+                r,
+                Reply::Server {
+                    expect: Expect::Execute | Expect::UntilReady,
+                    forward: true,
+                    ..
+                }
+            )
+        })
     }
 
     /// After an error the server ignores everything up to Sync; so do the

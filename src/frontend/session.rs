@@ -51,6 +51,9 @@ const HIGH_WATER: usize = 1 << 20;
 const SINGLE_FLIGHT_WAIT: Duration = Duration::from_secs(5);
 /// How long cleanup statements may take before the server is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long what a client sent before its Terminate may run before it is
+/// cancelled and the server closed.
+const TERMINATE_GRACE: Duration = Duration::from_secs(5);
 
 /// What pgsift knows about the protocol state of a server it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,11 @@ pub struct ServerState {
     pub tx: u8,
     /// which client messages the server answers with ReadyForQuery
     pub ends: BatchEnds,
+    /// the server is in copy-in mode (from its CopyInResponse until its
+    /// CommandComplete, ErrorResponse or ReadyForQuery): an
+    /// extended-protocol COPY owes no ReadyForQuery meanwhile (the Sync
+    /// sent with its Execute was ignored), yet it is in flight
+    pub copy_in: bool,
 }
 
 impl ServerState {
@@ -73,6 +81,7 @@ impl ServerState {
             unsynced: false,
             tx: b'I',
             ends: BatchEnds::default(),
+            copy_in: false,
         }
     }
 
@@ -90,8 +99,25 @@ impl ServerState {
     }
 
     /// CopyInResponse: Syncs sent since the COPY's Execute owe nothing.
+    /// The server ignored them, so it still needs a Sync after the copy
+    /// (the extended protocol's messages are unsynced again).
+    #[cold]
     fn copy_in_started(&mut self) {
-        self.pending = self.pending.saturating_sub(self.ends.copy_in_started());
+        self.copy_in = true;
+        let ignored = self.ends.copy_in_started();
+        if ignored > 0 {
+            self.pending = self.pending.saturating_sub(ignored);
+            self.unsynced = true;
+        }
+    }
+
+    /// A server message that ends copy-in mode (CommandComplete,
+    /// ErrorResponse, ReadyForQuery; a server in copy-in mode sends none
+    /// of them before it has left it).
+    #[inline]
+    fn copy_over(&mut self, tag: u8) {
+        self.copy_in = false;
+        self.ends.server_sent(tag);
     }
 
     /// A ReadyForQuery with transaction status `status` arrived; true when
@@ -102,9 +128,10 @@ impl ServerState {
         status == b'I'
     }
 
-    /// True when no reply is owed and nothing is half-sent.
+    /// True when no reply is owed, nothing is half-sent and no COPY is
+    /// under way.
     pub fn quiet(&self) -> bool {
-        self.pending == 0 && !self.unsynced
+        self.pending == 0 && !self.unsynced && !self.copy_in
     }
 }
 
@@ -158,7 +185,9 @@ impl ServerSide<'_> {
         }
         match tag {
             b'G' => self.state.copy_in_started(),
+            b'C' => self.state.copy_over(tag),
             b'Z' if msg.len() == 6 => {
+                self.state.copy_over(tag);
                 let ended = self.state.ready(msg[5]);
                 if ended {
                     self.transactions.inc();
@@ -169,7 +198,10 @@ impl ServerSide<'_> {
                     settings_changed,
                 };
             }
-            b'E' => self.settings_changes.failed(),
+            b'E' => {
+                self.state.copy_over(tag);
+                self.settings_changes.failed()
+            }
             b'S' => {
                 let body = &msg[5..];
                 self.settings_changes.reported(body, self.settings);
@@ -227,8 +259,10 @@ pub async fn return_server(pool: &Pool, mut co: Checkout, state: ServerState, mo
 
 /// Why a session ended.
 enum End {
-    /// the client closed its socket or sent Terminate
+    /// the client closed its socket
     ClientGone,
+    /// the client sent Terminate: what it sent before it still runs
+    Terminated,
     /// the client broke the protocol; it gets an 08P01 error
     ClientProtocol(FrameError),
     /// the server connection failed
@@ -716,7 +750,7 @@ impl Session {
                         .await
                     {
                         Ok(true) => {}
-                        Ok(false) => break End::ClientGone,
+                        Ok(false) => break End::Terminated,
                         Err(end) => break end,
                     }
                     let server = self.server.as_ref().map(|co| &co.server.writer);
@@ -762,7 +796,7 @@ impl Session {
             _ => {}
         }
         let farewell = match &end {
-            End::ClientGone => None,
+            End::ClientGone | End::Terminated => None,
             End::ClientProtocol(e) => Some(("08P01".to_owned(), e.to_string())),
             End::ServerLost(e) => {
                 Some(("08006".to_owned(), format!("server connection lost: {e}")))
@@ -795,6 +829,10 @@ impl Session {
         let _ = cw.shutdown().await;
         to_client.clear();
 
+        if matches!(end, End::Terminated) {
+            // Postgres runs everything a client sent before its Terminate
+            self.finish_before_terminate(&mut to_server).await;
+        }
         self.observer.finish();
         if self.cache.is_some() && self.mux_replies.is_some() {
             self.drain_multiplexed().await;
@@ -844,6 +882,61 @@ impl Session {
         }
         if let (Some(sc), Some(effects)) = (self.cache.as_mut(), doubt) {
             sc.record_again(effects).await;
+        }
+    }
+
+    /// The client sent Terminate after other messages (in one write, or
+    /// before their replies came): they are sent and their replies awaited
+    /// (and dropped), for up to [`TERMINATE_GRACE`], as Postgres runs them
+    /// before it reads the Terminate. The server then goes back to the pool
+    /// as after any other departure; if they have not finished by then,
+    /// it is cancelled and closed.
+    async fn finish_before_terminate(&mut self, to_server: &mut Outbox) {
+        let finish = async {
+            let mut sink = Outbox::default();
+            loop {
+                let Some(co) = self.server.as_mut() else {
+                    return;
+                };
+                if to_server.is_empty() && self.state.quiet() && self.pipeline.is_empty() {
+                    return;
+                }
+                let server = &mut co.server;
+                let read = tokio::select! {
+                    w = write_outbox(&mut server.writer, to_server), if !to_server.is_empty() => {
+                        match w {
+                            Ok(n) if n > 0 => {
+                                self.bytes.server_out.inc_by(n as u64);
+                                to_server.advance(n);
+                                continue;
+                            }
+                            _ => return,
+                        }
+                    }
+                    r = tokio::io::AsyncReadExt::read_buf(&mut server.reader, &mut server.rbuf) => r,
+                };
+                match read {
+                    Ok(n) if n > 0 => self.bytes.server_in.inc_by(n as u64),
+                    _ => return,
+                }
+                if self.server_input(&mut sink, None).is_err() {
+                    return;
+                }
+                if let Some(sc) = self.cache.as_mut().filter(|sc| sc.must_record()) {
+                    sc.record().await;
+                }
+                sink.clear();
+            }
+        };
+        if crate::timer::timeout(TERMINATE_GRACE, finish)
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                "what the client sent before its Terminate was still running after {} s; \
+                 cancelling it",
+                TERMINATE_GRACE.as_secs()
+            );
         }
     }
 
@@ -1086,9 +1179,9 @@ impl Session {
                 .forward_chunk(msg, to_server, to_client, transaction_mode, terminate)
                 .await;
         }
-        // (not with a Terminate: what comes before it is left unsent, as on
-        // the queued path, where the session ends before the queue is written)
-        if end > 0 && !terminate && !pipelined && self.cache.is_none() && to_server.is_empty() {
+        // (with a Terminate too: what comes before it runs, as in Postgres;
+        // the session waits for it before it returns the server)
+        if end > 0 && !pipelined && self.cache.is_none() && to_server.is_empty() {
             // session mode, plain path: the client's server is attached
             if let Some(co) = self.server.as_ref() {
                 let sent =
@@ -1096,7 +1189,7 @@ impl Session {
                 if sent < end {
                     to_server.push(cbuf.split_to(end - sent).freeze());
                 }
-                return Ok(true);
+                return Ok(!terminate);
             }
         }
         if end > 0 {
@@ -1446,5 +1539,61 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the server says, as the session sees it.
+    fn server_sends(state: &mut ServerState, tags: &[u8]) {
+        for &tag in tags {
+            match tag {
+                b'G' => state.copy_in_started(),
+                b'C' | b'E' => state.copy_over(tag),
+                b'Z' => {
+                    state.copy_over(tag);
+                    state.ready(b'I');
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn an_extended_protocol_copy_is_in_flight_until_it_ends() {
+        let mut s = ServerState::idle();
+        // tokio-postgres copy_in, libpq PQexecParams: Bind, Execute and
+        // Sync in one batch; the server ignores that Sync in copy-in mode
+        for tag in [b'B', b'E', b'S'] {
+            s.client_sent(tag);
+        }
+        server_sends(&mut s, b"2G");
+        assert!(!s.quiet(), "mid-copy");
+        s.client_sent(b'd');
+        assert!(!s.quiet(), "mid-copy");
+        s.client_sent(b'c');
+        s.client_sent(b'S');
+        server_sends(&mut s, b"C");
+        assert!(!s.quiet(), "the last Sync is owed its ReadyForQuery");
+        server_sends(&mut s, b"Z");
+        assert!(s.quiet());
+    }
+
+    #[test]
+    fn a_failed_simple_query_copy_leaves_the_next_sync_counted() {
+        let mut s = ServerState::idle();
+        s.client_sent(b'Q');
+        server_sends(&mut s, b"G");
+        s.client_sent(b'd');
+        // the data is rejected: no CopyDone from the client
+        server_sends(&mut s, b"EZ");
+        assert!(s.quiet());
+        for tag in [b'P', b'B', b'E', b'S'] {
+            s.client_sent(tag);
+        }
+        server_sends(&mut s, b"12CZ");
+        assert!(s.quiet(), "{s:?}");
     }
 }

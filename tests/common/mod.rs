@@ -241,6 +241,11 @@ impl Postgres {
             .expect("start watchdog");
     }
 
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
+    }
+
     /// Runs SQL as the superuser over the Unix socket; panics on error.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
@@ -906,5 +911,148 @@ impl Drop for RedisCluster {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Raw-protocol clients, for what drivers never send: hostile bytes,
+/// messages in one write with a Terminate, a COPY left unfinished.
+pub mod raw {
+    use bytes::BytesMut;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::frontend;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Reads until the server closes or 5 s pass; returns what arrived.
+    pub async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        out
+    }
+
+    /// The SQLSTATE of the first ErrorResponse in `bytes`.
+    pub fn error_code(bytes: &[u8]) -> Option<String> {
+        let mut pos = 0;
+        while pos + 5 <= bytes.len() {
+            let len = u32::from_be_bytes(bytes[pos + 1..pos + 5].try_into().unwrap()) as usize;
+            let end = (pos + 1 + len).min(bytes.len());
+            if bytes[pos] == b'E' {
+                let f = pgsift::protocol::messages::parse_error_fields(&bytes[pos + 5..end]);
+                return Some(f.code);
+            }
+            pos = end;
+        }
+        None
+    }
+
+    /// Logs in over a raw socket (SCRAM) and returns it after ReadyForQuery.
+    pub async fn raw_login(port: u16) -> TcpStream {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut buf = BytesMut::new();
+        frontend::startup_message([("user", "blog"), ("database", "app")], &mut buf).unwrap();
+        s.write_all(&buf).await.unwrap();
+        let mut rbuf = BytesMut::new();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (tag, msg) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 20)
+                .await
+                .unwrap();
+            let body = &msg[5..];
+            buf.clear();
+            match tag {
+                b'R' => match u32::from_be_bytes(body[..4].try_into().unwrap()) {
+                    0 => {}
+                    10 => {
+                        let sc = ScramSha256::new(b"blogpw", ChannelBinding::unsupported());
+                        frontend::sasl_initial_response("SCRAM-SHA-256", sc.message(), &mut buf)
+                            .unwrap();
+                        scram = Some(sc);
+                    }
+                    11 => {
+                        let sc = scram.as_mut().unwrap();
+                        sc.update(&body[4..]).unwrap();
+                        frontend::sasl_response(sc.message(), &mut buf).unwrap();
+                    }
+                    12 => scram.as_mut().unwrap().finish(&body[4..]).unwrap(),
+                    other => panic!("unexpected auth request {other}"),
+                },
+                b'Z' => return s,
+                b'E' => panic!("login failed"),
+                _ => {}
+            }
+            if !buf.is_empty() {
+                s.write_all(&buf).await.unwrap();
+            }
+        }
+    }
+
+    /// A protocol message of type `tag` with `body`.
+    pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// A simple Query.
+    pub fn query(sql: &str) -> Vec<u8> {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        message(b'Q', &body)
+    }
+
+    /// Parse, Bind, Execute and Sync of `sql` on the unnamed statement and
+    /// portal, no parameters: what PQexecParams and tokio-postgres send.
+    pub fn one_off(sql: &str) -> Vec<u8> {
+        let mut parse = vec![0];
+        parse.extend_from_slice(sql.as_bytes());
+        parse.extend_from_slice(&[0, 0, 0]);
+        let mut b = message(b'P', &parse);
+        b.extend(message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+        b.extend(message(b'E', &[0, 0, 0, 0, 0]));
+        b.extend(message(b'S', b""));
+        b
+    }
+
+    /// Terminate.
+    pub fn terminate() -> Vec<u8> {
+        message(b'X', b"")
+    }
+
+    /// Reads messages (5 s at most) until one of type `until` has arrived;
+    /// returns them all, tag and body.
+    pub async fn read_until(s: &mut TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
+        let mut rbuf = BytesMut::new();
+        let mut got = Vec::new();
+        let read = async {
+            loop {
+                let (tag, msg) = pgsift::protocol::io::read_message(s, &mut rbuf, 1 << 20)
+                    .await
+                    .expect("the connection stays open");
+                got.push((tag, msg[5..].to_vec()));
+                if tag == until {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .unwrap_or_else(|_| panic!("no message {} within 5 s", char::from(until)));
+        got
+    }
+
+    /// The text of the first column of the first DataRow in `msgs`.
+    pub fn first_value(msgs: &[(u8, Vec<u8>)]) -> Option<String> {
+        let (_, row) = msgs.iter().find(|(t, _)| *t == b'D')?;
+        let len = i32::from_be_bytes(row[2..6].try_into().ok()?);
+        let len = usize::try_from(len).ok()?;
+        String::from_utf8(row[6..6 + len].to_vec()).ok()
+    }
+
+    /// The SQLSTATE of the first ErrorResponse in `msgs`.
+    pub fn first_error(msgs: &[(u8, Vec<u8>)]) -> Option<String> {
+        let (_, body) = msgs.iter().find(|(t, _)| *t == b'E')?;
+        Some(pgsift::protocol::messages::parse_error_fields(body).code)
     }
 }
