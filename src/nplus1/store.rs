@@ -135,7 +135,7 @@ impl ReportStore {
             kind: b.kind,
             fingerprint: b.analysis.fingerprint_hex(),
             query: b.analysis.normalized.clone(),
-            example: b.example.to_string(),
+            example: crate::sql::analysis::shorten(b.example.to_string()),
             parent_fingerprint: b.parent.as_ref().map(|p| p.fingerprint_hex()),
             parent_query: b.parent.as_ref().map(|p| p.normalized.clone()),
             database: origin.database.clone(),

@@ -112,12 +112,45 @@ pub struct Analyzed {
     pub values: u64,
 }
 
+/// Longest normalized text kept (for reports and statistics): a client
+/// sending huge distinct statements must not fill memory with their copies.
+pub const MAX_SHOWN: usize = 8 * 1024;
+
+/// `text` cut to at most [`MAX_SHOWN`] bytes (at a character boundary),
+/// marked with `…` where it was cut.
+pub fn shorten(mut text: String) -> String {
+    if text.len() > MAX_SHOWN {
+        let mut cut = MAX_SHOWN;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+impl Analysis {
+    /// About how much memory the analysis holds, in KiB (at least 1).
+    fn weight(&self) -> u32 {
+        let names = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+        let bytes = 128
+            + self.normalized.len()
+            + names(&self.reads)
+            + names(&self.writes)
+            + names(&self.functions);
+        (1 + bytes / 1024).min(u32::MAX as usize) as u32
+    }
+}
+
 impl Analyzer {
-    /// An analyzer remembering up to `capacity` statement shapes.
+    /// An analyzer remembering up to `capacity` statement shapes of
+    /// ordinary size: a shape weighs a unit per KiB its analysis holds.
     pub fn new(capacity: u64) -> Analyzer {
         Analyzer {
             by_shape: Cache::builder()
                 .max_capacity(capacity)
+                .weigher(|_, a: &Arc<Analysis>| a.weight())
                 .build_with_hasher(rustc_hash::FxBuildHasher),
         }
     }
@@ -274,7 +307,7 @@ fn analyze_with_parser(sql: &str) -> Analysis {
             Analysis {
                 fingerprint: fp.value,
                 // folded for reading only: `IN ($1, ...)` does not parse
-                normalized: collapse_lists(fold_space_and_comments(&normalized)),
+                normalized: shorten(collapse_lists(fold_space_and_comments(&normalized))),
                 kind,
                 reads,
                 writes,
@@ -562,7 +595,7 @@ fn fallback(sql: &str) -> Analysis {
     let folded = collapse_lists(folded);
     Analysis {
         fingerprint: xxhash_rust::xxh3::xxh3_64(folded.as_bytes()),
-        normalized: folded,
+        normalized: shorten(folded),
         kind,
         reads: vec![],
         writes: vec![],
@@ -669,6 +702,26 @@ mod tests {
         for sql in ["VACUUM t", "LOCK TABLE t", "SHOW search_path"] {
             assert_eq!(a.analyze(sql).analysis.kind, Kind::Utility, "{sql}");
         }
+    }
+
+    #[test]
+    fn huge_statements_are_kept_short_and_weigh_by_their_size() {
+        let a = Analyzer::new(100);
+        let columns: Vec<String> = (0..20_000).map(|i| format!("c{i}")).collect();
+        let huge = format!("SELECT {} FROM t WHERE id = 1", columns.join(", "));
+        let x = a.analyze(&huge).analysis;
+        assert!(x.normalized.len() <= MAX_SHOWN + '…'.len_utf8());
+        assert!(x.normalized.ends_with('…'));
+        assert_eq!(x.kind, Kind::Select);
+        // the fingerprint is of the whole text
+        let other = huge.replace("c19999", "d19999");
+        assert_ne!(x.fingerprint, a.analyze(&other).analysis.fingerprint);
+        assert!(x.weight() >= 8, "{}", x.weight());
+        let small = a.analyze("SELECT 1").analysis;
+        assert_eq!(small.weight(), 1);
+        // a multi-byte character at the cut
+        let wide = shorten("é".repeat(MAX_SHOWN));
+        assert!(wide.len() <= MAX_SHOWN + '…'.len_utf8() && wide.ends_with('…'));
     }
 
     #[test]
