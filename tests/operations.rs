@@ -421,6 +421,54 @@ fn a_pool_a_reload_closed_leaves_no_connection_series_behind() {
 }
 
 #[test]
+fn stalled_admin_http_clients_are_bounded_and_closed() {
+    use std::io::{Read, Write};
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "transaction", 2));
+    let admin = format!("127.0.0.1:{}", proxy.admin_port);
+    // requests that are never finished
+    let stalled: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&admin).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // past the limit, connections are closed at once
+    std::thread::sleep(Duration::from_millis(500));
+    // closed (or answered) by the server, rather than still waiting
+    let closed = |s: &std::net::TcpStream| {
+        let mut s = s.try_clone().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        match s.read(&mut [0u8; 64]) {
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            // end of file, or an answer: no longer waiting
+            Ok(n) => n <= 64,
+        }
+    };
+    let open_now = stalled.iter().filter(|s| !closed(s)).count();
+    assert!(open_now <= 256, "{open_now} stalled admin connections held");
+    // clients of the proxy are unaffected
+    assert!(psql(&proxy.url("blog", "blogpw", "app"), "SELECT 1")
+        .status
+        .success());
+    // a stalled request is closed once its time is up (30 s), and the
+    // admin server answers again
+    std::thread::sleep(Duration::from_secs(31));
+    let open_later = stalled.iter().filter(|s| !closed(s)).count();
+    assert_eq!(
+        open_later, 0,
+        "stalled admin connections outlived their time"
+    );
+    let (status, _) = http_get(proxy.admin_port, "/healthz").unwrap();
+    assert_eq!(status, 200);
+}
+
+#[test]
 fn the_status_page_renders_in_a_browser() {
     let pg = shared_postgres();
     let proxy = Proxy::start(&databases_yaml(pg, "transaction", 2));

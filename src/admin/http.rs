@@ -25,10 +25,116 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// Most admin connections open at once; more are closed as they come.
+const MAX_CONNECTIONS: usize = 256;
+/// How long an admin connection may wait for a whole request, from its
+/// accept or its last response: a client that has not sent one by then
+/// (one that sends its headers a byte at a time, or never) is closed, and
+/// so is a keep-alive connection left idle that long.
+const READ_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The admin listener: at most [`MAX_CONNECTIONS`] connections, each of
+/// which waits for a request at most [`READ_LIFETIME`]. Stalled clients
+/// can neither hold connections forever nor use up the process's file
+/// descriptors, which the client listener needs.
+struct Guarded {
+    listener: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl axum::serve::Listener for Guarded {
+    type Io = Limited;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Limited, std::net::SocketAddr) {
+        loop {
+            let (stream, addr) = match self.listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    crate::timer::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                tracing::warn!(%addr, "too many admin connections; closing this one");
+                continue;
+            };
+            let deadline = Box::pin(crate::timer::sleep(READ_LIFETIME));
+            return (
+                Limited {
+                    stream,
+                    deadline,
+                    _slot: slot,
+                },
+                addr,
+            );
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// An admin connection: its slot, and the end of its reading time.
+struct Limited {
+    stream: tokio::net::TcpStream,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Limited {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => ready,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Limited {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        // a response is going out: the next request has its full time
+        let next = tokio::time::Instant::now() + READ_LIFETIME;
+        self.deadline.as_mut().reset(next);
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Serves the admin HTTP API until shutdown.
 pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) {
     let mut shutdown = app.shutdown_signal();
     let router = router(app);
+    let listener = Guarded {
+        listener,
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+    };
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
