@@ -468,6 +468,46 @@ fn stalled_admin_http_clients_are_bounded_and_closed() {
     assert_eq!(status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_moves_a_database_retires_the_servers_of_the_old_one() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "databases:\n  moving: {{host: 127.0.0.1, port: {}, dbname: app, pool_mode: transaction, pool_size: 4}}\n",
+        pg.port
+    ));
+    let dsn = proxy.conn_str("blog", "blogpw", "moving");
+    let (a, b) = (
+        common::connect(&dsn).await.unwrap(),
+        common::connect(&dsn).await.unwrap(),
+    );
+    // A holds a server of the old database through the reload
+    a.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(common::scalar(&a, "SELECT current_database()").await, "app");
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        yaml.replace("dbname: app", "dbname: blog"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proxy.log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // its transaction ends on the old server, which must not go back
+    a.batch_execute("COMMIT").await.unwrap();
+    for _ in 0..4 {
+        for c in [&a, &b] {
+            assert_eq!(
+                common::scalar(c, "SELECT current_database()").await,
+                "blog",
+                "a server of the old database served a transaction after the reload"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_status_page_renders_in_a_browser() {
     let pg = shared_postgres();

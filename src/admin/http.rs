@@ -65,6 +65,8 @@ impl axum::serve::Listener for Guarded {
                 Limited {
                     stream,
                     deadline,
+                    waiting: true,
+                    last: [0; 3],
                     _slot: slot,
                 },
                 addr,
@@ -77,11 +79,43 @@ impl axum::serve::Listener for Guarded {
     }
 }
 
-/// An admin connection: its slot, and the end of its reading time.
+/// An admin connection: its slot, and the end of its time to send a
+/// request. The time runs while the connection waits for a request: from
+/// its accept or its last response until the blank line that ends a
+/// request's head. (While a handler runs the server still reads, to notice
+/// a client that leaves; that read must not time out.)
 struct Limited {
     stream: tokio::net::TcpStream,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// no whole request head has come since the accept or the last response
+    waiting: bool,
+    /// the last three bytes read (a head's end may span two reads)
+    last: [u8; 3],
     _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Limited {
+    /// Bytes read: a request head that ends in them ends the wait.
+    fn saw(&mut self, bytes: &[u8]) {
+        if head_ended(&mut self.last, bytes) {
+            self.waiting = false;
+        }
+    }
+}
+
+/// True when `bytes`, read after bytes ending in `last` (their last three),
+/// complete a `\r\n\r\n`; `last` becomes the last three bytes read.
+fn head_ended(last: &mut [u8; 3], bytes: &[u8]) -> bool {
+    let mut window = [0u8; 4];
+    window[1..].copy_from_slice(last);
+    let mut ended = false;
+    for &b in bytes {
+        window.copy_within(1.., 0);
+        window[3] = b;
+        ended |= &window == b"\r\n\r\n";
+    }
+    last.copy_from_slice(&window[1..]);
+    ended
 }
 
 impl tokio::io::AsyncRead for Limited {
@@ -92,12 +126,17 @@ impl tokio::io::AsyncRead for Limited {
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::future::Future;
         use std::task::Poll;
+        let before = buf.filled().len();
         match std::pin::Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+            Poll::Pending if self.waiting => match self.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
                 Poll::Pending => Poll::Pending,
             },
-            ready => ready,
+            Poll::Ready(Ok(())) => {
+                self.saw(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            other => other,
         }
     }
 }
@@ -109,8 +148,11 @@ impl tokio::io::AsyncWrite for Limited {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         // a response is going out: the next request has its full time
-        let next = tokio::time::Instant::now() + READ_LIFETIME;
-        self.deadline.as_mut().reset(next);
+        if !self.waiting {
+            self.waiting = true;
+            let next = tokio::time::Instant::now() + READ_LIFETIME;
+            self.deadline.as_mut().reset(next);
+        }
         std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(
@@ -302,4 +344,33 @@ async fn status(State(app): State<Arc<App>>) -> axum::response::Html<String> {
         n_plus_one: app.sinks.reports.reports().len(),
     };
     axum::response::Html(super::pages::status_page(&status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_ended;
+
+    #[test]
+    fn the_end_of_a_request_head_is_found_across_reads() {
+        let mut last = [0u8; 3];
+        assert!(!head_ended(&mut last, b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(
+            head_ended(&mut last, b"\r\n"),
+            "split after the header line"
+        );
+        let mut last = [0u8; 3];
+        for (i, chunk) in [&b"GET / HTTP/1.1\r"[..], b"\n", b"\r", b"\n"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(head_ended(&mut last, chunk), i == 3, "chunk {i}");
+        }
+        let mut last = [0u8; 3];
+        assert!(!head_ended(&mut last, b"\r\n\r"), "not yet");
+        assert!(!head_ended(&mut last, b""), "nothing new");
+        assert!(
+            head_ended(&mut last, b"\nGET"),
+            "ended, the next request begun"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use crate::config::PoolMode;
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -107,6 +107,9 @@ pub struct Pool {
     /// client user name
     pub user: String,
     target: Mutex<UpstreamTarget>,
+    /// moves each time a reload changes `target`: servers opened to an
+    /// older one are closed instead of going back to the pool
+    target_generation: AtomicU64,
     settings: Mutex<PoolSettings>,
     idle: Mutex<VecDeque<Box<ServerConnection>>>,
     slots: Arc<Semaphore>,
@@ -195,6 +198,7 @@ impl Pool {
             database,
             user,
             target: Mutex::new(target),
+            target_generation: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(settings.size)),
             settings: Mutex::new(settings),
             idle: Mutex::new(VecDeque::new()),
@@ -355,12 +359,16 @@ impl Pool {
                 }
             }
         }
-        let target = self.target.lock().clone();
+        let (target, generation) = {
+            let t = self.target.lock();
+            (t.clone(), self.target_generation.load(Ordering::Acquire))
+        };
         let connecting = Raised::new(&self.counts.connecting);
         let result = ServerConnection::connect(&target, settings.connect_timeout).await;
         drop(connecting);
         match result {
-            Ok(server) => {
+            Ok(mut server) => {
+                server.target_generation = generation;
                 *self.backoff.lock() = Backoff::default();
                 let mut d = self.defaults.lock();
                 if d.is_none() {
@@ -393,7 +401,10 @@ impl Pool {
         let Checkout { mut server, .. } = checkout;
         server.last_used = Instant::now();
         let settings = self.settings.lock().clone();
-        if server.created.elapsed() < settings.server_lifetime && !self.slots.is_closed() {
+        if server.created.elapsed() < settings.server_lifetime
+            && !self.slots.is_closed()
+            && server.target_generation == self.target_generation.load(Ordering::Acquire)
+        {
             self.idle.lock().push_back(server);
         }
         // the slot is released (and the server no longer counted active)
@@ -465,9 +476,13 @@ impl Pool {
                 }
             });
         }
-        if *self.target.lock() != target {
-            *self.target.lock() = target;
-            // Servers of the old target finish their work, then close.
+        let mut current = self.target.lock();
+        if *current != target {
+            *current = target;
+            self.target_generation.fetch_add(1, Ordering::AcqRel);
+            drop(current);
+            // Servers of the old target finish their work, then close
+            // (checkin turns them away).
             self.idle.lock().clear();
         }
         *cur = settings;

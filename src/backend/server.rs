@@ -103,6 +103,9 @@ pub struct ServerConnection {
     /// shared statements whose cached plan went stale: closed on the
     /// server before the next client batch
     pub stale_statements: Vec<std::sync::Arc<str>>,
+    /// which of its pool's upstream targets it was opened to (a reload
+    /// that moves the pool's database makes the older ones obsolete)
+    pub target_generation: u64,
 }
 
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -155,6 +158,7 @@ impl ServerConnection {
             last_used: now,
             prepared: Default::default(),
             stale_statements: Vec::new(),
+            target_generation: 0,
         })
     }
 

@@ -78,10 +78,10 @@ impl DatabaseFacts {
 pub struct VolatilityTable {
     facts: DashMap<Arc<str>, Arc<DatabaseFacts>>,
     loading: DashMap<Arc<str>, ()>,
-    /// how many times facts were forgotten: a load that saw this move
-    /// while it read the catalog may have read it before the DDL that
-    /// made the forget, and keeps nothing
-    forgets: std::sync::atomic::AtomicU64,
+    /// how many times each database's facts were forgotten: a load that
+    /// saw its database's count move while it read the catalog may have
+    /// read it before the DDL that made the forget, and keeps nothing
+    forgets: DashMap<Arc<str>, u64>,
     /// the shared store whose schema epoch facts are read under
     pub shared: Option<Arc<super::remote::RedisStore>>,
 }
@@ -124,7 +124,7 @@ impl VolatilityTable {
             return;
         }
         let table = self.clone();
-        let forgets = self.forgets.load(std::sync::atomic::Ordering::SeqCst);
+        let forgets = self.forgotten(&db);
         tokio::spawn(async move {
             let schema_epoch = match &table.shared {
                 Some(s) => s.schema_epoch(&db).await,
@@ -172,7 +172,7 @@ impl VolatilityTable {
                     tracing::debug!(database = %db, immutable = facts.immutable.len(), rls = facts.rls_tables.len(), "loaded function volatility");
                     // (checked after the insert too: a forget between the
                     // check and the insert would otherwise be lost)
-                    let current = || table.forgets.load(std::sync::atomic::Ordering::SeqCst);
+                    let current = || table.forgotten(&db);
                     if current() == forgets {
                         table.facts.insert(db.clone(), Arc::new(facts));
                         if current() != forgets {
@@ -190,9 +190,13 @@ impl VolatilityTable {
 
     /// Forgets what is known (DDL may have changed functions or policies).
     pub fn forget(&self, db: &Arc<str>) {
-        self.forgets
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *self.forgets.entry(db.clone()).or_insert(0) += 1;
         self.facts.remove(db);
+    }
+
+    /// How many times `db`'s facts were forgotten.
+    fn forgotten(&self, db: &Arc<str>) -> u64 {
+        self.forgets.get(db).map_or(0, |n| *n)
     }
 }
 

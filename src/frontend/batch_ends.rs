@@ -14,6 +14,8 @@ pub struct BatchEnds {
     syncs_in_copy: usize,
     /// the client ended a copy since its last Execute or Query
     copy_ended: bool,
+    /// a Sync followed that end of the copy (the server answers it)
+    synced_after_copy_end: bool,
     /// the server is in copy-in mode (it ignores Sync) until the client
     /// sends CopyDone or CopyFail, or the server ends the copy itself
     copy_in: bool,
@@ -31,11 +33,14 @@ impl BatchEnds {
                 // its copy-in mode
                 self.syncs_in_copy = 0;
                 self.copy_ended = false;
+                self.synced_after_copy_end = false;
                 true
             }
             b'S' if self.copy_in => false,
             b'S' => {
-                if !self.copy_ended {
+                if self.copy_ended {
+                    self.synced_after_copy_end = true;
+                } else {
                     self.syncs_in_copy += 1;
                 }
                 true
@@ -43,6 +48,7 @@ impl BatchEnds {
             b'E' => {
                 self.syncs_in_copy = 0;
                 self.copy_ended = false;
+                self.synced_after_copy_end = false;
                 false
             }
             b'c' | b'f' => {
@@ -50,11 +56,25 @@ impl BatchEnds {
                     self.copy_in = false;
                 } else {
                     self.copy_ended = true;
+                    self.synced_after_copy_end = false;
                 }
                 false
             }
             _ => false,
         }
+    }
+
+    /// True while the server is in copy-in mode and the client has not
+    /// ended the copy.
+    pub fn awaiting_copy_data(&self) -> bool {
+        self.copy_in
+    }
+
+    /// True when the client has already ended the copy that is starting
+    /// and sent a Sync after that end: the server answers that Sync, and
+    /// needs no other after the copy. (Ask before [`Self::copy_in_started`].)
+    pub fn synced_after_copy(&self) -> bool {
+        self.copy_ended && self.synced_after_copy_end
     }
 
     /// CopyInResponse: returns how many of the batch ends already counted

@@ -104,10 +104,12 @@ impl ServerState {
     #[cold]
     fn copy_in_started(&mut self) {
         self.copy_in = true;
+        let settled = self.ends.synced_after_copy();
         let ignored = self.ends.copy_in_started();
         if ignored > 0 {
             self.pending = self.pending.saturating_sub(ignored);
-            self.unsynced = true;
+            // (unless the client already ended the copy and synced after)
+            self.unsynced |= !settled;
         }
     }
 
@@ -451,6 +453,9 @@ pub struct Session {
     mux_prefix: Option<Bytes>,
     /// reads of the server socket (reset for each server attached)
     server_source: Source,
+    /// a reload came while the session held a server: the pool it maps
+    /// to (and the cache identity) are looked up at its next checkout
+    follow_pending: bool,
 }
 
 impl Session {
@@ -543,6 +548,7 @@ impl Session {
             mux_replies: None,
             mux_prefix: None,
             server_source: Source::new(),
+            follow_pending: false,
         };
         session.multiplex = session.multiplex_servers();
         session.forward(stream, rbuf).await;
@@ -898,7 +904,15 @@ impl Session {
                 let Some(co) = self.server.as_mut() else {
                     return;
                 };
-                if to_server.is_empty() && self.state.quiet() && self.pipeline.is_empty() {
+                // done when nothing more will come: no reply owed (an
+                // unsynced tail is never answered, and is rolled back), or
+                // a COPY the client left in copy-in mode (the server waits
+                // for data that will not come)
+                if to_server.is_empty()
+                    && ((self.state.pending == 0
+                        && (self.pipeline.is_empty() || self.state.unsynced))
+                        || self.state.ends.awaiting_copy_data())
+                {
                     return;
                 }
                 let server = &mut co.server;
@@ -1117,6 +1131,9 @@ impl Session {
             self.observer
                 .reconfigure(&config.n_plus_one, config.logging.slow_statement);
             self.follow_pool();
+            // (a session holding a server takes it up when it next
+            // checks one out)
+            self.follow_pending = true;
             if self.mode == PoolMode::Transaction {
                 self.pipeline.promote_unnamed = config.pool.prepare_unnamed_statements;
             }
@@ -1427,7 +1444,7 @@ impl Session {
     }
 
     async fn attach_server(&mut self) -> Result<(), End> {
-        if self.pool.is_closed() {
+        if self.pool.is_closed() || std::mem::take(&mut self.follow_pending) {
             self.follow_pool();
         }
         self.info.set(ClientState::Waiting, None);
@@ -1579,6 +1596,26 @@ mod tests {
         assert!(!s.quiet(), "the last Sync is owed its ReadyForQuery");
         server_sends(&mut s, b"Z");
         assert!(s.quiet());
+        // the whole copy sent before the server's CopyInResponse: the Sync
+        // after the CopyDone is the one the server answers
+        let mut s = ServerState::idle();
+        for tag in [b'B', b'E', b'S', b'd', b'c', b'S'] {
+            s.client_sent(tag);
+        }
+        server_sends(&mut s, b"2GC");
+        assert!(!s.quiet(), "the last Sync is owed its ReadyForQuery");
+        server_sends(&mut s, b"Z");
+        assert!(s.quiet(), "{s:?}");
+        // the copy ended before the response, its Sync not sent yet
+        let mut s = ServerState::idle();
+        for tag in [b'B', b'E', b'S', b'd', b'c'] {
+            s.client_sent(tag);
+        }
+        server_sends(&mut s, b"2GC");
+        assert!(!s.quiet(), "a Sync is still needed");
+        s.client_sent(b'S');
+        server_sends(&mut s, b"Z");
+        assert!(s.quiet(), "{s:?}");
     }
 
     #[test]
