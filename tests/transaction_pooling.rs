@@ -922,6 +922,37 @@ async fn a_failed_parse_on_a_multiplexed_server_is_each_clients_own_error() {
 /// server goes back to the pool after them (another client gets it), and
 /// it is reused, not closed as out of step.
 #[tokio::test(flavor = "multi_thread")]
+async fn a_copy_sent_whole_before_its_response_releases_its_server() {
+    use common::raw::{message, query, raw_login, read_until};
+    use tokio::io::AsyncWriteExt;
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE tx_whole_copy (id int); GRANT ALL ON tx_whole_copy TO blog",
+    );
+    let proxy = tx_proxy(1, "pool:\n  checkout_timeout: 2s\n");
+    let mut s = raw_login(proxy.port).await;
+    // the query, its data and its end in one write, before the server's
+    // CopyInResponse
+    let mut whole = query("COPY tx_whole_copy FROM STDIN");
+    whole.extend_from_slice(&message(b'd', b"1\n2\n"));
+    whole.extend_from_slice(&message(b'c', b""));
+    s.write_all(&whole).await.unwrap();
+    read_until(&mut s, b'Z').await;
+    // the raw client stays connected, idle: the pool's only server is free
+    let c = app_client(&proxy).await;
+    let rows = c
+        .simple_query("SELECT count(*) FROM tx_whole_copy")
+        .await
+        .expect("the pool's only server is free");
+    assert!(matches!(
+        &rows[1],
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("2")
+    ));
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failed_copy_the_client_never_ended_releases_its_server() {
     use common::raw::{first_error, first_value, message, one_off, query, raw_login, read_until};
     use tokio::io::AsyncWriteExt;

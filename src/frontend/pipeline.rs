@@ -825,6 +825,13 @@ impl Pipeline {
         if pos > 0 {
             dest.push(server.rbuf.split_to(pos).freeze());
         }
+        // a copy end the client sent before the server's CopyInResponse,
+        // now with nothing owed before it, owes nothing itself: left on the
+        // list, it would keep the client's server bound to it until the
+        // server sent something more
+        while matches!(self.replies.front(), Some(Reply::CopyEnd)) {
+            self.replies.pop_front();
+        }
         Ok(())
     }
 
