@@ -399,22 +399,31 @@ async fn waiting_longer_than_checkout_timeout_gives_53300_naming_the_pool() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn more_clients_than_max_client_conn_get_53300() {
+/// A proxy in `mode` with `max_client_conn: 2` and its two clients; a
+/// third client's login error.
+async fn full_proxy(
+    mode: &str,
+) -> (
+    Proxy,
+    tokio_postgres::Client,
+    tokio_postgres::Client,
+    tokio_postgres::Error,
+) {
     let pg = shared_postgres();
     let proxy = Proxy::start(&format!(
         "{}pool:\n  max_client_conn: 2\n",
-        databases_yaml(pg, "transaction", 2)
+        databases_yaml(pg, mode, 2)
     ));
-    let _a = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
-    let _b = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
-    let err = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap_err();
+    let conn = proxy.conn_str("blog", "blogpw", "app");
+    let a = connect(&conn).await.unwrap();
+    let b = connect(&conn).await.unwrap();
+    let err = connect(&conn).await.unwrap_err();
+    (proxy, a, b, err)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_clients_than_max_client_conn_get_53300() {
+    let (_proxy, _a, _b, err) = full_proxy("transaction").await;
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code(), &SqlState::TOO_MANY_CONNECTIONS);
     assert_eq!(db.message(), "sorry, too many clients already");
@@ -425,20 +434,7 @@ async fn more_clients_than_max_client_conn_get_53300() {
 /// its clients' queries.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancel_request_is_honoured_at_max_client_conn() {
-    let pg = shared_postgres();
-    let proxy = Proxy::start(&format!(
-        "{}pool:\n  max_client_conn: 2\n",
-        databases_yaml(pg, "session", 2)
-    ));
-    let a = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
-    let _b = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap();
-    let err = connect(&proxy.conn_str("blog", "blogpw", "app"))
-        .await
-        .unwrap_err();
+    let (_proxy, a, _b, err) = full_proxy("session").await;
     assert_eq!(
         err.as_db_error().map(|e| e.code()),
         Some(&SqlState::TOO_MANY_CONNECTIONS),
