@@ -228,17 +228,23 @@ fn application_changed(observer: &mut Observer, body: &[u8]) {
     observer.set_application(&String::from_utf8_lossy(value));
 }
 
+/// Sends a cancel request for what `co`'s server is running, without
+/// waiting for it.
+fn cancel_in_background(co: &Checkout) {
+    let (addr, pid, secret) = (co.server.addr.clone(), co.server.pid, co.server.secret);
+    tokio::spawn(async move {
+        let _ = send_cancel(&addr, pid, secret).await;
+    });
+}
+
 /// Hands a server back after its client is done with it: a server with work
 /// in flight is cancelled and closed; one inside a transaction is rolled
 /// back; in session mode it also gets `DISCARD ALL`. Anything that fails or
 /// takes too long closes the server instead of returning it.
 pub async fn return_server(pool: &Pool, mut co: Checkout, state: ServerState, mode: PoolMode) {
     if !state.quiet() {
-        let (addr, pid, secret) = (co.server.addr.clone(), co.server.pid, co.server.secret);
+        cancel_in_background(&co);
         pool.discard(co);
-        tokio::spawn(async move {
-            let _ = send_cancel(&addr, pid, secret).await;
-        });
         return;
     }
     let reset = async {
@@ -985,10 +991,8 @@ impl Session {
     /// socket only after its transaction has ended, committed or not. Only
     /// then is it certain that nothing more of theirs takes effect.
     async fn await_server_end(&mut self, mut co: Checkout) {
-        let (addr, pid, secret) = (co.server.addr.clone(), co.server.pid, co.server.secret);
-        tokio::spawn(async move {
-            let _ = send_cancel(&addr, pid, secret).await;
-        });
+        cancel_in_background(&co);
+        let pid = co.server.pid;
         let gone = async {
             let _ = co.server.writer.shutdown().await;
             let mut scratch = vec![0u8; 8192];
