@@ -242,3 +242,102 @@ async fn an_oversized_password_message_gets_08p01() {
         Some("08P01")
     );
 }
+
+/// A fake upstream that logs anyone in (trust) and answers every simple
+/// query with CommandComplete and ReadyForQuery, except one containing
+/// `misbehave`, which gets `reply` and then nothing more. Returns its port.
+async fn misbehaving_upstream(reply: Vec<u8>) -> u16 {
+    use common::raw::message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut len = [0u8; 4];
+                s.read_exact(&mut len).await?;
+                let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                s.read_exact(&mut startup).await?;
+                let mut hello = message(b'R', &0u32.to_be_bytes());
+                hello.extend(message(b'S', b"server_version\x0015.0\0"));
+                hello.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
+                hello.extend(message(b'Z', b"I"));
+                s.write_all(&hello).await?;
+                let mut rbuf = BytesMut::new();
+                loop {
+                    let (tag, msg) = pgsift::protocol::io::read_message(&mut s, &mut rbuf, 1 << 20)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    match tag {
+                        b'Q' if msg.windows(9).any(|w| w == b"misbehave") => {
+                            s.write_all(&reply).await?;
+                        }
+                        b'Q' => {
+                            let mut ok = message(b'C', b"SELECT 0\0");
+                            ok.extend(message(b'Z', b"I"));
+                            s.write_all(&ok).await?;
+                        }
+                        b'S' => s.write_all(&message(b'Z', b"I")).await?,
+                        b'X' => return Ok::<(), std::io::Error>(()),
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Bytes from the server that are no message, or a ReadyForQuery that is
+/// not one, end the client with 08P01 in both pool modes, promptly, without
+/// pgsift buffering what follows: before, transaction mode took a framing
+/// error for "need more bytes" and waited forever, and both modes read a
+/// 4 GiB DataRow into memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_sending_no_message_ends_its_client_with_08p01() {
+    use common::raw::{message, query};
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a length of 0", b"Z\0\0\0\0".to_vec()),
+        ("a 4 GiB DataRow", b"D\xff\xff\xff\xff\0\x01".to_vec()),
+        ("ReadyForQuery without its status", {
+            let mut b = message(b'C', b"SELECT 1\0");
+            b.extend(message(b'Z', b""));
+            b
+        }),
+        ("ReadyForQuery with status X", {
+            let mut b = message(b'C', b"SELECT 1\0");
+            b.extend(message(b'Z', b"X"));
+            b
+        }),
+    ];
+    for mode in ["session", "transaction"] {
+        for (what, reply) in &cases {
+            let upstream = misbehaving_upstream(reply.clone()).await;
+            let proxy = Proxy::start(&format!(
+                "databases:\n  app: {{host: 127.0.0.1, port: {upstream}, pool_mode: {mode}, pool_size: 2}}\n"
+            ));
+            let mut s = raw_login(proxy.port).await;
+            s.write_all(&query("SELECT 'misbehave'")).await.unwrap();
+            let started = Instant::now();
+            let got = read_until_closed(&mut s).await;
+            assert_eq!(
+                error_code(&got).as_deref(),
+                Some("08P01"),
+                "{mode} mode, {what}: {got:?}; log:\n{}",
+                proxy.log()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{mode} mode, {what}: the client was not closed"
+            );
+            // the next client gets a server of its own, and is served
+            let mut s = raw_login(proxy.port).await;
+            s.write_all(&query("SELECT 1")).await.unwrap();
+            let msgs = common::raw::read_until(&mut s, b'Z').await;
+            assert_eq!(common::raw::first_error(&msgs), None, "{mode} mode, {what}");
+        }
+    }
+}

@@ -22,7 +22,7 @@
 
 use super::pool::{Checkout, Pool};
 use super::socket::{ServerAddr, TryWrite};
-use crate::protocol::frame::{is_backend_type, peek_frame};
+use crate::protocol::frame::{is_backend_type, peek_frame, valid_ready, MAX_SERVER_MESSAGE};
 use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -439,7 +439,7 @@ impl Lane {
         let server = &mut co.server;
         let mut retire = false;
         loop {
-            let (tag, total) = match peek_frame(&server.rbuf[*scanned..], usize::MAX >> 1) {
+            let (tag, total) = match peek_frame(&server.rbuf[*scanned..], MAX_SERVER_MESSAGE) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
@@ -492,7 +492,7 @@ impl Lane {
                     retire = true;
                 }
                 b'Z' => {
-                    let status = msg.get(5).copied().unwrap_or(b'E');
+                    let status = if valid_ready(msg) { msg[5] } else { 0 };
                     let done = server.rbuf.split_to(at + total).freeze();
                     *scanned = 0;
                     let head = self.pending.pop_front().expect("head exists");
@@ -509,7 +509,7 @@ impl Lane {
                     if status != b'I' || !head.swallow.is_empty() {
                         self.broken = Some(format!(
                             "a multiplexed batch left the server in state {}",
-                            status as char
+                            (status as char).escape_default()
                         ));
                         return;
                     }

@@ -5,6 +5,7 @@
 
 use super::socket::{ServerAddr, ServerReader, ServerStream, ServerWriter};
 use crate::auth::upstream::{login, UpstreamAuthError, UpstreamSecret};
+use crate::protocol::frame::{FrameError, MAX_SERVER_MESSAGE};
 use crate::protocol::io::{read_message, ReadError};
 use crate::protocol::messages::{self, parse_error_fields, ErrorFields};
 use bytes::BytesMut;
@@ -108,8 +109,6 @@ pub struct ServerConnection {
     pub target_generation: u64,
 }
 
-const MAX_SERVER_MESSAGE: usize = 1 << 30;
-
 impl ServerConnection {
     /// Connects and logs in, all within `timeout`.
     pub async fn connect(
@@ -193,7 +192,10 @@ impl ServerConnection {
                 b'S' => self.note_parameter_status(&msg[5..]),
                 b'C' if is_discard_tag(&msg[5..]) => self.prepared.clear(),
                 b'Z' => {
-                    let status = msg.get(5).copied().unwrap_or(b'I');
+                    if !crate::protocol::frame::valid_ready(&msg) {
+                        return Err(ReadError::Frame(FrameError::BadReady).into());
+                    }
+                    let status = msg[5];
                     return match error {
                         Some(e) => Err(ServerError::Statement(e)),
                         None => Ok(status),

@@ -21,7 +21,9 @@
 use crate::backend::server::{is_discard_tag, note_parameter_status};
 use crate::backend::ServerConnection;
 use crate::protocol::extended::{self, CLOSE_COMPLETE, PARSE_COMPLETE};
-use crate::protocol::frame::{is_backend_type, peek_frame};
+use crate::protocol::frame::{
+    is_backend_type, peek_frame, valid_ready, FrameError, MAX_SERVER_MESSAGE,
+};
 use bytes::{Buf, Bytes};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -709,22 +711,26 @@ impl Pipeline {
     /// the client is owed go to `dest` (as slices of the buffer, in order,
     /// with made-up replies in their places), replies to injected messages
     /// are dropped. `on_message` sees every message (tag, whole message).
-    /// Returns the type byte of a message no backend sends, if one came.
+    /// Fails on bytes that are no backend message (a type no backend sends,
+    /// a length out of bounds): the server is then unusable.
     pub fn server_messages<F>(
         &mut self,
         server: &mut ServerConnection,
         dest: &mut Vec<Bytes>,
         mut on_message: F,
-    ) -> Result<(), u8>
+    ) -> Result<(), FrameError>
     where
         F: FnMut(u8, &[u8]),
     {
         let mut pos = 0;
         // made-up replies held back for this reply go first
         self.emit_made(dest);
-        while let Ok(Some((tag, total))) = peek_frame(&server.rbuf[pos..], usize::MAX >> 1) {
+        while let Some((tag, total)) = peek_frame(&server.rbuf[pos..], MAX_SERVER_MESSAGE)? {
             if !is_backend_type(tag) {
-                return Err(tag);
+                return Err(FrameError::UnknownType(tag));
+            }
+            if tag == b'Z' && !valid_ready(&server.rbuf[pos..pos + total]) {
+                return Err(FrameError::BadReady);
             }
             on_message(tag, &server.rbuf[pos..pos + total]);
             match tag {

@@ -32,7 +32,8 @@ use crate::nplus1::store::Origin;
 use crate::nplus1::Detector;
 use crate::protocol::extended::PARSE_COMPLETE;
 use crate::protocol::frame::{
-    is_backend_type, is_frontend_type, missing_bytes, peek_frame, FrameError,
+    is_backend_type, is_frontend_type, missing_bytes, peek_frame, valid_ready, FrameError,
+    MAX_SERVER_MESSAGE,
 };
 use crate::protocol::messages::{self, Severity};
 use crate::sql::Kind;
@@ -174,6 +175,8 @@ enum Seen {
     },
     /// ParameterStatus
     Parameter,
+    /// a ReadyForQuery that is not one: the server is out of its mind
+    BadReady,
     Other,
 }
 
@@ -188,7 +191,10 @@ impl ServerSide<'_> {
         match tag {
             b'G' => self.state.copy_in_started(),
             b'C' => self.state.copy_over(tag),
-            b'Z' if msg.len() == 6 => {
+            b'Z' => {
+                if !valid_ready(msg) {
+                    return Seen::BadReady;
+                }
                 self.state.copy_over(tag);
                 let ended = self.state.ready(msg[5]);
                 if ended {
@@ -1087,17 +1093,23 @@ impl Session {
         }
         let now = Mono::now();
         let mut pos = 0;
-        while let Some((tag, total)) = peek_frame(&chunk[pos..], usize::MAX >> 1)
+        while let Some((tag, total)) = peek_frame(&chunk[pos..], MAX_SERVER_MESSAGE)
             .map_err(|e| End::ServerProtocol(e.to_string()))?
         {
             let msg = &chunk[pos..pos + total];
-            if let Seen::Ready { ended, .. } = server_side!(self).message(tag, msg, now) {
-                if ended {
-                    self.multiplexed.inc();
+            match server_side!(self).message(tag, msg, now) {
+                Seen::Ready { ended, .. } => {
+                    if ended {
+                        self.multiplexed.inc();
+                    }
+                    self.mux_replies = None;
+                    self.cancel.clear();
+                    self.info.set(ClientState::Idle, None);
                 }
-                self.mux_replies = None;
-                self.cancel.clear();
-                self.info.set(ClientState::Idle, None);
+                Seen::BadReady => {
+                    return Err(End::ServerProtocol(FrameError::BadReady.to_string()))
+                }
+                _ => {}
             }
             pos += total;
         }
@@ -1512,7 +1524,7 @@ impl Session {
                 }
                 to_client.push(b);
             }
-            return routed.map_err(|t| End::ServerProtocol(FrameError::UnknownType(t).to_string()));
+            return routed.map_err(|e| End::ServerProtocol(e.to_string()));
         }
         let server = &mut co.server;
         let mut side = server_side!(self);
@@ -1521,7 +1533,7 @@ impl Session {
         // the buffer is read in place: one slice for the whole batch, each
         // message a window of it
         let buf: &[u8] = &server.rbuf;
-        while let Some((tag, total)) = peek_frame(&buf[end..], usize::MAX >> 1)
+        while let Some((tag, total)) = peek_frame(&buf[end..], MAX_SERVER_MESSAGE)
             .map_err(|e| End::ServerProtocol(e.to_string()))?
         {
             let msg = &buf[end..end + total];
@@ -1542,6 +1554,9 @@ impl Session {
                     return Err(End::ServerProtocol(
                         FrameError::UnknownType(tag).to_string(),
                     ))
+                }
+                Seen::BadReady => {
+                    return Err(End::ServerProtocol(FrameError::BadReady.to_string()))
                 }
                 _ => {}
             }

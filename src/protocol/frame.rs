@@ -5,6 +5,11 @@
 /// Bytes in a message header: the type byte and the 4-byte length.
 pub const HEADER_LEN: usize = 5;
 
+/// The longest message pgsift accepts from a server. Postgres's own limit
+/// on a field is 1 GiB; anything near this is a broken or hostile upstream,
+/// whose bytes must not be buffered without bound.
+pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
 /// Why a byte stream cannot be framed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
@@ -19,6 +24,10 @@ pub enum FrameError {
         /// configured limit
         max: usize,
     },
+    /// A ReadyForQuery without its one status byte, or with a status no
+    /// server sends.
+    #[error("invalid ReadyForQuery message")]
+    BadReady,
     /// A type byte that this side of the protocol never sends.
     #[error("invalid message type \"{}\"", char::from(*.0).escape_default())]
     UnknownType(u8),
@@ -78,6 +87,13 @@ pub fn is_frontend_type(tag: u8) -> bool {
             | b'S'
             | b'X'
     )
+}
+
+/// True when `msg`, a whole ReadyForQuery, has its one status byte and the
+/// status is one Postgres sends (`I`, `T`, `E`).
+#[inline]
+pub fn valid_ready(msg: &[u8]) -> bool {
+    msg.len() == 6 && matches!(msg[5], b'I' | b'T' | b'E')
 }
 
 /// True for the message types a backend may send.
