@@ -341,3 +341,40 @@ async fn a_server_sending_no_message_ends_its_client_with_08p01() {
         }
     }
 }
+
+/// A PasswordMessage after login, or a CopyDone/CopyFail longer than
+/// Postgres accepts, is refused by pgsift with 08P01. Before, it went to the
+/// server, which closes the connection on either (`p` with a FATAL, an
+/// oversized message without a word); as neither is owed a reply, the
+/// server was back in the pool first and the next client's query died with
+/// it.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_a_server_would_die_of_get_08p01_and_spare_the_pool() {
+    use common::raw::message;
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "transaction", 1));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let by = tokio::spawn(bystander(proxy.conn_str("blog", "blogpw", "app"), stop_rx));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let big = vec![b'x'; 20_000];
+    let cases = [
+        ("a PasswordMessage", message(b'p', b"whatever\0")),
+        ("a 20,000-byte CopyDone", message(b'c', &big)),
+        ("a 20,000-byte CopyFail", message(b'f', &big)),
+        ("a 20,000-byte Sync", message(b'S', &big)),
+    ];
+    for _ in 0..10 {
+        for (what, bad) in &cases {
+            let mut s = raw_login(proxy.port).await;
+            s.write_all(bad).await.unwrap();
+            assert_eq!(
+                error_code(&read_until_closed(&mut s).await).as_deref(),
+                Some("08P01"),
+                "{what}"
+            );
+        }
+    }
+    stop_tx.send(true).unwrap();
+    let served = by.await.expect("the bystander saw no error");
+    assert!(served > 0);
+}

@@ -13,7 +13,7 @@ use pgsift::protocol::frame::{
 };
 
 /// Message types a frontend may send after startup, from the protocol docs.
-const FRONTEND: &[u8] = b"BCdcfDEHFPpQSX";
+const FRONTEND: &[u8] = b"BCdcfDEHFPQSX";
 /// Message types a backend may send, from the protocol docs.
 const BACKEND: &[u8] = b"RK23CdcGHWDIEVnNAtS1sZTv";
 

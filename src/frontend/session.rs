@@ -32,8 +32,8 @@ use crate::nplus1::store::Origin;
 use crate::nplus1::Detector;
 use crate::protocol::extended::PARSE_COMPLETE;
 use crate::protocol::frame::{
-    is_backend_type, is_frontend_type, missing_bytes, peek_frame, valid_ready, FrameError,
-    MAX_SERVER_MESSAGE,
+    frontend_limit, is_backend_type, is_frontend_type, missing_bytes, peek_frame, valid_ready,
+    FrameError, MAX_SERVER_MESSAGE,
 };
 use crate::protocol::messages::{self, Severity};
 use crate::sql::Kind;
@@ -1176,6 +1176,12 @@ impl Session {
             };
             if !is_frontend_type(tag) {
                 return Err(End::ClientProtocol(FrameError::UnknownType(tag)));
+            }
+            if total - 1 > frontend_limit(tag) {
+                // a server would drop the connection without a word, and
+                // pgsift might have handed it to someone else by then
+                let (len, max) = (total - 1, frontend_limit(tag));
+                return Err(End::ClientProtocol(FrameError::TooLarge { len, max }));
             }
             match tag {
                 b'X' => {

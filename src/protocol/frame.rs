@@ -69,24 +69,31 @@ pub fn missing_bytes(buf: &[u8]) -> usize {
 }
 
 /// True for the message types a frontend may send after startup.
+/// PasswordMessage (`p`) is not one of them: it belongs to authentication,
+/// and Postgres ends a session that sends it later.
 #[inline]
 pub fn is_frontend_type(tag: u8) -> bool {
     matches!(
         tag,
-        b'B' | b'C'
-            | b'd'
-            | b'c'
-            | b'f'
-            | b'D'
-            | b'E'
-            | b'H'
-            | b'F'
-            | b'P'
-            | b'p'
-            | b'Q'
-            | b'S'
-            | b'X'
+        b'B' | b'C' | b'd' | b'c' | b'f' | b'D' | b'E' | b'H' | b'F' | b'P' | b'Q' | b'S' | b'X'
     )
+}
+
+/// Postgres's limit on the length (the length field's value) of a frontend
+/// message that carries no data: Close, Describe, Execute, Flush, Sync,
+/// Terminate, CopyDone and CopyFail. A server closes a connection that sends
+/// a longer one, without a word, so pgsift refuses it first.
+pub const SMALL_MESSAGE_LIMIT: usize = 10_000;
+
+/// The most bytes (the length field's value) Postgres accepts in a frontend
+/// message of type `tag`: [`SMALL_MESSAGE_LIMIT`] for the small ones,
+/// otherwise no limit of its own beyond the configured maximum.
+#[inline]
+pub fn frontend_limit(tag: u8) -> usize {
+    match tag {
+        b'C' | b'D' | b'E' | b'H' | b'S' | b'X' | b'c' | b'f' => SMALL_MESSAGE_LIMIT,
+        _ => usize::MAX,
+    }
 }
 
 /// True when `msg`, a whole ReadyForQuery, has its one status byte and the
