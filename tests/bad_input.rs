@@ -378,3 +378,42 @@ async fn messages_a_server_would_die_of_get_08p01_and_spare_the_pool() {
     let served = by.await.expect("the bystander saw no error");
     assert!(served > 0);
 }
+
+/// A server that stops answering while pgsift brings its settings in line
+/// with a client's (transaction mode, at checkout) is given up after a few
+/// seconds: the client gets an error instead of waiting forever, and the
+/// pool slot is free again. Before, the session hung for good and held the
+/// pool's only server, so everyone else got 53300.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_stuck_in_a_settings_change_is_given_up() {
+    use common::raw::{first_error, query, raw_login_with, read_until};
+    // the settings change names the application: the fake never answers it
+    let upstream = misbehaving_upstream(Vec::new()).await;
+    let proxy = Proxy::start(&format!(
+        "databases:\n  app: {{host: 127.0.0.1, port: {upstream}, pool_mode: transaction, pool_size: 1}}\npool:\n  checkout_timeout: 20s\n"
+    ));
+    // a plain client first, so the pool's defaults are known and the next
+    // login needs no server
+    let mut plain = raw_login(proxy.port).await;
+    plain.write_all(&query("SELECT 1")).await.unwrap();
+    assert_eq!(first_error(&read_until(&mut plain, b'Z').await), None);
+
+    let mut stuck = raw_login_with(proxy.port, &[("application_name", "misbehave")]).await;
+    stuck.write_all(&query("SELECT 1")).await.unwrap();
+    let started = Instant::now();
+    let mut rbuf = BytesMut::new();
+    let got = tokio::time::timeout(
+        Duration::from_secs(15),
+        pgsift::protocol::io::read_message(&mut stuck, &mut rbuf, 1 << 20),
+    )
+    .await
+    .expect("the client waited more than 15 s for its server")
+    .expect("an answer, not a closed socket");
+    assert_eq!(got.0, b'E', "an error: {got:?}");
+    assert_eq!(error_code(&got.1).as_deref(), Some("08006"));
+    // the pool's one slot is free: the plain client is served at once
+    plain.write_all(&query("SELECT 2")).await.unwrap();
+    let msgs = read_until(&mut plain, b'Z').await;
+    assert_eq!(first_error(&msgs), None, "{msgs:?}");
+    assert!(started.elapsed() < Duration::from_secs(12));
+}

@@ -54,7 +54,21 @@ pub enum ServerError {
     /// the connection broke
     #[error("server connection lost: {0}")]
     Read(#[from] ReadError),
+    /// a statement pgsift ran got no answer in time: the server (or the
+    /// network to it) is stuck, and the connection is no longer usable
+    #[error("server did not answer within {0:?}")]
+    Unresponsive(Duration),
 }
+
+/// How long a statement pgsift runs itself on a server (settings, ROLLBACK,
+/// DISCARD ALL, DEALLOCATE) may take. Each is quick; a server that has not
+/// answered by then is stuck, and waiting longer would hold its client and
+/// its pool slot.
+pub const OWN_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The same for pgsift's catalog queries (the cache's function facts),
+/// which read more.
+pub const OWN_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ServerError {
     /// The SQLSTATE a client should see for this failure.
@@ -178,8 +192,15 @@ impl ServerConnection {
     /// Runs a simple query that pgsift issued itself and consumes its replies
     /// up to ReadyForQuery. Returns the transaction status. An ErrorResponse
     /// is returned as an error after the ReadyForQuery has been read, so the
-    /// connection stays usable.
+    /// connection stays usable. A server that has not answered within
+    /// [`OWN_STATEMENT_TIMEOUT`] is unusable ([`ServerError::Unresponsive`]).
     pub async fn run_simple(&mut self, sql: &str) -> Result<u8, ServerError> {
+        crate::timer::timeout(OWN_STATEMENT_TIMEOUT, self.run_simple_unbounded(sql))
+            .await
+            .unwrap_or(Err(ServerError::Unresponsive(OWN_STATEMENT_TIMEOUT)))
+    }
+
+    async fn run_simple_unbounded(&mut self, sql: &str) -> Result<u8, ServerError> {
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
         self.writer.write_all(&out).await.map_err(ReadError::Io)?;
@@ -287,8 +308,19 @@ impl ServerConnection {
         Ok(())
     }
 
-    /// Runs a query pgsift issued itself and returns its rows as text.
+    /// Runs a query pgsift issued itself and returns its rows as text. A
+    /// server that has not answered within [`OWN_QUERY_TIMEOUT`] is unusable
+    /// ([`ServerError::Unresponsive`]).
     pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        crate::timer::timeout(OWN_QUERY_TIMEOUT, self.query_rows_unbounded(sql))
+            .await
+            .unwrap_or(Err(ServerError::Unresponsive(OWN_QUERY_TIMEOUT)))
+    }
+
+    async fn query_rows_unbounded(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
         self.writer.write_all(&out).await.map_err(ReadError::Io)?;

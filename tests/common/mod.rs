@@ -948,9 +948,16 @@ pub mod raw {
 
     /// Logs in over a raw socket (SCRAM) and returns it after ReadyForQuery.
     pub async fn raw_login(port: u16) -> TcpStream {
+        raw_login_with(port, &[]).await
+    }
+
+    /// [`raw_login`] with more startup parameters.
+    pub async fn raw_login_with(port: u16, params: &[(&str, &str)]) -> TcpStream {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut buf = BytesMut::new();
-        frontend::startup_message([("user", "blog"), ("database", "app")], &mut buf).unwrap();
+        let mut all = vec![("user", "blog"), ("database", "app")];
+        all.extend_from_slice(params);
+        frontend::startup_message(all, &mut buf).unwrap();
         s.write_all(&buf).await.unwrap();
         let mut rbuf = BytesMut::new();
         let mut scram: Option<ScramSha256> = None;
