@@ -155,3 +155,40 @@ async fn sighup_with_a_broken_file_keeps_the_old_config_serving() {
     c2.simple_query("SELECT 1").await.unwrap();
     assert!(proxy.log().contains("reload rejected"), "{}", proxy.log());
 }
+
+/// Both of pgsift's sockets of a session, the client's and the server's,
+/// have TCP keepalive on (as Postgres's and PgBouncer's do by default), so
+/// a peer that vanished without closing (a dead host, a NAT that forgot
+/// the flow) does not hold a session and its server for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_and_server_sockets_have_tcp_keepalive() {
+    let pg = common::shared_postgres();
+    let proxy = Proxy::start(&common::databases_yaml(pg, "session", 2));
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    let pid = format!("pid={},", proxy.pid());
+    let client_side = format!("127.0.0.1:{} ", proxy.port);
+    let server_side = format!("127.0.0.1:{} ", pg.port);
+    // ss shows one timer per socket: keepalive's once nothing is in flight
+    // (an unacknowledged send shows the retransmission timer instead)
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new("ss")
+            .args(["-tnopH", "state", "established"])
+            .output()
+            .expect("ss (iproute2)");
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ours: Vec<&str> = last.lines().filter(|l| l.contains(&pid)).collect();
+        let keepalive = |needle: &str| {
+            ours.iter()
+                .any(|l| l.contains(needle) && l.contains("timer:(keepalive"))
+        };
+        if keepalive(&client_side) && keepalive(&server_side) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("pgsift's client and server sockets should both show a keepalive timer:\n{last}");
+}

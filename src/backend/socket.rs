@@ -75,6 +75,14 @@ pub enum ServerWriter {
     Unix(unix::OwnedWriteHalf),
 }
 
+/// Turns on TCP keepalive (with the system's timings, as Postgres and
+/// PgBouncer do by default): a peer that vanished without a FIN or RST (a
+/// host that died, a NAT or firewall that forgot the flow) is noticed in the
+/// end instead of holding its connection, and a pool slot, for ever.
+pub fn keepalive(s: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_keepalive(s, true);
+}
+
 impl ServerStream {
     /// Connects to `host` (a name, an address or a socket directory).
     pub async fn connect(host: &str, port: u16) -> io::Result<(ServerStream, ServerAddr)> {
@@ -90,6 +98,7 @@ impl ServerStream {
             .unwrap_or(host);
         let s = TcpStream::connect((name, port)).await?;
         s.set_nodelay(true).ok();
+        keepalive(&s);
         let peer = s.peer_addr()?;
         Ok((ServerStream::Tcp(s), ServerAddr::Tcp(peer)))
     }

@@ -32,6 +32,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
             }
         };
         socket.set_nodelay(true).ok();
+        crate::backend::socket::keepalive(&socket);
         let app = app.clone();
         match app.try_client_slot() {
             Some(slot) => {
