@@ -697,6 +697,13 @@ pub async fn kill_client_inside_update_and_check_the_row_is_free(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // rolled back, not committed: the row is as it was (v = 0; each call
+    // leaves it so)
+    assert_eq!(
+        pg.psql("app", &format!("SELECT v FROM {table} WHERE id = 1")),
+        "0",
+        "the dead client's update was committed"
+    );
     // the row is not locked: an update with lock_timeout succeeds
     pg.psql(
         "app",
@@ -924,10 +931,15 @@ pub mod raw {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    /// Reads until the server closes or 5 s pass; returns what arrived.
+    /// Reads until the server closes the connection and returns what
+    /// arrived; fails the test when it is still open after 5 s.
     pub async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
         let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        assert!(
+            read.is_ok(),
+            "the connection is still open after 5 s; it sent {out:?}"
+        );
         out
     }
 
