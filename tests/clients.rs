@@ -81,6 +81,48 @@ fn check_prints_every_error_with_its_key_path_and_exits_1() {
     }
 }
 
+/// `pgsift check` on a config file holding `yaml`: its exit code and
+/// what it printed on stderr.
+fn check(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = pgsift()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_refuses_a_log_level_that_is_no_level() {
+    // tracing reads a bare word that is no level as a target name, which
+    // would silence every log line
+    for level in ["warning", "inf", "verbose", "pgsift=debug,warning"] {
+        let (code, err) = check(&format!("logging:\n  level: \"{level}\"\n"));
+        assert_eq!(code, Some(1), "{level}: {err}");
+        assert!(
+            err.contains("logging.level:") && err.contains(level),
+            "{level}: {err}"
+        );
+    }
+    for level in [
+        "warn",
+        "INFO",
+        "off",
+        "pgsift=debug,warn",
+        "pgsift::frontend",
+    ] {
+        let (code, err) = check(&format!("logging:\n  level: \"{level}\"\n"));
+        assert_eq!(code, Some(0), "{level}: {err}");
+    }
+}
+
 #[test]
 fn version_and_help_describe_the_program() {
     let out = pgsift().arg("--version").output().unwrap();

@@ -597,6 +597,15 @@ impl Config {
         let level = l.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             e.push("logging.level", format!("invalid value \"{level}\""));
+        } else if let Some(word) = level
+            .split(',')
+            .map(str::trim)
+            .find(|d| !bare_word_is_a_level(d))
+        {
+            e.push(
+                "logging.level",
+                format!("invalid value \"{level}\": \"{word}\" is not a level (expected error, warn, info, debug, trace or off, or a TARGET=LEVEL directive)"),
+            );
         }
 
         for name in &admin_users {
@@ -722,6 +731,18 @@ impl Config {
     }
 }
 
+/// False for a directive of a tracing filter that is a bare word but no
+/// level: tracing reads `warning` as the name of a target, which would
+/// silence every log line. A directive with a `=`, a path (`::`) or a span
+/// filter (`[…]`) is left to tracing's own parser.
+fn bare_word_is_a_level(directive: &str) -> bool {
+    directive.is_empty()
+        || directive.contains(['=', ':', '[', ']', '{', '}'])
+        || directive
+            .parse::<tracing::level_filters::LevelFilter>()
+            .is_ok()
+}
+
 /// A key path as the value errors write it: `databases.blog.pool_size`,
 /// `users[0].name`.
 fn key_path(path: &serde_ignored::Path) -> String {
@@ -796,6 +817,30 @@ mod tests {
             err.0.iter().any(|l| l.starts_with("pool.connect_timeout:")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_bare_word_in_the_log_level_must_be_a_level() {
+        for ok in [
+            "info",
+            "WARN",
+            "3",
+            "pgsift=debug,warn",
+            "pgsift::cache",
+            "[conn]=debug",
+        ] {
+            assert!(
+                Config::parse(&format!("logging:\n  level: \"{ok}\"\n")).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["warning", "pgsift=debug, verbose"] {
+            let err = Config::parse(&format!("logging:\n  level: \"{bad}\"\n")).unwrap_err();
+            assert!(
+                err.0[0].starts_with("logging.level: invalid value"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
