@@ -184,6 +184,30 @@ async fn metrics_expose_every_family_and_label_and_move_with_traffic() {
     assert!(after.docs.contains_key("pgsift_query_duration_seconds"));
 }
 
+/// README: /metrics has every family of SPEC §9 from the start, series or
+/// not (Prometheus text allows a family's HELP and TYPE without samples).
+#[test]
+fn metrics_list_every_family_before_any_traffic() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}cache:\n  backend: \"off\"\n",
+        databases_yaml(pg, "transaction", 2)
+    ));
+    let (status, body) = http_get(proxy.admin_port, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    for (family, _) in FAMILIES {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(&format!("# TYPE {family} "))),
+            "{family} missing:\n{body}"
+        );
+    }
+    let parsed = scrape(&proxy);
+    for (family, _) in FAMILIES {
+        assert!(parsed.docs.contains_key(*family), "no HELP for {family}");
+    }
+}
+
 #[test]
 fn every_dashboard_query_references_an_exported_metric() {
     let pg = shared_postgres();
