@@ -163,12 +163,7 @@ async fn execute(app: &Arc<App>, command: &str) -> Reply {
         ["PAUSE"] | ["PAUSE", _] => pause(app, arg.as_deref()).await,
         ["RESUME"] | ["RESUME", _] => {
             let db = arg.as_deref();
-            match db {
-                None => app.paused.write().clear(),
-                Some(d) => {
-                    app.paused.write().remove(d);
-                }
-            }
+            app.paused.write().resume(db);
             for p in app.pools.iter().filter(|p| db.is_none_or(|d| p.database == d)) {
                 p.resume();
             }
@@ -193,7 +188,7 @@ async fn pause(app: &Arc<App>, db: Option<&str>) -> Reply {
             return Reply::Error("3D000", format!("database \"{d}\" does not exist"));
         }
     }
-    app.paused.write().insert(db.unwrap_or("*").to_owned());
+    app.paused.write().pause(db);
     let pools: Vec<_> = app
         .pools
         .iter()
