@@ -124,6 +124,36 @@ fn check_refuses_a_log_level_that_is_no_level() {
 }
 
 #[test]
+fn check_refuses_pool_sizes_beyond_their_bound() {
+    let huge = "9223372036854775807";
+    for (yaml, key) in [
+        (
+            format!("databases:\n  blog:\n    pool_size: {huge}\n"),
+            "databases.blog.pool_size:",
+        ),
+        (
+            format!("databases:\n  blog:\n    min_pool_size: {huge}\n"),
+            "databases.blog.min_pool_size:",
+        ),
+        (
+            format!("pool:\n  max_client_conn: {huge}\n"),
+            "pool.max_client_conn:",
+        ),
+        (
+            format!("pool:\n  multiplex_servers: {huge}\n"),
+            "pool.multiplex_servers:",
+        ),
+        (format!("worker_threads: {huge}\n"), "worker_threads:"),
+    ] {
+        let (code, err) = check(&yaml);
+        assert_eq!(code, Some(1), "{yaml}: {err}");
+        assert!(err.contains(key) && err.contains(huge), "{yaml}: {err}");
+    }
+    let (code, err) = check("databases:\n  blog:\n    pool_size: 10000\n    min_pool_size: 10\n");
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
 fn version_and_help_describe_the_program() {
     let out = pgsift().arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pgsift "));

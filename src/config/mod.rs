@@ -241,9 +241,20 @@ impl Errors {
             }),
         }
     }
-    fn count(&mut self, path: &str, v: Option<i64>, default: usize, min: i64) -> usize {
+    fn count(
+        &mut self,
+        path: &str,
+        v: Option<i64>,
+        default: usize,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> usize {
+        let (min, max) = (*range.start(), *range.end());
         match v {
             None => default,
+            Some(n) if n > max => {
+                self.push(path, format!("invalid value {n} (must be <= {max})"));
+                default
+            }
             Some(n) if n < min => {
                 self.push(
                     path,
@@ -266,6 +277,15 @@ impl Errors {
         s.to_owned()
     }
 }
+
+/// Most server connections of one pool, and most servers a pool keeps
+/// open or multiplexes: far above what a Postgres serves (a pool's slots
+/// are a tokio semaphore, which panics past its own maximum).
+pub const MAX_POOL_SIZE: i64 = 10_000;
+/// Most clients at once (`pool.max_client_conn`): each holds a socket.
+pub const MAX_CLIENT_CONN: i64 = 1_000_000;
+/// Most session runtime threads (`worker_threads`).
+pub const MAX_WORKER_THREADS: i64 = 1024;
 
 /// Default client listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
@@ -330,7 +350,12 @@ impl Config {
             raw.shutdown_timeout.as_ref(),
             Duration::from_secs(30),
         );
-        let worker_threads = e.count("worker_threads", raw.worker_threads, 0, 0);
+        let worker_threads = e.count(
+            "worker_threads",
+            raw.worker_threads,
+            0,
+            0..=MAX_WORKER_THREADS,
+        );
         let busy_poll = e.duration("busy_poll", raw.busy_poll.as_ref(), Duration::ZERO);
         let admin = raw.admin.unwrap_or_default();
         let admin_listen = e.addr("admin.listen", admin.listen.as_ref(), DEFAULT_ADMIN_LISTEN);
@@ -424,8 +449,18 @@ impl Config {
                     PoolMode::Transaction
                 }
             };
-            let pool_size = e.count(&format!("{path}.pool_size"), d.pool_size, 20, 1);
-            let min_pool_size = e.count(&format!("{path}.min_pool_size"), d.min_pool_size, 0, 0);
+            let pool_size = e.count(
+                &format!("{path}.pool_size"),
+                d.pool_size,
+                20,
+                1..=MAX_POOL_SIZE,
+            );
+            let min_pool_size = e.count(
+                &format!("{path}.min_pool_size"),
+                d.min_pool_size,
+                0,
+                0..=MAX_POOL_SIZE,
+            );
             if min_pool_size > pool_size {
                 e.push(
                     &format!("{path}.min_pool_size"),
@@ -472,15 +507,25 @@ impl Config {
                 p.server_lifetime.as_ref(),
                 Duration::from_secs(3600),
             ),
-            max_client_conn: e.count("pool.max_client_conn", p.max_client_conn, 10_000, 1),
+            max_client_conn: e.count(
+                "pool.max_client_conn",
+                p.max_client_conn,
+                10_000,
+                1..=MAX_CLIENT_CONN,
+            ),
             max_prepared_statements: e.count(
                 "pool.max_prepared_statements",
                 p.max_prepared_statements,
                 1000,
-                0,
+                0..=i64::MAX,
             ),
             prepare_unnamed_statements: p.prepare_unnamed_statements.unwrap_or(false),
-            multiplex_servers: e.count("pool.multiplex_servers", p.multiplex_servers, 0, 0),
+            multiplex_servers: e.count(
+                "pool.multiplex_servers",
+                p.multiplex_servers,
+                0,
+                0..=MAX_POOL_SIZE,
+            ),
             client_login_timeout: e.duration(
                 "pool.client_login_timeout",
                 p.client_login_timeout.as_ref(),
@@ -567,7 +612,7 @@ impl Config {
         let n = raw.n_plus_one.unwrap_or_default();
         let n_plus_one = NPlusOneConfig {
             enabled: n.enabled.unwrap_or(true),
-            min_repeats: e.count("n_plus_one.min_repeats", n.min_repeats, 5, 2),
+            min_repeats: e.count("n_plus_one.min_repeats", n.min_repeats, 5, 2..=i64::MAX),
             max_gap: e.duration(
                 "n_plus_one.max_gap",
                 n.max_gap.as_ref(),
