@@ -948,9 +948,15 @@ pub mod raw {
 
     /// Logs in over a raw socket (SCRAM) and returns it after ReadyForQuery.
     pub async fn raw_login(port: u16) -> TcpStream {
+        raw_login_as(port, "blog", "blogpw", "app").await
+    }
+
+    /// Logs in as `user` with `password` to `database` over a raw socket
+    /// (SCRAM) and returns it after ReadyForQuery.
+    pub async fn raw_login_as(port: u16, user: &str, password: &str, database: &str) -> TcpStream {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut buf = BytesMut::new();
-        frontend::startup_message([("user", "blog"), ("database", "app")], &mut buf).unwrap();
+        frontend::startup_message([("user", user), ("database", database)], &mut buf).unwrap();
         s.write_all(&buf).await.unwrap();
         let mut rbuf = BytesMut::new();
         let mut scram: Option<ScramSha256> = None;
@@ -964,7 +970,8 @@ pub mod raw {
                 b'R' => match u32::from_be_bytes(body[..4].try_into().unwrap()) {
                     0 => {}
                     10 => {
-                        let sc = ScramSha256::new(b"blogpw", ChannelBinding::unsupported());
+                        let sc =
+                            ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
                         frontend::sasl_initial_response("SCRAM-SHA-256", sc.message(), &mut buf)
                             .unwrap();
                         scram = Some(sc);
