@@ -154,6 +154,49 @@ fn check_refuses_pool_sizes_beyond_their_bound() {
 }
 
 #[test]
+fn check_loads_the_tls_files_and_looks_for_the_report_files_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_cert(dir.path());
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (_, other_key) = self_signed_cert(&other);
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a PEM file\n").unwrap();
+    let tls = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "tls: {{cert: {}, key: {}, mode: allow}}\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let (code, err) = check(&tls(&cert, &key));
+    assert_eq!(code, Some(0), "{err}");
+    for (yaml, want) in [
+        (tls(&garbage, &key), "tls.cert:"),
+        (tls(&cert, &garbage), "tls.key:"),
+        (tls(&cert, &other_key), "tls.key:"),
+    ] {
+        let (code, err) = check(&yaml);
+        assert_eq!(code, Some(1), "{yaml}: {err}");
+        assert!(err.contains(want), "{yaml}: {err}");
+    }
+    let (code, err) = check(&format!(
+        "n_plus_one:\n  report_file: {}\n",
+        dir.path().join("no-such-dir").join("n.jsonl").display()
+    ));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("n_plus_one.report_file:") && err.contains("no-such-dir"),
+        "{err}"
+    );
+    let (code, err) = check(&format!(
+        "n_plus_one:\n  report_file: {}\n",
+        dir.path().join("n.jsonl").display()
+    ));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
 fn version_and_help_describe_the_program() {
     let out = pgsift().arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pgsift "));

@@ -391,6 +391,16 @@ impl Config {
             let key = file("key", t.key);
             TlsConfig { cert, key, mode }
         });
+        // Loaded as at start, so that a certificate or key that would stop
+        // the start (no PEM, a key of another certificate) fails the check.
+        if let Some(t) = tls.as_ref().filter(|t| t.mode != TlsMode::Disable) {
+            if Path::new(&t.cert).is_file() && Path::new(&t.key).is_file() {
+                if let Err(err) = crate::frontend::tls::acceptor(t) {
+                    // the message starts with its key: tls.cert or tls.key
+                    e.0.push(format!("{err:#}"));
+                }
+            }
+        }
 
         let mut users = BTreeMap::new();
         for (i, u) in raw.users.into_iter().enumerate() {
@@ -625,6 +635,18 @@ impl Config {
             ),
             report_file: n.report_file,
         };
+        if let Some(file) = &n_plus_one.report_file {
+            // a relative name without a directory lives in the working directory
+            let dir = Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+                e.push(
+                    "n_plus_one.report_file",
+                    format!("directory \"{}\" of \"{file}\" not found", dir.display()),
+                );
+            }
+        }
 
         let l = raw.logging.unwrap_or_default();
         let slow_statement = e.duration(
