@@ -53,8 +53,8 @@ pub struct App {
     pub cache: Option<Arc<QueryCache>>,
     /// busy polling while clients are active (`busy_poll`)
     pub busy_poll: Arc<crate::busy_poll::BusyPoll>,
-    /// databases paused by the admin console (`*` = all)
-    pub paused: RwLock<std::collections::HashSet<String>>,
+    /// databases paused by the admin console
+    pub paused: RwLock<Paused>,
     /// bumped on every reload, so sessions can pick up new thresholds
     pub generation: std::sync::atomic::AtomicU64,
     /// the config file, for RELOAD (None with --upstream)
@@ -218,8 +218,7 @@ impl App {
                 )
             })
             .clone();
-        let paused = self.paused.read();
-        if paused.contains("*") || paused.contains(database) {
+        if self.paused.read().contains(database) {
             pool.pause();
         }
         Some(pool)
@@ -264,6 +263,53 @@ impl App {
         self.listening.load(Ordering::Relaxed)
             && self.upstream_answered.load(Ordering::Relaxed)
             && !self.is_shutting_down()
+    }
+}
+
+/// The databases the admin console paused: all of them after `PAUSE`
+/// except those resumed by name since, and those paused by name. A pool
+/// opened later for a paused database starts paused.
+#[derive(Debug, Default)]
+pub struct Paused {
+    /// `PAUSE` without a database
+    all: bool,
+    /// resumed by name since `PAUSE`
+    resumed: std::collections::HashSet<String>,
+    /// paused by name
+    named: std::collections::HashSet<String>,
+}
+
+impl Paused {
+    /// `PAUSE [db]`.
+    pub fn pause(&mut self, db: Option<&str>) {
+        match db {
+            None => {
+                self.all = true;
+                self.resumed.clear();
+            }
+            Some(d) => {
+                self.resumed.remove(d);
+                self.named.insert(d.to_owned());
+            }
+        }
+    }
+
+    /// `RESUME [db]`.
+    pub fn resume(&mut self, db: Option<&str>) {
+        match db {
+            None => *self = Paused::default(),
+            Some(d) => {
+                self.named.remove(d);
+                if self.all {
+                    self.resumed.insert(d.to_owned());
+                }
+            }
+        }
+    }
+
+    /// Whether `db`'s pools are paused.
+    pub fn contains(&self, db: &str) -> bool {
+        self.named.contains(db) || (self.all && !self.resumed.contains(db))
     }
 }
 
@@ -376,5 +422,26 @@ pub fn pool_settings(config: &Config, d: &DatabaseConfig) -> PoolSettings {
             }
             crate::config::PoolMode::Session => 0,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Paused;
+
+    #[test]
+    fn resuming_one_database_after_pausing_all_leaves_the_others_paused() {
+        let mut p = Paused::default();
+        p.pause(None);
+        p.resume(Some("app"));
+        assert!(!p.contains("app"));
+        assert!(p.contains("blog"));
+        p.pause(Some("app"));
+        assert!(p.contains("app"));
+        p.resume(None);
+        assert!(!p.contains("app") && !p.contains("blog"));
+        p.pause(Some("blog"));
+        p.resume(Some("app"));
+        assert!(p.contains("blog") && !p.contains("app"));
     }
 }

@@ -54,6 +54,16 @@ pub struct Metrics {
     /// pre-resolved byte counters (hot path)
     pub bytes: ByteCounters,
     applications: Mutex<HashSet<String>>,
+    /// every family registered, for those with no series yet
+    families: Vec<Family>,
+}
+
+/// A family's name, help and type: what the text format says of a family
+/// that has no series yet.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
 }
 
 /// The four byte counters, resolved once.
@@ -79,21 +89,26 @@ impl Metrics {
     /// Registers every family.
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let int_gauge = |name: &str, help: &str, labels: &[&str]| {
+        let families = std::cell::RefCell::new(Vec::new());
+        let declare = |name, help, kind| families.borrow_mut().push(Family { name, help, kind });
+        let int_gauge = |name: &'static str, help: &'static str, labels: &[&str]| {
+            declare(name, help, "gauge");
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
                 .register(Box::new(g.clone()))
                 .expect("unique metric");
             g
         };
-        let counter = |name: &str, help: &str, labels: &[&str]| {
+        let counter = |name: &'static str, help: &'static str, labels: &[&str]| {
+            declare(name, help, "counter");
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
             c
         };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
+        let histogram = |name: &'static str, help: &'static str, labels: &[&str]| {
+            declare(name, help, "histogram");
             let h = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
                 labels,
@@ -149,25 +164,24 @@ impl Metrics {
             "Cache invalidations",
             &["database"],
         );
-        let cache_bytes = GaugeVec::new(
-            Opts::new("pgsift_cache_bytes", "Bytes held by the cache"),
+        let gauge = |name: &'static str, help: &'static str, labels: &[&str]| {
+            declare(name, help, "gauge");
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let cache_bytes = gauge(
+            "pgsift_cache_bytes",
+            "Bytes held by the cache",
             &["backend"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(cache_bytes.clone()))
-            .expect("unique metric");
-        let cache_healthy = GaugeVec::new(
-            Opts::new(
-                "pgsift_cache_healthy",
-                "1 while the cache backend serves reads; 0 while it is unreachable or owes an invalidation",
-            ),
+        );
+        let cache_healthy = gauge(
+            "pgsift_cache_healthy",
+            "1 while the cache backend serves reads; 0 while it is unreachable or owes an invalidation",
             &["backend"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(cache_healthy.clone()))
-            .expect("unique metric");
+        );
         let n_plus_one_bursts_total = counter(
             "pgsift_n_plus_one_bursts_total",
             "N+1 bursts detected",
@@ -202,6 +216,7 @@ impl Metrics {
             bytes_total,
             bytes,
             applications: Mutex::new(HashSet::new()),
+            families: families.into_inner(),
         }
     }
 
@@ -234,14 +249,28 @@ impl Metrics {
         "other".to_owned()
     }
 
-    /// The text exposition of every family.
+    /// The text exposition of every family. The encoder leaves out a
+    /// family that has no series yet (no traffic, no pool): its HELP and
+    /// TYPE lines are written all the same, so every family is listed from
+    /// the start.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+        let gathered = self.registry.gather();
+        if let Err(e) = encoder.encode(&gathered, &mut buf) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
-        String::from_utf8(buf).unwrap_or_default()
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        for f in &self.families {
+            if !gathered.iter().any(|mf| mf.name() == f.name) {
+                let help = f.help.replace('\\', "\\\\").replace('\n', "\\n");
+                text.push_str(&format!(
+                    "# HELP {} {help}\n# TYPE {} {}\n",
+                    f.name, f.name, f.kind
+                ));
+            }
+        }
+        text
     }
 }
 
@@ -324,6 +353,23 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn families_without_series_still_have_their_help_and_type() {
+        let text = Metrics::new().render();
+        for (family, kind) in [
+            ("pgsift_client_connections", "gauge"),
+            ("pgsift_pool_wait_seconds", "histogram"),
+            ("pgsift_queries_total", "counter"),
+            ("pgsift_cache_bytes", "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} {kind}\n")),
+                "{family}: {text}"
+            );
+        }
+        assert_eq!(text.matches("# TYPE pgsift_errors_total ").count(), 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
-use common::raw::{error_code, raw_login, read_until_closed};
+use common::raw::{error_code, raw_login, raw_login_as, read_until_closed};
 use common::{connect, databases_yaml, shared_postgres, Proxy};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -416,4 +416,28 @@ async fn a_server_stuck_in_a_settings_change_is_given_up() {
     let msgs = read_until(&mut plain, b'Z').await;
     assert_eq!(first_error(&msgs), None, "{msgs:?}");
     assert!(started.elapsed() < Duration::from_secs(12));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_or_malformed_admin_console_message_gets_08p01() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "transaction", 2));
+    // a Query announcing 2 MiB: the console reads at most 1 MiB
+    let mut s = raw_login_as(proxy.port, "admin", "adminpw", "pgsift").await;
+    let mut m = BytesMut::new();
+    m.put_u8(b'Q');
+    m.put_u32(2 << 20);
+    m.put_slice(b"SHOW POOLS");
+    s.write_all(&m).await.unwrap();
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
+    // a length below 4
+    let mut s = raw_login_as(proxy.port, "admin", "adminpw", "pgsift").await;
+    s.write_all(&[b'Q', 0, 0, 0, 1]).await.unwrap();
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
 }

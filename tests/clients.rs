@@ -81,6 +81,121 @@ fn check_prints_every_error_with_its_key_path_and_exits_1() {
     }
 }
 
+/// `pgsift check` on a config file holding `yaml`: its exit code and
+/// what it printed on stderr.
+fn check(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = pgsift()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_refuses_a_log_level_that_is_no_level() {
+    // tracing reads a bare word that is no level as a target name, which
+    // would silence every log line
+    for level in ["warning", "inf", "verbose", "pgsift=debug,warning"] {
+        let (code, err) = check(&format!("logging:\n  level: \"{level}\"\n"));
+        assert_eq!(code, Some(1), "{level}: {err}");
+        assert!(
+            err.contains("logging.level:") && err.contains(level),
+            "{level}: {err}"
+        );
+    }
+    for level in [
+        "warn",
+        "INFO",
+        "off",
+        "pgsift=debug,warn",
+        "pgsift::frontend",
+    ] {
+        let (code, err) = check(&format!("logging:\n  level: \"{level}\"\n"));
+        assert_eq!(code, Some(0), "{level}: {err}");
+    }
+}
+
+#[test]
+fn check_refuses_pool_sizes_beyond_their_bound() {
+    let huge = "9223372036854775807";
+    for (yaml, key) in [
+        (
+            format!("databases:\n  blog:\n    pool_size: {huge}\n"),
+            "databases.blog.pool_size:",
+        ),
+        (
+            format!("databases:\n  blog:\n    min_pool_size: {huge}\n"),
+            "databases.blog.min_pool_size:",
+        ),
+        (
+            format!("pool:\n  max_client_conn: {huge}\n"),
+            "pool.max_client_conn:",
+        ),
+        (
+            format!("pool:\n  multiplex_servers: {huge}\n"),
+            "pool.multiplex_servers:",
+        ),
+        (format!("worker_threads: {huge}\n"), "worker_threads:"),
+    ] {
+        let (code, err) = check(&yaml);
+        assert_eq!(code, Some(1), "{yaml}: {err}");
+        assert!(err.contains(key) && err.contains(huge), "{yaml}: {err}");
+    }
+    let (code, err) = check("databases:\n  blog:\n    pool_size: 10000\n    min_pool_size: 10\n");
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn check_loads_the_tls_files_and_looks_for_the_report_files_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_cert(dir.path());
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (_, other_key) = self_signed_cert(&other);
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a PEM file\n").unwrap();
+    let tls = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "tls: {{cert: {}, key: {}, mode: allow}}\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let (code, err) = check(&tls(&cert, &key));
+    assert_eq!(code, Some(0), "{err}");
+    for (yaml, want) in [
+        (tls(&garbage, &key), "tls.cert:"),
+        (tls(&cert, &garbage), "tls.key:"),
+        (tls(&cert, &other_key), "tls.key:"),
+    ] {
+        let (code, err) = check(&yaml);
+        assert_eq!(code, Some(1), "{yaml}: {err}");
+        assert!(err.contains(want), "{yaml}: {err}");
+    }
+    let (code, err) = check(&format!(
+        "n_plus_one:\n  report_file: {}\n",
+        dir.path().join("no-such-dir").join("n.jsonl").display()
+    ));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("n_plus_one.report_file:") && err.contains("no-such-dir"),
+        "{err}"
+    );
+    let (code, err) = check(&format!(
+        "n_plus_one:\n  report_file: {}\n",
+        dir.path().join("n.jsonl").display()
+    ));
+    assert_eq!(code, Some(0), "{err}");
+}
+
 #[test]
 fn version_and_help_describe_the_program() {
     let out = pgsift().arg("--version").output().unwrap();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{connect, setup_roles, Postgres, Proxy};
+use common::{connect, http_get, setup_roles, Postgres, Proxy};
 use std::time::{Duration, Instant};
 
 fn own_cluster() -> Postgres {
@@ -113,6 +113,43 @@ async fn sigterm_lets_in_flight_transactions_finish_then_exits() {
             .is_err(),
         "no new clients"
     );
+}
+
+/// SPEC §9: /healthz answers 200 while the process serves, the drain
+/// included; /readyz answers 503 from SIGTERM on.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_endpoints_answer_while_the_drain_runs() {
+    let pg = own_cluster();
+    let mut proxy = Proxy::start(&yaml(&pg, "transaction", "shutdown_timeout: 20s\n"));
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let running = tokio::spawn(async move {
+        let r = c.batch_execute("BEGIN; SELECT pg_sleep(3)").await;
+        (r, c)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin = proxy.admin_port;
+    let status = move |path: &'static str| {
+        tokio::task::spawn_blocking(move || http_get(admin, path).map(|(s, _)| s))
+    };
+    let health = status("/healthz").await.unwrap();
+    let ready = status("/readyz").await.unwrap();
+    assert!(!running.is_finished(), "the transaction is still running");
+    assert_eq!(health, Some(200), "/healthz while draining");
+    assert_eq!(ready, Some(503), "/readyz while draining");
+    let (r, c) = running.await.unwrap();
+    r.expect("the in-flight statement finishes");
+    assert_eq!(status("/healthz").await.unwrap(), Some(200));
+    c.batch_execute("COMMIT")
+        .await
+        .expect("the transaction finishes");
+    let exit = proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("pgsift exits after the drain");
+    assert!(exit.success(), "{exit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

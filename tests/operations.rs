@@ -184,6 +184,30 @@ async fn metrics_expose_every_family_and_label_and_move_with_traffic() {
     assert!(after.docs.contains_key("pgsift_query_duration_seconds"));
 }
 
+/// README: /metrics has every family of SPEC §9 from the start, series or
+/// not (Prometheus text allows a family's HELP and TYPE without samples).
+#[test]
+fn metrics_list_every_family_before_any_traffic() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}cache:\n  backend: \"off\"\n",
+        databases_yaml(pg, "transaction", 2)
+    ));
+    let (status, body) = http_get(proxy.admin_port, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    for (family, _) in FAMILIES {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(&format!("# TYPE {family} "))),
+            "{family} missing:\n{body}"
+        );
+    }
+    let parsed = scrape(&proxy);
+    for (family, _) in FAMILIES {
+        assert!(parsed.docs.contains_key(*family), "no HELP for {family}");
+    }
+}
+
 #[test]
 fn every_dashboard_query_references_an_exported_metric() {
     let pg = shared_postgres();
@@ -345,6 +369,52 @@ fn pause_and_resume_under_pgbench_load_lose_no_transaction() {
     let (ok, failed, text) = bench.join().unwrap();
     assert!(ok, "{text}");
     assert_eq!(failed, Some(0), "{text}");
+}
+
+/// `PAUSE` then `RESUME db`: db runs again, pools it opens later included,
+/// while every other database stays paused.
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_of_one_database_after_pause_of_all_frees_that_database_only() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&databases_yaml(pg, "transaction", 2));
+    let admin = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .unwrap();
+    admin.simple_query("PAUSE").await.unwrap();
+    admin.simple_query("RESUME app").await.unwrap();
+    // no pool existed at PAUSE: the one app's first client opens is not paused
+    let app = tokio::time::timeout(Duration::from_secs(5), async {
+        let c = common::connect(&proxy.conn_str("blog", "blogpw", "app"))
+            .await
+            .unwrap();
+        common::scalar(&c, "SELECT 1").await
+    })
+    .await;
+    assert_eq!(app.ok().as_deref(), Some("1"), "app is still paused");
+    let other = proxy.conn_str("blog", "blogpw", "postgres");
+    let blocked = tokio::time::timeout(Duration::from_secs(1), async {
+        let c = common::connect(&other).await?;
+        c.simple_query("SELECT 1").await
+    })
+    .await;
+    assert!(blocked.is_err(), "postgres was resumed too: {blocked:?}");
+    let paused: HashMap<String, String> = admin
+        .simple_query("SHOW POOLS")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get(0)?.to_owned(), r.get("paused")?.to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paused.get("app").map(String::as_str), Some("false"));
+    assert_eq!(paused.get("postgres").map(String::as_str), Some("true"));
+    admin.simple_query("RESUME").await.unwrap();
+    let c = common::connect(&other).await.unwrap();
+    assert_eq!(common::scalar(&c, "SELECT 1").await, "1");
 }
 
 #[test]

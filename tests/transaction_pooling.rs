@@ -201,6 +201,24 @@ async fn servers_hold_at_most_max_prepared_statements() {
     assert!(n <= 3, "server holds {n} statements");
 }
 
+/// As in PgBouncer, 0 turns `idle_timeout` and `server_lifetime` off: an
+/// idle server outlives a few upkeep rounds (once a second) and is handed
+/// out again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zero_idle_timeout_or_server_lifetime_is_off() {
+    for key in ["idle_timeout", "server_lifetime"] {
+        let proxy = tx_proxy(2, &format!("pool:\n  {key}: 0s\n"));
+        let c = app_client(&proxy).await;
+        let first = scalar(&c, "SELECT pg_backend_pid()").await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            scalar(&c, "SELECT pg_backend_pid()").await,
+            first,
+            "{key}: 0s closed the server instead of handing it out again"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_client_keeps_its_own_timezone_and_search_path_across_servers() {
     own_settings_across_servers("").await;

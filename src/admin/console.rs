@@ -5,7 +5,7 @@
 
 use crate::app::App;
 use crate::frontend::handshake::AdminLogin;
-use crate::protocol::io::read_message;
+use crate::protocol::io::{read_message, ReadError};
 use crate::protocol::messages::{self, Severity};
 use crate::sql::Kind;
 use bytes::BytesMut;
@@ -78,7 +78,19 @@ pub async fn run(app: Arc<App>, login: AdminLogin) {
             m = read_message(&mut stream, &mut rbuf, 1 << 20) => m,
             _ = shutdown.wait_for(|s| *s) => break,
         };
-        let Ok((tag, msg)) = msg else { break };
+        let (tag, msg) = match msg {
+            Ok(m) => m,
+            // a malformed or oversized message gets 08P01, then the close
+            // (SPEC §11); only a client that is gone hears nothing
+            Err(ReadError::Frame(e)) => {
+                app.metrics.error("client_protocol");
+                out.clear();
+                messages::error_response(&mut out, Severity::Fatal, "08P01", &e.to_string());
+                let _ = stream.write_all(&out).await;
+                break;
+            }
+            Err(_) => break,
+        };
         out.clear();
         match tag {
             b'Q' => {
@@ -163,12 +175,7 @@ async fn execute(app: &Arc<App>, command: &str) -> Reply {
         ["PAUSE"] | ["PAUSE", _] => pause(app, arg.as_deref()).await,
         ["RESUME"] | ["RESUME", _] => {
             let db = arg.as_deref();
-            match db {
-                None => app.paused.write().clear(),
-                Some(d) => {
-                    app.paused.write().remove(d);
-                }
-            }
+            app.paused.write().resume(db);
             for p in app.pools.iter().filter(|p| db.is_none_or(|d| p.database == d)) {
                 p.resume();
             }
@@ -193,7 +200,7 @@ async fn pause(app: &Arc<App>, db: Option<&str>) -> Reply {
             return Reply::Error("3D000", format!("database \"{d}\" does not exist"));
         }
     }
-    app.paused.write().insert(db.unwrap_or("*").to_owned());
+    app.paused.write().pause(db);
     let pools: Vec<_> = app
         .pools
         .iter()

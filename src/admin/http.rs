@@ -169,9 +169,13 @@ impl tokio::io::AsyncWrite for Limited {
     }
 }
 
-/// Serves the admin HTTP API until shutdown.
+/// Serves the admin HTTP API until the drain that follows shutdown is
+/// over: while clients finish their transactions /healthz still answers 200
+/// and /readyz 503 (SPEC §9). Should the drain outlast `shutdown_timeout`,
+/// the process exits under it.
 pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) {
     let mut shutdown = app.shutdown_signal();
+    let drained = app.clone();
     let router = router(app);
     let listener = Guarded {
         listener,
@@ -180,6 +184,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) {
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
+            drained.all_clients_gone().await;
         })
         .await;
     if let Err(e) = result {

@@ -30,12 +30,28 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// longest wait in the queue
     pub checkout_timeout: Duration,
-    /// idle servers above min_size close after this
+    /// idle servers above min_size close after this (0: never)
     pub idle_timeout: Duration,
-    /// servers are recycled when idle after this
+    /// servers are recycled when idle after this (0: never)
     pub server_lifetime: Duration,
     /// most servers shared by autocommit statements (transaction mode; 0: none)
     pub multiplex: usize,
+}
+
+impl PoolSettings {
+    /// True for a server idle since `last_used` longer than idle_timeout.
+    /// 0 turns the timeout off, as in PgBouncer (otherwise every upkeep
+    /// round would close every idle server).
+    fn idle_too_long(&self, last_used: Instant) -> bool {
+        !self.idle_timeout.is_zero() && last_used.elapsed() >= self.idle_timeout
+    }
+
+    /// True for a server opened at `created` longer than server_lifetime
+    /// ago. 0 turns the limit off, as in PgBouncer (otherwise no server
+    /// would ever go back to the pool).
+    fn too_old(&self, created: Instant) -> bool {
+        !self.server_lifetime.is_zero() && created.elapsed() >= self.server_lifetime
+    }
 }
 
 /// Why a client got no server.
@@ -334,7 +350,7 @@ impl Pool {
             // whose backend (and its caches) is warm; under light load the
             // others stay idle and idle_timeout closes them
             let mut s = self.idle.lock().pop_back()?;
-            if s.created.elapsed() >= settings.server_lifetime || s.is_broken_while_idle() {
+            if settings.too_old(s.created) || s.is_broken_while_idle() {
                 tracing::debug!(server = s.id, "closing aged or broken idle server");
                 continue;
             }
@@ -401,7 +417,7 @@ impl Pool {
         let Checkout { mut server, .. } = checkout;
         server.last_used = Instant::now();
         let settings = self.settings.lock().clone();
-        if server.created.elapsed() < settings.server_lifetime
+        if !settings.too_old(server.created)
             && !self.slots.is_closed()
             && server.target_generation == self.target_generation.load(Ordering::Acquire)
         {
@@ -429,12 +445,8 @@ impl Pool {
             let mut keep = VecDeque::with_capacity(idle.len());
             while let Some(mut s) = idle.pop_front() {
                 let total = keep.len() + idle.len() + active + 1;
-                let expired_idle =
-                    s.last_used.elapsed() >= settings.idle_timeout && total > settings.min_size;
-                if expired_idle
-                    || s.created.elapsed() >= settings.server_lifetime
-                    || s.is_broken_while_idle()
-                {
+                let expired_idle = settings.idle_too_long(s.last_used) && total > settings.min_size;
+                if expired_idle || settings.too_old(s.created) || s.is_broken_while_idle() {
                     continue;
                 }
                 keep.push_back(s);

@@ -241,9 +241,20 @@ impl Errors {
             }),
         }
     }
-    fn count(&mut self, path: &str, v: Option<i64>, default: usize, min: i64) -> usize {
+    fn count(
+        &mut self,
+        path: &str,
+        v: Option<i64>,
+        default: usize,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> usize {
+        let (min, max) = (*range.start(), *range.end());
         match v {
             None => default,
+            Some(n) if n > max => {
+                self.push(path, format!("invalid value {n} (must be <= {max})"));
+                default
+            }
             Some(n) if n < min => {
                 self.push(
                     path,
@@ -266,6 +277,15 @@ impl Errors {
         s.to_owned()
     }
 }
+
+/// Most server connections of one pool, and most servers a pool keeps
+/// open or multiplexes: far above what a Postgres serves (a pool's slots
+/// are a tokio semaphore, which panics past its own maximum).
+pub const MAX_POOL_SIZE: i64 = 10_000;
+/// Most clients at once (`pool.max_client_conn`): each holds a socket.
+pub const MAX_CLIENT_CONN: i64 = 1_000_000;
+/// Most session runtime threads (`worker_threads`).
+pub const MAX_WORKER_THREADS: i64 = 1024;
 
 /// Default client listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
@@ -330,7 +350,12 @@ impl Config {
             raw.shutdown_timeout.as_ref(),
             Duration::from_secs(30),
         );
-        let worker_threads = e.count("worker_threads", raw.worker_threads, 0, 0);
+        let worker_threads = e.count(
+            "worker_threads",
+            raw.worker_threads,
+            0,
+            0..=MAX_WORKER_THREADS,
+        );
         let busy_poll = e.duration("busy_poll", raw.busy_poll.as_ref(), Duration::ZERO);
         let admin = raw.admin.unwrap_or_default();
         let admin_listen = e.addr("admin.listen", admin.listen.as_ref(), DEFAULT_ADMIN_LISTEN);
@@ -366,6 +391,16 @@ impl Config {
             let key = file("key", t.key);
             TlsConfig { cert, key, mode }
         });
+        // Loaded as at start, so that a certificate or key that would stop
+        // the start (no PEM, a key of another certificate) fails the check.
+        if let Some(t) = tls.as_ref().filter(|t| t.mode != TlsMode::Disable) {
+            if Path::new(&t.cert).is_file() && Path::new(&t.key).is_file() {
+                if let Err(err) = crate::frontend::tls::acceptor(t) {
+                    // the message starts with its key: tls.cert or tls.key
+                    e.0.push(format!("{err:#}"));
+                }
+            }
+        }
 
         let mut users = BTreeMap::new();
         for (i, u) in raw.users.into_iter().enumerate() {
@@ -424,8 +459,18 @@ impl Config {
                     PoolMode::Transaction
                 }
             };
-            let pool_size = e.count(&format!("{path}.pool_size"), d.pool_size, 20, 1);
-            let min_pool_size = e.count(&format!("{path}.min_pool_size"), d.min_pool_size, 0, 0);
+            let pool_size = e.count(
+                &format!("{path}.pool_size"),
+                d.pool_size,
+                20,
+                1..=MAX_POOL_SIZE,
+            );
+            let min_pool_size = e.count(
+                &format!("{path}.min_pool_size"),
+                d.min_pool_size,
+                0,
+                0..=MAX_POOL_SIZE,
+            );
             if min_pool_size > pool_size {
                 e.push(
                     &format!("{path}.min_pool_size"),
@@ -472,15 +517,25 @@ impl Config {
                 p.server_lifetime.as_ref(),
                 Duration::from_secs(3600),
             ),
-            max_client_conn: e.count("pool.max_client_conn", p.max_client_conn, 10_000, 1),
+            max_client_conn: e.count(
+                "pool.max_client_conn",
+                p.max_client_conn,
+                10_000,
+                1..=MAX_CLIENT_CONN,
+            ),
             max_prepared_statements: e.count(
                 "pool.max_prepared_statements",
                 p.max_prepared_statements,
                 1000,
-                0,
+                0..=i64::MAX,
             ),
             prepare_unnamed_statements: p.prepare_unnamed_statements.unwrap_or(false),
-            multiplex_servers: e.count("pool.multiplex_servers", p.multiplex_servers, 0, 0),
+            multiplex_servers: e.count(
+                "pool.multiplex_servers",
+                p.multiplex_servers,
+                0,
+                0..=MAX_POOL_SIZE,
+            ),
             client_login_timeout: e.duration(
                 "pool.client_login_timeout",
                 p.client_login_timeout.as_ref(),
@@ -567,7 +622,7 @@ impl Config {
         let n = raw.n_plus_one.unwrap_or_default();
         let n_plus_one = NPlusOneConfig {
             enabled: n.enabled.unwrap_or(true),
-            min_repeats: e.count("n_plus_one.min_repeats", n.min_repeats, 5, 2),
+            min_repeats: e.count("n_plus_one.min_repeats", n.min_repeats, 5, 2..=i64::MAX),
             max_gap: e.duration(
                 "n_plus_one.max_gap",
                 n.max_gap.as_ref(),
@@ -580,6 +635,18 @@ impl Config {
             ),
             report_file: n.report_file,
         };
+        if let Some(file) = &n_plus_one.report_file {
+            // a relative name without a directory lives in the working directory
+            let dir = Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+                e.push(
+                    "n_plus_one.report_file",
+                    format!("directory \"{}\" of \"{file}\" not found", dir.display()),
+                );
+            }
+        }
 
         let l = raw.logging.unwrap_or_default();
         let slow_statement = e.duration(
@@ -597,6 +664,15 @@ impl Config {
         let level = l.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             e.push("logging.level", format!("invalid value \"{level}\""));
+        } else if let Some(word) = level
+            .split(',')
+            .map(str::trim)
+            .find(|d| !bare_word_is_a_level(d))
+        {
+            e.push(
+                "logging.level",
+                format!("invalid value \"{level}\": \"{word}\" is not a level (expected error, warn, info, debug, trace or off, or a TARGET=LEVEL directive)"),
+            );
         }
 
         for name in &admin_users {
@@ -722,6 +798,18 @@ impl Config {
     }
 }
 
+/// False for a directive of a tracing filter that is a bare word but no
+/// level: tracing reads `warning` as the name of a target, which would
+/// silence every log line. A directive with a `=`, a path (`::`) or a span
+/// filter (`[…]`) is left to tracing's own parser.
+fn bare_word_is_a_level(directive: &str) -> bool {
+    directive.is_empty()
+        || directive.contains(['=', ':', '[', ']', '{', '}'])
+        || directive
+            .parse::<tracing::level_filters::LevelFilter>()
+            .is_ok()
+}
+
 /// A key path as the value errors write it: `databases.blog.pool_size`,
 /// `users[0].name`.
 fn key_path(path: &serde_ignored::Path) -> String {
@@ -796,6 +884,30 @@ mod tests {
             err.0.iter().any(|l| l.starts_with("pool.connect_timeout:")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_bare_word_in_the_log_level_must_be_a_level() {
+        for ok in [
+            "info",
+            "WARN",
+            "3",
+            "pgsift=debug,warn",
+            "pgsift::cache",
+            "[conn]=debug",
+        ] {
+            assert!(
+                Config::parse(&format!("logging:\n  level: \"{ok}\"\n")).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["warning", "pgsift=debug, verbose"] {
+            let err = Config::parse(&format!("logging:\n  level: \"{bad}\"\n")).unwrap_err();
+            assert!(
+                err.0[0].starts_with("logging.level: invalid value"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

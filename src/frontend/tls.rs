@@ -7,12 +7,17 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
 
-/// Builds the TLS acceptor, naming the file that is wrong.
+/// Builds the TLS acceptor. An error starts with the key of the file that
+/// is wrong (`tls.cert: …`, `tls.key: …`), so config validation reports it
+/// as it is.
 pub fn acceptor(cfg: &TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
         .with_context(|| format!("tls.cert: cannot read \"{}\"", cfg.cert))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("tls.cert: invalid PEM in \"{}\"", cfg.cert))?;
+    if certs.is_empty() {
+        anyhow::bail!("tls.cert: no PEM certificate in \"{}\"", cfg.cert);
+    }
     let key = PrivateKeyDer::from_pem_file(&cfg.key)
         .with_context(|| format!("tls.key: cannot read a private key from \"{}\"", cfg.key))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -21,6 +26,16 @@ pub fn acceptor(cfg: &TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
         .context("tls: protocol versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("tls: certificate and key do not match")?;
+        .map_err(|e| match e {
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                anyhow::anyhow!("tls.cert: invalid certificate in \"{}\": {e}", cfg.cert)
+            }
+            rustls::Error::InconsistentKeys(_) => anyhow::anyhow!(
+                "tls.key: the key in \"{}\" does not match the certificate in \"{}\"",
+                cfg.key,
+                cfg.cert
+            ),
+            e => anyhow::anyhow!("tls.key: unusable private key in \"{}\": {e}", cfg.key),
+        })?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -960,14 +960,30 @@ pub mod raw {
 
     /// Logs in over a raw socket (SCRAM) and returns it after ReadyForQuery.
     pub async fn raw_login(port: u16) -> TcpStream {
-        raw_login_with(port, &[]).await
+        raw_login_as(port, "blog", "blogpw", "app").await
     }
 
     /// [`raw_login`] with more startup parameters.
     pub async fn raw_login_with(port: u16, params: &[(&str, &str)]) -> TcpStream {
+        raw_login_full(port, "blog", "blogpw", "app", params).await
+    }
+
+    /// Logs in as `user` with `password` to `database` over a raw socket
+    /// (SCRAM) and returns it after ReadyForQuery.
+    pub async fn raw_login_as(port: u16, user: &str, password: &str, database: &str) -> TcpStream {
+        raw_login_full(port, user, password, database, &[]).await
+    }
+
+    async fn raw_login_full(
+        port: u16,
+        user: &str,
+        password: &str,
+        database: &str,
+        params: &[(&str, &str)],
+    ) -> TcpStream {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut buf = BytesMut::new();
-        let mut all = vec![("user", "blog"), ("database", "app")];
+        let mut all = vec![("user", user), ("database", database)];
         all.extend_from_slice(params);
         frontend::startup_message(all, &mut buf).unwrap();
         s.write_all(&buf).await.unwrap();
@@ -983,7 +999,8 @@ pub mod raw {
                 b'R' => match u32::from_be_bytes(body[..4].try_into().unwrap()) {
                     0 => {}
                     10 => {
-                        let sc = ScramSha256::new(b"blogpw", ChannelBinding::unsupported());
+                        let sc =
+                            ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
                         frontend::sasl_initial_response("SCRAM-SHA-256", sc.message(), &mut buf)
                             .unwrap();
                         scram = Some(sc);
