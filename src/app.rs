@@ -30,7 +30,7 @@ pub struct App {
     /// pgsift-issued cancel keys
     pub cancels: CancelRegistry,
     /// client-facing TLS, when configured (replaced by a reload)
-    tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
+    tls: RwLock<Option<crate::frontend::tls::ClientTls>>,
     /// client connections holding a slot (at most `pool.max_client_conn`)
     client_slots: Arc<AtomicUsize>,
     shutdown: watch::Sender<bool>,
@@ -136,6 +136,12 @@ impl App {
 
     /// The client-facing TLS acceptor in force, if any.
     pub fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls.read().as_ref().map(|t| t.acceptor.clone())
+    }
+
+    /// The client-facing TLS in force, with its channel-binding
+    /// authenticator, if any.
+    pub fn client_tls(&self) -> Option<crate::frontend::tls::ClientTls> {
         self.tls.read().clone()
     }
 
@@ -344,10 +350,10 @@ impl Drop for ClientSlot {
 }
 
 /// The TLS acceptor a config asks for (none when TLS is off).
-fn tls_acceptor(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+fn tls_acceptor(config: &Config) -> anyhow::Result<Option<crate::frontend::tls::ClientTls>> {
     match &config.tls {
         Some(t) if t.mode != crate::config::TlsMode::Disable => {
-            Ok(Some(crate::frontend::tls::acceptor(t)?))
+            Ok(Some(crate::frontend::tls::client_tls(t)?))
         }
         _ => Ok(None),
     }

@@ -540,3 +540,51 @@ async fn sqlx_with_its_pool_and_statement_cache_works_in_transaction_mode() {
     }
     assert!(servers.len() <= 2, "{servers:?}: the pool has two servers");
 }
+
+/// Over TLS pgsift offers SCRAM-SHA-256-PLUS, channel binding to its
+/// certificate, as Postgres does: libpq with `channel_binding=require` (the
+/// connection strings of several hosted Postgres services carry it) logs
+/// in, and so do clients that prefer or refuse binding. Without TLS there
+/// is nothing to bind to, and libpq refuses on its own side.
+#[test]
+fn channel_binding_works_over_tls() {
+    let pg = shared_postgres();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_cert(dir.path());
+    let proxy = Proxy::start(&format!(
+        "tls: {{cert: {}, key: {}, mode: allow}}\n{}",
+        cert.display(),
+        key.display(),
+        databases_yaml(pg, "transaction", 2)
+    ));
+    let url = proxy.url("blog", "blogpw", "app");
+    for binding in ["require", "prefer", "disable"] {
+        let out = psql(
+            &format!("{url}?sslmode=require&channel_binding={binding}"),
+            &["-A", "-t", "-c", "SELECT 42"],
+        );
+        assert!(
+            out.status.success(),
+            "channel_binding={binding}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    }
+    // a wrong password is still refused with binding
+    let bad = proxy.url("blog", "wrong", "app");
+    let out = psql(
+        &format!("{bad}?sslmode=require&channel_binding=require"),
+        &["-c", "SELECT 1"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql(
+        &format!("{url}?sslmode=disable&channel_binding=require"),
+        &["-c", "SELECT 1"],
+    );
+    assert!(!out.status.success(), "no binding without TLS");
+}

@@ -143,12 +143,15 @@ impl ClientAuthError {
 }
 
 /// Runs the authentication exchange for `user` and writes AuthenticationOk on
-/// success. Failure messages are left to the caller.
+/// success. Failure messages are left to the caller. `binding`: SCRAM bound
+/// to the certificate of the client's TLS session, if it has one; then
+/// SCRAM-SHA-256-PLUS is offered too, as Postgres does over TLS.
 pub async fn authenticate<S>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     creds: &Credentials,
     user: &str,
+    binding: Option<&ScramServerAuth>,
 ) -> Result<(), ClientAuthError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -182,12 +185,19 @@ where
             stored_key,
             server_key,
         } => {
-            messages::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+            let mechanisms: &[&str] = match binding {
+                Some(_) => &[SCRAM_PLUS, SCRAM],
+                None => &[SCRAM],
+            };
+            messages::auth_sasl(&mut out, mechanisms);
             stream.write_all(&out).await.map_err(ReadError::Io)?;
             out.clear();
             let body = read_password_message(stream, rbuf).await?;
-            let first = sasl_initial_response(&body)?;
-            let server = ScramServerAuth::new();
+            let first = sasl_initial_response(&body, mechanisms)?;
+            // over TLS the bound authenticator checks the client's flag
+            // either way: `y` (the client thinks the server cannot bind)
+            // is a downgrade there
+            let server = binding.cloned().unwrap_or_default();
             let secret = ScramSecret::Verifier {
                 salt,
                 iterations,
@@ -236,11 +246,20 @@ async fn read_password_message<S: AsyncRead + Unpin>(
     Ok(msg[5..].to_vec())
 }
 
-/// Splits SASLInitialResponse into mechanism and data, checking the mechanism.
-fn sasl_initial_response(body: &[u8]) -> Result<&[u8], ClientAuthError> {
+const SCRAM: &str = "SCRAM-SHA-256";
+const SCRAM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// Splits SASLInitialResponse into mechanism and data, checking that the
+/// mechanism is one of those `offered` and that the client's channel-binding
+/// flag goes with it: `p` with the -PLUS mechanism, and only with it.
+fn sasl_initial_response<'a>(
+    body: &'a [u8],
+    offered: &[&str],
+) -> Result<&'a [u8], ClientAuthError> {
     let bad = || ClientAuthError::Protocol("malformed SASLInitialResponse".into());
     let nul = body.iter().position(|&b| b == 0).ok_or_else(bad)?;
-    if &body[..nul] != b"SCRAM-SHA-256" {
+    let mechanism = &body[..nul];
+    if !offered.iter().any(|m| m.as_bytes() == mechanism) {
         return Err(ClientAuthError::Protocol(
             "client selected an invalid SASL authentication mechanism".into(),
         ));
@@ -254,12 +273,43 @@ fn sasl_initial_response(body: &[u8]) -> Result<&[u8], ClientAuthError> {
     if len < 0 || len as usize != data.len() {
         return Err(bad());
     }
+    let plus = mechanism == SCRAM_PLUS.as_bytes();
+    if plus != data.starts_with(b"p=") {
+        return Err(ClientAuthError::Protocol(if plus {
+            "malformed SCRAM message: channel binding is required with SCRAM-SHA-256-PLUS".into()
+        } else {
+            "malformed SCRAM message: channel binding data without SCRAM-SHA-256-PLUS".into()
+        }));
+    }
     Ok(data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn initial(mechanism: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = mechanism.as_bytes().to_vec();
+        b.push(0);
+        b.extend_from_slice(&(data.len() as i32).to_be_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn the_channel_binding_flag_goes_with_the_mechanism() {
+        let both = [SCRAM_PLUS, SCRAM];
+        let bound = b"p=tls-server-end-point,,n=,r=abc";
+        let unbound = b"n,,n=,r=abc";
+        assert!(sasl_initial_response(&initial(SCRAM_PLUS, bound), &both).is_ok());
+        assert!(sasl_initial_response(&initial(SCRAM, unbound), &both).is_ok());
+        assert!(sasl_initial_response(&initial(SCRAM, b"y,,n=,r=abc"), &both).is_ok());
+        // binding data under the plain mechanism, or none under -PLUS
+        assert!(sasl_initial_response(&initial(SCRAM, bound), &both).is_err());
+        assert!(sasl_initial_response(&initial(SCRAM_PLUS, unbound), &both).is_err());
+        // -PLUS where it was not offered (no TLS)
+        assert!(sasl_initial_response(&initial(SCRAM_PLUS, bound), &[SCRAM]).is_err());
+    }
 
     /// Starts a SCRAM login of `user` and returns the salt of the server's
     /// first message.
@@ -269,7 +319,7 @@ mod tests {
         let user = user.to_owned();
         let login = tokio::spawn(async move {
             let mut rbuf = BytesMut::new();
-            let _ = authenticate(&mut server, &mut rbuf, &creds, &user).await;
+            let _ = authenticate(&mut server, &mut rbuf, &creds, &user, None).await;
         });
         let mut rbuf = BytesMut::new();
         let (tag, _) = read_message(&mut client, &mut rbuf, 1 << 16).await.unwrap();

@@ -84,6 +84,8 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
         .as_ref()
         .map(|t| t.mode)
         .unwrap_or(TlsMode::Disable);
+    // SCRAM bound to the certificate of this client's TLS session, if any
+    let mut binding = None;
     let (major, minor, params) = loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
@@ -103,8 +105,8 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
             }
             Err(e) => return Err(refuse(&mut stream, "08P01", e.to_string()).await),
             Ok(StartupPacket::SslRequest) => {
-                let acceptor = match (app.tls(), &stream) {
-                    (Some(a), ClientStream::Plain(_)) => a,
+                let tls = match (app.client_tls(), &stream) {
+                    (Some(t), ClientStream::Plain(_)) => t,
                     _ => {
                         if stream.write_all(b"N").await.is_err() {
                             return Err(HandshakeEnd::Done);
@@ -118,8 +120,11 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
                 if tcp.write_all(b"S").await.is_err() {
                     return Err(HandshakeEnd::Done);
                 }
-                match acceptor.accept(tcp).await {
-                    Ok(tls) => stream = ClientStream::Tls(Box::new(tls)),
+                match tls.acceptor.accept(tcp).await {
+                    Ok(conn) => {
+                        stream = ClientStream::Tls(Box::new(conn));
+                        binding = tls.binding;
+                    }
                     Err(e) => {
                         tracing::info!(error = %e, "client TLS handshake failed");
                         return Err(HandshakeEnd::Done);
@@ -220,7 +225,7 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
 
     let mut rbuf = BytesMut::with_capacity(8192);
     let creds = app.credentials();
-    if let Err(e) = authenticate(&mut stream, &mut rbuf, &creds, &user).await {
+    if let Err(e) = authenticate(&mut stream, &mut rbuf, &creds, &user, binding.as_ref()).await {
         return Err(match e {
             // a malformed or oversized message gets 08P01 (SPEC §11); only
             // a client that is gone hears nothing

@@ -1,11 +1,38 @@
 //! Client-facing TLS with rustls: the acceptor built from the configured PEM
-//! certificate chain and private key.
+//! certificate chain and private key, and the SCRAM authenticator bound to
+//! that certificate (SCRAM-SHA-256-PLUS).
 
 use crate::config::TlsConfig;
 use anyhow::Context;
+use pgwire::api::auth::sasl::scram::ScramServerAuth;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
+
+/// Client-facing TLS as one configuration: the acceptor, and the SCRAM
+/// authenticator for channel binding to its certificate. Taken together,
+/// so that a reload between a client's TLS handshake and its
+/// authentication cannot bind it to another certificate.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// accepts TLS connections
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// SCRAM with `tls-server-end-point` channel binding to the
+    /// certificate; `None` when its signature algorithm defines no hash
+    /// for that binding (then only SCRAM-SHA-256 is offered, as Postgres
+    /// does)
+    pub binding: Option<ScramServerAuth>,
+}
+
+/// Builds the acceptor and the channel-binding authenticator.
+pub fn client_tls(cfg: &TlsConfig) -> anyhow::Result<ClientTls> {
+    let acceptor = acceptor(cfg)?;
+    let pem = std::fs::read(&cfg.cert)
+        .with_context(|| format!("tls.cert: cannot read \"{}\"", cfg.cert))?;
+    let mut scram = ScramServerAuth::new();
+    let binding = scram.configure_certificate(&pem).ok().map(|()| scram);
+    Ok(ClientTls { acceptor, binding })
+}
 
 /// Builds the TLS acceptor. An error starts with the key of the file that
 /// is wrong (`tls.cert: …`, `tls.key: …`), so config validation reports it
