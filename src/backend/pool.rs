@@ -134,15 +134,15 @@ pub struct Checkout {
     pub server: Box<ServerConnection>,
     _slot: OwnedSemaphorePermit,
     /// counts the server as active until the checkout is dropped, however
-    /// it ends: checked in, discarded, or dropped with a future a timeout
-    /// cancelled (a login timeout during `sync_settings`)
+    /// it ends: checked in, discarded, or dropped with a future that was
+    /// cancelled (during `sync_settings`, say)
     _active: Active,
     /// time spent waiting in the queue
     pub waited: Duration,
 }
 
 /// One of a pool's live counts, raised while the guard lives: a future
-/// dropped half-way (a login timeout, a departed client) lowers it again.
+/// dropped half-way (a cancelled task, a departed client) lowers it again.
 struct Raised<'a>(&'a AtomicUsize);
 
 impl<'a> Raised<'a> {
@@ -271,9 +271,8 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         let settings = self.settings();
         let start = Instant::now();
-        // a guard, not a decrement after the wait: the login timeout drops
-        // a session-mode login waiting here (a paused pool, a
-        // checkout_timeout above client_login_timeout)
+        // a guard, not a decrement after the wait: a caller's future may
+        // be dropped while it waits here (a paused pool waits without limit)
         let waiting = Raised::new(&self.counts.waiting);
         if self.is_paused() {
             // Paused: wait (without a time limit, as the operator asked) for RESUME.

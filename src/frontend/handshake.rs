@@ -1,7 +1,9 @@
 //! The startup handshake of a client connection: SSLRequest / GSSENCRequest,
 //! CancelRequest, protocol version negotiation, the startup parameters,
 //! authentication, and the greeting (ParameterStatus, BackendKeyData,
-//! ReadyForQuery). Everything here runs under the login timeout.
+//! ReadyForQuery). [`handshake`] (startup and authentication) runs under
+//! the login timeout; [`admit`] (the wait for a server, the greeting) does
+//! not: the pool's own timeouts bound it, and their errors reach the client.
 
 use super::session::ServerState;
 use super::stream::ClientStream;
@@ -19,6 +21,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Startup parameters that are not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// A client that has authenticated, before it gets a server and its
+/// greeting.
+pub struct Authenticated {
+    /// the socket, possibly TLS
+    pub stream: ClientStream,
+    /// bytes already read past authentication
+    pub rbuf: BytesMut,
+    /// role name
+    pub user: String,
+    /// client-facing database name
+    pub database: String,
+    /// application_name at startup
+    pub application_name: String,
+    /// the client's own settings (startup parameters and `options -c`)
+    pub settings: Vec<(String, String)>,
+    /// the pool serving this client
+    pub pool: Arc<Pool>,
+}
 
 /// A client that has logged in.
 pub struct Login {
@@ -76,8 +97,11 @@ async fn refuse(stream: &mut ClientStream, code: &str, message: String) -> Hands
     HandshakeEnd::Refused(code.to_owned(), message)
 }
 
-/// Runs the handshake on a fresh connection.
-pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login, HandshakeEnd> {
+/// Runs startup and authentication on a fresh connection.
+pub async fn handshake(
+    app: &Arc<App>,
+    mut stream: ClientStream,
+) -> Result<Authenticated, HandshakeEnd> {
     let config = app.config();
     let tls_mode = config
         .tls
@@ -260,7 +284,30 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
         )
         .await);
     };
+    Ok(Authenticated {
+        stream,
+        rbuf,
+        user,
+        database,
+        application_name,
+        settings,
+        pool,
+    })
+}
 
+/// Gives an authenticated client its server (session mode) and its
+/// greeting. The wait for a server is bounded by `checkout_timeout` and
+/// `connect_timeout`, and their errors (53300, 08006) reach the client.
+pub async fn admit(app: &Arc<App>, client: Authenticated) -> Result<Login, HandshakeEnd> {
+    let Authenticated {
+        mut stream,
+        rbuf,
+        user,
+        database,
+        application_name,
+        settings,
+        pool,
+    } = client;
     // A session-mode client holds a server from now on; a transaction-mode
     // client needs one only to learn the server's parameters the first time.
     let mode = pool.settings().mode;

@@ -1,8 +1,9 @@
 //! The client listener: accepts connections, enforces `max_client_conn`, and
-//! runs each client's handshake (under the login timeout) and session in its
-//! own task. Stops accepting when shutdown begins.
+//! runs each client's handshake (startup and authentication under the login
+//! timeout), login and session in its own task. Stops accepting when
+//! shutdown begins.
 
-use super::handshake::{handshake, HandshakeEnd};
+use super::handshake::{admit, handshake, HandshakeEnd};
 use super::session::Session;
 use super::stream::ClientStream;
 use crate::app::App;
@@ -51,26 +52,32 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
 
 async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAddr) {
     let login_timeout = app.config().pool.client_login_timeout;
-    let login =
-        match crate::timer::timeout(login_timeout, handshake(&app, ClientStream::Plain(socket)))
-            .await
-        {
-            Err(_) => {
-                tracing::info!(client = %peer, "client did not log in within client_login_timeout");
-                return;
-            }
-            Ok(Err(HandshakeEnd::Done)) => return,
-            Ok(Err(HandshakeEnd::Admin(admin))) => {
-                tracing::info!(client = %peer, user = %admin.user, "admin console login");
-                crate::admin::console::run(app, *admin).await;
-                return;
-            }
-            Ok(Err(HandshakeEnd::Refused(code, msg))) => {
-                tracing::info!(client = %peer, code = %code, "login refused: {msg}");
-                return;
-            }
-            Ok(Ok(login)) => login,
-        };
+    // Like Postgres at authentication_timeout, a client that has not
+    // authenticated in time is closed without a word: it may be in the
+    // middle of an exchange where an ErrorResponse is not expected. The wait
+    // for a server after that has limits and errors of its own.
+    let handshake = handshake(&app, ClientStream::Plain(socket));
+    let login = match crate::timer::timeout(login_timeout, handshake).await {
+        Err(_) => {
+            tracing::info!(client = %peer, "client did not log in within client_login_timeout");
+            return;
+        }
+        Ok(Ok(client)) => admit(&app, client).await,
+        Ok(Err(end)) => Err(end),
+    };
+    let login = match login {
+        Err(HandshakeEnd::Done) => return,
+        Err(HandshakeEnd::Admin(admin)) => {
+            tracing::info!(client = %peer, user = %admin.user, "admin console login");
+            crate::admin::console::run(app, *admin).await;
+            return;
+        }
+        Err(HandshakeEnd::Refused(code, msg)) => {
+            tracing::info!(client = %peer, code = %code, "login refused: {msg}");
+            return;
+        }
+        Ok(login) => login,
+    };
     tracing::debug!(client = %peer, user = %login.user, database = %login.database, application = %login.application_name, "client logged in");
     let pool = login.pool.clone();
     let info = app
