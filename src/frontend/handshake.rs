@@ -13,7 +13,7 @@ use crate::backend::{Checkout, Pool};
 use crate::config::{PoolMode, TlsMode};
 use crate::protocol::io::ReadError;
 use crate::protocol::messages::{self, Severity};
-use crate::protocol::startup::{self, StartupError, StartupPacket};
+use crate::protocol::startup::{self, StartupPacket};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -108,7 +108,7 @@ pub async fn handshake(
         .as_ref()
         .map(|t| t.mode)
         .unwrap_or(TlsMode::Disable);
-    let (major, minor, params) = loop {
+    let (minor, params) = loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
             return Err(HandshakeEnd::Done);
@@ -122,10 +122,7 @@ pub async fn handshake(
             return Err(HandshakeEnd::Done);
         }
         match startup::parse(&body) {
-            Err(e @ StartupError::BadEncoding) => {
-                return Err(refuse(&mut stream, "22021", e.to_string()).await)
-            }
-            Err(e) => return Err(refuse(&mut stream, "08P01", e.to_string()).await),
+            Err(e) => return Err(refuse(&mut stream, e.code(), e.to_string()).await),
             Ok(StartupPacket::SslRequest) => {
                 let acceptor = match (app.tls(), &stream) {
                     (Some(a), ClientStream::Plain(_)) => a,
@@ -159,22 +156,10 @@ pub async fn handshake(
                 app.cancels.cancel(pid, &secret).await;
                 return Err(HandshakeEnd::Done);
             }
-            Ok(StartupPacket::Startup {
-                major,
-                minor,
-                params,
-            }) => break (major, minor, params),
+            Ok(StartupPacket::Startup { minor, params, .. }) => break (minor, params),
         }
     };
 
-    if major != 3 {
-        return Err(refuse(
-            &mut stream,
-            "0A000",
-            format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
-        )
-        .await);
-    }
     let unrecognized: Vec<&str> = params
         .iter()
         .filter(|(k, _)| k.starts_with("_pq_."))
