@@ -97,6 +97,27 @@ async fn refuse(stream: &mut ClientStream, code: &str, message: String) -> Hands
     HandshakeEnd::Refused(code.to_owned(), message)
 }
 
+/// Answers an SSLRequest: `S` and the TLS handshake when TLS is configured
+/// and the connection is still plain, else `N`. `None` when the client is
+/// gone or its TLS handshake failed.
+pub async fn answer_ssl_request(app: &App, stream: ClientStream) -> Option<ClientStream> {
+    let (acceptor, mut tcp) = match (app.tls(), stream) {
+        (Some(a), ClientStream::Plain(tcp)) => (a, tcp),
+        (_, mut stream) => {
+            stream.write_all(b"N").await.ok()?;
+            return Some(stream);
+        }
+    };
+    tcp.write_all(b"S").await.ok()?;
+    match acceptor.accept(tcp).await {
+        Ok(tls) => Some(ClientStream::Tls(Box::new(tls))),
+        Err(e) => {
+            tracing::info!(error = %e, "client TLS handshake failed");
+            None
+        }
+    }
+}
+
 /// Runs startup and authentication on a fresh connection.
 pub async fn handshake(
     app: &Arc<App>,
@@ -123,30 +144,10 @@ pub async fn handshake(
         }
         match startup::parse(&body) {
             Err(e) => return Err(refuse(&mut stream, e.code(), e.to_string()).await),
-            Ok(StartupPacket::SslRequest) => {
-                let acceptor = match (app.tls(), &stream) {
-                    (Some(a), ClientStream::Plain(_)) => a,
-                    _ => {
-                        if stream.write_all(b"N").await.is_err() {
-                            return Err(HandshakeEnd::Done);
-                        }
-                        continue;
-                    }
-                };
-                let ClientStream::Plain(mut tcp) = stream else {
-                    unreachable!("checked above")
-                };
-                if tcp.write_all(b"S").await.is_err() {
-                    return Err(HandshakeEnd::Done);
-                }
-                match acceptor.accept(tcp).await {
-                    Ok(tls) => stream = ClientStream::Tls(Box::new(tls)),
-                    Err(e) => {
-                        tracing::info!(error = %e, "client TLS handshake failed");
-                        return Err(HandshakeEnd::Done);
-                    }
-                }
-            }
+            Ok(StartupPacket::SslRequest) => match answer_ssl_request(app, stream).await {
+                Some(s) => stream = s,
+                None => return Err(HandshakeEnd::Done),
+            },
             Ok(StartupPacket::GssEncRequest) => {
                 if stream.write_all(b"N").await.is_err() {
                     return Err(HandshakeEnd::Done);

@@ -3,7 +3,7 @@
 //! timeout), login and session in its own task. Stops accepting when
 //! shutdown begins.
 
-use super::handshake::{admit, handshake, HandshakeEnd};
+use super::handshake::{admit, answer_ssl_request, handshake, HandshakeEnd};
 use super::session::Session;
 use super::stream::ClientStream;
 use crate::app::App;
@@ -100,23 +100,32 @@ async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAd
 }
 
 /// Over max_client_conn: read the startup packet (so the client is listening)
-/// and answer with Postgres's own 53300 error. A CancelRequest is honoured
+/// and answer with Postgres's own 53300 error, inside TLS when the client
+/// asked for it and TLS is configured (as Postgres does: a client that
+/// requires TLS would otherwise report a server without SSL rather than
+/// the limit). A CancelRequest is honoured
 /// all the same, as Postgres does (it reads cancel packets before it checks
 /// its connection limit): the clients that fill the limit are the ones
 /// whose queries may need cancelling.
-async fn refuse_too_many(app: Arc<App>, mut socket: TcpStream) {
+async fn refuse_too_many(app: Arc<App>, socket: TcpStream) {
     let timeout = app.config().pool.client_login_timeout;
     let _ = crate::timer::timeout(timeout, async {
+        let mut stream = ClientStream::Plain(socket);
         let mut len = [0u8; 4];
         loop {
-            socket.read_exact(&mut len).await?;
+            stream.read_exact(&mut len).await?;
             let n = crate::protocol::startup::body_len(len).map_err(std::io::Error::other)?;
             let mut body = vec![0u8; n];
-            socket.read_exact(&mut body).await?;
+            stream.read_exact(&mut body).await?;
             match crate::protocol::startup::parse(&body) {
-                Ok(crate::protocol::startup::StartupPacket::SslRequest)
-                | Ok(crate::protocol::startup::StartupPacket::GssEncRequest) => {
-                    socket.write_all(b"N").await?
+                Ok(crate::protocol::startup::StartupPacket::SslRequest) => {
+                    match answer_ssl_request(&app, stream).await {
+                        Some(s) => stream = s,
+                        None => return Ok(()),
+                    }
+                }
+                Ok(crate::protocol::startup::StartupPacket::GssEncRequest) => {
+                    stream.write_all(b"N").await?
                 }
                 Ok(crate::protocol::startup::StartupPacket::Cancel { pid, secret }) => {
                     // nothing is sent back for a cancel request
@@ -130,7 +139,8 @@ async fn refuse_too_many(app: Arc<App>, mut socket: TcpStream) {
         app.metrics.error("too_many_clients");
         let err =
             messages::error_bytes(Severity::Fatal, "53300", "sorry, too many clients already");
-        socket.write_all(&err).await
+        stream.write_all(&err).await?;
+        stream.flush().await
     })
     .await;
 }
