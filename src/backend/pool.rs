@@ -8,7 +8,7 @@ use super::server::{ServerConnection, ServerError, UpstreamTarget};
 use crate::config::PoolMode;
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,6 +115,9 @@ pub struct Pool {
     slots: Arc<Semaphore>,
     /// ParameterStatus of a fresh server: what "default" means for settings
     defaults: Mutex<Option<Arc<HashMap<String, String>>>>,
+    /// settings (name → values) a server of this pool has accepted: a login
+    /// with only these needs no server to try them
+    accepted_settings: Mutex<HashMap<String, HashSet<String>>>,
     backoff: Mutex<Backoff>,
     upstream_answered: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -174,6 +177,10 @@ impl Drop for Active {
     }
 }
 
+/// Most settings a pool remembers as accepted; past this it forgets them
+/// all, and logins try them again.
+const MAX_ACCEPTED_SETTINGS: usize = 1024;
+
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -203,6 +210,7 @@ impl Pool {
             settings: Mutex::new(settings),
             idle: Mutex::new(VecDeque::new()),
             defaults: Mutex::new(None),
+            accepted_settings: Mutex::new(HashMap::new()),
             backoff: Mutex::new(Backoff::default()),
             upstream_answered,
             counts: PoolCounts::default(),
@@ -244,6 +252,30 @@ impl Pool {
     /// The parameter values of a fresh server, once one has connected.
     pub fn defaults(&self) -> Arc<HashMap<String, String>> {
         self.defaults.lock().clone().unwrap_or_default()
+    }
+
+    /// Whether a server of this pool has accepted each of these settings
+    /// (name, value) before.
+    pub fn settings_accepted<'a>(
+        &self,
+        mut settings: impl Iterator<Item = &'a (String, String)>,
+    ) -> bool {
+        let accepted = self.accepted_settings.lock();
+        settings.all(|(k, v)| accepted.get(k).is_some_and(|vs| vs.contains(v)))
+    }
+
+    /// Remembers settings a server has just accepted.
+    pub fn note_accepted_settings<'a>(&self, settings: impl Iterator<Item = &'a (String, String)>) {
+        let mut accepted = self.accepted_settings.lock();
+        for (k, v) in settings {
+            if accepted.get(k).is_some_and(|vs| vs.contains(v)) {
+                continue;
+            }
+            if accepted.values().map(HashSet::len).sum::<usize>() >= MAX_ACCEPTED_SETTINGS {
+                accepted.clear();
+            }
+            accepted.entry(k.clone()).or_default().insert(v.clone());
+        }
     }
 
     /// PAUSE: new transactions wait until [`Pool::resume`].
@@ -411,6 +443,18 @@ impl Pool {
         // the waiter that gets the slot finds it
     }
 
+    /// Takes back a server whose `sync_settings` failed. One that answered
+    /// with an ErrorResponse (and then ReadyForQuery) is as it was before:
+    /// it was idle, and the RESETs and set_config of the failed statement
+    /// ran in one implicit transaction that the error rolled back. It goes
+    /// back to the pool; after any other failure the server is closed.
+    pub fn checkin_after_sync_error(&self, checkout: Checkout, error: &ServerError) {
+        match error {
+            ServerError::Statement(_) => self.checkin(checkout),
+            _ => self.discard(checkout),
+        }
+    }
+
     /// Closes a server that is in an unknown state.
     pub fn discard(&self, checkout: Checkout) {
         tracing::debug!(server = checkout.server.id, "discarding server connection");
@@ -483,6 +527,8 @@ impl Pool {
             // Servers of the old target finish their work, then close
             // (checkin turns them away).
             self.idle.lock().clear();
+            // and the new one may take other settings
+            self.accepted_settings.lock().clear();
         }
         *cur = settings;
     }

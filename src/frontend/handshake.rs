@@ -22,6 +22,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Startup parameters that are not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
+/// Settings Postgres takes whatever their value (it cleans up an odd
+/// application_name rather than refuse it): no login needs a server to try
+/// them, however many different values clients send.
+const ALWAYS_ACCEPTED: &[&str] = &["application_name"];
+
 /// A client that has authenticated, before it gets a server and its
 /// greeting.
 pub struct Authenticated {
@@ -295,21 +300,30 @@ pub async fn admit(app: &Arc<App>, client: Authenticated) -> Result<Login, Hands
         pool,
     } = client;
     // A session-mode client holds a server from now on; a transaction-mode
-    // client needs one only to learn the server's parameters the first time.
+    // client needs one only to learn the server's parameters the first time,
+    // and to try settings no server of the pool has accepted yet: one that
+    // the server refuses fails the login, as it would in Postgres, rather
+    // than the client's first statement.
     let mode = pool.settings().mode;
     let defaults = pool.defaults();
     let mut server = None;
     let mut reported: HashMap<String, String> = (*defaults).clone();
-    if mode == PoolMode::Session || defaults.is_empty() {
+    let tried = || {
+        settings
+            .iter()
+            .filter(|(k, _)| !ALWAYS_ACCEPTED.iter().any(|a| a.eq_ignore_ascii_case(k)))
+    };
+    if mode == PoolMode::Session || defaults.is_empty() || !pool.settings_accepted(tried()) {
         let mut co = match pool.checkout().await {
             Ok(co) => co,
             Err(e) => return Err(refuse(&mut stream, &e.code(), e.to_string()).await),
         };
         if let Err(e) = co.server.sync_settings(&settings, &pool.defaults()).await {
             let code = e.code();
-            pool.discard(co);
+            pool.checkin_after_sync_error(co, &e);
             return Err(refuse(&mut stream, &code, e.to_string()).await);
         }
+        pool.note_accepted_settings(tried());
         reported = co.server.params.clone();
         if mode == PoolMode::Session {
             server = Some(co);
