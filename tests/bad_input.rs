@@ -82,6 +82,32 @@ async fn malformed_packets_get_08p01_and_other_clients_are_unaffected() {
         Some("08P01")
     );
 
+    // an empty parameter name before the end: Postgres reads it as the
+    // terminator, which must be the last byte
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let body = b"user\0blog\0\0x\0\0";
+    let mut p = BytesMut::new();
+    p.put_u32((8 + body.len()) as u32);
+    p.put_u32(196_608);
+    p.put_slice(body);
+    s.write_all(&p).await.unwrap();
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01")
+    );
+
+    // protocol 2.0 is refused for its version before its layout is read
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let mut p = BytesMut::new();
+    p.put_u32(4 + 4 + 5);
+    p.put_u32(2 << 16);
+    p.put_slice(b"user\0");
+    s.write_all(&p).await.unwrap();
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("0A000")
+    );
+
     // after login: a message announcing 2 GiB
     let mut s = raw_login(proxy.port).await;
     s.write_all(&[b'Q', 0x80, 0, 0, 0]).await.unwrap();

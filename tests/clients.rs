@@ -363,6 +363,33 @@ fn tls_is_negotiated_when_configured_and_required_when_asked() {
     );
 }
 
+/// Over `max_client_conn`, a client that asks for TLS gets it, and the 53300
+/// inside it, as from Postgres: with sslmode=require libpq reports the
+/// limit, not a server without SSL.
+#[test]
+fn a_tls_client_over_max_client_conn_hears_too_many_clients() {
+    let pg = shared_postgres();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_cert(dir.path());
+    let proxy = Proxy::start(&format!(
+        "tls: {{cert: {}, key: {}, mode: require}}\n{}pool:\n  max_client_conn: 1\n",
+        cert.display(),
+        key.display(),
+        databases_yaml(pg, "session", 2)
+    ));
+    // a connection still in its login holds the one client slot
+    let _holder = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let url = proxy.url("blog", "blogpw", "app");
+    let out = psql(&format!("{url}?sslmode=require"), &["-c", "SELECT 1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("sorry, too many clients already"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_reload_turns_tls_on_and_a_reload_with_an_unreadable_key_changes_nothing() {
     let pg = shared_postgres();

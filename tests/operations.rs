@@ -786,13 +786,14 @@ fn api_pool(proxy: &Proxy, db: &str, user: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no pool {db}/{user}: {body}"))
 }
 
-/// Session-mode logins that the login timeout drops while they wait for a
-/// server (the pool is paused) or while their server connects (an upstream
-/// that accepts and never answers) leave no count behind: /api/pools, SHOW
-/// POOLS and the gauges show nobody waiting or connecting once they are
-/// gone, and PAUSE finds no server still active.
+/// Session-mode logins still waiting for a server when the login timeout
+/// (which bounds startup and authentication only) has passed: those waiting
+/// for a paused pool go on waiting and get in at RESUME; one whose server
+/// never answers gets 08006 at connect_timeout. None leaves a count behind:
+/// /api/pools, SHOW POOLS and the gauges show nobody waiting or connecting
+/// once they are done, and PAUSE finds no server still active.
 #[tokio::test(flavor = "multi_thread")]
-async fn logins_dropped_by_the_login_timeout_leave_no_pool_counts_behind() {
+async fn logins_waiting_past_the_login_timeout_leave_no_pool_counts_behind() {
     let pg = shared_postgres();
     // an upstream that accepts connections and never says a word
     let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -805,7 +806,7 @@ async fn logins_dropped_by_the_login_timeout_leave_no_pool_counts_behind() {
     });
     let proxy = Proxy::start(&format!(
         "{}  hole: {{host: 127.0.0.1, port: {hole_port}, pool_mode: session, pool_size: 2}}\n\
-         pool:\n  client_login_timeout: 1s\n  connect_timeout: 10s\n",
+         pool:\n  client_login_timeout: 1s\n  connect_timeout: 2s\n",
         databases_yaml(pg, "session", 2)
     ));
     let app = proxy.conn_str("blog", "blogpw", "app");
@@ -814,18 +815,34 @@ async fn logins_dropped_by_the_login_timeout_leave_no_pool_counts_behind() {
         .await
         .unwrap();
     admin.simple_query("PAUSE app").await.unwrap();
-    for conn in [&app, &app, &proxy.conn_str("blog", "blogpw", "hole")] {
-        let started = Instant::now();
-        common::connect(conn)
-            .await
-            .expect_err("no server within the login timeout");
-        assert!(
-            started.elapsed() < Duration::from_secs(4),
-            "{:?}",
-            started.elapsed()
-        );
-    }
+    // they wait past the login timeout
+    let paused: Vec<_> = (0..2)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { common::connect(&app).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(api_pool(&proxy, "app", "blog")["waiting"], 2);
+    let started = Instant::now();
+    let err = common::connect(&proxy.conn_str("blog", "blogpw", "hole"))
+        .await
+        .map(|_| ())
+        .expect_err("the upstream never answers");
+    assert_eq!(
+        err.as_db_error().map(|e| e.code()),
+        Some(&tokio_postgres::error::SqlState::CONNECTION_FAILURE),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     admin.simple_query("RESUME app").await.unwrap();
+    for login in paused {
+        drop(login.await.unwrap().expect("in after RESUME"));
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let app_pool = api_pool(&proxy, "app", "blog");
     assert_eq!(app_pool["waiting"], 0, "{app_pool}");

@@ -399,6 +399,36 @@ async fn waiting_longer_than_checkout_timeout_gives_53300_naming_the_pool() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// The login timeout bounds startup and authentication only: a client that
+/// has logged in and waits for a server waits up to checkout_timeout and
+/// then hears the 53300 of SPEC §5, instead of being dropped in silence
+/// when the login timeout strikes during the wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_waiting_for_a_server_past_the_login_timeout_gets_53300() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  checkout_timeout: 3s\n  client_login_timeout: 1s\n",
+        databases_yaml(pg, "session", 1)
+    ));
+    let _holder = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code()),
+        Some(&SqlState::TOO_MANY_CONNECTIONS),
+        "{err}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited > Duration::from_secs(2) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+}
+
 /// A proxy in `mode` with `max_client_conn: 2` and its two clients; a
 /// third client's login error.
 async fn full_proxy(

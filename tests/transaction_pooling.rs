@@ -314,6 +314,74 @@ async fn own_settings_across_servers(extra: &str) {
     }
 }
 
+/// Startup settings a server refuses fail the login with the server's
+/// SQLSTATE, as when connecting to Postgres itself, not the client's first
+/// statement; the server that tried them goes back to the pool, as it was
+/// (what the failed statement reset is still owed to the next client).
+/// Settings a server has accepted before are not tried again: such a login
+/// needs no server.
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_settings_a_server_refuses_fail_the_login_and_keep_the_server() {
+    use tokio_postgres::error::SqlState;
+    let proxy = tx_proxy(1, "");
+    let warm = app_client(&proxy).await;
+    let pid = scalar(&warm, "SELECT pg_backend_pid()").await;
+    // the one server is left with this client's statement_timeout: the
+    // next login's settings statement resets it, and then fails
+    let slow = connect(&format!(
+        "{} options='-c statement_timeout=1234'",
+        proxy.conn_str("blog", "blogpw", "app")
+    ))
+    .await
+    .unwrap();
+    assert_eq!(scalar(&slow, "SHOW statement_timeout").await, "1234ms");
+    for (options, code) in [
+        ("-c no_such_guc=1", SqlState::UNDEFINED_OBJECT),
+        ("-c TimeZone=Bogus/Zone", SqlState::INVALID_PARAMETER_VALUE),
+    ] {
+        let err = connect(&format!(
+            "{} options='{options}'",
+            proxy.conn_str("blog", "blogpw", "app")
+        ))
+        .await
+        .map(|_| ())
+        .expect_err(options);
+        assert_eq!(
+            err.as_db_error().map(|e| e.code()),
+            Some(&code),
+            "{options}: {err}"
+        );
+    }
+    assert_eq!(
+        scalar(&warm, "SELECT pg_backend_pid()").await,
+        pid,
+        "the pool's one server was kept"
+    );
+    assert_eq!(scalar(&warm, "SHOW statement_timeout").await, "0");
+    let tokyo = connect(&format!(
+        "{} options='-c TimeZone=Asia/Tokyo'",
+        proxy.conn_str("blog", "blogpw", "app")
+    ))
+    .await
+    .unwrap();
+    assert_eq!(scalar(&tokyo, "SHOW TimeZone").await, "Asia/Tokyo");
+    // the only server is taken: logins with known settings get in all the same
+    warm.batch_execute("BEGIN").await.unwrap();
+    let again = tokio::time::timeout(
+        Duration::from_secs(2),
+        connect(&format!(
+            "{} options='-c TimeZone=Asia/Tokyo'",
+            proxy.conn_str("blog", "blogpw", "app")
+        )),
+    )
+    .await
+    .expect("no server needed")
+    .unwrap();
+    warm.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(scalar(&again, "SHOW TimeZone").await, "Asia/Tokyo");
+    assert_eq!(scalar(&warm, "SELECT pg_backend_pid()").await, pid);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_killed_inside_a_transaction_leaves_its_row_unlocked() {
     let proxy = tx_proxy(2, "");

@@ -62,6 +62,7 @@ fn check_body(body: &[u8]) {
         }
         Ok(StartupPacket::Startup { major, minor, params }) => {
             assert!(![SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST].contains(&code));
+            assert_eq!(major, 3, "only protocol 3 gets its parameters parsed");
             assert_eq!((u32::from(major) << 16) | u32::from(minor), code);
             // The parameter list is parsed exactly: re-encoding gives the body.
             let mut again = code.to_be_bytes().to_vec();
@@ -83,6 +84,12 @@ fn check_body(body: &[u8]) {
         Err(StartupError::BadCancel) => assert_eq!(code, CANCEL_REQUEST),
         Err(StartupError::BadLayout) | Err(StartupError::BadEncoding) => {
             assert!(![SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST].contains(&code));
+            assert_eq!(code >> 16, 3, "a layout is checked for protocol 3 only");
+        }
+        Err(StartupError::UnsupportedProtocol { major, minor }) => {
+            assert!(![SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST].contains(&code));
+            assert_ne!(major, 3);
+            assert_eq!((u32::from(major) << 16) | u32::from(minor), code);
         }
         Err(StartupError::BadLength) => panic!("body of {} bytes refused as BadLength", body.len()),
     }

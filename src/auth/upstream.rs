@@ -64,6 +64,8 @@ where
         .map_err(|e| UpstreamAuthError::Unsupported(e.to_string()))?;
     stream.write_all(&out).await.map_err(ReadError::Io)?;
     let mut scram: Option<ScramSha256> = None;
+    // the server's SASLFinal signature checked out: it knows the password
+    let mut scram_verified = false;
     let mut hello = ServerHello::default();
     loop {
         let (tag, msg) = read_message(stream, rbuf, MAX_LOGIN_MESSAGE).await?;
@@ -79,6 +81,15 @@ where
                 let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
                 let data = &body[4..];
                 match code {
+                    // Once SCRAM has begun, AuthenticationOk counts only
+                    // after a SASLFinal with a valid server signature, as
+                    // tokio-postgres insists: without one, pgsift cannot
+                    // tell the server from an impostor.
+                    0 if scram.is_some() && !scram_verified => {
+                        return Err(UpstreamAuthError::Unsupported(
+                            "server sent AuthenticationOk before completing SCRAM-SHA-256 authentication".into(),
+                        ));
+                    }
                     0 => {}
                     3 => {
                         let p = plain(secret, "cleartext")?;
@@ -129,6 +140,7 @@ where
                             UpstreamAuthError::Unsupported("unexpected SASL final".into())
                         })?;
                         s.finish(data).map_err(unsupported)?;
+                        scram_verified = true;
                     }
                     other => {
                         return Err(UpstreamAuthError::Unsupported(format!(
@@ -186,5 +198,59 @@ fn plain<'a>(
             "server requested {method} authentication but only an md5 verifier is configured; set server_password"
         ))),
         None => Err(no_password(method)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// An authentication request message: `code` and its data.
+    fn auth(code: u32, data: &[u8]) -> Vec<u8> {
+        let mut m = vec![b'R'];
+        m.extend_from_slice(&((8 + data.len()) as u32).to_be_bytes());
+        m.extend_from_slice(&code.to_be_bytes());
+        m.extend_from_slice(data);
+        m
+    }
+
+    /// A server that runs SCRAM up to the client's final message and then
+    /// says AuthenticationOk, without the SASLFinal whose signature proves
+    /// that it knows the password: an impostor, refused as tokio-postgres
+    /// refuses it.
+    #[tokio::test]
+    async fn authentication_ok_before_the_scram_server_signature_is_refused() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let fake = tokio::spawn(async move {
+            let mut len = [0u8; 4];
+            server.read_exact(&mut len).await.unwrap();
+            let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            server.read_exact(&mut startup).await.unwrap();
+            server
+                .write_all(&auth(10, b"SCRAM-SHA-256\0\0"))
+                .await
+                .unwrap();
+            let mut rbuf = BytesMut::new();
+            let (tag, msg) = read_message(&mut server, &mut rbuf, 1 << 16).await.unwrap();
+            assert_eq!(tag, b'p', "SASLInitialResponse");
+            let first = String::from_utf8_lossy(&msg[5..]).into_owned();
+            let nonce = first.rsplit("r=").next().unwrap().to_owned();
+            let reply = format!("r={nonce}fake,s=c2FsdHNhbHRzYWx0c2FsdA==,i=4096");
+            server.write_all(&auth(11, reply.as_bytes())).await.unwrap();
+            let (tag, _) = read_message(&mut server, &mut rbuf, 1 << 16).await.unwrap();
+            assert_eq!(tag, b'p', "SASLResponse");
+            server.write_all(&auth(0, b"")).await.unwrap();
+            server.write_all(b"Z\0\0\0\x05I").await.unwrap();
+            server
+        });
+        let mut rbuf = BytesMut::new();
+        let secret = UpstreamSecret::Plain("pw".into());
+        let result = login(&mut client, &mut rbuf, "u", "db", Some(&secret)).await;
+        assert!(
+            matches!(result, Err(UpstreamAuthError::Unsupported(_))),
+            "{result:?}"
+        );
+        drop(fake.await.unwrap());
     }
 }

@@ -220,7 +220,7 @@ impl Lane {
             {
                 Ok(()) => co,
                 Err(e) => {
-                    self.pool.discard(co);
+                    self.pool.checkin_after_sync_error(co, &e);
                     return self.fail_all((e.code(), e.to_string()));
                 }
             },

@@ -8,7 +8,7 @@ use super::server::{ServerConnection, ServerError, UpstreamTarget};
 use crate::config::PoolMode;
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,6 +131,9 @@ pub struct Pool {
     slots: Arc<Semaphore>,
     /// ParameterStatus of a fresh server: what "default" means for settings
     defaults: Mutex<Option<Arc<HashMap<String, String>>>>,
+    /// settings (name → values) a server of this pool has accepted: a login
+    /// with only these needs no server to try them
+    accepted_settings: Mutex<HashMap<String, HashSet<String>>>,
     backoff: Mutex<Backoff>,
     upstream_answered: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -150,15 +153,15 @@ pub struct Checkout {
     pub server: Box<ServerConnection>,
     _slot: OwnedSemaphorePermit,
     /// counts the server as active until the checkout is dropped, however
-    /// it ends: checked in, discarded, or dropped with a future a timeout
-    /// cancelled (a login timeout during `sync_settings`)
+    /// it ends: checked in, discarded, or dropped with a future that was
+    /// cancelled (during `sync_settings`, say)
     _active: Active,
     /// time spent waiting in the queue
     pub waited: Duration,
 }
 
 /// One of a pool's live counts, raised while the guard lives: a future
-/// dropped half-way (a login timeout, a departed client) lowers it again.
+/// dropped half-way (a cancelled task, a departed client) lowers it again.
 struct Raised<'a>(&'a AtomicUsize);
 
 impl<'a> Raised<'a> {
@@ -190,6 +193,10 @@ impl Drop for Active {
     }
 }
 
+/// Most settings a pool remembers as accepted; past this it forgets them
+/// all, and logins try them again.
+const MAX_ACCEPTED_SETTINGS: usize = 1024;
+
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -219,6 +226,7 @@ impl Pool {
             settings: Mutex::new(settings),
             idle: Mutex::new(VecDeque::new()),
             defaults: Mutex::new(None),
+            accepted_settings: Mutex::new(HashMap::new()),
             backoff: Mutex::new(Backoff::default()),
             upstream_answered,
             counts: PoolCounts::default(),
@@ -262,6 +270,30 @@ impl Pool {
         self.defaults.lock().clone().unwrap_or_default()
     }
 
+    /// Whether a server of this pool has accepted each of these settings
+    /// (name, value) before.
+    pub fn settings_accepted<'a>(
+        &self,
+        mut settings: impl Iterator<Item = &'a (String, String)>,
+    ) -> bool {
+        let accepted = self.accepted_settings.lock();
+        settings.all(|(k, v)| accepted.get(k).is_some_and(|vs| vs.contains(v)))
+    }
+
+    /// Remembers settings a server has just accepted.
+    pub fn note_accepted_settings<'a>(&self, settings: impl Iterator<Item = &'a (String, String)>) {
+        let mut accepted = self.accepted_settings.lock();
+        for (k, v) in settings {
+            if accepted.get(k).is_some_and(|vs| vs.contains(v)) {
+                continue;
+            }
+            if accepted.values().map(HashSet::len).sum::<usize>() >= MAX_ACCEPTED_SETTINGS {
+                accepted.clear();
+            }
+            accepted.entry(k.clone()).or_default().insert(v.clone());
+        }
+    }
+
     /// PAUSE: new transactions wait until [`Pool::resume`].
     pub fn pause(&self) {
         self.paused.send_replace(true);
@@ -287,9 +319,8 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         let settings = self.settings();
         let start = Instant::now();
-        // a guard, not a decrement after the wait: the login timeout drops
-        // a session-mode login waiting here (a paused pool, a
-        // checkout_timeout above client_login_timeout)
+        // a guard, not a decrement after the wait: a caller's future may
+        // be dropped while it waits here (a paused pool waits without limit)
         let waiting = Raised::new(&self.counts.waiting);
         if self.is_paused() {
             // Paused: wait (without a time limit, as the operator asked) for RESUME.
@@ -428,6 +459,18 @@ impl Pool {
         // the waiter that gets the slot finds it
     }
 
+    /// Takes back a server whose `sync_settings` failed. One that answered
+    /// with an ErrorResponse (and then ReadyForQuery) is as it was before:
+    /// it was idle, and the RESETs and set_config of the failed statement
+    /// ran in one implicit transaction that the error rolled back. It goes
+    /// back to the pool; after any other failure the server is closed.
+    pub fn checkin_after_sync_error(&self, checkout: Checkout, error: &ServerError) {
+        match error {
+            ServerError::Statement(_) => self.checkin(checkout),
+            _ => self.discard(checkout),
+        }
+    }
+
     /// Closes a server that is in an unknown state.
     pub fn discard(&self, checkout: Checkout) {
         tracing::debug!(server = checkout.server.id, "discarding server connection");
@@ -496,6 +539,8 @@ impl Pool {
             // Servers of the old target finish their work, then close
             // (checkin turns them away).
             self.idle.lock().clear();
+            // and the new one may take other settings
+            self.accepted_settings.lock().clear();
         }
         *cur = settings;
     }

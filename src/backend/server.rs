@@ -293,12 +293,13 @@ impl ServerConnection {
                 sql.push_str(",false)");
             }
         }
-        // boxed: rare, and it would otherwise size every session's task
-        let result = Box::pin(self.run_simple(&sql)).await;
+        // boxed: rare, and it would otherwise size every session's task.
+        // An error rolls back every RESET and set_config of the statement
+        // (one implicit transaction): `applied` then stays as it was.
+        Box::pin(self.run_simple(&sql)).await?;
         for r in &resets {
             self.applied.remove(r);
         }
-        result?;
         for (k, v) in sets {
             self.applied.insert(k.to_ascii_lowercase(), v.to_owned());
         }

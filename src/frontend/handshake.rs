@@ -1,7 +1,9 @@
 //! The startup handshake of a client connection: SSLRequest / GSSENCRequest,
 //! CancelRequest, protocol version negotiation, the startup parameters,
 //! authentication, and the greeting (ParameterStatus, BackendKeyData,
-//! ReadyForQuery). Everything here runs under the login timeout.
+//! ReadyForQuery). [`handshake`] (startup and authentication) runs under
+//! the login timeout; [`admit`] (the wait for a server, the greeting) does
+//! not: the pool's own timeouts bound it, and their errors reach the client.
 
 use super::session::ServerState;
 use super::stream::ClientStream;
@@ -11,14 +13,39 @@ use crate::backend::{Checkout, Pool};
 use crate::config::{PoolMode, TlsMode};
 use crate::protocol::io::ReadError;
 use crate::protocol::messages::{self, Severity};
-use crate::protocol::startup::{self, StartupError, StartupPacket};
+use crate::protocol::startup::{self, StartupPacket};
 use bytes::BytesMut;
+use pgwire::api::auth::sasl::scram::ScramServerAuth;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Startup parameters that are not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Settings Postgres takes whatever their value (it cleans up an odd
+/// application_name rather than refuse it): no login needs a server to try
+/// them, however many different values clients send.
+const ALWAYS_ACCEPTED: &[&str] = &["application_name"];
+
+/// A client that has authenticated, before it gets a server and its
+/// greeting.
+pub struct Authenticated {
+    /// the socket, possibly TLS
+    pub stream: ClientStream,
+    /// bytes already read past authentication
+    pub rbuf: BytesMut,
+    /// role name
+    pub user: String,
+    /// client-facing database name
+    pub database: String,
+    /// application_name at startup
+    pub application_name: String,
+    /// the client's own settings (startup parameters and `options -c`)
+    pub settings: Vec<(String, String)>,
+    /// the pool serving this client
+    pub pool: Arc<Pool>,
+}
 
 /// A client that has logged in.
 pub struct Login {
@@ -76,8 +103,36 @@ async fn refuse(stream: &mut ClientStream, code: &str, message: String) -> Hands
     HandshakeEnd::Refused(code.to_owned(), message)
 }
 
-/// Runs the handshake on a fresh connection.
-pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login, HandshakeEnd> {
+/// Answers an SSLRequest: `S` and the TLS handshake when TLS is configured
+/// and the connection is still plain, else `N`. Returns the stream and, for
+/// a TLS session, the SCRAM authenticator bound to its certificate; `None`
+/// when the client is gone or its TLS handshake failed.
+pub async fn answer_ssl_request(
+    app: &App,
+    stream: ClientStream,
+) -> Option<(ClientStream, Option<ScramServerAuth>)> {
+    let (tls, mut tcp) = match (app.client_tls(), stream) {
+        (Some(t), ClientStream::Plain(tcp)) => (t, tcp),
+        (_, mut stream) => {
+            stream.write_all(b"N").await.ok()?;
+            return Some((stream, None));
+        }
+    };
+    tcp.write_all(b"S").await.ok()?;
+    match tls.acceptor.accept(tcp).await {
+        Ok(conn) => Some((ClientStream::Tls(Box::new(conn)), tls.binding)),
+        Err(e) => {
+            tracing::info!(error = %e, "client TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Runs startup and authentication on a fresh connection.
+pub async fn handshake(
+    app: &Arc<App>,
+    mut stream: ClientStream,
+) -> Result<Authenticated, HandshakeEnd> {
     let config = app.config();
     let tls_mode = config
         .tls
@@ -86,7 +141,7 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
         .unwrap_or(TlsMode::Disable);
     // SCRAM bound to the certificate of this client's TLS session, if any
     let mut binding = None;
-    let (major, minor, params) = loop {
+    let (minor, params) = loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
             return Err(HandshakeEnd::Done);
@@ -100,37 +155,14 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
             return Err(HandshakeEnd::Done);
         }
         match startup::parse(&body) {
-            Err(e @ StartupError::BadEncoding) => {
-                return Err(refuse(&mut stream, "22021", e.to_string()).await)
-            }
-            Err(e) => return Err(refuse(&mut stream, "08P01", e.to_string()).await),
-            Ok(StartupPacket::SslRequest) => {
-                let tls = match (app.client_tls(), &stream) {
-                    (Some(t), ClientStream::Plain(_)) => t,
-                    _ => {
-                        if stream.write_all(b"N").await.is_err() {
-                            return Err(HandshakeEnd::Done);
-                        }
-                        continue;
-                    }
-                };
-                let ClientStream::Plain(mut tcp) = stream else {
-                    unreachable!("checked above")
-                };
-                if tcp.write_all(b"S").await.is_err() {
-                    return Err(HandshakeEnd::Done);
+            Err(e) => return Err(refuse(&mut stream, e.code(), e.to_string()).await),
+            Ok(StartupPacket::SslRequest) => match answer_ssl_request(app, stream).await {
+                Some((s, b)) => {
+                    stream = s;
+                    binding = b;
                 }
-                match tls.acceptor.accept(tcp).await {
-                    Ok(conn) => {
-                        stream = ClientStream::Tls(Box::new(conn));
-                        binding = tls.binding;
-                    }
-                    Err(e) => {
-                        tracing::info!(error = %e, "client TLS handshake failed");
-                        return Err(HandshakeEnd::Done);
-                    }
-                }
-            }
+                None => return Err(HandshakeEnd::Done),
+            },
             Ok(StartupPacket::GssEncRequest) => {
                 if stream.write_all(b"N").await.is_err() {
                     return Err(HandshakeEnd::Done);
@@ -140,22 +172,10 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
                 app.cancels.cancel(pid, &secret).await;
                 return Err(HandshakeEnd::Done);
             }
-            Ok(StartupPacket::Startup {
-                major,
-                minor,
-                params,
-            }) => break (major, minor, params),
+            Ok(StartupPacket::Startup { minor, params, .. }) => break (minor, params),
         }
     };
 
-    if major != 3 {
-        return Err(refuse(
-            &mut stream,
-            "0A000",
-            format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
-        )
-        .await);
-    }
     let unrecognized: Vec<&str> = params
         .iter()
         .filter(|(k, _)| k.starts_with("_pq_."))
@@ -265,23 +285,55 @@ pub async fn handshake(app: &Arc<App>, mut stream: ClientStream) -> Result<Login
         )
         .await);
     };
+    Ok(Authenticated {
+        stream,
+        rbuf,
+        user,
+        database,
+        application_name,
+        settings,
+        pool,
+    })
+}
 
+/// Gives an authenticated client its server (session mode) and its
+/// greeting. The wait for a server is bounded by `checkout_timeout` and
+/// `connect_timeout`, and their errors (53300, 08006) reach the client.
+pub async fn admit(app: &Arc<App>, client: Authenticated) -> Result<Login, HandshakeEnd> {
+    let Authenticated {
+        mut stream,
+        rbuf,
+        user,
+        database,
+        application_name,
+        settings,
+        pool,
+    } = client;
     // A session-mode client holds a server from now on; a transaction-mode
-    // client needs one only to learn the server's parameters the first time.
+    // client needs one only to learn the server's parameters the first time,
+    // and to try settings no server of the pool has accepted yet: one that
+    // the server refuses fails the login, as it would in Postgres, rather
+    // than the client's first statement.
     let mode = pool.settings().mode;
     let defaults = pool.defaults();
     let mut server = None;
     let mut reported: HashMap<String, String> = (*defaults).clone();
-    if mode == PoolMode::Session || defaults.is_empty() {
+    let tried = || {
+        settings
+            .iter()
+            .filter(|(k, _)| !ALWAYS_ACCEPTED.iter().any(|a| a.eq_ignore_ascii_case(k)))
+    };
+    if mode == PoolMode::Session || defaults.is_empty() || !pool.settings_accepted(tried()) {
         let mut co = match pool.checkout().await {
             Ok(co) => co,
             Err(e) => return Err(refuse(&mut stream, &e.code(), e.to_string()).await),
         };
         if let Err(e) = co.server.sync_settings(&settings, &pool.defaults()).await {
             let code = e.code();
-            pool.discard(co);
+            pool.checkin_after_sync_error(co, &e);
             return Err(refuse(&mut stream, &code, e.to_string()).await);
         }
+        pool.note_accepted_settings(tried());
         reported = co.server.params.clone();
         if mode == PoolMode::Session {
             server = Some(co);

@@ -1480,7 +1480,7 @@ impl Session {
         {
             let msg = e.to_string();
             let code = e.code();
-            self.pool.discard(co);
+            self.pool.checkin_after_sync_error(co, &e);
             return Err(End::NoServer(code, msg));
         }
         self.cancel

@@ -25,7 +25,7 @@ pub enum StartupPacket {
     },
     /// StartupMessage with its protocol version and parameters.
     Startup {
-        /// major protocol version (3)
+        /// major protocol version (always 3: others are refused)
         major: u16,
         /// minor protocol version
         minor: u16,
@@ -49,6 +49,25 @@ pub enum StartupError {
     /// A cancel request of the wrong size.
     #[error("invalid length of cancel request")]
     BadCancel,
+    /// A protocol version other than 3.x (checked before the parameters).
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
+    UnsupportedProtocol {
+        /// major version asked for
+        major: u16,
+        /// minor version asked for
+        minor: u16,
+    },
+}
+
+impl StartupError {
+    /// The SQLSTATE Postgres refuses such a packet with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StartupError::BadEncoding => "22021",
+            StartupError::UnsupportedProtocol { .. } => "0A000",
+            _ => "08P01",
+        }
+    }
 }
 
 /// Validates the length word that opens a startup packet and returns the
@@ -84,6 +103,10 @@ pub fn parse(body: &[u8]) -> Result<StartupPacket, StartupError> {
         _ => {
             let major = (code >> 16) as u16;
             let minor = (code & 0xffff) as u16;
+            // as in Postgres: the version first, then the layout
+            if major != 3 {
+                return Err(StartupError::UnsupportedProtocol { major, minor });
+            }
             Ok(StartupPacket::Startup {
                 major,
                 minor,
@@ -98,7 +121,8 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, StartupError> 
     loop {
         match rest {
             [0] => return Ok(params),
-            [] => return Err(StartupError::BadLayout),
+            // an empty name is the terminator, which must be the last byte
+            [] | [0, ..] => return Err(StartupError::BadLayout),
             _ => {}
         }
         let (name, after) = take_cstr(rest)?;
@@ -195,6 +219,23 @@ mod tests {
         let mut b = startup(&[("user", "x")]);
         b.pop();
         assert_eq!(parse(&b), Err(StartupError::BadLayout));
+    }
+
+    #[test]
+    fn an_empty_parameter_name_before_the_last_byte_is_rejected() {
+        let mut b = 196_608u32.to_be_bytes().to_vec();
+        b.extend_from_slice(b"user\0bob\0\0x\0\0");
+        assert_eq!(parse(&b), Err(StartupError::BadLayout));
+    }
+
+    #[test]
+    fn an_unsupported_protocol_version_is_refused_before_its_layout_is_read() {
+        let mut b = (2u32 << 16).to_be_bytes().to_vec();
+        b.extend_from_slice(b"user\0");
+        assert_eq!(
+            parse(&b).unwrap_err().to_string(),
+            "unsupported frontend protocol 2.0: server supports 3.0 to 3.0"
+        );
     }
 
     #[test]
