@@ -134,11 +134,6 @@ impl App {
             });
     }
 
-    /// The client-facing TLS acceptor in force, if any.
-    pub fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
-        self.tls.read().as_ref().map(|t| t.acceptor.clone())
-    }
-
     /// The client-facing TLS in force, with its channel-binding
     /// authenticator, if any.
     pub fn client_tls(&self) -> Option<crate::frontend::tls::ClientTls> {

@@ -400,6 +400,14 @@ async fn messages_a_server_would_die_of_get_08p01_and_spare_the_pool() {
             );
         }
     }
+    // refused on the header, before any of the body is buffered
+    let mut s = raw_login(proxy.port).await;
+    s.write_all(&[b'E', 0x0b, 0xeb, 0xc2, 0x00]).await.unwrap();
+    assert_eq!(
+        error_code(&read_until_closed(&mut s).await).as_deref(),
+        Some("08P01"),
+        "the header of a 200 MB Execute"
+    );
     stop_tx.send(true).unwrap();
     let served = by.await.expect("the bystander saw no error");
     assert!(served > 0);

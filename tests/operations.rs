@@ -873,3 +873,48 @@ async fn logins_waiting_past_the_login_timeout_leave_no_pool_counts_behind() {
     admin.simple_query("RESUME app").await.unwrap();
     drop(common::connect(&app).await.unwrap());
 }
+
+/// A login that waits for a server (session mode; a paused pool waits
+/// without a time limit) and whose client gives up leaves the queue at
+/// once: its client slot and its place are free, and RESUME does not hand
+/// servers to the dead. Before, such logins stayed until RESUME, and at
+/// `max_client_conn` they locked even the admin console out.
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_that_give_up_while_a_paused_pool_waits_leave_the_queue() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  client_login_timeout: 1s\n  max_client_conn: 4\n",
+        databases_yaml(pg, "session", 2)
+    ));
+    let app = proxy.conn_str("blog", "blogpw", "app");
+    drop(common::connect(&app).await.unwrap());
+    let admin = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .unwrap();
+    admin.simple_query("PAUSE app").await.unwrap();
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { common::connect(&app).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(api_pool(&proxy, "app", "blog")["waiting"], 3);
+    // the clients give up (their sockets close)
+    for w in waiting {
+        w.abort();
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while api_pool(&proxy, "app", "blog")["waiting"] != 0 {
+        assert!(Instant::now() < deadline, "the logins are still queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // their client slots are free: a second admin session gets in
+    let admin2 = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .expect("a free client slot");
+    admin2.simple_query("RESUME app").await.unwrap();
+    drop(common::connect(&app).await.unwrap());
+    let pool = api_pool(&proxy, "app", "blog");
+    assert_eq!(pool["active"], 0, "{pool}");
+}

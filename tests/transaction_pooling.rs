@@ -377,8 +377,33 @@ async fn startup_settings_a_server_refuses_fail_the_login_and_keep_the_server() 
     .await
     .expect("no server needed")
     .unwrap();
+    // and so do logins with new settings: they are not tried without a free
+    // server (no wait, no 53300), and a refused one fails the first
+    // statement instead
+    let new_setting = |options: &'static str| {
+        let conn = format!(
+            "{} options='{options}'",
+            proxy.conn_str("blog", "blogpw", "app")
+        );
+        tokio::time::timeout(Duration::from_secs(2), async move { connect(&conn).await })
+    };
+    let paris = new_setting("-c TimeZone=Europe/Paris")
+        .await
+        .expect("a new setting waits for no server")
+        .unwrap();
+    let unknown = new_setting("-c another_guc=1")
+        .await
+        .expect("a new setting waits for no server")
+        .unwrap();
     warm.batch_execute("COMMIT").await.unwrap();
     assert_eq!(scalar(&again, "SHOW TimeZone").await, "Asia/Tokyo");
+    assert_eq!(scalar(&paris, "SHOW TimeZone").await, "Europe/Paris");
+    let err = unknown.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code()),
+        Some(&SqlState::UNDEFINED_OBJECT),
+        "{err}"
+    );
     assert_eq!(scalar(&warm, "SELECT pg_backend_pid()").await, pid);
 }
 

@@ -160,6 +160,18 @@ pub struct Checkout {
     pub waited: Duration,
 }
 
+impl Checkout {
+    /// Sends a cancel request for what the server is running, without
+    /// waiting for it.
+    pub fn cancel_in_background(&self) {
+        let s = &self.server;
+        let (addr, pid, secret) = (s.addr.clone(), s.pid, s.secret);
+        tokio::spawn(async move {
+            let _ = super::server::send_cancel(&addr, pid, secret).await;
+        });
+    }
+}
+
 /// One of a pool's live counts, raised while the guard lives: a future
 /// dropped half-way (a cancelled task, a departed client) lowers it again.
 struct Raised<'a>(&'a AtomicUsize);
@@ -280,9 +292,18 @@ impl Pool {
         settings.all(|(k, v)| accepted.get(k).is_some_and(|vs| vs.contains(v)))
     }
 
-    /// Remembers settings a server has just accepted.
-    pub fn note_accepted_settings<'a>(&self, settings: impl Iterator<Item = &'a (String, String)>) {
+    /// Remembers settings `server` has just accepted, if it is one of the
+    /// pool's current upstream (a reload may have moved the pool since it
+    /// was opened, and the new upstream may refuse them).
+    pub fn note_accepted_settings<'a>(
+        &self,
+        server: &ServerConnection,
+        settings: impl Iterator<Item = &'a (String, String)>,
+    ) {
         let mut accepted = self.accepted_settings.lock();
+        if server.target_generation != self.target_generation.load(Ordering::Acquire) {
+            return;
+        }
         for (k, v) in settings {
             if accepted.get(k).is_some_and(|vs| vs.contains(v)) {
                 continue;
@@ -467,6 +488,13 @@ impl Pool {
     pub fn checkin_after_sync_error(&self, checkout: Checkout, error: &ServerError) {
         match error {
             ServerError::Statement(_) => self.checkin(checkout),
+            ServerError::Unresponsive(_) => {
+                // stuck (on a lock, say): cancelled, its backend ends the
+                // statement and sees the connection closed, instead of
+                // holding an upstream connection beside its replacement
+                checkout.cancel_in_background();
+                self.discard(checkout)
+            }
             _ => self.discard(checkout),
         }
     }

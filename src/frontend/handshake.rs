@@ -9,7 +9,7 @@ use super::session::ServerState;
 use super::stream::ClientStream;
 use crate::app::App;
 use crate::auth::client::{authenticate, ClientAuthError};
-use crate::backend::{Checkout, Pool};
+use crate::backend::{Checkout, Pool, PoolError};
 use crate::config::{PoolMode, TlsMode};
 use crate::protocol::io::ReadError;
 use crate::protocol::messages::{self, Severity};
@@ -296,13 +296,43 @@ pub async fn handshake(
     })
 }
 
+/// Most bytes an authenticated client may send ahead while it waits for a
+/// server; beyond them pgsift stops reading (and watching) it until the
+/// wait ends.
+const AHEAD_WHILE_WAITING: usize = 1 << 20;
+
+/// Waits for a server of `pool` while watching the client: one that leaves
+/// (EOF, a socket error) gives up its place in the queue (`None`), instead
+/// of holding its client slot while a paused pool waits without limit.
+/// What the client sends meanwhile (a first query it did not wait to send)
+/// is kept in `rbuf`.
+async fn checkout_watching(
+    pool: &Arc<Pool>,
+    stream: &mut ClientStream,
+    rbuf: &mut BytesMut,
+) -> Option<Result<Checkout, PoolError>> {
+    let checkout = pool.checkout();
+    tokio::pin!(checkout);
+    while rbuf.len() < AHEAD_WHILE_WAITING {
+        tokio::select! {
+            co = &mut checkout => return Some(co),
+            // cancel-safe: bytes are in rbuf once the read returns
+            read = stream.read_buf(rbuf) => match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
+        }
+    }
+    Some(checkout.await)
+}
+
 /// Gives an authenticated client its server (session mode) and its
 /// greeting. The wait for a server is bounded by `checkout_timeout` and
 /// `connect_timeout`, and their errors (53300, 08006) reach the client.
 pub async fn admit(app: &Arc<App>, client: Authenticated) -> Result<Login, HandshakeEnd> {
     let Authenticated {
         mut stream,
-        rbuf,
+        mut rbuf,
         user,
         database,
         application_name,
@@ -323,17 +353,22 @@ pub async fn admit(app: &Arc<App>, client: Authenticated) -> Result<Login, Hands
             .iter()
             .filter(|(k, _)| !ALWAYS_ACCEPTED.iter().any(|a| a.eq_ignore_ascii_case(k)))
     };
-    if mode == PoolMode::Session || defaults.is_empty() || !pool.settings_accepted(tried()) {
-        let mut co = match pool.checkout().await {
-            Ok(co) => co,
-            Err(e) => return Err(refuse(&mut stream, &e.code(), e.to_string()).await),
+    // (the trial of new settings only takes a server that is free at once:
+    // a login must not wait, or fail with 53300, for want of one; the first
+    // statement tries them otherwise)
+    let trial = || !pool.settings_accepted(tried()) && pool.has_free_slot();
+    if mode == PoolMode::Session || defaults.is_empty() || trial() {
+        let mut co = match checkout_watching(&pool, &mut stream, &mut rbuf).await {
+            Some(Ok(co)) => co,
+            Some(Err(e)) => return Err(refuse(&mut stream, &e.code(), e.to_string()).await),
+            None => return Err(HandshakeEnd::Done),
         };
         if let Err(e) = co.server.sync_settings(&settings, &pool.defaults()).await {
             let code = e.code();
             pool.checkin_after_sync_error(co, &e);
             return Err(refuse(&mut stream, &code, e.to_string()).await);
         }
-        pool.note_accepted_settings(tried());
+        pool.note_accepted_settings(&co.server, tried());
         reported = co.server.params.clone();
         if mode == PoolMode::Session {
             server = Some(co);

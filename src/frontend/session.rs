@@ -21,7 +21,7 @@ use super::settings::SettingsTracker;
 use super::source::Source;
 use super::stream::ClientStream;
 use crate::app::App;
-use crate::backend::server::{note_parameter_status, send_cancel};
+use crate::backend::server::note_parameter_status;
 use crate::backend::socket::TryWrite;
 use crate::backend::{mux, Checkout, Pool};
 use crate::cache::{Lookup, Miss};
@@ -234,22 +234,13 @@ fn application_changed(observer: &mut Observer, body: &[u8]) {
     observer.set_application(&String::from_utf8_lossy(value));
 }
 
-/// Sends a cancel request for what `co`'s server is running, without
-/// waiting for it.
-fn cancel_in_background(co: &Checkout) {
-    let (addr, pid, secret) = (co.server.addr.clone(), co.server.pid, co.server.secret);
-    tokio::spawn(async move {
-        let _ = send_cancel(&addr, pid, secret).await;
-    });
-}
-
 /// Hands a server back after its client is done with it: a server with work
 /// in flight is cancelled and closed; one inside a transaction is rolled
 /// back; in session mode it also gets `DISCARD ALL`. Anything that fails or
 /// takes too long closes the server instead of returning it.
 pub async fn return_server(pool: &Pool, mut co: Checkout, state: ServerState, mode: PoolMode) {
     if !state.quiet() {
-        cancel_in_background(&co);
+        co.cancel_in_background();
         pool.discard(co);
         return;
     }
@@ -997,7 +988,7 @@ impl Session {
     /// socket only after its transaction has ended, committed or not. Only
     /// then is it certain that nothing more of theirs takes effect.
     async fn await_server_end(&mut self, mut co: Checkout) {
-        cancel_in_background(&co);
+        co.cancel_in_background();
         let pid = co.server.pid;
         let gone = async {
             let _ = co.server.writer.shutdown().await;
@@ -1168,21 +1159,20 @@ impl Session {
         // nothing in flight before this batch: a cache hit may answer it
         let idle_before = self.state.quiet() && to_server.is_empty() && self.pipeline.is_empty();
         let mut messages = 0;
-        loop {
-            let (tag, total) = match peek_frame(&cbuf[end..], self.max_message) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return Err(End::ClientProtocol(e)),
-            };
+        while let Some(&tag) = cbuf.get(end) {
+            // Postgres's own limit for the message's type, where smaller: a
+            // server would drop the connection on a longer one without a
+            // word, and pgsift might have handed it to someone else by then.
+            // Checked on the header, before the body is buffered.
             if !is_frontend_type(tag) {
                 return Err(End::ClientProtocol(FrameError::UnknownType(tag)));
             }
-            if total - 1 > frontend_limit(tag) {
-                // a server would drop the connection without a word, and
-                // pgsift might have handed it to someone else by then
-                let (len, max) = (total - 1, frontend_limit(tag));
-                return Err(End::ClientProtocol(FrameError::TooLarge { len, max }));
-            }
+            let limit = self.max_message.min(frontend_limit(tag));
+            let total = match peek_frame(&cbuf[end..], limit) {
+                Ok(Some((_, total))) => total,
+                Ok(None) => break,
+                Err(e) => return Err(End::ClientProtocol(e)),
+            };
             match tag {
                 b'X' => {
                     terminate = true;

@@ -24,22 +24,30 @@ pub struct ClientTls {
     pub binding: Option<ScramServerAuth>,
 }
 
-/// Builds the acceptor and the channel-binding authenticator.
+/// Builds the acceptor and the channel-binding authenticator, both from
+/// one reading of the certificate file (a file replaced in between must not
+/// give the binding another certificate than the one TLS presents).
 pub fn client_tls(cfg: &TlsConfig) -> anyhow::Result<ClientTls> {
-    let acceptor = acceptor(cfg)?;
-    let pem = std::fs::read(&cfg.cert)
-        .with_context(|| format!("tls.cert: cannot read \"{}\"", cfg.cert))?;
+    let pem = read_cert(cfg)?;
+    let acceptor = acceptor_from(cfg, &pem)?;
     let mut scram = ScramServerAuth::new();
     let binding = scram.configure_certificate(&pem).ok().map(|()| scram);
     Ok(ClientTls { acceptor, binding })
+}
+
+fn read_cert(cfg: &TlsConfig) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(&cfg.cert).with_context(|| format!("tls.cert: cannot read \"{}\"", cfg.cert))
 }
 
 /// Builds the TLS acceptor. An error starts with the key of the file that
 /// is wrong (`tls.cert: …`, `tls.key: …`), so config validation reports it
 /// as it is.
 pub fn acceptor(cfg: &TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
-        .with_context(|| format!("tls.cert: cannot read \"{}\"", cfg.cert))?
+    acceptor_from(cfg, &read_cert(cfg)?)
+}
+
+fn acceptor_from(cfg: &TlsConfig, cert_pem: &[u8]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("tls.cert: invalid PEM in \"{}\"", cfg.cert))?;
     if certs.is_empty() {
