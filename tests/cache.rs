@@ -116,25 +116,54 @@ async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
 /// Waits (up to 10 s) until `proxy` has read its catalog facts: a probe
 /// read of `shared_r` counts as a miss or a hit there, not as a bypass. A
 /// busy machine (CI runs the suites side by side) can take longer than a
-/// fixed pause.
+/// fixed pause. Fails the test when they never load: every test that reads
+/// through the cache would otherwise pass on bypasses alone.
 async fn wait_for_facts(c: &tokio_postgres::Client, proxy: &Proxy) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let before = metric(proxy, "miss") + metric(proxy, "hit");
         one(c, "SELECT count(*) FROM shared_r WHERE id > 1").await;
-        if metric(proxy, "miss") + metric(proxy, "hit") > before || Instant::now() > deadline {
+        if metric(proxy, "miss") + metric(proxy, "hit") > before {
             return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "pgsift never read its catalog facts: the probe read stayed a bypass for 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
+/// Reads `sql` through `c` twice and checks that the second read was
+/// served from the cache; returns the value. A value read after a write
+/// proves the write invalidated only when the value before it was cached.
+/// (The first read is sent at once: a read right after a write must see
+/// it. After DDL, pgsift reads its catalog facts again: `wait_for_facts`.)
+async fn cached(c: &tokio_postgres::Client, proxy: &Proxy, sql: &str) -> String {
+    let first = one(c, sql).await;
+    let hits = metric(proxy, "hit");
+    let second = one(c, sql).await;
+    assert_eq!(second, first, "{sql}: the second read differs");
+    assert_eq!(
+        metric(proxy, "hit"),
+        hits + 1.0,
+        "{sql}: the second read was not served from the cache"
+    );
+    second
+}
+
 fn metric(proxy: &Proxy, result: &str) -> f64 {
+    metric_of(proxy, "", result)
+}
+
+/// `pgsift_cache_requests_total` of `result` for `database` (any, if empty).
+fn metric_of(proxy: &Proxy, database: &str, result: &str) -> f64 {
     let (_, body) = common::http_get(proxy.admin_port, "/metrics").unwrap();
     body.lines()
         .find(|l| {
             l.starts_with("pgsift_cache_requests_total")
                 && l.contains(&format!("result=\"{result}\""))
+                && (database.is_empty() || l.contains(&format!("database=\"{database}\"")))
         })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
@@ -149,20 +178,44 @@ fn write_directly(sql: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hit_is_byte_identical_to_the_miss_and_skips_the_server() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
     let proxy = cache_proxy(false);
     let c = client(&proxy).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // pg_proc facts load
+    wait_for_facts(&c, &proxy).await;
     let sql =
         "SELECT id, v, owner, id * 2.5 AS x, NULL::text AS n FROM items WHERE id <= 3 ORDER BY id";
-    let miss = rows(&c.simple_query(sql).await.unwrap());
-    let before = metric(&proxy, "hit");
-    let hit = rows(&c.simple_query(sql).await.unwrap());
-    assert_eq!(miss, hit);
-    assert_eq!(metric(&proxy, "hit"), before + 1.0);
-    // the raw bytes too: psql's unaligned output through a fresh connection
+    // every message of the reply, tag and body, as the client receives it:
+    // a simple query, and a one-off extended one (unnamed Parse, Bind,
+    // Execute, Sync)
+    let mut s = raw::raw_login_as(proxy.port, "blog", "blogpw", "cachedb").await;
+    let mut replies = Vec::new();
+    for (protocol, request) in [("simple", raw::query(sql)), ("extended", raw::one_off(sql))] {
+        let (misses, hits) = (metric(&proxy, "miss"), metric(&proxy, "hit"));
+        s.write_all(&request).await.unwrap();
+        let miss = raw::read_until(&mut s, b'Z').await;
+        assert_eq!(metric(&proxy, "miss"), misses + 1.0, "{protocol}: a miss");
+        let rows = miss.iter().filter(|(t, _)| *t == b'D').count();
+        assert_eq!(rows, 3, "{protocol}: {miss:?}");
+        s.write_all(&request).await.unwrap();
+        let hit = raw::read_until(&mut s, b'Z').await;
+        assert_eq!(metric(&proxy, "hit"), hits + 1.0, "{protocol}: a hit");
+        assert_eq!(
+            hit, miss,
+            "{protocol}: the hit's bytes differ from the miss's"
+        );
+        replies.push((protocol, request, miss));
+    }
+    // the hit skips the server: a change behind pgsift's back is not seen
     write_directly("UPDATE items SET owner = 'changed' WHERE id = 1");
-    let again = rows(&c.simple_query(sql).await.unwrap());
-    assert_eq!(again, miss, "served from the cache, not the server");
+    for (protocol, request, miss) in replies {
+        s.write_all(&request).await.unwrap();
+        let again = raw::read_until(&mut s, b'Z').await;
+        assert_eq!(
+            again, miss,
+            "{protocol}: served from the cache, not the server"
+        );
+    }
     write_directly("UPDATE items SET owner = 'reader' WHERE id = 1");
 }
 
@@ -170,10 +223,11 @@ async fn a_hit_is_byte_identical_to_the_miss_and_skips_the_server() {
 async fn writes_through_pgsift_invalidate_before_they_are_acknowledged() {
     let proxy = cache_proxy(false);
     let c = client(&proxy).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&c, &proxy).await;
+    // each value is read twice (`cached`): the second read is a hit, so
+    // the write that follows has a cached entry to invalidate
     let read = "SELECT v FROM items WHERE id = 10";
-    assert_eq!(one(&c, read).await, "0");
-    assert_eq!(one(&c, read).await, "0");
+    assert_eq!(cached(&c, &proxy, read).await, "0");
     // autocommit UPDATE
     c.simple_query("UPDATE items SET v = 1 WHERE id = 10")
         .await
@@ -182,14 +236,14 @@ async fn writes_through_pgsift_invalidate_before_they_are_acknowledged() {
     // inside a transaction: the transaction sees its own write (no cache),
     // others see the new value once COMMIT is acknowledged
     let other = client(&proxy).await;
-    assert_eq!(one(&other, read).await, "1");
+    assert_eq!(cached(&other, &proxy, read).await, "1");
     c.batch_execute("BEGIN; UPDATE items SET v = 2 WHERE id = 10")
         .await
         .unwrap();
     assert_eq!(one(&c, read).await, "2");
     assert_eq!(one(&other, read).await, "1");
     c.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(one(&other, read).await, "2");
+    assert_eq!(cached(&other, &proxy, read).await, "2");
     // ROLLBACK leaves the old value
     c.batch_execute("BEGIN; UPDATE items SET v = 99 WHERE id = 10; ROLLBACK")
         .await
@@ -197,14 +251,14 @@ async fn writes_through_pgsift_invalidate_before_they_are_acknowledged() {
     assert_eq!(one(&other, read).await, "2");
     // MERGE
     c.batch_execute("MERGE INTO items t USING (SELECT 10 AS id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = 3").await.unwrap();
-    assert_eq!(one(&other, read).await, "3");
+    assert_eq!(cached(&other, &proxy, read).await, "3");
     // INSERT … ON CONFLICT
     c.batch_execute(
         "INSERT INTO items VALUES (10, 4, 'blog') ON CONFLICT (id) DO UPDATE SET v = 4",
     )
     .await
     .unwrap();
-    assert_eq!(one(&other, read).await, "4");
+    assert_eq!(cached(&other, &proxy, read).await, "4");
     // a named statement bound again without a new Parse (extended protocol)
     let upd = c
         .prepare("UPDATE items SET v = $1 WHERE id = 10")
@@ -212,7 +266,7 @@ async fn writes_through_pgsift_invalidate_before_they_are_acknowledged() {
         .unwrap();
     for v in [5i32, 6] {
         c.execute(&upd, &[&v]).await.unwrap();
-        assert_eq!(one(&other, read).await, v.to_string());
+        assert_eq!(cached(&other, &proxy, read).await, v.to_string());
     }
     // a writable CTE
     c.batch_execute(
@@ -220,10 +274,10 @@ async fn writes_through_pgsift_invalidate_before_they_are_acknowledged() {
     )
     .await
     .unwrap();
-    assert_eq!(one(&other, read).await, "7");
+    assert_eq!(cached(&other, &proxy, read).await, "7");
     // COPY FROM into a cached table
     let staging = "SELECT count(*) FROM staging";
-    assert_eq!(one(&other, staging).await, "0");
+    assert_eq!(cached(&other, &proxy, staging).await, "0");
     let sink = c.copy_in("COPY staging FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);
     use futures_util::SinkExt;
@@ -231,15 +285,16 @@ async fn writes_through_pgsift_invalidate_before_they_are_acknowledged() {
         .await
         .unwrap();
     sink.finish().await.unwrap();
-    assert_eq!(one(&other, staging).await, "2");
+    assert_eq!(cached(&other, &proxy, staging).await, "2");
     // TRUNCATE (DDL-class: invalidates the database)
     c.batch_execute("TRUNCATE staging").await.unwrap();
     assert_eq!(one(&other, staging).await, "0");
     // a volatile function may write anything
     c.batch_execute("CREATE OR REPLACE FUNCTION bump() RETURNS int LANGUAGE sql VOLATILE AS 'UPDATE items SET v = 8 WHERE id = 10 RETURNING v'").await.unwrap();
-    assert_eq!(one(&other, read).await, "7");
+    wait_for_facts(&other, &proxy).await;
+    assert_eq!(cached(&other, &proxy, read).await, "7");
     assert_eq!(one(&c, "SELECT bump()").await, "8");
-    assert_eq!(one(&other, read).await, "8");
+    assert_eq!(cached(&other, &proxy, read).await, "8");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,7 +304,7 @@ async fn roles_settings_and_rls_never_share_a_result() {
     let reader = connect(&proxy.conn_str("reader", "readerpw", "cachedb"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&blog, &proxy).await;
     // RLS: each role sees its own row, every time
     for _ in 0..3 {
         assert_eq!(
@@ -299,21 +354,28 @@ async fn roles_settings_and_rls_never_share_a_result() {
         one(&blog, "SELECT at::date::text FROM stamps WHERE id = 1").await,
         "01.01.2026"
     );
-    // a role change pgsift does not model turns the cache off for that client
-    let hits = metric(&proxy, "hit");
+    // a role change pgsift does not model turns the cache off for that
+    // client: its reads are bypasses, neither blog's entry nor a new one.
+    // (A table both roles may read, without row-level security: an RLS
+    // table such as secret is never cached, whatever the role.)
+    let read = "SELECT owner FROM items WHERE id = 4";
+    assert_eq!(cached(&blog, &proxy, read).await, "blog");
+    let (hits, bypasses) = (metric(&proxy, "hit"), metric(&proxy, "bypass"));
     blog.batch_execute("SET ROLE reader").await.unwrap();
+    assert_eq!(one(&blog, read).await, "blog");
     assert_eq!(
-        one(&blog, "SELECT string_agg(owner, ',') FROM secret").await,
-        "reader"
+        metric(&proxy, "hit"),
+        hits,
+        "blog's entry served after SET ROLE reader"
     );
-    assert_eq!(metric(&proxy, "hit"), hits);
+    assert_eq!(metric(&proxy, "bypass"), bypasses + 1.0, "not a bypass");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn non_immutable_functions_and_locking_reads_are_not_cached() {
     let proxy = cache_proxy(false);
     let c = client(&proxy).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&c, &proxy).await;
     let hits = metric(&proxy, "hit");
     for sql in [
         "SELECT now() > at FROM stamps WHERE id = 1",
@@ -447,7 +509,7 @@ fn stress_seconds() -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_writers_and_readers_never_see_a_stale_read() {
     let proxy = cache_proxy(false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&client(&proxy).await, &proxy).await;
     let conn = vec![dsn(&proxy)];
     let s = stress("counters", &conn, &conn, stress_seconds(), || {}).await;
     let hits = metric(&proxy, "hit");
@@ -667,7 +729,8 @@ async fn a_redis_cluster_shares_entries_and_invalidations_too() {
     );
     let ca = client(&a).await;
     let cb = client(&b).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&ca, &a).await;
+    wait_for_facts(&cb, &b).await;
     // several entries, so that they land on different nodes
     let sql = |id: i32| format!("SELECT v FROM items WHERE id = {}", 40 + id);
     for i in 0..6 {
@@ -683,26 +746,44 @@ async fn a_redis_cluster_shares_entries_and_invalidations_too() {
         .await
         .unwrap();
     assert_eq!(one(&cb, &sql(0)).await.parse::<i64>().unwrap(), before + 1);
-    // the versions of the database sit in one hash-tagged key; the entries
-    // are spread over the masters
-    let holding: Vec<usize> = cluster
+    // pgsift's keys on every master: the entries are spread over the
+    // masters; every other key is the one hash-tagged versions key of the
+    // database (the upstream one, whatever name clients use for it), so
+    // every counter of the database lives in one slot
+    let keys: Vec<(u16, Vec<String>)> = cluster
         .ports
         .iter()
         .map(|p| {
-            cluster
-                .cli(*p, &["--scan", "--pattern", "t:c:*"])
-                .lines()
-                .count()
+            let keys = cluster.cli(*p, &["--scan"]);
+            (*p, keys.lines().map(str::to_owned).collect())
         })
+        .collect();
+    let holding: Vec<usize> = keys
+        .iter()
+        .map(|(_, k)| k.iter().filter(|k| k.starts_with("t:c:")).count())
         .collect();
     assert!(
         holding.iter().filter(|n| **n > 0).count() >= 2,
-        "entries on one node only: {holding:?}"
+        "entries on one node only: {keys:?}"
     );
-    let slot = cluster.cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", "t:{cachedb}:v"]);
+    let others: Vec<(u16, &str)> = keys
+        .iter()
+        .flat_map(|(p, k)| k.iter().map(move |k| (*p, k.as_str())))
+        .filter(|(_, k)| !k.starts_with("t:c:"))
+        .collect();
+    let versions = format!("t:{{cachedb@127.0.0.1:{}}}:v", shared_postgres().port);
     assert_eq!(
-        slot,
-        cluster.cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", "{cachedb}"])
+        others.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
+        [versions.as_str()],
+        "one versions key for the database: {keys:?}"
+    );
+    // a hash of the epoch and the table versions, items' among them
+    // (written above)
+    let fields = cluster.cli(others[0].0, &["HKEYS", &versions]);
+    let fields: Vec<&str> = fields.lines().collect();
+    assert!(
+        ["e", "t:items"].iter().all(|f| fields.contains(f)),
+        "{versions}: {fields:?}"
     );
 }
 
@@ -710,7 +791,8 @@ async fn a_redis_cluster_shares_entries_and_invalidations_too() {
 async fn redis_killed_and_restarted_under_load_costs_no_error_and_no_stale_read() {
     let redis = Arc::new(common::Redis::start());
     let (a, b) = (redis_proxy(&redis), redis_proxy(&redis));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&client(&a).await, &a).await;
+    wait_for_facts(&client(&b).await, &b).await;
     let (wa, rb) = (dsn(&a), dsn(&b));
     let r = redis.clone();
     let admin = a.admin_port;
@@ -756,7 +838,7 @@ async fn a_failed_invalidation_stops_reads_until_the_epoch_is_bumped() {
     let redis = common::Redis::start();
     let a = redis_proxy(&redis);
     let c = client(&a).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&c, &a).await;
     let sql = "SELECT v FROM flaky WHERE id = 42";
     assert_eq!(one(&c, sql).await, "1");
     let hits = metric(&a, "hit");
@@ -800,7 +882,7 @@ async fn concurrent_misses_of_one_key_run_the_query_once() {
     for _ in 0..6 {
         clients.push(connect(&conn).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&clients[0], &proxy).await;
     // slow enough (a 1M-row join) that the six requests overlap
     let sql = "SELECT count(*) FROM items a, items b, items c WHERE a.id + b.id + c.id > 7";
     let (misses, hits) = (metric(&proxy, "miss"), metric(&proxy, "hit"));
@@ -822,7 +904,7 @@ async fn extended_protocol_reads_are_served_and_invalidated_too() {
     let proxy = cache_proxy(false);
     let c = client(&proxy).await;
     let other = client(&proxy).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&c, &proxy).await;
     let stmt = c
         .prepare("SELECT v, owner FROM items WHERE id = $1")
         .await
@@ -851,11 +933,45 @@ async fn extended_protocol_reads_are_served_and_invalidated_too() {
         .await
         .unwrap();
     assert_eq!(read(20).await.0, first.0 + 100);
-    // and one-shot statements (Parse + Bind + Describe + Execute + Sync) too
-    let q = "SELECT owner FROM items WHERE id = 22";
-    let a: String = other.query_one(q, &[]).await.unwrap().get(0);
-    let b: String = other.query_one(q, &[]).await.unwrap().get(0);
-    assert_eq!(a, b);
+    // and one-shot statements too: unnamed Parse, Bind, Describe portal,
+    // Execute, Sync, what libpq's PQexecParams sends (tokio-postgres's
+    // query_typed describes the statement instead: not cached, as README
+    // says)
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let q = "SELECT v FROM items WHERE id = 22";
+    let mut parse = vec![0];
+    parse.extend_from_slice(q.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut one_shot = raw::message(b'P', &parse);
+    one_shot.extend(raw::message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    one_shot.extend(raw::message(b'D', b"P\0"));
+    one_shot.extend(raw::message(b'E', &[0, 0, 0, 0, 0]));
+    one_shot.extend(raw::message(b'S', b""));
+    let mut s = raw::raw_login_as(proxy.port, "blog", "blogpw", "cachedb").await;
+    let mut read_one_shot = async || {
+        s.write_all(&one_shot).await.unwrap();
+        let reply = raw::read_until(&mut s, b'Z').await;
+        let v = raw::first_value(&reply).unwrap_or_else(|| panic!("{reply:?}"));
+        v.parse::<i64>().unwrap()
+    };
+    let a = read_one_shot().await;
+    let hits = metric(&proxy, "hit");
+    assert_eq!(read_one_shot().await, a);
+    assert_eq!(
+        metric(&proxy, "hit"),
+        hits + 1.0,
+        "a one-shot read is cached"
+    );
+    other
+        .execute("UPDATE items SET v = v + 1 WHERE id = 22", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        read_one_shot().await,
+        a + 1,
+        "a one-shot read is invalidated"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -863,7 +979,7 @@ async fn a_write_sent_before_the_previous_reply_arrived_invalidates_too() {
     let proxy = cache_proxy(false);
     let c = client(&proxy).await;
     let other = client(&proxy).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&other, &proxy).await;
     let read = "SELECT v FROM items WHERE id = 36";
     let first = one(&other, read).await;
     assert_eq!(one(&other, read).await, first, "stored, then a hit");
@@ -939,12 +1055,26 @@ async fn a_write_that_commits_after_its_client_left_is_invalidated_after_the_com
     ];
     for (setup, sql, id) in cases {
         let read = format!("SELECT v FROM doubt WHERE id = {id}");
-        assert_eq!(one(&other, &read).await, "0");
-        assert_eq!(one(&other, &read).await, "0");
+        assert_eq!(cached(&other, &proxy, &read).await, "0");
         send_and_vanish(&proxy, setup, sql).await;
-        // read while the commit is under way: the old value, stored
+        // read while the commit is under way: the session has ended and
+        // recorded the write's invalidation, so the read misses, and the
+        // old value is stored again (the next read is a hit)
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let misses = metric(&proxy, "miss");
         assert_eq!(one(&other, &read).await, "0", "{sql}: not committed yet");
+        assert_eq!(
+            metric(&proxy, "miss"),
+            misses + 1.0,
+            "{sql}: the entry read before the write was not invalidated when its client left"
+        );
+        let hits = metric(&proxy, "hit");
+        assert_eq!(one(&other, &read).await, "0", "{sql}: not committed yet");
+        assert_eq!(
+            metric(&proxy, "hit"),
+            hits + 1.0,
+            "{sql}: the old value, stored"
+        );
         let direct = format!("SELECT v FROM doubt WHERE id = {id}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while pg.psql("cachedb", &direct) != "1" {
@@ -968,18 +1098,17 @@ async fn a_setting_changed_inside_a_transaction_keys_that_transactions_reads() {
     let c = client(&proxy).await;
     let other = client(&proxy).await;
     wait_for_facts(&other, &proxy).await;
-    let (cached, fresh) = (
+    let (stored, fresh) = (
         "SELECT v FROM items WHERE id = 60",
         "SELECT v FROM items WHERE id = 61",
     );
-    assert_eq!(one(&other, cached).await, "0");
-    assert_eq!(one(&other, cached).await, "0");
+    assert_eq!(cached(&other, &proxy, stored).await, "0");
     // the server runs the transaction's reads with the new search_path at
     // once; the client's settings change only when the transaction ends
     c.batch_execute("BEGIN; SET search_path = tenant2, public")
         .await
         .unwrap();
-    assert_eq!(one(&c, cached).await, "77", "another search_path's entry");
+    assert_eq!(one(&c, stored).await, "77", "another search_path's entry");
     assert_eq!(one(&c, fresh).await, "77");
     c.batch_execute("COMMIT").await.unwrap();
     assert_eq!(
@@ -988,9 +1117,14 @@ async fn a_setting_changed_inside_a_transaction_keys_that_transactions_reads() {
         "tenant2's row stored under the default search_path"
     );
     // after the COMMIT the setting is the client's own, and keys its reads
-    assert_eq!(one(&c, cached).await, "77");
-    assert_eq!(one(&c, cached).await, "77");
-    assert_eq!(one(&other, cached).await, "0");
+    assert_eq!(cached(&c, &proxy, stored).await, "77");
+    let hits = metric(&proxy, "hit");
+    assert_eq!(one(&other, stored).await, "0");
+    assert_eq!(
+        metric(&proxy, "hit"),
+        hits + 1.0,
+        "other's entry is still there"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1010,14 +1144,21 @@ async fn a_repeatable_read_transaction_is_never_cached_however_it_is_spelled() {
     for (v, begin) in begins.into_iter().enumerate() {
         let read = "SELECT v FROM items WHERE id = 62";
         let before = v.to_string();
-        assert_eq!(one(&c, read).await, before);
+        // outside A's transaction the read is cached (B's write drops it)
+        assert_eq!(cached(&c, &proxy, read).await, before);
         // A's snapshot is taken before B's write is acknowledged
         a.batch_execute(begin).await.unwrap();
         assert_eq!(one(&a, "SELECT 1").await, "1");
         b.simple_query(&format!("UPDATE items SET v = {} WHERE id = 62", v + 1))
             .await
             .unwrap();
+        let (misses, bypasses) = (metric(&proxy, "miss"), metric(&proxy, "bypass"));
         assert_eq!(one(&a, read).await, before, "{begin}: A reads its snapshot");
+        assert_eq!(
+            (metric(&proxy, "miss"), metric(&proxy, "bypass")),
+            (misses, bypasses + 1.0),
+            "{begin}: A's read is a bypass, not a miss to store"
+        );
         a.batch_execute("COMMIT").await.unwrap();
         assert_eq!(
             one(&c, read).await,
@@ -1072,33 +1213,69 @@ async fn a_database_whose_transactions_default_to_repeatable_read_is_not_cached(
     setup();
     let pg = shared_postgres();
     pg.psql("postgres", "CREATE DATABASE isodb OWNER blog");
-    pg.psql(
-        "isodb",
-        "SET ROLE blog; CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 0)",
-    );
+    // and its control: the same table in a database with the default
+    pg.psql("postgres", "CREATE DATABASE rcdb OWNER blog");
+    for db in ["isodb", "rcdb"] {
+        pg.psql(
+            db,
+            "SET ROLE blog; CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 0)",
+        );
+    }
     pg.psql(
         "postgres",
         "ALTER DATABASE isodb SET default_transaction_isolation = 'repeatable read'",
     );
+    // Postgres logs the statements run on isodb: pgsift's catalog query too
+    pg.psql("postgres", "ALTER DATABASE isodb SET log_statement = 'all'");
     let proxy = Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\ndatabases:\n  isodb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 4}}\ncache:\n  backend: memory\n  rules:\n    - tables: [t]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\ndatabases:\n  isodb: {{host: 127.0.0.1, port: {0}, pool_mode: transaction, pool_size: 4}}\n  rcdb: {{host: 127.0.0.1, port: {0}, pool_mode: transaction, pool_size: 4}}\ncache:\n  backend: memory\n  rules:\n    - tables: [t]\n      ttl: 60s\n",
             pg.port
         )
     });
+    let read = "SELECT v FROM t WHERE id = 1";
+    // the control: the rule covers t, and a read of it is cached in rcdb
+    let rc = connect(&proxy.conn_str("blog", "blogpw", "rcdb"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hits = metric_of(&proxy, "rcdb", "hit");
+        assert_eq!(one(&rc, read).await, "0");
+        if metric_of(&proxy, "rcdb", "hit") == hits + 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a read in rcdb is never cached");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let dsn = proxy.conn_str("blog", "blogpw", "isodb");
     let (a, b, c) = (
         connect(&dsn).await.unwrap(),
         connect(&dsn).await.unwrap(),
         connect(&dsn).await.unwrap(),
     );
-    let read = "SELECT v FROM t WHERE id = 1";
-    // the first read has the catalog facts read; with them, reads of this
-    // database stay bypasses
-    for _ in 0..10 {
-        one(&c, read).await;
+    // the first read has pgsift read isodb's catalog facts (the query
+    // shows in Postgres's log); with them, reads of isodb stay bypasses
+    let deadline = Instant::now() + Duration::from_secs(10);
+    one(&c, read).await;
+    while !pg.log().contains("FROM pg_catalog.pg_db_role_setting") {
+        assert!(
+            Instant::now() < deadline,
+            "pgsift never read isodb's catalog facts"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // (the facts are stored once their reply has reached pgsift)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bypasses = metric_of(&proxy, "isodb", "bypass");
+    for _ in 0..3 {
+        assert_eq!(one(&c, read).await, "0");
+    }
+    assert_eq!(
+        metric_of(&proxy, "isodb", "bypass"),
+        bypasses + 3.0,
+        "reads of isodb are bypasses"
+    );
     // A's snapshot is taken before B's write is acknowledged
     a.batch_execute("BEGIN").await.unwrap();
     assert_eq!(one(&a, "SELECT count(*) FROM t").await, "1");
@@ -1108,8 +1285,8 @@ async fn a_database_whose_transactions_default_to_repeatable_read_is_not_cached(
     assert_eq!(one(&a, read).await, "0", "A reads its snapshot");
     a.batch_execute("COMMIT").await.unwrap();
     assert_eq!(one(&c, read).await, "1", "A's snapshot was served to C");
-    assert_eq!(metric(&proxy, "hit"), 0.0);
-    assert_eq!(metric(&proxy, "miss"), 0.0);
+    assert_eq!(metric_of(&proxy, "isodb", "hit"), 0.0);
+    assert_eq!(metric_of(&proxy, "isodb", "miss"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1117,15 +1294,13 @@ async fn partial_executes_are_never_cached_and_their_writes_invalidate() {
     let proxy = cache_proxy(false);
     let mut c = client(&proxy).await;
     let other = client(&proxy).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&c, &proxy).await;
     // a SELECT read 10 rows at a time (Execute with max rows, PortalSuspended)
+    let sql = "SELECT id FROM items WHERE id <= 25 ORDER BY id";
     let (hits, misses) = (metric(&proxy, "hit"), metric(&proxy, "miss"));
     for _ in 0..2 {
         let t = c.transaction().await.unwrap();
-        let stmt = t
-            .prepare("SELECT id FROM items WHERE id <= 25 ORDER BY id")
-            .await
-            .unwrap();
+        let stmt = t.prepare(sql).await.unwrap();
         let portal = t.bind(&stmt, &[]).await.unwrap();
         let mut ids = Vec::new();
         loop {
@@ -1141,11 +1316,30 @@ async fn partial_executes_are_never_cached_and_their_writes_invalidate() {
     }
     assert_eq!(metric(&proxy, "hit"), hits, "nothing served from the cache");
     assert_eq!(metric(&proxy, "miss"), misses, "nothing stored either");
+    // the control: the same statement executed whole is a miss, stored
+    let stmt = c.prepare(sql).await.unwrap();
+    for (n, (hits, misses)) in [(hits, misses + 1.0), (hits + 1.0, misses + 1.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let ids: Vec<i32> = c
+            .query(&stmt, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(ids, (1..=25).collect::<Vec<_>>());
+        assert_eq!(
+            (metric(&proxy, "hit"), metric(&proxy, "miss")),
+            (hits, misses),
+            "the whole execution {n}: a miss, then a hit"
+        );
+    }
 
     // DML executed with max rows invalidates like any other write
     let read = "SELECT v FROM items WHERE id = 30";
-    let before: i64 = one(&other, read).await.parse().unwrap();
-    assert_eq!(one(&other, read).await.parse::<i64>().unwrap(), before);
+    let before: i64 = cached(&other, &proxy, read).await.parse().unwrap();
     let t = c.transaction().await.unwrap();
     let stmt = t
         .prepare("UPDATE items SET v = v + 1 WHERE id = 30 RETURNING v")
@@ -1166,17 +1360,15 @@ async fn partial_executes_are_never_cached_and_their_writes_invalidate() {
 async fn cascading_foreign_keys_and_triggers_invalidate_the_tables_they_reach() {
     let proxy = cache_proxy(false);
     let c = client(&proxy).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_facts(&c, &proxy).await;
     let kids = "SELECT count(*) FROM kids";
-    assert_eq!(one(&c, kids).await, "3");
-    assert_eq!(one(&c, kids).await, "3");
+    assert_eq!(cached(&c, &proxy, kids).await, "3");
     c.batch_execute("DELETE FROM parents WHERE id = 1")
         .await
         .unwrap();
     assert_eq!(one(&c, kids).await, "1", "the cascade deleted two kids");
     let log = "SELECT count(*) FROM audit_log";
-    let before: i64 = one(&c, log).await.parse().unwrap();
-    assert_eq!(one(&c, log).await, before.to_string());
+    let before: i64 = cached(&c, &proxy, log).await.parse().unwrap();
     c.batch_execute("UPDATE audited SET v = v + 1")
         .await
         .unwrap();
