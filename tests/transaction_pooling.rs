@@ -992,3 +992,61 @@ async fn a_failed_copy_the_client_never_ended_releases_its_server() {
     assert_eq!(other, pid, "the server was reused");
     drop(s);
 }
+
+/// A raw client's batch of messages, written at once.
+async fn send(s: &mut tokio::net::TcpStream, msgs: &[Vec<u8>]) {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(&msgs.concat()).await.unwrap();
+}
+
+/// After an error the server ignores everything up to Sync, a simple Query
+/// too: no ReadyForQuery is owed for it, and the client's server goes back
+/// to the pool after the Sync's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_the_server_skipped_after_an_error_releases_the_server() {
+    use common::raw::{bind, errors, execute, first_error, message, parse, query};
+    use common::raw::{raw_login, read_ready, read_until, sync};
+    let proxy = tx_proxy(1, "pool:\n  checkout_timeout: 2s\n");
+    let mut s = raw_login(proxy.port).await;
+    send(
+        &mut s,
+        &[
+            parse("", "SELECT 1/0"),
+            bind("", &[]),
+            execute(),
+            query("SELECT 2"),
+            sync(),
+        ],
+    )
+    .await;
+    let got = read_ready(&mut s, 1).await;
+    assert_eq!(errors(&got), ["22012"]);
+    assert!(
+        !got.iter().any(|(t, _)| *t == b'D'),
+        "the query was skipped"
+    );
+    // the same with the error back before the client sent the query
+    let failing = [
+        parse("", "SELECT 1/0"),
+        bind("", &[]),
+        execute(),
+        message(b'H', b""),
+    ];
+    send(&mut s, &failing).await;
+    assert_eq!(
+        first_error(&read_until(&mut s, b'E').await).as_deref(),
+        Some("22012")
+    );
+    send(&mut s, &[query("SELECT 2"), sync()]).await;
+    let got = read_ready(&mut s, 1).await;
+    assert!(
+        !got.iter().any(|(t, _)| *t == b'D'),
+        "the query was skipped"
+    );
+    // the raw client stays connected, idle: the pool's only server is free
+    let c = app_client(&proxy).await;
+    c.simple_query("SELECT 4")
+        .await
+        .expect("the pool's only server is free");
+    drop(s);
+}

@@ -50,6 +50,9 @@ enum Reply {
         /// the shared statement a Bind uses (closed and prepared afresh if
         /// its cached plan went stale)
         bound: Option<Arc<str>>,
+        /// a Sync: after an error the server skips everything up to one
+        /// (a Query or FunctionCall too)
+        sync: bool,
     },
     /// a reply pgsift makes up (ParseComplete, CloseComplete)
     Made(&'static [u8]),
@@ -135,6 +138,10 @@ pub struct Pipeline {
     /// the client bound a statement that leaves session state on the
     /// server (taken by the session, which resets that server)
     pub dirtied: bool,
+    /// Queries and FunctionCalls the server skipped after an error: the
+    /// ReadyForQuery the session counted for each will not come (taken by
+    /// the session)
+    pub skipped_ready: usize,
 }
 
 /// Unnamed statements remembered for promotion on their second sighting.
@@ -298,9 +305,13 @@ impl Pipeline {
             }
             if self.skipping {
                 // The server discards these; they create, close or owe nothing.
-                if tag == b'S' {
-                    self.skipping = false;
-                    self.expect(Expect::UntilReady, true, None);
+                match tag {
+                    b'S' => {
+                        self.skipping = false;
+                        self.expect_sync();
+                    }
+                    b'Q' | b'F' => self.skipped_ready += 1,
+                    _ => {}
                 }
                 pos += total;
                 continue;
@@ -377,6 +388,7 @@ impl Pipeline {
                             forward: true,
                             parse_of: None,
                             bound: Some(s.shared.clone()),
+                            sync: false,
                         });
                     } else {
                         self.expect(Expect::Count(1), true, None);
@@ -420,7 +432,8 @@ impl Pipeline {
                     }
                     self.expect(Expect::UntilReady, true, None)
                 }
-                b'S' | b'F' => self.expect(Expect::UntilReady, true, None),
+                b'S' => self.expect_sync(),
+                b'F' => self.expect(Expect::UntilReady, true, None),
                 b'H' => self.flush_seen = true,
                 _ => {}
             }
@@ -613,6 +626,18 @@ impl Pipeline {
             forward,
             parse_of,
             bound: None,
+            sync: false,
+        });
+    }
+
+    /// A Sync: its ReadyForQuery, and the end of what an error skips.
+    fn expect_sync(&mut self) {
+        self.replies.push_back(Reply::Server {
+            expect: Expect::UntilReady,
+            forward: true,
+            parse_of: None,
+            bound: None,
+            sync: true,
         });
     }
 
@@ -873,23 +898,24 @@ impl Pipeline {
         })
     }
 
-    /// After an error the server ignores everything up to Sync; so do the
-    /// owed replies (Parses that never ran are forgotten on the server).
+    /// After an error the server ignores everything up to Sync, a Query
+    /// or FunctionCall too; so do the owed replies (Parses that never ran
+    /// are forgotten on the server).
     fn skip_to_sync(&mut self, server: &mut ServerConnection) {
         while let Some(front) = self.replies.front() {
-            if let Reply::Server {
-                expect: Expect::UntilReady,
-                ..
-            } = front
-            {
+            if let Reply::Server { sync: true, .. } = front {
                 return;
             }
-            if let Some(Reply::Server {
-                parse_of: Some(name),
-                ..
-            }) = self.replies.pop_front()
-            {
-                server.prepared.remove(&name);
+            match self.replies.pop_front() {
+                Some(Reply::Server {
+                    parse_of: Some(name),
+                    ..
+                }) => server.prepared.remove(&name),
+                Some(Reply::Server {
+                    expect: Expect::UntilReady,
+                    ..
+                }) => self.skipped_ready += 1,
+                _ => {}
             }
         }
         // The client has not sent its Sync yet: what it sends until then
@@ -1034,7 +1060,7 @@ mod tests {
         // a skipped Parse, then a forwarded Bind and Sync
         p.replies.push_back(Reply::Made(PARSE_COMPLETE));
         p.expect(Expect::Count(1), true, None);
-        p.expect(Expect::UntilReady, true, None);
+        p.expect_sync();
         let mut out = vec![];
         p.emit_made_unless_server_follows(&mut out);
         assert!(out.is_empty(), "held for the Bind's reply");
