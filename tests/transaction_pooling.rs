@@ -1050,3 +1050,80 @@ async fn a_query_the_server_skipped_after_an_error_releases_the_server() {
         .expect("the pool's only server is free");
     drop(s);
 }
+
+/// The Close pgsift sends to make room for a statement (least recently
+/// used first) sits in the client's pipeline: when an earlier message fails,
+/// the server skips it and keeps the statement. pgsift must not take it for
+/// gone (preparing it again would fail with 42P05 at every later use).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eviction_the_server_skipped_after_an_error_leaves_the_statement_usable() {
+    use common::raw::{bind, errors, execute, first_value, message, parse, raw_login};
+    use common::raw::{read_ready, read_until, sync};
+    let proxy = tx_proxy(1, "pool:\n  max_prepared_statements: 2\n");
+    let mut s = raw_login(proxy.port).await;
+    send(
+        &mut s,
+        &[parse("a", "SELECT 1"), parse("b", "SELECT 2"), sync()],
+    )
+    .await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    // preparing c evicts a, after a division by zero
+    send(
+        &mut s,
+        &[
+            parse("", "SELECT 1/0"),
+            bind("", &[]),
+            execute(),
+            parse("c", "SELECT 3"),
+            sync(),
+        ],
+    )
+    .await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), ["22012"]);
+    // (the server skipped the Parse of c too)
+    send(&mut s, &[parse("c", "SELECT 3"), sync()]).await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), Vec::<String>::new());
+    for _ in 0..3 {
+        send(&mut s, &[bind("a", &[]), execute(), sync()]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new());
+        assert_eq!(first_value(&got).as_deref(), Some("1"));
+    }
+    let run = |name: &str| [bind(name, &[]), execute(), sync()].concat();
+    for (name, value) in [("b", "2"), ("c", "3")] {
+        send(&mut s, &[run(name)]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new(), "{name}");
+        assert_eq!(first_value(&got).as_deref(), Some(value));
+    }
+    // the statement evicted (b) used again after the Sync, in the same batch
+    let failing = [parse("", "SELECT 1/0"), bind("", &[]), execute()].concat();
+    send(
+        &mut s,
+        &[failing.clone(), parse("d", "SELECT 4"), sync(), run("b")],
+    )
+    .await;
+    let got = read_ready(&mut s, 2).await;
+    assert_eq!(errors(&got), ["22012"]);
+    assert_eq!(first_value(&got).as_deref(), Some("2"));
+    // and after the error has come back, before the client's Sync (b goes
+    // again: c is used after it)
+    send(&mut s, &[run("c")]).await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), Vec::<String>::new());
+    send(
+        &mut s,
+        &[failing, parse("e", "SELECT 5"), message(b'H', b"")],
+    )
+    .await;
+    assert_eq!(errors(&read_until(&mut s, b'E').await), ["22012"]);
+    send(&mut s, &[sync(), run("b")]).await;
+    let got = read_ready(&mut s, 2).await;
+    assert_eq!(errors(&got), Vec::<String>::new());
+    assert_eq!(first_value(&got).as_deref(), Some("2"));
+    for (name, value) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        send(&mut s, &[run(name)]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new(), "{name}");
+        assert_eq!(first_value(&got).as_deref(), Some(value));
+    }
+}

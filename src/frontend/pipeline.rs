@@ -50,6 +50,9 @@ enum Reply {
         /// the shared statement a Bind uses (closed and prepared afresh if
         /// its cached plan went stale)
         bound: Option<Arc<str>>,
+        /// the shared statement an injected Close drops (if the server
+        /// skips the Close after an error, it still holds the statement)
+        close_of: Option<Arc<str>>,
         /// a Sync: after an error the server skips everything up to one
         /// (a Query or FunctionCall too)
         sync: bool,
@@ -273,9 +276,9 @@ impl Pipeline {
         // next use prepares them afresh (not while the server skips to a
         // Sync or copies in: it would ignore the Close)
         if !self.skipping && !self.copy_in {
-            for name in server.stale_statements.drain(..) {
+            for name in std::mem::take(&mut server.stale_statements) {
                 out.dest.push(extended::build_target(b'C', b'S', &name));
-                self.expect(Expect::Count(1), false, None);
+                self.expect_close(name);
             }
         }
         self.flush_seen = false;
@@ -388,6 +391,7 @@ impl Pipeline {
                             forward: true,
                             parse_of: None,
                             bound: Some(s.shared.clone()),
+                            close_of: None,
                             sync: false,
                         });
                     } else {
@@ -626,6 +630,20 @@ impl Pipeline {
             forward,
             parse_of,
             bound: None,
+            close_of: None,
+            sync: false,
+        });
+    }
+
+    /// An injected Close of the shared statement `name`: its reply is
+    /// swallowed.
+    fn expect_close(&mut self, name: Arc<str>) {
+        self.replies.push_back(Reply::Server {
+            expect: Expect::Count(1),
+            forward: false,
+            parse_of: None,
+            bound: None,
+            close_of: Some(name),
             sync: false,
         });
     }
@@ -637,6 +655,7 @@ impl Pipeline {
             forward: true,
             parse_of: None,
             bound: None,
+            close_of: None,
             sync: true,
         });
     }
@@ -691,7 +710,8 @@ impl Pipeline {
     }
 
     /// Records `name` as prepared on the server, closing the least recently
-    /// used statement first when the server is full.
+    /// used statement first when the server is full, and `name` itself when
+    /// the server may still hold it (see [`Pipeline::may_hold`]).
     fn evict_for(
         &mut self,
         name: &Arc<str>,
@@ -701,8 +721,35 @@ impl Pipeline {
     ) {
         if let Some(victim) = server.prepared.insert(name.clone(), limit) {
             dest.push(extended::build_target(b'C', b'S', &victim));
-            self.expect(Expect::Count(1), false, None);
+            self.expect_close(victim);
         }
+        if self.may_hold(name, server) {
+            // closing a statement that does not exist is no error
+            server.stale_statements.retain(|n| n != name);
+            dest.push(extended::build_target(b'C', b'S', name));
+            self.expect_close(name.clone());
+        }
+    }
+
+    /// True when the server may hold `name` though it is not booked as
+    /// prepared: it is still to be closed, or its Close comes before a
+    /// Sync still owed (an error before that Sync would make the server
+    /// skip it).
+    fn may_hold(&self, name: &Arc<str>, server: &ServerConnection) -> bool {
+        if server.stale_statements.contains(name) {
+            return true;
+        }
+        let mut synced = false;
+        for r in self.replies.iter().rev() {
+            match r {
+                Reply::Server { sync: true, .. } => synced = true,
+                Reply::Server {
+                    close_of: Some(n), ..
+                } if n == name => return synced,
+                _ => {}
+            }
+        }
+        false
     }
 
     /// Made-up replies whose turn has come go to the client, unless a
@@ -900,11 +947,18 @@ impl Pipeline {
 
     /// After an error the server ignores everything up to Sync, a Query
     /// or FunctionCall too; so do the owed replies (Parses that never ran
-    /// are forgotten on the server).
+    /// are forgotten on the server; statements whose Close never ran are
+    /// closed before the next batch).
     fn skip_to_sync(&mut self, server: &mut ServerConnection) {
+        let mut kept = Vec::new();
+        // The client has not sent its Sync yet unless one is owed: what it
+        // sends until then is skipped by the server, so it must not be
+        // booked either.
+        self.skipping = true;
         while let Some(front) = self.replies.front() {
             if let Reply::Server { sync: true, .. } = front {
-                return;
+                self.skipping = false;
+                break;
             }
             match self.replies.pop_front() {
                 Some(Reply::Server {
@@ -912,15 +966,23 @@ impl Pipeline {
                     ..
                 }) => server.prepared.remove(&name),
                 Some(Reply::Server {
+                    close_of: Some(name),
+                    ..
+                }) => kept.push(name),
+                Some(Reply::Server {
                     expect: Expect::UntilReady,
                     ..
                 }) => self.skipped_ready += 1,
                 _ => {}
             }
         }
-        // The client has not sent its Sync yet: what it sends until then
-        // is skipped by the server, so it must not be booked either.
-        self.skipping = true;
+        // (one booked as prepared again is closed before its Parse: see
+        // `may_hold`)
+        for name in kept {
+            if !server.prepared.contains(&name) && !server.stale_statements.contains(&name) {
+                server.stale_statements.push(name);
+            }
+        }
     }
 }
 
