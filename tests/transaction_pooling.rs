@@ -1127,3 +1127,69 @@ async fn an_eviction_the_server_skipped_after_an_error_leaves_the_statement_usab
         assert_eq!(first_value(&got).as_deref(), Some(value));
     }
 }
+
+/// DEALLOCATE ALL drops the statements prepared before it, not those the
+/// client prepared after it in the same pipeline; and a Parse after it of a
+/// text the server had is prepared again, not answered by pgsift.
+#[tokio::test(flavor = "multi_thread")]
+async fn deallocate_all_drops_only_the_statements_prepared_before_it() {
+    use common::raw::{bind, errors, execute, first_error, first_value, parse, query};
+    use common::raw::{raw_login, read_ready, sync};
+    let proxy = tx_proxy(1, "");
+    let mut s = raw_login(proxy.port).await;
+    send(
+        &mut s,
+        &[
+            parse("", "DEALLOCATE ALL"),
+            bind("", &[]),
+            execute(),
+            parse("x", "SELECT 5"),
+            bind("x", &[]),
+            execute(),
+            sync(),
+        ],
+    )
+    .await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    for _ in 0..2 {
+        send(&mut s, &[bind("x", &[]), execute(), sync()]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new());
+        assert_eq!(first_value(&got).as_deref(), Some("5"));
+    }
+    send(&mut s, &[parse("y", "SELECT 6"), sync()]).await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    send(
+        &mut s,
+        &[
+            query("DEALLOCATE ALL"),
+            parse("y2", "SELECT 6"),
+            bind("y2", &[]),
+            execute(),
+            sync(),
+        ],
+    )
+    .await;
+    let got = read_ready(&mut s, 2).await;
+    assert_eq!(errors(&got), Vec::<String>::new());
+    assert_eq!(first_value(&got).as_deref(), Some("6"));
+    // a reset that fails drops nothing (as a Query or a Parse of it)
+    send(&mut s, &[parse("z", "SELECT 7"), sync()]).await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    let extended = [parse("", "DISCARD ALL"), bind("", &[]), execute(), sync()].concat();
+    for discard in [query("DISCARD ALL"), extended] {
+        let steps = [
+            (query("BEGIN"), None),
+            (discard, Some("25001")),
+            (query("ROLLBACK"), None),
+        ];
+        for (step, error) in steps {
+            send(&mut s, &[step]).await;
+            assert_eq!(first_error(&read_ready(&mut s, 1).await).as_deref(), error);
+        }
+        send(&mut s, &[bind("z", &[]), execute(), sync()]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new());
+        assert_eq!(first_value(&got).as_deref(), Some("7"));
+    }
+}

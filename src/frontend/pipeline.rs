@@ -342,6 +342,9 @@ impl Pipeline {
                         pos += total;
                         continue;
                     }
+                    if parsed.as_ref().is_some_and(|p| resets_statements(p.query)) {
+                        self.reset_sent(server);
+                    }
                     let unnamed = parsed.as_ref().is_some_and(|p| p.name.is_empty());
                     let renamed = parsed.and_then(|p| {
                         let shared = if p.name.is_empty() {
@@ -427,6 +430,9 @@ impl Pipeline {
                     // a simple query destroys the unnamed statement
                     self.forget_unnamed();
                     let text = msg.get(5..total - 1).unwrap_or_default();
+                    if resets_statements(text) {
+                        self.reset_sent(server);
+                    }
                     if let Some(name) = self.mapped_deallocation(text) {
                         out.cut(pos, pos + total);
                         let sql = self.deallocate(&name, server, limit, out.dest);
@@ -709,6 +715,41 @@ impl Pipeline {
         format!("DEALLOCATE \"{}\"", s.shared)
     }
 
+    /// The client sent a DISCARD ALL or DEALLOCATE ALL: what it sends after
+    /// it finds none of the server's statements, so they are prepared again
+    /// (not answered by pgsift), after a Close in case the reset fails or
+    /// never runs (a Parse of it never executed). Not in a failed
+    /// transaction, where the server refuses it.
+    fn reset_sent(&mut self, server: &mut ServerConnection) {
+        if self.failed_transaction {
+            return;
+        }
+        for name in server.prepared.take_all() {
+            if !server.stale_statements.contains(&name) {
+                server.stale_statements.push(name);
+            }
+        }
+    }
+
+    /// The server ran a DISCARD ALL or DEALLOCATE ALL: it holds only the
+    /// statements prepared after it, whose Parses are still owed replies
+    /// (nothing of the others is left to close).
+    fn statements_reset(&self, server: &mut ServerConnection) {
+        let owed: Vec<&Arc<str>> = self
+            .replies
+            .iter()
+            .filter_map(|r| match r {
+                Reply::Server {
+                    parse_of: Some(name),
+                    ..
+                } => Some(name),
+                _ => None,
+            })
+            .collect();
+        server.prepared.retain(|name| owed.contains(&name));
+        server.stale_statements.retain(|name| owed.contains(&name));
+    }
+
     /// Records `name` as prepared on the server, closing the least recently
     /// used statement first when the server is full, and `name` itself when
     /// the server may still hold it (see [`Pipeline::may_hold`]).
@@ -801,7 +842,7 @@ impl Pipeline {
             on_message(tag, &server.rbuf[pos..pos + total]);
             match tag {
                 b'C' if is_discard_tag(&server.rbuf[pos + 5..pos + total]) => {
-                    server.prepared.clear();
+                    self.statements_reset(server);
                     server.synced = None;
                 }
                 b'S' => {
@@ -986,6 +1027,28 @@ impl Pipeline {
     }
 }
 
+/// True when a text runs DISCARD ALL or DEALLOCATE [PREPARE] ALL (alone or
+/// among other statements), which drop every prepared statement.
+pub fn resets_statements(sql: &[u8]) -> bool {
+    sql.split(|b| *b == b';').any(|statement| {
+        let mut words = statement
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty());
+        let mut next = || words.next().map(<[u8]>::to_ascii_lowercase);
+        match next().as_deref() {
+            Some(b"discard") => next().as_deref() == Some(b"all") && next().is_none(),
+            Some(b"deallocate") => {
+                let mut word = next();
+                if word.as_deref() == Some(b"prepare") {
+                    word = next();
+                }
+                word.as_deref() == Some(b"all") && next().is_none()
+            }
+            _ => false,
+        }
+    })
+}
+
 /// The statement name of a text that is one `DEALLOCATE [PREPARE] name`
 /// (not `ALL`), as the client named it at Parse: an unquoted name folded to
 /// lower case, a quoted one as written.
@@ -1057,6 +1120,31 @@ mod tests {
         assert_eq!(q("DEALLOCATE aé€"), None);
         assert_eq!(q("DEALLOCATE abcdefgé"), None);
         assert_eq!(q("DEALLOCATE \"é€\"").as_deref(), Some("é€"));
+    }
+
+    #[test]
+    fn resets_of_every_statement_are_recognised() {
+        for q in [
+            "DISCARD ALL",
+            "  discard  all ;",
+            "deallocate prepare all",
+            "DEALLOCATE ALL",
+            "SELECT 1; DEALLOCATE ALL",
+            "SET x = 1;\n\tDISCARD ALL;",
+        ] {
+            assert!(resets_statements(q.as_bytes()), "{q}");
+        }
+        for q in [
+            "DISCARD PLANS",
+            "DISCARD ALL x",
+            "DEALLOCATE a",
+            "DEALLOCATE PREPARE x",
+            "SELECT 'discard all'",
+            "discard",
+            "",
+        ] {
+            assert!(!resets_statements(q.as_bytes()), "{q}");
+        }
     }
 
     #[test]
