@@ -1193,3 +1193,48 @@ async fn deallocate_all_drops_only_the_statements_prepared_before_it() {
         assert_eq!(first_value(&got).as_deref(), Some("7"));
     }
 }
+
+/// With unnamed statements left to the server (the default), a client's
+/// unnamed statement stays on the server it used: another client binding
+/// the unnamed statement there must get Postgres's 26000, not run it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_unnamed_statement_is_not_anothers() {
+    use common::raw::{bind, errors, execute, first_value, parse, raw_login, read_ready};
+    use common::raw::{sync, target};
+    let proxy = tx_proxy(1, "");
+    let mut a = raw_login(proxy.port).await;
+    let mut b = raw_login(proxy.port).await;
+    send(&mut a, &[parse("", "SELECT 'A:' || $1::text"), sync()]).await;
+    assert!(errors(&read_ready(&mut a, 1).await).is_empty());
+    // its own, in a later transaction on the same server
+    send(&mut a, &[bind("", &["a"]), execute(), sync()]).await;
+    assert_eq!(
+        first_value(&read_ready(&mut a, 1).await).as_deref(),
+        Some("A:a")
+    );
+    send(&mut b, &[bind("", &["b"]), execute(), sync()]).await;
+    let got = read_ready(&mut b, 1).await;
+    assert_eq!(errors(&got), ["26000"], "{:?}", first_value(&got));
+    send(&mut b, &[target(b'D', b'S', ""), sync()]).await;
+    assert_eq!(errors(&read_ready(&mut b, 1).await), ["26000"]);
+    // its own unnamed statement, as usual
+    send(
+        &mut b,
+        &[
+            parse("", "SELECT 'B:' || $1::text"),
+            bind("", &["b"]),
+            execute(),
+            sync(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        first_value(&read_ready(&mut b, 1).await).as_deref(),
+        Some("B:b")
+    );
+    send(&mut b, &[bind("", &["again"]), execute(), sync()]).await;
+    assert_eq!(
+        first_value(&read_ready(&mut b, 1).await).as_deref(),
+        Some("B:again")
+    );
+}

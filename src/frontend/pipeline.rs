@@ -24,6 +24,7 @@ use crate::protocol::extended::{self, CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::frame::{is_backend_type, peek_frame};
 use bytes::{Buf, Bytes};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// How a forwarded or injected message's replies end.
@@ -105,9 +106,14 @@ impl ClientStatement {
     }
 }
 
+/// Numbers of the clients' pipelines (0: none).
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
 /// Per-client transaction-mode state.
 #[derive(Debug, Default)]
 pub struct Pipeline {
+    /// this client's number, for [`ServerConnection::unnamed_of`]
+    client: u64,
     statements: HashMap<Vec<u8>, ClientStatement>,
     replies: VecDeque<Reply>,
     /// `pool.prepare_unnamed_statements`: a repeated unnamed Parse of a
@@ -242,6 +248,7 @@ impl Pipeline {
     /// `rename_named` is true in transaction mode.
     pub fn new(promote_unnamed: bool, rename_named: bool) -> Pipeline {
         Pipeline {
+            client: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
             promote_unnamed,
             rename_named,
             ..Pipeline::default()
@@ -338,6 +345,7 @@ impl Pipeline {
                             },
                         ));
                         self.forget_unnamed();
+                        server.unnamed_of = self.client;
                         self.expect(Expect::Count(1), true, None);
                         pos += total;
                         continue;
@@ -374,6 +382,7 @@ impl Pipeline {
                             if unnamed {
                                 // this unnamed statement goes to the server as is
                                 self.forget_unnamed();
+                                server.unnamed_of = self.client;
                             }
                             self.expect(Expect::Count(1), true, None)
                         }
@@ -398,6 +407,9 @@ impl Pipeline {
                             sync: false,
                         });
                     } else {
+                        if extended::bind_statement(msg).is_some_and(|(n, _)| n.is_empty()) {
+                            self.close_unnamed_of_another(server, &mut out, pos);
+                        }
                         self.expect(Expect::Count(1), true, None);
                     }
                 }
@@ -407,6 +419,8 @@ impl Pipeline {
                             out.cut(pos, pos + total);
                             self.ensure_prepared(&s, server, limit, out.dest);
                             out.dest.push(extended::build_target(b'D', b'S', &s.shared));
+                        } else if name.is_empty() {
+                            self.close_unnamed_of_another(server, &mut out, pos);
                         }
                         self.expect(Expect::Count(2), true, None);
                     }
@@ -715,6 +729,26 @@ impl Pipeline {
         format!("DEALLOCATE \"{}\"", s.shared)
     }
 
+    /// The client uses the server's unnamed statement (a Bind or Describe
+    /// the message at `pos` is) without having prepared it there: when
+    /// another client may have left one, it is closed first, so that the
+    /// client gets Postgres's 26000 and not another client's statement.
+    /// A client's own Parse, Bind and Execute cost nothing more.
+    fn close_unnamed_of_another(
+        &mut self,
+        server: &mut ServerConnection,
+        out: &mut Out<'_>,
+        pos: usize,
+    ) {
+        if server.unnamed_of == 0 || server.unnamed_of == self.client {
+            return;
+        }
+        out.cut(pos, pos);
+        out.dest.push(extended::build_target(b'C', b'S', ""));
+        self.expect_close(Arc::from(""));
+        server.unnamed_of = 0;
+    }
+
     /// The client sent a DISCARD ALL or DEALLOCATE ALL: what it sends after
     /// it finds none of the server's statements, so they are prepared again
     /// (not answered by pgsift), after a Close in case the reset fails or
@@ -1020,7 +1054,13 @@ impl Pipeline {
         // (one booked as prepared again is closed before its Parse: see
         // `may_hold`)
         for name in kept {
-            if !server.prepared.contains(&name) && !server.stale_statements.contains(&name) {
+            if name.is_empty() {
+                // another client's unnamed statement is still there (unless
+                // this client's Parse after the Sync replaced it)
+                if server.unnamed_of == 0 {
+                    server.unnamed_of = crate::backend::server::ANOTHER_CLIENT;
+                }
+            } else if !server.prepared.contains(&name) && !server.stale_statements.contains(&name) {
                 server.stale_statements.push(name);
             }
         }
