@@ -1238,3 +1238,77 @@ async fn a_clients_unnamed_statement_is_not_anothers() {
         Some("B:again")
     );
 }
+
+/// A statement name the client uses already is refused (42P05), whatever
+/// the text, as Postgres does, and keeps its statement; DEALLOCATE ALL
+/// frees every name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_name_in_use_is_refused_as_on_postgres() {
+    use common::raw::{errors, first_value, parse, query, raw_login, read_ready, sync};
+    let proxy = tx_proxy(1, "");
+    let mut s = raw_login(proxy.port).await;
+    send(&mut s, &[parse("s1", "SELECT 1"), sync()]).await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    for sql in ["SELECT 2", "SELECT 1"] {
+        send(&mut s, &[parse("s1", sql), run("s1")]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), ["42P05"], "{sql}");
+        assert_eq!(first_value(&got), None);
+        send(&mut s, &[run("s1")]).await;
+        assert_eq!(
+            first_value(&read_ready(&mut s, 1).await).as_deref(),
+            Some("1")
+        );
+    }
+    // the name of the refused Parse is not left on the server
+    let left = "SELECT count(*) FROM pg_prepared_statements WHERE name = 's1'";
+    send(&mut s, &[query(left)]).await;
+    assert_eq!(
+        first_value(&read_ready(&mut s, 1).await).as_deref(),
+        Some("0")
+    );
+    // DEALLOCATE ALL frees the names
+    send(
+        &mut s,
+        &[query("DEALLOCATE ALL"), parse("s1", "SELECT 4"), run("s1")],
+    )
+    .await;
+    let got = read_ready(&mut s, 2).await;
+    assert_eq!(errors(&got), Vec::<String>::new());
+    assert_eq!(first_value(&got).as_deref(), Some("4"));
+}
+
+/// Bind, Execute and Sync of the unnamed portal of `name`.
+fn run(name: &str) -> Vec<u8> {
+    use common::raw::{bind, execute, sync};
+    [bind(name, &[]), execute(), sync()].concat()
+}
+
+/// A Close the server skipped after an error leaves the name defined, and
+/// a Parse that failed leaves it free, as on Postgres.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_skipped_close_or_failed_parse_changes_no_statement_name() {
+    use common::raw::{bind, errors, execute, first_value, parse, raw_login, read_ready};
+    use common::raw::{sync, target};
+    let proxy = tx_proxy(1, "");
+    let mut s = raw_login(proxy.port).await;
+    send(&mut s, &[parse("s1", "SELECT 1"), sync()]).await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    let failing = [parse("", "SELECT 1/0"), bind("", &[]), execute()].concat();
+    send(&mut s, &[failing, target(b'C', b'S', "s1"), sync()]).await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), ["22012"]);
+    send(&mut s, &[run("s1")]).await;
+    assert_eq!(
+        first_value(&read_ready(&mut s, 1).await).as_deref(),
+        Some("1")
+    );
+    send(&mut s, &[parse("s3", "SELEC"), sync()]).await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), ["42601"]);
+    send(&mut s, &[target(b'D', b'S', "s3"), sync()]).await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), ["26000"]);
+    send(&mut s, &[parse("s3", "SELECT 3"), run("s3")]).await;
+    assert_eq!(
+        first_value(&read_ready(&mut s, 1).await).as_deref(),
+        Some("3")
+    );
+}
