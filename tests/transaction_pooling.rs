@@ -1116,3 +1116,323 @@ async fn a_failed_copy_the_client_never_ended_releases_its_server() {
     assert_eq!(other, pid, "the server was reused");
     drop(s);
 }
+
+/// A raw client's batch of messages, written at once.
+async fn send(s: &mut tokio::net::TcpStream, msgs: &[Vec<u8>]) {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(&msgs.concat()).await.unwrap();
+}
+
+/// After an error the server ignores everything up to Sync, a simple Query
+/// too: no ReadyForQuery is owed for it, and the client's server goes back
+/// to the pool after the Sync's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_the_server_skipped_after_an_error_releases_the_server() {
+    use common::raw::{bind, errors, execute, first_error, message, parse, query};
+    use common::raw::{raw_login, read_ready, read_until, sync};
+    let proxy = tx_proxy(1, "pool:\n  checkout_timeout: 2s\n");
+    let mut s = raw_login(proxy.port).await;
+    send(
+        &mut s,
+        &[
+            parse("", "SELECT 1/0"),
+            bind("", &[]),
+            execute(),
+            query("SELECT 2"),
+            sync(),
+        ],
+    )
+    .await;
+    let got = read_ready(&mut s, 1).await;
+    assert_eq!(errors(&got), ["22012"]);
+    assert!(
+        !got.iter().any(|(t, _)| *t == b'D'),
+        "the query was skipped"
+    );
+    // the same with the error back before the client sent the query
+    let failing = [
+        parse("", "SELECT 1/0"),
+        bind("", &[]),
+        execute(),
+        message(b'H', b""),
+    ];
+    send(&mut s, &failing).await;
+    assert_eq!(
+        first_error(&read_until(&mut s, b'E').await).as_deref(),
+        Some("22012")
+    );
+    send(&mut s, &[query("SELECT 2"), sync()]).await;
+    let got = read_ready(&mut s, 1).await;
+    assert!(
+        !got.iter().any(|(t, _)| *t == b'D'),
+        "the query was skipped"
+    );
+    // the raw client stays connected, idle: the pool's only server is free
+    let c = app_client(&proxy).await;
+    c.simple_query("SELECT 4")
+        .await
+        .expect("the pool's only server is free");
+    drop(s);
+}
+
+/// The Close pgsift sends to make room for a statement (least recently
+/// used first) sits in the client's pipeline: when an earlier message fails,
+/// the server skips it and keeps the statement. pgsift must not take it for
+/// gone (preparing it again would fail with 42P05 at every later use).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eviction_the_server_skipped_after_an_error_leaves_the_statement_usable() {
+    use common::raw::{bind, errors, execute, first_value, message, parse, raw_login};
+    use common::raw::{read_ready, read_until, sync};
+    let proxy = tx_proxy(1, "pool:\n  max_prepared_statements: 2\n");
+    let mut s = raw_login(proxy.port).await;
+    send(
+        &mut s,
+        &[parse("a", "SELECT 1"), parse("b", "SELECT 2"), sync()],
+    )
+    .await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    // preparing c evicts a, after a division by zero
+    send(
+        &mut s,
+        &[
+            parse("", "SELECT 1/0"),
+            bind("", &[]),
+            execute(),
+            parse("c", "SELECT 3"),
+            sync(),
+        ],
+    )
+    .await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), ["22012"]);
+    // (the server skipped the Parse of c too)
+    send(&mut s, &[parse("c", "SELECT 3"), sync()]).await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), Vec::<String>::new());
+    for _ in 0..3 {
+        send(&mut s, &[bind("a", &[]), execute(), sync()]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new());
+        assert_eq!(first_value(&got).as_deref(), Some("1"));
+    }
+    let run = |name: &str| [bind(name, &[]), execute(), sync()].concat();
+    for (name, value) in [("b", "2"), ("c", "3")] {
+        send(&mut s, &[run(name)]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new(), "{name}");
+        assert_eq!(first_value(&got).as_deref(), Some(value));
+    }
+    // the statement evicted (b) used again after the Sync, in the same batch
+    let failing = [parse("", "SELECT 1/0"), bind("", &[]), execute()].concat();
+    send(
+        &mut s,
+        &[failing.clone(), parse("d", "SELECT 4"), sync(), run("b")],
+    )
+    .await;
+    let got = read_ready(&mut s, 2).await;
+    assert_eq!(errors(&got), ["22012"]);
+    assert_eq!(first_value(&got).as_deref(), Some("2"));
+    // and after the error has come back, before the client's Sync (b goes
+    // again: c is used after it)
+    send(&mut s, &[run("c")]).await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), Vec::<String>::new());
+    send(
+        &mut s,
+        &[failing, parse("e", "SELECT 5"), message(b'H', b"")],
+    )
+    .await;
+    assert_eq!(errors(&read_until(&mut s, b'E').await), ["22012"]);
+    send(&mut s, &[sync(), run("b")]).await;
+    let got = read_ready(&mut s, 2).await;
+    assert_eq!(errors(&got), Vec::<String>::new());
+    assert_eq!(first_value(&got).as_deref(), Some("2"));
+    for (name, value) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        send(&mut s, &[run(name)]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new(), "{name}");
+        assert_eq!(first_value(&got).as_deref(), Some(value));
+    }
+}
+
+/// DEALLOCATE ALL drops the statements prepared before it, not those the
+/// client prepared after it in the same pipeline; and a Parse after it of a
+/// text the server had is prepared again, not answered by pgsift.
+#[tokio::test(flavor = "multi_thread")]
+async fn deallocate_all_drops_only_the_statements_prepared_before_it() {
+    use common::raw::{bind, errors, execute, first_error, first_value, parse, query};
+    use common::raw::{raw_login, read_ready, sync};
+    let proxy = tx_proxy(1, "");
+    let mut s = raw_login(proxy.port).await;
+    send(
+        &mut s,
+        &[
+            parse("", "DEALLOCATE ALL"),
+            bind("", &[]),
+            execute(),
+            parse("x", "SELECT 5"),
+            bind("x", &[]),
+            execute(),
+            sync(),
+        ],
+    )
+    .await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    for _ in 0..2 {
+        send(&mut s, &[bind("x", &[]), execute(), sync()]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new());
+        assert_eq!(first_value(&got).as_deref(), Some("5"));
+    }
+    send(&mut s, &[parse("y", "SELECT 6"), sync()]).await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    send(
+        &mut s,
+        &[
+            query("DEALLOCATE ALL"),
+            parse("y2", "SELECT 6"),
+            bind("y2", &[]),
+            execute(),
+            sync(),
+        ],
+    )
+    .await;
+    let got = read_ready(&mut s, 2).await;
+    assert_eq!(errors(&got), Vec::<String>::new());
+    assert_eq!(first_value(&got).as_deref(), Some("6"));
+    // a reset that fails drops nothing (as a Query or a Parse of it)
+    send(&mut s, &[parse("z", "SELECT 7"), sync()]).await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    let extended = [parse("", "DISCARD ALL"), bind("", &[]), execute(), sync()].concat();
+    for discard in [query("DISCARD ALL"), extended] {
+        let steps = [
+            (query("BEGIN"), None),
+            (discard, Some("25001")),
+            (query("ROLLBACK"), None),
+        ];
+        for (step, error) in steps {
+            send(&mut s, &[step]).await;
+            assert_eq!(first_error(&read_ready(&mut s, 1).await).as_deref(), error);
+        }
+        send(&mut s, &[bind("z", &[]), execute(), sync()]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new());
+        assert_eq!(first_value(&got).as_deref(), Some("7"));
+    }
+}
+
+/// With unnamed statements left to the server (the default), a client's
+/// unnamed statement stays on the server it used: another client binding
+/// the unnamed statement there must get Postgres's 26000, not run it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_unnamed_statement_is_not_anothers() {
+    use common::raw::{bind, errors, execute, first_value, parse, raw_login, read_ready};
+    use common::raw::{sync, target};
+    let proxy = tx_proxy(1, "");
+    let mut a = raw_login(proxy.port).await;
+    let mut b = raw_login(proxy.port).await;
+    send(&mut a, &[parse("", "SELECT 'A:' || $1::text"), sync()]).await;
+    assert!(errors(&read_ready(&mut a, 1).await).is_empty());
+    // its own, in a later transaction on the same server
+    send(&mut a, &[bind("", &["a"]), execute(), sync()]).await;
+    assert_eq!(
+        first_value(&read_ready(&mut a, 1).await).as_deref(),
+        Some("A:a")
+    );
+    send(&mut b, &[bind("", &["b"]), execute(), sync()]).await;
+    let got = read_ready(&mut b, 1).await;
+    assert_eq!(errors(&got), ["26000"], "{:?}", first_value(&got));
+    send(&mut b, &[target(b'D', b'S', ""), sync()]).await;
+    assert_eq!(errors(&read_ready(&mut b, 1).await), ["26000"]);
+    // its own unnamed statement, as usual
+    send(
+        &mut b,
+        &[
+            parse("", "SELECT 'B:' || $1::text"),
+            bind("", &["b"]),
+            execute(),
+            sync(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        first_value(&read_ready(&mut b, 1).await).as_deref(),
+        Some("B:b")
+    );
+    send(&mut b, &[bind("", &["again"]), execute(), sync()]).await;
+    assert_eq!(
+        first_value(&read_ready(&mut b, 1).await).as_deref(),
+        Some("B:again")
+    );
+}
+
+/// A statement name the client uses already is refused (42P05), whatever
+/// the text, as Postgres does, and keeps its statement; DEALLOCATE ALL
+/// frees every name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_name_in_use_is_refused_as_on_postgres() {
+    use common::raw::{errors, first_value, parse, query, raw_login, read_ready, sync};
+    let proxy = tx_proxy(1, "");
+    let mut s = raw_login(proxy.port).await;
+    send(&mut s, &[parse("s1", "SELECT 1"), sync()]).await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    for sql in ["SELECT 2", "SELECT 1"] {
+        send(&mut s, &[parse("s1", sql), run("s1")]).await;
+        let got = read_ready(&mut s, 1).await;
+        assert_eq!(errors(&got), ["42P05"], "{sql}");
+        assert_eq!(first_value(&got), None);
+        send(&mut s, &[run("s1")]).await;
+        assert_eq!(
+            first_value(&read_ready(&mut s, 1).await).as_deref(),
+            Some("1")
+        );
+    }
+    // the name of the refused Parse is not left on the server
+    let left = "SELECT count(*) FROM pg_prepared_statements WHERE name = 's1'";
+    send(&mut s, &[query(left)]).await;
+    assert_eq!(
+        first_value(&read_ready(&mut s, 1).await).as_deref(),
+        Some("0")
+    );
+    // DEALLOCATE ALL frees the names
+    send(
+        &mut s,
+        &[query("DEALLOCATE ALL"), parse("s1", "SELECT 4"), run("s1")],
+    )
+    .await;
+    let got = read_ready(&mut s, 2).await;
+    assert_eq!(errors(&got), Vec::<String>::new());
+    assert_eq!(first_value(&got).as_deref(), Some("4"));
+}
+
+/// Bind, Execute and Sync of the unnamed portal of `name`.
+fn run(name: &str) -> Vec<u8> {
+    use common::raw::{bind, execute, sync};
+    [bind(name, &[]), execute(), sync()].concat()
+}
+
+/// A Close the server skipped after an error leaves the name defined, and
+/// a Parse that failed leaves it free, as on Postgres.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_skipped_close_or_failed_parse_changes_no_statement_name() {
+    use common::raw::{bind, errors, execute, first_value, parse, raw_login, read_ready};
+    use common::raw::{sync, target};
+    let proxy = tx_proxy(1, "");
+    let mut s = raw_login(proxy.port).await;
+    send(&mut s, &[parse("s1", "SELECT 1"), sync()]).await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    let failing = [parse("", "SELECT 1/0"), bind("", &[]), execute()].concat();
+    send(&mut s, &[failing, target(b'C', b'S', "s1"), sync()]).await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), ["22012"]);
+    send(&mut s, &[run("s1")]).await;
+    assert_eq!(
+        first_value(&read_ready(&mut s, 1).await).as_deref(),
+        Some("1")
+    );
+    send(&mut s, &[parse("s3", "SELEC"), sync()]).await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), ["42601"]);
+    send(&mut s, &[target(b'D', b'S', "s3"), sync()]).await;
+    assert_eq!(errors(&read_ready(&mut s, 1).await), ["26000"]);
+    send(&mut s, &[parse("s3", "SELECT 3"), run("s3")]).await;
+    assert_eq!(
+        first_value(&read_ready(&mut s, 1).await).as_deref(),
+        Some("3")
+    );
+}

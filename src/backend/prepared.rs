@@ -59,6 +59,16 @@ impl PreparedOnServer {
         self.used.clear();
     }
 
+    /// Forgets everything, returning the names it held.
+    pub fn take_all(&mut self) -> Vec<Arc<str>> {
+        self.used.drain().map(|(name, _)| name).collect()
+    }
+
+    /// Keeps only the statements `keep` is true for.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Arc<str>) -> bool) {
+        self.used.retain(|name, _| keep(name));
+    }
+
     /// How many statements the server holds.
     pub fn len(&self) -> usize {
         self.used.len()

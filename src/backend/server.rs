@@ -118,10 +118,18 @@ pub struct ServerConnection {
     /// shared statements whose cached plan went stale: closed on the
     /// server before the next client batch
     pub stale_statements: Vec<std::sync::Arc<str>>,
+    /// the client (its pipeline's number) whose unnamed statement the
+    /// server may hold: another client's use of the unnamed statement must
+    /// not find it (0: none; [`ANOTHER_CLIENT`]: not known whose)
+    pub unnamed_of: u64,
     /// which of its pool's upstream targets it was opened to (a reload
     /// that moves the pool's database makes the older ones obsolete)
     pub target_generation: u64,
 }
+
+/// [`ServerConnection::unnamed_of`] when the server may hold an unnamed
+/// statement of a client not known.
+pub const ANOTHER_CLIENT: u64 = u64::MAX;
 
 impl ServerConnection {
     /// Connects and logs in, all within `timeout`.
@@ -171,6 +179,7 @@ impl ServerConnection {
             last_used: now,
             prepared: Default::default(),
             stale_statements: Vec::new(),
+            unnamed_of: 0,
             target_generation: 0,
         })
     }
@@ -201,6 +210,8 @@ impl ServerConnection {
     }
 
     async fn run_simple_unbounded(&mut self, sql: &str) -> Result<u8, ServerError> {
+        // a simple query drops the unnamed statement
+        self.unnamed_of = 0;
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
         self.writer.write_all(&out).await.map_err(ReadError::Io)?;
@@ -322,6 +333,8 @@ impl ServerConnection {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        // a simple query drops the unnamed statement
+        self.unnamed_of = 0;
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
         self.writer.write_all(&out).await.map_err(ReadError::Io)?;

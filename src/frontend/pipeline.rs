@@ -26,6 +26,7 @@ use crate::protocol::frame::{
 };
 use bytes::{Buf, Bytes};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// How a forwarded or injected message's replies end.
@@ -52,12 +53,41 @@ enum Reply {
         /// the shared statement a Bind uses (closed and prepared afresh if
         /// its cached plan went stale)
         bound: Option<Arc<str>>,
+        /// the shared statement an injected Close drops (if the server
+        /// skips the Close after an error, it still holds the statement)
+        close_of: Option<Arc<str>>,
+        /// a Sync: after an error the server skips everything up to one
+        /// (a Query or FunctionCall too)
+        sync: bool,
+        /// what the message did to the client's statement names
+        undo: Option<Box<Undo>>,
     },
-    /// a reply pgsift makes up (ParseComplete, CloseComplete)
-    Made(&'static [u8]),
+    /// a reply pgsift makes up (ParseComplete, CloseComplete) and the
+    /// client's statement name its message defined or dropped
+    Made(&'static [u8], Option<Box<Undo>>),
     /// the client ended a COPY (CopyDone / CopyFail): no reply, but Syncs
     /// before it were ignored by a server in copy-in mode
     CopyEnd,
+}
+
+/// What a message did to the client's statement names, undone when the
+/// server does not do it.
+#[derive(Debug)]
+enum Undo {
+    /// a Parse or Close of one name, and what the name meant before: put
+    /// back when the server skips that message after an error, or it fails
+    /// (unless the name has changed again since)
+    Name {
+        name: Vec<u8>,
+        /// the statement it named before
+        before: Option<ClientStatement>,
+        /// the shared statement the message made it name (none: dropped)
+        after: Option<Arc<str>>,
+    },
+    /// the names a DISCARD ALL / DEALLOCATE ALL the message runs freed:
+    /// given back (those not defined again since) unless the server
+    /// reports the reset, which takes this off the message's entry
+    Reset(HashMap<Vec<u8>, ClientStatement>),
 }
 
 /// Most distinct statements one multiplexed batch may use.
@@ -101,9 +131,14 @@ impl ClientStatement {
     }
 }
 
+/// Numbers of the clients' pipelines (0: none).
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
 /// Per-client transaction-mode state.
 #[derive(Debug, Default)]
 pub struct Pipeline {
+    /// this client's number, for [`ServerConnection::unnamed_of`]
+    client: u64,
     statements: HashMap<Vec<u8>, ClientStatement>,
     replies: VecDeque<Reply>,
     /// `pool.prepare_unnamed_statements`: a repeated unnamed Parse of a
@@ -137,6 +172,13 @@ pub struct Pipeline {
     /// the client bound a statement that leaves session state on the
     /// server (taken by the session, which resets that server)
     pub dirtied: bool,
+    /// names freed by a DISCARD ALL / DEALLOCATE ALL Parse, for the entry of
+    /// the Execute (or else Sync) after it to carry ([`Undo::Reset`])
+    pending_reset: Option<HashMap<Vec<u8>, ClientStatement>>,
+    /// Queries and FunctionCalls the server skipped after an error: the
+    /// ReadyForQuery the session counted for each will not come (taken by
+    /// the session)
+    pub skipped_ready: usize,
 }
 
 /// Unnamed statements remembered for promotion on their second sighting.
@@ -234,6 +276,7 @@ impl Pipeline {
     /// `rename_named` is true in transaction mode.
     pub fn new(promote_unnamed: bool, rename_named: bool) -> Pipeline {
         Pipeline {
+            client: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
             promote_unnamed,
             rename_named,
             ..Pipeline::default()
@@ -268,9 +311,9 @@ impl Pipeline {
         // next use prepares them afresh (not while the server skips to a
         // Sync or copies in: it would ignore the Close)
         if !self.skipping && !self.copy_in {
-            for name in server.stale_statements.drain(..) {
+            for name in std::mem::take(&mut server.stale_statements) {
                 out.dest.push(extended::build_target(b'C', b'S', &name));
-                self.expect(Expect::Count(1), false, None);
+                self.expect_close(name);
             }
         }
         self.flush_seen = false;
@@ -300,9 +343,13 @@ impl Pipeline {
             }
             if self.skipping {
                 // The server discards these; they create, close or owe nothing.
-                if tag == b'S' {
-                    self.skipping = false;
-                    self.expect(Expect::UntilReady, true, None);
+                match tag {
+                    b'S' => {
+                        self.skipping = false;
+                        self.expect_sync();
+                    }
+                    b'Q' | b'F' => self.skipped_ready += 1,
+                    _ => {}
                 }
                 pos += total;
                 continue;
@@ -326,9 +373,37 @@ impl Pipeline {
                             },
                         ));
                         self.forget_unnamed();
+                        server.unnamed_of = self.client;
                         self.expect(Expect::Count(1), true, None);
                         pos += total;
                         continue;
+                    }
+                    if let Some(name) = parsed.as_ref().and_then(|p| self.name_in_use(p)) {
+                        // Postgres refuses a name in use, after it has parsed
+                        // the text: a statement made under that name first
+                        // (closed before the next batch) has the server do so
+                        out.cut(pos, pos);
+                        let placeholder = extended::ParseMsg {
+                            name: b"",
+                            query: b"",
+                            param_types: b"\0\0",
+                        };
+                        out.dest.push(extended::build_parse(name, &placeholder));
+                        self.expect(Expect::Count(1), false, None);
+                        self.expect(Expect::Count(1), true, None);
+                        if !server.stale_statements.iter().any(|n| **n == *name) {
+                            server.stale_statements.push(name.into());
+                        }
+                        pos += total;
+                        continue;
+                    }
+                    if parsed.as_ref().is_some_and(|p| resets_statements(p.query)) {
+                        // it runs at the Execute
+                        let freed = self.reset_sent(server);
+                        match (&mut self.pending_reset, freed) {
+                            (Some(pending), Some(freed)) => pending.extend(freed),
+                            (pending, freed) => *pending = pending.take().or(freed),
+                        }
                     }
                     let unnamed = parsed.as_ref().is_some_and(|p| p.name.is_empty());
                     let renamed = parsed.and_then(|p| {
@@ -345,20 +420,29 @@ impl Pipeline {
                         Some((p, shared)) => {
                             let statement = ClientStatement::new(shared.clone(), &p);
                             let parse = statement.parse.clone();
-                            self.statements.insert(p.name.to_vec(), statement);
+                            let before = self.statements.insert(p.name.to_vec(), statement);
+                            // (an unnamed statement is left as it was)
+                            let undo = (!p.name.is_empty()).then(|| Undo::Name {
+                                name: p.name.to_vec(),
+                                before,
+                                after: Some(shared.clone()),
+                            });
                             out.cut(pos, pos + total);
                             if server.prepared.touch(&shared) {
-                                self.replies.push_back(Reply::Made(PARSE_COMPLETE));
+                                let undo = undo.map(Box::new);
+                                self.replies.push_back(Reply::Made(PARSE_COMPLETE, undo));
                             } else {
                                 self.evict_for(&shared, server, limit, out.dest);
                                 out.dest.push(parse);
                                 self.expect(Expect::Count(1), true, Some(shared));
+                                self.undo_last(undo);
                             }
                         }
                         None => {
                             if unnamed {
                                 // this unnamed statement goes to the server as is
                                 self.forget_unnamed();
+                                server.unnamed_of = self.client;
                             }
                             self.expect(Expect::Count(1), true, None)
                         }
@@ -379,8 +463,14 @@ impl Pipeline {
                             forward: true,
                             parse_of: None,
                             bound: Some(s.shared.clone()),
+                            close_of: None,
+                            sync: false,
+                            undo: None,
                         });
                     } else {
+                        if extended::bind_statement(msg).is_some_and(|(n, _)| n.is_empty()) {
+                            self.close_unnamed_of_another(server, &mut out, pos);
+                        }
                         self.expect(Expect::Count(1), true, None);
                     }
                 }
@@ -390,6 +480,8 @@ impl Pipeline {
                             out.cut(pos, pos + total);
                             self.ensure_prepared(&s, server, limit, out.dest);
                             out.dest.push(extended::build_target(b'D', b'S', &s.shared));
+                        } else if name.is_empty() {
+                            self.close_unnamed_of_another(server, &mut out, pos);
                         }
                         self.expect(Expect::Count(2), true, None);
                     }
@@ -402,17 +494,30 @@ impl Pipeline {
                     {
                         // The shared statement stays on the server for others;
                         // closing a name that does not exist is no error.
-                        self.statements.remove(name);
+                        let undo = self.statements.remove(name).map(|before| {
+                            Box::new(Undo::Name {
+                                name: name.to_vec(),
+                                before: Some(before),
+                                after: None,
+                            })
+                        });
                         out.cut(pos, pos + total);
-                        self.replies.push_back(Reply::Made(CLOSE_COMPLETE));
+                        self.replies.push_back(Reply::Made(CLOSE_COMPLETE, undo));
                     }
                     _ => self.expect(Expect::Count(1), true, None),
                 },
-                b'E' => self.expect(Expect::Execute, true, None),
+                b'E' => {
+                    self.expect(Expect::Execute, true, None);
+                    let freed = self.pending_reset.take();
+                    self.undo_last(freed.map(Undo::Reset));
+                }
                 b'Q' => {
                     // a simple query destroys the unnamed statement
                     self.forget_unnamed();
                     let text = msg.get(5..total - 1).unwrap_or_default();
+                    let freed = resets_statements(text)
+                        .then(|| self.reset_sent(server))
+                        .flatten();
                     if let Some(name) = self.mapped_deallocation(text) {
                         out.cut(pos, pos + total);
                         let sql = self.deallocate(&name, server, limit, out.dest);
@@ -420,9 +525,15 @@ impl Pipeline {
                         crate::protocol::messages::query(&mut q, &sql);
                         out.dest.push(q.freeze());
                     }
-                    self.expect(Expect::UntilReady, true, None)
+                    self.expect(Expect::UntilReady, true, None);
+                    self.undo_last(freed.map(Undo::Reset));
                 }
-                b'S' | b'F' => self.expect(Expect::UntilReady, true, None),
+                b'S' => {
+                    self.expect_sync();
+                    let freed = self.pending_reset.take();
+                    self.undo_last(freed.map(Undo::Reset));
+                }
+                b'F' => self.expect(Expect::UntilReady, true, None),
                 b'H' => self.flush_seen = true,
                 _ => {}
             }
@@ -450,7 +561,11 @@ impl Pipeline {
             match tag {
                 b'P' => {
                     let p = extended::parse_parse(&chunk[pos..pos + total])?;
-                    if p.name.is_empty() {
+                    // (a name in use is the server's to refuse)
+                    if p.name.is_empty()
+                        || self.statements.contains_key(p.name)
+                        || parses.iter().any(|(n, _)| n == p.name)
+                    {
                         return None;
                     }
                     let shared = self.name_for(p.query, p.param_types);
@@ -615,6 +730,44 @@ impl Pipeline {
             forward,
             parse_of,
             bound: None,
+            close_of: None,
+            sync: false,
+            undo: None,
+        });
+    }
+
+    /// What the message whose entry was booked last did to the client's
+    /// statement names.
+    fn undo_last(&mut self, undo: Option<Undo>) {
+        if let (Some(Reply::Server { undo: u, .. }), Some(undo)) = (self.replies.back_mut(), undo) {
+            *u = Some(Box::new(undo));
+        }
+    }
+
+    /// An injected Close of the shared statement `name`: its reply is
+    /// swallowed.
+    fn expect_close(&mut self, name: Arc<str>) {
+        self.replies.push_back(Reply::Server {
+            expect: Expect::Count(1),
+            forward: false,
+            parse_of: None,
+            bound: None,
+            close_of: Some(name),
+            sync: false,
+            undo: None,
+        });
+    }
+
+    /// A Sync: its ReadyForQuery, and the end of what an error skips.
+    fn expect_sync(&mut self) {
+        self.replies.push_back(Reply::Server {
+            expect: Expect::UntilReady,
+            forward: true,
+            parse_of: None,
+            bound: None,
+            close_of: None,
+            sync: true,
+            undo: None,
         });
     }
 
@@ -667,8 +820,81 @@ impl Pipeline {
         format!("DEALLOCATE \"{}\"", s.shared)
     }
 
+    /// The client uses the server's unnamed statement (a Bind or Describe
+    /// the message at `pos` is) without having prepared it there: when
+    /// another client may have left one, it is closed first, so that the
+    /// client gets Postgres's 26000 and not another client's statement.
+    /// A client's own Parse, Bind and Execute cost nothing more.
+    fn close_unnamed_of_another(
+        &mut self,
+        server: &mut ServerConnection,
+        out: &mut Out<'_>,
+        pos: usize,
+    ) {
+        if server.unnamed_of == 0 || server.unnamed_of == self.client {
+            return;
+        }
+        out.cut(pos, pos);
+        out.dest.push(extended::build_target(b'C', b'S', ""));
+        self.expect_close(Arc::from(""));
+        server.unnamed_of = 0;
+    }
+
+    /// The client sent a DISCARD ALL or DEALLOCATE ALL: its statement names
+    /// are free again, and what it sends after it finds none of the
+    /// server's statements, so they are prepared again (not answered by
+    /// pgsift), after a Close in case the reset fails or never runs (a
+    /// Parse of it never executed). Not in a failed transaction, where the
+    /// server refuses it.
+    /// Returns the names it freed (given back if the reset does not run).
+    fn reset_sent(
+        &mut self,
+        server: &mut ServerConnection,
+    ) -> Option<HashMap<Vec<u8>, ClientStatement>> {
+        if self.failed_transaction {
+            return None;
+        }
+        for name in server.prepared.take_all() {
+            if !server.stale_statements.contains(&name) {
+                server.stale_statements.push(name);
+            }
+        }
+        // (its unnamed statement stays)
+        let (unnamed, freed) = std::mem::take(&mut self.statements)
+            .into_iter()
+            .partition(|(name, _)| name.is_empty());
+        self.statements = unnamed;
+        Some(freed)
+    }
+
+    /// The server ran a DISCARD ALL or DEALLOCATE ALL: it holds only the
+    /// statements prepared after it, whose Parses are still owed replies
+    /// (nothing of the others is left to close).
+    fn statements_reset(&mut self, server: &mut ServerConnection) {
+        // the client's names it freed stay free
+        if let Some(Reply::Server { undo, .. }) = self.replies.front_mut() {
+            if matches!(undo.as_deref(), Some(Undo::Reset(_))) {
+                *undo = None;
+            }
+        }
+        let owed: Vec<&Arc<str>> = self
+            .replies
+            .iter()
+            .filter_map(|r| match r {
+                Reply::Server {
+                    parse_of: Some(name),
+                    ..
+                } => Some(name),
+                _ => None,
+            })
+            .collect();
+        server.prepared.retain(|name| owed.contains(&name));
+        server.stale_statements.retain(|name| owed.contains(&name));
+    }
+
     /// Records `name` as prepared on the server, closing the least recently
-    /// used statement first when the server is full.
+    /// used statement first when the server is full, and `name` itself when
+    /// the server may still hold it (see [`Pipeline::may_hold`]).
     fn evict_for(
         &mut self,
         name: &Arc<str>,
@@ -678,8 +904,35 @@ impl Pipeline {
     ) {
         if let Some(victim) = server.prepared.insert(name.clone(), limit) {
             dest.push(extended::build_target(b'C', b'S', &victim));
-            self.expect(Expect::Count(1), false, None);
+            self.expect_close(victim);
         }
+        if self.may_hold(name, server) {
+            // closing a statement that does not exist is no error
+            server.stale_statements.retain(|n| n != name);
+            dest.push(extended::build_target(b'C', b'S', name));
+            self.expect_close(name.clone());
+        }
+    }
+
+    /// True when the server may hold `name` though it is not booked as
+    /// prepared: it is still to be closed, or its Close comes before a
+    /// Sync still owed (an error before that Sync would make the server
+    /// skip it).
+    fn may_hold(&self, name: &Arc<str>, server: &ServerConnection) -> bool {
+        if server.stale_statements.contains(name) {
+            return true;
+        }
+        let mut synced = false;
+        for r in self.replies.iter().rev() {
+            match r {
+                Reply::Server { sync: true, .. } => synced = true,
+                Reply::Server {
+                    close_of: Some(n), ..
+                } if n == name => return synced,
+                _ => {}
+            }
+        }
+        false
     }
 
     /// Made-up replies whose turn has come go to the client, unless a
@@ -690,7 +943,7 @@ impl Pipeline {
         let server_follows = self
             .replies
             .iter()
-            .skip_while(|r| matches!(r, Reply::Made(_)))
+            .skip_while(|r| matches!(r, Reply::Made(..)))
             .any(|r| matches!(r, Reply::Server { forward: true, .. }));
         // after a Flush the client may wait for these replies before it
         // sends anything that makes the server answer
@@ -701,7 +954,7 @@ impl Pipeline {
 
     /// Made-up replies whose turn has come go to the client.
     pub fn emit_made(&mut self, dest: &mut Vec<Bytes>) {
-        while let Some(Reply::Made(bytes)) = self.replies.front() {
+        while let Some(Reply::Made(bytes, _)) = self.replies.front() {
             dest.push(Bytes::from_static(bytes));
             self.replies.pop_front();
         }
@@ -735,7 +988,7 @@ impl Pipeline {
             on_message(tag, &server.rbuf[pos..pos + total]);
             match tag {
                 b'C' if is_discard_tag(&server.rbuf[pos + 5..pos + total]) => {
-                    server.prepared.clear();
+                    self.statements_reset(server);
                     server.synced = None;
                 }
                 b'S' => {
@@ -809,17 +1062,9 @@ impl Pipeline {
                 pos += total;
             }
             if done {
-                if let Some(Reply::Server { parse_of, .. }) = self.replies.pop_front() {
-                    if is_error {
-                        if let Some(name) = parse_of {
-                            server.prepared.remove(&name);
-                        }
-                    }
-                }
-                if is_error && expect != Expect::UntilReady {
-                    self.skip_to_sync(server);
-                }
-                if matches!(self.replies.front(), Some(Reply::Made(_))) {
+                let reply = self.replies.pop_front();
+                self.answered(reply, is_error, expect != Expect::UntilReady, server);
+                if matches!(self.replies.front(), Some(Reply::Made(..))) {
                     if pos > 0 {
                         dest.push(server.rbuf.split_to(pos).freeze());
                         pos = 0;
@@ -879,29 +1124,145 @@ impl Pipeline {
         })
     }
 
-    /// After an error the server ignores everything up to Sync; so do the
-    /// owed replies (Parses that never ran are forgotten on the server).
-    fn skip_to_sync(&mut self, server: &mut ServerConnection) {
-        while let Some(front) = self.replies.front() {
-            if let Reply::Server {
-                expect: Expect::UntilReady,
-                ..
-            } = front
-            {
-                return;
+    /// The message `reply` was owed for is answered. If it failed
+    /// (`is_error`), what it prepared is not on the server, what it did to
+    /// the client's statement names is undone, and unless it was a Query or
+    /// FunctionCall (`skips`) the server skips to the next Sync. If not, a
+    /// reset it was to run and did not run is undone.
+    fn answered(
+        &mut self,
+        reply: Option<Reply>,
+        is_error: bool,
+        skips: bool,
+        server: &mut ServerConnection,
+    ) {
+        let mut undo = Vec::new();
+        if let Some(Reply::Server {
+            parse_of, undo: u, ..
+        }) = reply
+        {
+            match parse_of {
+                Some(name) if is_error => server.prepared.remove(&name),
+                _ => {}
             }
-            if let Some(Reply::Server {
-                parse_of: Some(name),
-                ..
-            }) = self.replies.pop_front()
-            {
-                server.prepared.remove(&name);
+            undo.extend(u.map(|u| *u));
+        }
+        if !is_error {
+            undo.retain(|u| matches!(u, Undo::Reset(_)));
+        } else if skips {
+            self.skip_to_sync(server, &mut undo);
+        }
+        // the latest change of a name first
+        for u in undo.into_iter().rev() {
+            match u {
+                Undo::Name {
+                    name,
+                    before,
+                    after,
+                } => {
+                    let now = self.statements.get(&name).map(|s| &s.shared);
+                    if now != after.as_ref() {
+                        continue;
+                    }
+                    match before {
+                        Some(before) => self.statements.insert(name, before),
+                        None => self.statements.remove(&name),
+                    };
+                }
+                Undo::Reset(freed) => {
+                    for (name, statement) in freed {
+                        self.statements.entry(name).or_insert(statement);
+                    }
+                }
             }
         }
-        // The client has not sent its Sync yet: what it sends until then
-        // is skipped by the server, so it must not be booked either.
-        self.skipping = true;
     }
+
+    /// A named Parse's name when the client has a statement of that name
+    /// (transaction mode; not for a name that is not valid UTF-8 or one of
+    /// pgsift's own, which are defined again as before).
+    fn name_in_use<'a>(&self, p: &extended::ParseMsg<'a>) -> Option<&'a str> {
+        if !self.rename_named || p.name.is_empty() || !self.statements.contains_key(p.name) {
+            return None;
+        }
+        std::str::from_utf8(p.name)
+            .ok()
+            .filter(|n| !n.starts_with("pgsift_"))
+    }
+
+    /// After an error the server ignores everything up to Sync, a Query
+    /// or FunctionCall too; so do the owed replies (Parses that never ran
+    /// are forgotten on the server; statements whose Close never ran are
+    /// closed before the next batch; the client's statement names they
+    /// defined go to `undo`, in order).
+    fn skip_to_sync(&mut self, server: &mut ServerConnection, undo: &mut Vec<Undo>) {
+        let mut kept = Vec::new();
+        // The client has not sent its Sync yet unless one is owed: what it
+        // sends until then is skipped by the server, so it must not be
+        // booked either.
+        self.skipping = true;
+        while let Some(front) = self.replies.front() {
+            if let Reply::Server { sync: true, .. } = front {
+                self.skipping = false;
+                break;
+            }
+            match self.replies.pop_front() {
+                Some(Reply::Server {
+                    expect,
+                    parse_of,
+                    close_of,
+                    undo: u,
+                    ..
+                }) => {
+                    if let Some(name) = parse_of {
+                        server.prepared.remove(&name);
+                    }
+                    kept.extend(close_of);
+                    if expect == Expect::UntilReady {
+                        self.skipped_ready += 1;
+                    }
+                    undo.extend(u.map(|u| *u));
+                }
+                Some(Reply::Made(_, u)) => undo.extend(u.map(|u| *u)),
+                _ => {}
+            }
+        }
+        // (one booked as prepared again is closed before its Parse: see
+        // `may_hold`)
+        for name in kept {
+            if name.is_empty() {
+                // another client's unnamed statement is still there (unless
+                // this client's Parse after the Sync replaced it)
+                if server.unnamed_of == 0 {
+                    server.unnamed_of = crate::backend::server::ANOTHER_CLIENT;
+                }
+            } else if !server.prepared.contains(&name) && !server.stale_statements.contains(&name) {
+                server.stale_statements.push(name);
+            }
+        }
+    }
+}
+
+/// True when a text runs DISCARD ALL or DEALLOCATE [PREPARE] ALL (alone or
+/// among other statements), which drop every prepared statement.
+pub fn resets_statements(sql: &[u8]) -> bool {
+    sql.split(|b| *b == b';').any(|statement| {
+        let mut words = statement
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty());
+        let mut next = || words.next().map(<[u8]>::to_ascii_lowercase);
+        match next().as_deref() {
+            Some(b"discard") => next().as_deref() == Some(b"all") && next().is_none(),
+            Some(b"deallocate") => {
+                let mut word = next();
+                if word.as_deref() == Some(b"prepare") {
+                    word = next();
+                }
+                word.as_deref() == Some(b"all") && next().is_none()
+            }
+            _ => false,
+        }
+    })
 }
 
 /// The statement name of a text that is one `DEALLOCATE [PREPARE] name`
@@ -978,6 +1339,31 @@ mod tests {
     }
 
     #[test]
+    fn resets_of_every_statement_are_recognised() {
+        for q in [
+            "DISCARD ALL",
+            "  discard  all ;",
+            "deallocate prepare all",
+            "DEALLOCATE ALL",
+            "SELECT 1; DEALLOCATE ALL",
+            "SET x = 1;\n\tDISCARD ALL;",
+        ] {
+            assert!(resets_statements(q.as_bytes()), "{q}");
+        }
+        for q in [
+            "DISCARD PLANS",
+            "DISCARD ALL x",
+            "DEALLOCATE a",
+            "DEALLOCATE PREPARE x",
+            "SELECT 'discard all'",
+            "discard",
+            "",
+        ] {
+            assert!(!resets_statements(q.as_bytes()), "{q}");
+        }
+    }
+
+    #[test]
     fn shared_names_depend_on_text_and_parameter_types_only() {
         assert_eq!(
             shared_name(b"SELECT $1", b"\0\x01\0\0\0\x17"),
@@ -1038,21 +1424,21 @@ mod tests {
     fn a_made_up_reply_travels_with_the_server_reply_after_it() {
         let mut p = Pipeline::new(true, true);
         // a skipped Parse, then a forwarded Bind and Sync
-        p.replies.push_back(Reply::Made(PARSE_COMPLETE));
+        p.replies.push_back(Reply::Made(PARSE_COMPLETE, None));
         p.expect(Expect::Count(1), true, None);
-        p.expect(Expect::UntilReady, true, None);
+        p.expect_sync();
         let mut out = vec![];
         p.emit_made_unless_server_follows(&mut out);
         assert!(out.is_empty(), "held for the Bind's reply");
         // a skipped Parse answered alone (Parse + Flush): out at once
         let mut q = Pipeline::new(true, true);
-        q.replies.push_back(Reply::Made(PARSE_COMPLETE));
+        q.replies.push_back(Reply::Made(PARSE_COMPLETE, None));
         q.expect(Expect::Count(1), false, None);
         q.emit_made_unless_server_follows(&mut out);
         assert_eq!(frames(&out.concat()), vec![b'1']);
         // after a Flush the client may be waiting for it: out at once
         let mut f = Pipeline::new(true, true);
-        f.replies.push_back(Reply::Made(PARSE_COMPLETE));
+        f.replies.push_back(Reply::Made(PARSE_COMPLETE, None));
         f.expect(Expect::Count(1), true, None);
         f.flush_seen = true;
         let mut out = vec![];
@@ -1098,7 +1484,7 @@ mod tests {
     fn made_up_replies_wait_for_their_turn() {
         let mut p = Pipeline::default();
         p.expect(Expect::Count(1), true, None);
-        p.replies.push_back(Reply::Made(PARSE_COMPLETE));
+        p.replies.push_back(Reply::Made(PARSE_COMPLETE, None));
         let mut out = vec![];
         p.emit_made(&mut out);
         assert!(out.is_empty(), "a server reply is owed first");

@@ -1111,6 +1111,13 @@ impl Session {
         Ok(())
     }
 
+    /// Queries and FunctionCalls the server skipped after an error (the
+    /// pipeline saw it) owe no ReadyForQuery.
+    fn take_skipped_ready(&mut self) {
+        let skipped = std::mem::take(&mut self.pipeline.skipped_ready);
+        self.state.pending = self.state.pending.saturating_sub(skipped);
+    }
+
     /// True when the server owes nothing and no transaction is open.
     fn idle_outside_transaction(&self) -> bool {
         self.state.quiet() && self.state.tx == b'I' && self.pipeline.is_empty()
@@ -1412,6 +1419,7 @@ impl Session {
                         &mut out,
                     );
                     self.settings_changes.dirtied |= std::mem::take(&mut self.pipeline.dirtied);
+                    self.take_skipped_ready();
                     out.into_iter().for_each(|b| to_server.push(b));
                     let mut made = Vec::new();
                     self.pipeline.emit_made_unless_server_follows(&mut made);
@@ -1514,6 +1522,7 @@ impl Session {
                 self.settings_changes.mark_server(&mut co.server.applied);
                 co.server.synced = None;
             }
+            self.take_skipped_ready();
             for b in out {
                 if let Some(sc) = self.cache.as_mut() {
                     sc.client_bound(&b);

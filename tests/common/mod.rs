@@ -1051,6 +1051,79 @@ pub mod raw {
         b
     }
 
+    /// Parse of `sql` as statement `name` (no parameter types given).
+    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        for s in [name, sql] {
+            body.extend_from_slice(s.as_bytes());
+            body.push(0);
+        }
+        body.extend_from_slice(&[0, 0]);
+        message(b'P', &body)
+    }
+
+    /// Bind of statement `name` to the unnamed portal, with text parameters.
+    pub fn bind(name: &str, params: &[&str]) -> Vec<u8> {
+        let mut body = vec![0];
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(&[0, 0, 0]);
+        body.extend_from_slice(&(params.len() as u16).to_be_bytes());
+        for p in params {
+            body.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            body.extend_from_slice(p.as_bytes());
+        }
+        body.extend_from_slice(&[0, 0]);
+        message(b'B', &body)
+    }
+
+    /// Execute of the unnamed portal, all rows.
+    pub fn execute() -> Vec<u8> {
+        message(b'E', &[0, 0, 0, 0, 0])
+    }
+
+    /// Sync.
+    pub fn sync() -> Vec<u8> {
+        message(b'S', b"")
+    }
+
+    /// Describe (`kind` `S` or `P`) or Close (`tag` `D` or `C`) of `name`.
+    pub fn target(tag: u8, kind: u8, name: &str) -> Vec<u8> {
+        let mut body = vec![kind];
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        message(tag, &body)
+    }
+
+    /// Reads messages (5 s at most) until `n` ReadyForQuery have arrived;
+    /// returns them all, tag and body.
+    pub async fn read_ready(s: &mut TcpStream, n: usize) -> Vec<(u8, Vec<u8>)> {
+        let mut rbuf = BytesMut::new();
+        let mut got = Vec::new();
+        let read = async {
+            let mut left = n;
+            while left > 0 {
+                let (tag, msg) = pgsift::protocol::io::read_message(s, &mut rbuf, 1 << 20)
+                    .await
+                    .expect("the connection stays open");
+                got.push((tag, msg[5..].to_vec()));
+                left -= usize::from(tag == b'Z');
+            }
+        };
+        let timed_out = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .is_err();
+        assert!(!timed_out, "{n} ReadyForQuery not within 5 s");
+        got
+    }
+
+    /// The SQLSTATEs of the ErrorResponses in `msgs`, in order.
+    pub fn errors(msgs: &[(u8, Vec<u8>)]) -> Vec<String> {
+        msgs.iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, body)| pgsift::protocol::messages::parse_error_fields(body).code)
+            .collect()
+    }
+
     /// Terminate.
     pub fn terminate() -> Vec<u8> {
         message(b'X', b"")
