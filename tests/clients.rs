@@ -332,17 +332,24 @@ fn self_signed_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pa
     (cert, key)
 }
 
-#[test]
-fn tls_is_negotiated_when_configured_and_required_when_asked() {
-    let pg = shared_postgres();
+/// pgsift with client TLS in `tls_mode` (a fresh self-signed certificate,
+/// in the returned temp dir), the usual databases in `pool_mode`, and
+/// `extra` config.
+fn tls_proxy(tls_mode: &str, pool_mode: &str, extra: &str) -> (Proxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed_cert(dir.path());
     let proxy = Proxy::start(&format!(
-        "tls: {{cert: {}, key: {}, mode: require}}\n{}",
+        "tls: {{cert: {}, key: {}, mode: {tls_mode}}}\n{}{extra}",
         cert.display(),
         key.display(),
-        databases_yaml(pg, "session", 2)
+        databases_yaml(shared_postgres(), pool_mode, 2)
     ));
+    (proxy, dir)
+}
+
+#[test]
+fn tls_is_negotiated_when_configured_and_required_when_asked() {
+    let (proxy, _dir) = tls_proxy("require", "session", "");
     let url = proxy.url("blog", "blogpw", "app");
     let out = psql(
         &format!("{url}?sslmode=require"),
@@ -368,15 +375,7 @@ fn tls_is_negotiated_when_configured_and_required_when_asked() {
 /// limit, not a server without SSL.
 #[test]
 fn a_tls_client_over_max_client_conn_hears_too_many_clients() {
-    let pg = shared_postgres();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed_cert(dir.path());
-    let proxy = Proxy::start(&format!(
-        "tls: {{cert: {}, key: {}, mode: require}}\n{}pool:\n  max_client_conn: 1\n",
-        cert.display(),
-        key.display(),
-        databases_yaml(pg, "session", 2)
-    ));
+    let (proxy, _dir) = tls_proxy("require", "session", "pool:\n  max_client_conn: 1\n");
     // a connection still in its login holds the one client slot
     let _holder = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -593,15 +592,7 @@ async fn sqlx_with_its_pool_and_statement_cache_works_in_transaction_mode() {
 /// is nothing to bind to, and libpq refuses on its own side.
 #[test]
 fn channel_binding_works_over_tls() {
-    let pg = shared_postgres();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed_cert(dir.path());
-    let proxy = Proxy::start(&format!(
-        "tls: {{cert: {}, key: {}, mode: allow}}\n{}",
-        cert.display(),
-        key.display(),
-        databases_yaml(pg, "transaction", 2)
-    ));
+    let (proxy, _dir) = tls_proxy("allow", "transaction", "");
     let url = proxy.url("blog", "blogpw", "app");
     for binding in ["require", "prefer", "disable"] {
         let out = psql(

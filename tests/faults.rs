@@ -28,14 +28,7 @@ async fn upstream_outage_gives_08006_within_connect_timeout_and_pgsift_recovers(
     // an upstream that accepts connections and never says a word: only
     // connect_timeout ends the wait (the login timeout is longer), where a
     // stopped Postgres refuses at once
-    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hole_port = hole.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = hole.accept().await {
-            held.push(s);
-        }
-    });
+    let hole_port = common::silent_upstream().await;
     let proxy = Proxy::start(&yaml(
         &pg,
         "transaction",

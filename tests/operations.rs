@@ -794,14 +794,7 @@ fn api_pool(proxy: &Proxy, db: &str, user: &str) -> serde_json::Value {
 async fn logins_waiting_past_the_login_timeout_leave_no_pool_counts_behind() {
     let pg = shared_postgres();
     // an upstream that accepts connections and never says a word
-    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hole_port = hole.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = hole.accept().await {
-            held.push(s);
-        }
-    });
+    let hole_port = common::silent_upstream().await;
     let proxy = Proxy::start(&format!(
         "{}  hole: {{host: 127.0.0.1, port: {hole_port}, pool_mode: session, pool_size: 2}}\n\
          pool:\n  client_login_timeout: 1s\n  connect_timeout: 2s\n",

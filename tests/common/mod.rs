@@ -303,6 +303,21 @@ pub fn setup_roles(pg: &Postgres) {
     pg.psql("postgres", "GRANT ALL ON DATABASE app TO md5user");
 }
 
+/// An upstream that accepts TCP connections and never says a word (held
+/// open until the test ends); returns its port. Only a timeout ends a
+/// login to it.
+pub async fn silent_upstream() -> u16 {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    port
+}
+
 /// A running pgsift process.
 pub struct Proxy {
     /// client port
