@@ -9,7 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use pgsift::protocol::frame::{
-    is_backend_type, is_frontend_type, missing_bytes, peek_frame, scan, FrameError, HEADER_LEN,
+    frontend_limit, is_backend_type, is_frontend_type, missing_bytes, peek_frame, scan,
+    valid_ready, FrameError, HEADER_LEN, SMALL_MESSAGE_LIMIT,
 };
 
 /// Message types a frontend may send after startup, from the protocol docs.
@@ -94,7 +95,16 @@ fuzz_target!(|data: &[u8]| {
     for tag in [buf.first().copied().unwrap_or(0), ctl as u8] {
         assert_eq!(is_frontend_type(tag), FRONTEND.contains(&tag), "is_frontend_type({tag:#x})");
         assert_eq!(is_backend_type(tag), BACKEND.contains(&tag), "is_backend_type({tag:#x})");
+        let small = b"CDEHSXcf".contains(&tag);
+        assert_eq!(frontend_limit(tag) == SMALL_MESSAGE_LIMIT, small, "frontend_limit({tag:#x})");
+        assert!(small || frontend_limit(tag) == usize::MAX);
     }
+    // a ReadyForQuery is valid only as a whole 6-byte message with status I, T or E
+    assert_eq!(
+        valid_ready(buf),
+        buf.len() == 6 && b"ITE".contains(&buf[5]),
+        "valid_ready({buf:?})"
+    );
 });
 
 fn check_peek(buf: &[u8], max_len: usize) {
@@ -121,5 +131,6 @@ fn check_peek(buf: &[u8], max_len: usize) {
             assert!(buf.len() >= HEADER_LEN && len > max && max == max_len);
         }
         Err(FrameError::UnknownType(t)) => panic!("peek_frame checks no types, got UnknownType({t})"),
+        Err(FrameError::BadReady) => panic!("peek_frame checks no message contents, got BadReady"),
     }
 }
