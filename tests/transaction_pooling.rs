@@ -1436,3 +1436,52 @@ async fn a_skipped_close_or_failed_parse_changes_no_statement_name() {
         Some("3")
     );
 }
+
+/// A SQL `DEALLOCATE name` of a statement the client prepared through the
+/// protocol runs on whichever server the client lands on; where that
+/// server lacks the statement, pgsift prepares it first. If that Parse
+/// fails (the table it reads is gone), the server skips everything up to
+/// a Sync, the client's Query included: before, the client then waited for
+/// ever. It now gets the errors and its ReadyForQuery, and the server
+/// stays usable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deallocate_whose_statement_no_longer_parses_is_answered() {
+    use common::raw::{first_error, message, query, raw_login, read_until};
+    use tokio::io::AsyncWriteExt;
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE dealloc_gone (v int); GRANT ALL ON dealloc_gone TO blog",
+    );
+    // one server, one statement per server: s2 evicts s1 from it
+    let proxy = tx_proxy(1, "pool:\n  max_prepared_statements: 1\n");
+    let parse = |name: &str, sql: &str| {
+        let mut body = name.as_bytes().to_vec();
+        body.push(0);
+        body.extend_from_slice(sql.as_bytes());
+        body.extend_from_slice(&[0, 0, 0]);
+        let mut m = message(b'P', &body);
+        m.extend(message(b'S', b""));
+        m
+    };
+    let mut s = raw_login(proxy.port).await;
+    s.write_all(&parse("s1", "SELECT v FROM dealloc_gone"))
+        .await
+        .unwrap();
+    assert_eq!(first_error(&read_until(&mut s, b'Z').await), None);
+    s.write_all(&parse("s2", "SELECT 2")).await.unwrap();
+    assert_eq!(first_error(&read_until(&mut s, b'Z').await), None);
+    pg.psql("app", "DROP TABLE dealloc_gone");
+    s.write_all(&query("DEALLOCATE s1")).await.unwrap();
+    let msgs = read_until(&mut s, b'Z').await;
+    assert_eq!(first_error(&msgs).as_deref(), Some("42P01"), "{msgs:?}");
+    assert_eq!(msgs.iter().filter(|(t, _)| *t == b'Z').count(), 1);
+    // the client and the pool's one server go on
+    s.write_all(&query("SELECT 41 + 1")).await.unwrap();
+    let msgs = read_until(&mut s, b'Z').await;
+    assert_eq!(common::raw::first_value(&msgs).as_deref(), Some("42"));
+    let c = connect(&proxy.conn_str("blog", "blogpw", "app"))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&c, "SELECT 7").await, "7");
+}

@@ -364,7 +364,7 @@ impl Pipeline {
                         .and_then(|p| Some((self.mapped_deallocation(p.query)?, p)));
                     if let Some((name, p)) = dealloc {
                         out.cut(pos, pos + total);
-                        let sql = self.deallocate(&name, server, limit, out.dest);
+                        let (sql, _) = self.deallocate(&name, server, limit, out.dest);
                         out.dest.push(extended::build_parse(
                             "",
                             &extended::ParseMsg {
@@ -520,7 +520,10 @@ impl Pipeline {
                         .flatten();
                     if let Some(name) = self.mapped_deallocation(text) {
                         out.cut(pos, pos + total);
-                        let sql = self.deallocate(&name, server, limit, out.dest);
+                        let (sql, parsed) = self.deallocate(&name, server, limit, out.dest);
+                        if parsed {
+                            self.inject_sync(out.dest);
+                        }
                         let mut q = bytes::BytesMut::new();
                         crate::protocol::messages::query(&mut q, &sql);
                         out.dest.push(q.freeze());
@@ -771,20 +774,40 @@ impl Pipeline {
         });
     }
 
-    /// Prepares a client's statement on the server if it lacks it.
+    /// Prepares a client's statement on the server if it lacks it; true
+    /// when that took a Parse.
     fn ensure_prepared(
         &mut self,
         s: &ClientStatement,
         server: &mut ServerConnection,
         limit: usize,
         dest: &mut Vec<Bytes>,
-    ) {
+    ) -> bool {
         if server.prepared.touch(&s.shared) {
-            return;
+            return false;
         }
         self.evict_for(&s.shared, server, limit, dest);
         dest.push(s.parse.clone());
         self.expect(Expect::Count(1), false, Some(s.shared.clone()));
+        true
+    }
+
+    /// A Sync pgsift sends after a Parse of its own that a simple Query
+    /// follows: if the Parse fails, the server skips messages up to a
+    /// Sync, the Query included, and without one the client would wait for
+    /// its answer for ever. The Sync's ReadyForQuery is swallowed, and the
+    /// session never sees it (it owes the client nothing).
+    fn inject_sync(&mut self, dest: &mut Vec<Bytes>) {
+        dest.push(Bytes::from_static(b"S\0\0\0\x04"));
+        self.replies.push_back(Reply::Server {
+            expect: Expect::UntilReady,
+            forward: false,
+            parse_of: None,
+            bound: None,
+            close_of: None,
+            sync: true,
+            undo: None,
+        });
     }
 
     /// The client's name of the statement a SQL `DEALLOCATE name` in `sql`
@@ -811,13 +834,13 @@ impl Pipeline {
         server: &mut ServerConnection,
         limit: usize,
         dest: &mut Vec<Bytes>,
-    ) -> String {
+    ) -> (String, bool) {
         let Some(s) = self.statements.remove(name) else {
-            return String::new();
+            return (String::new(), false);
         };
-        self.ensure_prepared(&s, server, limit, dest);
+        let parsed = self.ensure_prepared(&s, server, limit, dest);
         server.prepared.remove(&s.shared);
-        format!("DEALLOCATE \"{}\"", s.shared)
+        (format!("DEALLOCATE \"{}\"", s.shared), parsed)
     }
 
     /// The client uses the server's unnamed statement (a Bind or Describe
@@ -985,7 +1008,19 @@ impl Pipeline {
             if tag == b'Z' && !valid_ready(&server.rbuf[pos..pos + total]) {
                 return Err(FrameError::BadReady);
             }
-            on_message(tag, &server.rbuf[pos..pos + total]);
+            // (the ReadyForQuery of a Sync pgsift injected is no client's)
+            let injected_ready = tag == b'Z'
+                && matches!(
+                    self.replies.front(),
+                    Some(Reply::Server {
+                        sync: true,
+                        forward: false,
+                        ..
+                    })
+                );
+            if !injected_ready {
+                on_message(tag, &server.rbuf[pos..pos + total]);
+            }
             match tag {
                 b'C' if is_discard_tag(&server.rbuf[pos + 5..pos + total]) => {
                     self.statements_reset(server);
