@@ -1485,3 +1485,91 @@ async fn a_deallocate_whose_statement_no_longer_parses_is_answered() {
         .unwrap();
     assert_eq!(scalar(&c, "SELECT 7").await, "7");
 }
+
+/// Pipelines where an error makes the server skip what pgsift had already
+/// booked (found by a review of the statement-name changes): a name
+/// prepared again in a later Sync segment after its first Parse failed is
+/// taken, as on Postgres (not 42P05, and not lost); a DISCARD ALL parsed
+/// but skipped before any Execute gives the client its names back; a
+/// client whose unnamed Parse was skipped cannot run the unnamed statement
+/// another client left on the server (26000, as on Postgres).
+#[tokio::test(flavor = "multi_thread")]
+async fn statement_names_survive_what_the_server_skips_after_an_error() {
+    use common::raw::{bind, errors, execute, first_value, parse, raw_login, read_ready, sync};
+    use tokio::io::AsyncWriteExt;
+    let proxy = tx_proxy(1, "");
+    let cat = |parts: &[Vec<u8>]| parts.concat();
+
+    // a failed Parse, then the same name again after the Sync
+    let mut s = raw_login(proxy.port).await;
+    s.write_all(&cat(&[
+        parse("s1", "SELEC 'typo'"),
+        sync(),
+        parse("s1", "SELECT 'fixed'"),
+        bind("s1", &[]),
+        execute(),
+        sync(),
+    ]))
+    .await
+    .unwrap();
+    let msgs = read_ready(&mut s, 2).await;
+    assert_eq!(errors(&msgs), ["42601"], "{msgs:?}");
+    assert_eq!(first_value(&msgs).as_deref(), Some("fixed"));
+    s.write_all(&cat(&[bind("s1", &[]), execute(), sync()]))
+        .await
+        .unwrap();
+    let msgs = read_ready(&mut s, 1).await;
+    assert_eq!(first_value(&msgs).as_deref(), Some("fixed"), "{msgs:?}");
+
+    // a DISCARD ALL the server skips, parsed before any Execute
+    s.write_all(&cat(&[parse("s2", "SELECT 'two'"), sync()]))
+        .await
+        .unwrap();
+    read_ready(&mut s, 1).await;
+    let mut flush = common::raw::message(b'H', b"");
+    flush = cat(&[
+        bind("nosuch", &[]),
+        execute(),
+        parse("", "DISCARD ALL"),
+        flush,
+    ]);
+    s.write_all(&flush).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(&sync()).await.unwrap();
+    let msgs = read_ready(&mut s, 1).await;
+    assert_eq!(errors(&msgs), ["26000"], "{msgs:?}");
+    s.write_all(&cat(&[bind("s2", &[]), execute(), sync()]))
+        .await
+        .unwrap();
+    let msgs = read_ready(&mut s, 1).await;
+    assert_eq!(first_value(&msgs).as_deref(), Some("two"), "{msgs:?}");
+    s.write_all(&common::raw::terminate()).await.unwrap();
+
+    // one client's unnamed statement, another client's skipped Parse
+    let mut a = raw_login(proxy.port).await;
+    a.write_all(&cat(&[
+        parse("", "SELECT 'secret of A'"),
+        bind("", &[]),
+        execute(),
+        sync(),
+    ]))
+    .await
+    .unwrap();
+    read_ready(&mut a, 1).await;
+    let mut b = raw_login(proxy.port).await;
+    b.write_all(&cat(&[
+        bind("nosuch", &[]),
+        execute(),
+        parse("", "SELECT 'own of B'"),
+        sync(),
+    ]))
+    .await
+    .unwrap();
+    read_ready(&mut b, 1).await;
+    b.write_all(&cat(&[bind("", &[]), execute(), sync()]))
+        .await
+        .unwrap();
+    let msgs = read_ready(&mut b, 1).await;
+    assert_eq!(first_value(&msgs), None, "{msgs:?}");
+    assert_eq!(errors(&msgs), ["26000"], "{msgs:?}");
+}

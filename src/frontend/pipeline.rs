@@ -1216,8 +1216,18 @@ impl Pipeline {
     /// A named Parse's name when the client has a statement of that name
     /// (transaction mode; not for a name that is not valid UTF-8 or one of
     /// pgsift's own, which are defined again as before).
+    /// A name whose Parse the server has not answered yet is not taken for
+    /// one in use: that Parse may still fail (then Postgres takes the name
+    /// again), and pgsift defines it again as before.
     fn name_in_use<'a>(&self, p: &extended::ParseMsg<'a>) -> Option<&'a str> {
         if !self.rename_named || p.name.is_empty() || !self.statements.contains_key(p.name) {
+            return None;
+        }
+        let unconfirmed = self.replies.iter().any(|r| {
+            matches!(r, Reply::Server { undo: Some(u), .. }
+                if matches!(&**u, Undo::Name { name, .. } if name.as_slice() == p.name))
+        });
+        if unconfirmed {
             return None;
         }
         std::str::from_utf8(p.name)
@@ -1232,6 +1242,7 @@ impl Pipeline {
     /// defined go to `undo`, in order).
     fn skip_to_sync(&mut self, server: &mut ServerConnection, undo: &mut Vec<Undo>) {
         let mut kept = Vec::new();
+        let mut skipped_any = false;
         // The client has not sent its Sync yet unless one is owed: what it
         // sends until then is skipped by the server, so it must not be
         // booked either.
@@ -1261,6 +1272,20 @@ impl Pipeline {
                 Some(Reply::Made(_, u)) => undo.extend(u.map(|u| *u)),
                 _ => {}
             }
+            skipped_any = true;
+        }
+        if self.skipping {
+            // no Sync owed: a DISCARD ALL / DEALLOCATE ALL parsed since the
+            // last Execute or Sync is among what the server skips, and the
+            // names it freed are the client's again
+            if let Some(freed) = self.pending_reset.take() {
+                undo.push(Undo::Reset(freed));
+            }
+        }
+        if skipped_any && server.unnamed_of == self.client {
+            // this client's unnamed Parse may be among the skipped: the
+            // server may still hold another client's unnamed statement
+            server.unnamed_of = crate::backend::server::ANOTHER_CLIENT;
         }
         // (one booked as prepared again is closed before its Parse: see
         // `may_hold`)
