@@ -1020,11 +1020,21 @@ async fn send_and_vanish(proxy: &Proxy, setup: &str, sql: &str) {
     if !setup.is_empty() {
         c.batch_execute(setup).await.unwrap();
     }
-    let sql = sql.to_owned();
+    let sent = sql.to_owned();
     let query = tokio::spawn(async move {
-        let _ = c.batch_execute(&sql).await;
+        let _ = c.batch_execute(&sent).await;
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // vanish once the server runs it (a fixed pause could end before the
+    // statement left the client on a busy machine: then nothing commits)
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '{}'",
+        sql.replace('\'', "''")
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shared_postgres().psql("postgres", &running) == "0" {
+        assert!(Instant::now() < deadline, "{sql} never reached the server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     conn.abort();
     let _ = query.await;
 }
