@@ -49,20 +49,8 @@ pub struct Authenticated {
 
 /// A client that has logged in.
 pub struct Login {
-    /// the socket, possibly TLS
-    pub stream: ClientStream,
-    /// bytes already read past the handshake
-    pub rbuf: BytesMut,
-    /// role name
-    pub user: String,
-    /// client-facing database name
-    pub database: String,
-    /// application_name at startup
-    pub application_name: String,
-    /// the client's own settings (startup parameters and `options -c`)
-    pub settings: Vec<(String, String)>,
-    /// the pool serving this client
-    pub pool: Arc<Pool>,
+    /// who it is, its socket and its pool
+    pub client: Authenticated,
     /// the server of a session-mode client, held from login on
     pub server: Option<Checkout>,
     /// the key given in BackendKeyData
@@ -407,13 +395,15 @@ pub async fn admit(app: &Arc<App>, client: Authenticated) -> Result<Login, Hands
         return Err(HandshakeEnd::Done);
     }
     Ok(Login {
-        stream,
-        rbuf,
-        user,
-        database,
-        application_name,
-        settings,
-        pool,
+        client: Authenticated {
+            stream,
+            rbuf,
+            user,
+            database,
+            application_name,
+            settings,
+            pool,
+        },
         server,
         cancel_key,
         cancel,

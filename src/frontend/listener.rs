@@ -79,11 +79,14 @@ async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAd
         }
         Ok(login) => login,
     };
-    tracing::debug!(client = %peer, user = %login.user, database = %login.database, application = %login.application_name, "client logged in");
-    let pool = login.pool.clone();
-    let info = app
-        .registry
-        .add(peer, &login.user, &login.database, &login.application_name);
+    tracing::debug!(client = %peer, user = %login.client.user, database = %login.client.database, application = %login.client.application_name, "client logged in");
+    let pool = login.client.pool.clone();
+    let info = app.registry.add(
+        peer,
+        &login.client.user,
+        &login.client.database,
+        &login.client.application_name,
+    );
     pool.counts.clients.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
         "client",

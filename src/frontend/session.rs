@@ -13,7 +13,7 @@
 use super::batch_ends::BatchEnds;
 use super::caching::{self, SessionCache};
 use super::cancel::CancelTarget;
-use super::handshake::Login;
+use super::handshake::{Authenticated, Login};
 use super::observer::Observer;
 use super::pipeline::Pipeline;
 use super::registry::{ClientInfo, ClientState};
@@ -466,16 +466,19 @@ impl Session {
     pub async fn run(app: Arc<App>, login: Login, info: Arc<ClientInfo>) {
         let peer = info.addr;
         let Login {
-            stream,
-            rbuf,
-            settings,
-            pool,
+            client:
+                Authenticated {
+                    stream,
+                    rbuf,
+                    settings,
+                    pool,
+                    user,
+                    database,
+                    application_name,
+                },
             server,
             cancel_key,
             cancel,
-            user,
-            database,
-            application_name,
         } = login;
         let mode = pool.settings().mode;
         let config = app.config();
