@@ -40,6 +40,8 @@ fn setup() {
         // a commit that takes 1.5 s and shrugs off cancel requests (as one
         // waiting for a synchronous standby does)
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE doubt (id int PRIMARY KEY, v int); INSERT INTO doubt VALUES (1, 0), (2, 0); CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE until timestamptz := clock_timestamp() + interval '1.5 s'; BEGIN WHILE clock_timestamp() < until LOOP BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; RETURN NULL; END $$; CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON doubt DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()");
+        // the same, taking 6 s: longer than pgsift waits in the session
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE doubt_long (id int PRIMARY KEY, v int); INSERT INTO doubt_long VALUES (1, 0), (2, 0); CREATE FUNCTION slower_commit() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE until timestamptz := clock_timestamp() + interval '6 s'; BEGIN WHILE clock_timestamp() < until LOOP BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; RETURN NULL; END $$; CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON doubt_long DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slower_commit()");
         // a tenant's schema with a table of the same name
         pg.psql("cachedb", "SET ROLE blog; CREATE SCHEMA tenant2; CREATE TABLE tenant2.items (id int PRIMARY KEY, v int, owner text); INSERT INTO tenant2.items VALUES (60, 77, 'blog'), (61, 77, 'blog')");
         // written through the alias test and the cross-instance DDL test only
@@ -66,11 +68,17 @@ fn redis_url_proxy(url: &str) -> Proxy {
 }
 
 fn cache_proxy_with(extra_users: bool, backend: &str) -> Proxy {
+    cache_proxy_full(extra_users, backend, "")
+}
+
+/// A proxy on the cache backend `backend`, with `top` added to its config's
+/// top level.
+fn cache_proxy_full(extra_users: bool, backend: &str, top: &str) -> Proxy {
     setup();
     let busy = if backend.contains("memory") {
-        "busy_poll: 200us\n"
+        format!("busy_poll: 200us\n{top}")
     } else {
-        ""
+        top.to_owned()
     };
     let pg = shared_postgres();
     let users = if extra_users {
@@ -80,7 +88,7 @@ fn cache_proxy_with(extra_users: bool, backend: &str) -> Proxy {
     };
     Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt, aliased, posted, post_log]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt, doubt_long, aliased, posted, post_log]\n      ttl: 60s\n",
             pg.port
         )
     })
@@ -1100,6 +1108,92 @@ async fn a_write_that_commits_after_its_client_left_is_invalidated_after_the_com
             "{sql}: a stale read after the commit"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_departed_clients_write_that_commits_after_pgsift_stopped_waiting_is_invalidated_then() {
+    let proxy = cache_proxy(false);
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    let pg = shared_postgres();
+    let read = "SELECT v FROM doubt_long WHERE id = 1";
+    assert_eq!(cached(&other, &proxy, read).await, "0");
+    // the commit takes 6 s; the session waits 5 s for it, records the
+    // invalidation again and ends
+    send_and_vanish(&proxy, "", "UPDATE doubt_long SET v = 1 WHERE id = 1").await;
+    // reads all along: those after the session's last record and before
+    // the commit store the old value again
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pg.psql("cachedb", read) != "1" {
+        assert!(Instant::now() < deadline, "the update never committed");
+        let _ = one(&other, read).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the entry stored before the commit must not outlive it (TTL 60 s)
+    assert_eq!(
+        until_read(&other, read, "1", Duration::from_secs(3)).await,
+        "1",
+        "a stale read after a commit pgsift had stopped waiting for"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_departed_clients_multiplexed_write_that_commits_late_is_invalidated_then() {
+    let proxy = cache_proxy_full(false, "backend: memory", "pool:\n  multiplex_servers: 2\n");
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    let pg = shared_postgres();
+    let read = "SELECT v FROM doubt_long WHERE id = 2";
+    assert_eq!(cached(&other, &proxy, read).await, "0");
+    // a prepared autocommit UPDATE (Bind, Execute, Sync: a multiplexed
+    // batch) whose commit takes 6 s, and then the client is gone
+    let (c, conn) = tokio_postgres::connect(&dsn(&proxy), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let update = "UPDATE doubt_long SET v = $1 WHERE id = 2";
+    let stmt = c.prepare(update).await.unwrap();
+    // the client's prepared statements run multiplexed
+    let probe = c.prepare("SELECT $1::int").await.unwrap();
+    let before = multiplexed(&proxy);
+    c.query_one(&probe, &[&7i32]).await.unwrap();
+    assert!(multiplexed(&proxy) > before, "not multiplexed");
+    let query = tokio::spawn(async move {
+        let _ = c.execute(&stmt, &[&1i32]).await;
+    });
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '{update}'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pg.psql("postgres", &running) == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the update never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    conn.abort();
+    let _ = query.await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pg.psql("cachedb", read) != "1" {
+        assert!(Instant::now() < deadline, "the update never committed");
+        let _ = one(&other, read).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        until_read(&other, read, "1", Duration::from_secs(3)).await,
+        "1",
+        "a stale read after a multiplexed commit pgsift had stopped waiting for"
+    );
+}
+
+/// All transactions run on multiplexed servers so far.
+fn multiplexed(proxy: &Proxy) -> f64 {
+    let (_, body) = common::http_get(proxy.admin_port, "/metrics").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("pgsift_multiplexed_transactions_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -18,6 +18,10 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a departed client's unfinished statements are waited for in the
+/// background before their invalidations are recorded for the last time.
+pub const LINGER_LIMIT: Duration = Duration::from_secs(3600);
+
 /// The effect of a successfully completed statement, if it wrote anything.
 /// `facts` are the database's function volatilities (`None`: not known yet,
 /// so any function might be volatile).
@@ -249,6 +253,31 @@ impl SessionCache {
             return;
         }
         Box::pin(self.cache.invalidate(&self.db, &effects)).await;
+    }
+
+    /// Records `effects` again once `done` has finished (see
+    /// [`Self::finish_in_doubt`]), waiting in the background for at most
+    /// [`LINGER_LIMIT`]: what a departed client left running (a commit
+    /// waiting for a synchronous standby, say) may take effect long after
+    /// its session has ended. `done` ends when that work has ended: its
+    /// backend closed the connection, or its multiplexed batch was answered.
+    pub fn record_when_done<F>(&self, done: F, effects: Vec<Effect>)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (cache, db) = (self.cache.clone(), self.db.clone());
+        tokio::spawn(async move {
+            if crate::timer::timeout(LINGER_LIMIT, done).await.is_err() {
+                tracing::warn!(
+                    "a departed client's statement was still running after {} s; \
+                     pgsift stops waiting for it",
+                    LINGER_LIMIT.as_secs()
+                );
+            }
+            if !effects.is_empty() {
+                cache.invalidate(&db, &effects).await;
+            }
+        });
     }
 
     /// The reply to a hit: the stored messages and ReadyForQuery.

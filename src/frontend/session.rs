@@ -22,6 +22,7 @@ use super::source::Source;
 use super::stream::ClientStream;
 use crate::app::App;
 use crate::backend::server::note_parameter_status;
+use crate::backend::server::ServerConnection;
 use crate::backend::socket::TryWrite;
 use crate::backend::{mux, Checkout, Pool};
 use crate::cache::{Lookup, Miss};
@@ -880,8 +881,15 @@ impl Session {
             };
             if server_lost {
                 self.pool.discard(co);
-            } else if doubt.is_some() {
-                self.await_server_end(co).await;
+            } else if let Some(effects) = doubt.as_ref() {
+                if let Some(mut server) = Self::await_server_end(co).await {
+                    // still running: its effects are recorded once more
+                    // when it ends
+                    if let Some(sc) = self.cache.as_ref() {
+                        let gone = async move { server_gone(&mut server).await };
+                        sc.record_when_done(gone, effects.clone());
+                    }
+                }
             } else {
                 // a dirty server gets DISCARD ALL, as in session mode
                 let mode = if self.settings_changes.dirtied {
@@ -893,6 +901,12 @@ impl Session {
             }
         }
         if let (Some(sc), Some(effects)) = (self.cache.as_mut(), doubt) {
+            if let Some(mut rx) = self.mux_replies.take() {
+                // a multiplexed batch still running: the mux drops its end
+                // of the channel once the batch is answered
+                let answered = async move { while rx.recv().await.is_some() {} };
+                sc.record_when_done(answered, effects.clone());
+            }
             sc.record_again(effects).await;
         }
     }
@@ -989,29 +1003,27 @@ impl Session {
     /// gone: they are cancelled, the write side is shut so that the backend
     /// reads end-of-file once they are done, and the backend closes its
     /// socket only after its transaction has ended, committed or not. Only
-    /// then is it certain that nothing more of theirs takes effect.
-    async fn await_server_end(&mut self, mut co: Checkout) {
+    /// then is it certain that nothing more of theirs takes effect. A server
+    /// still running then leaves the pool (its slot is free again) and is
+    /// returned, so that the wait can go on without the session.
+    async fn await_server_end(mut co: Checkout) -> Option<Box<ServerConnection>> {
         co.cancel_in_background();
         let pid = co.server.pid;
-        let gone = async {
-            let _ = co.server.writer.shutdown().await;
-            let mut scratch = vec![0u8; 8192];
-            loop {
-                match tokio::io::AsyncReadExt::read(&mut co.server.reader, &mut scratch).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        };
-        if crate::timer::timeout(RESET_TIMEOUT, gone).await.is_err() {
-            tracing::warn!(
-                pid,
-                "a departed client's statement was still running after {} s; \
-                 its invalidations are recorded without waiting for it",
-                RESET_TIMEOUT.as_secs()
-            );
+        let _ = co.server.writer.shutdown().await;
+        let Checkout { mut server, .. } = co;
+        if crate::timer::timeout(RESET_TIMEOUT, server_gone(&mut server))
+            .await
+            .is_ok()
+        {
+            return None;
         }
-        self.pool.discard(co);
+        tracing::warn!(
+            pid,
+            "a departed client's statement was still running after {} s; \
+             its invalidations are recorded now and again when it ends",
+            RESET_TIMEOUT.as_secs()
+        );
+        Some(server)
     }
 
     /// Client messages go through `pipeline`: transaction mode, or session
@@ -1583,6 +1595,19 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads (and drops) what `server` sends until its backend closes the
+/// connection: Postgres does that only once the transaction it was running
+/// has ended.
+pub(crate) async fn server_gone(server: &mut ServerConnection) {
+    let mut scratch = vec![0u8; 8192];
+    loop {
+        match tokio::io::AsyncReadExt::read(&mut server.reader, &mut scratch).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
     }
 }
 
