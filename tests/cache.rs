@@ -42,6 +42,8 @@ fn setup() {
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE doubt (id int PRIMARY KEY, v int); INSERT INTO doubt VALUES (1, 0), (2, 0); CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE until timestamptz := clock_timestamp() + interval '1.5 s'; BEGIN WHILE clock_timestamp() < until LOOP BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; RETURN NULL; END $$; CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON doubt DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()");
         // the same, taking 6 s: longer than pgsift waits in the session
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE doubt_long (id int PRIMARY KEY, v int); INSERT INTO doubt_long VALUES (1, 0), (2, 0); CREATE FUNCTION slower_commit() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE until timestamptz := clock_timestamp() + interval '6 s'; BEGIN WHILE clock_timestamp() < until LOOP BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; RETURN NULL; END $$; CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON doubt_long DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slower_commit()");
+        // written by the COMMIT AND CHAIN and two-phase commit tests only
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE chained (id int PRIMARY KEY, v int); INSERT INTO chained VALUES (1, 0), (2, 0), (3, 0), (4, 0); CREATE TABLE twophase (id int PRIMARY KEY, v int); INSERT INTO twophase VALUES (1, 0), (2, 0)");
         // a tenant's schema with a table of the same name
         pg.psql("cachedb", "SET ROLE blog; CREATE SCHEMA tenant2; CREATE TABLE tenant2.items (id int PRIMARY KEY, v int, owner text); INSERT INTO tenant2.items VALUES (60, 77, 'blog'), (61, 77, 'blog')");
         // written through the alias test and the cross-instance DDL test only
@@ -88,7 +90,7 @@ fn cache_proxy_full(extra_users: bool, backend: &str, top: &str) -> Proxy {
     };
     Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt, doubt_long, aliased, posted, post_log]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt, doubt_long, chained, twophase, aliased, posted, post_log]\n      ttl: 60s\n",
             pg.port
         )
     })
@@ -1194,6 +1196,70 @@ fn multiplexed(proxy: &Proxy) -> f64 {
         .filter(|l| l.starts_with("pgsift_multiplexed_transactions_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Writes committed by a COMMIT that does not end the session's
+/// transaction: COMMIT AND CHAIN, and a COMMIT followed by BEGIN in one
+/// Query. Rows `first` and `first + 1` of `chained`.
+async fn commits_inside_a_session_transaction(proxy: &Proxy, first: i32) {
+    let c = client(proxy).await;
+    let other = client(proxy).await;
+    wait_for_facts(&other, proxy).await;
+    let reads = [first, first + 1].map(|id| format!("SELECT v FROM chained WHERE id = {id}"));
+    for read in &reads {
+        assert_eq!(cached(&other, proxy, read).await, "0");
+    }
+    c.batch_execute(&format!(
+        "BEGIN; UPDATE chained SET v = 1 WHERE id = {first}; COMMIT AND CHAIN"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(one(&other, &reads[0]).await, "1", "after COMMIT AND CHAIN");
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!(
+        "UPDATE chained SET v = 1 WHERE id = {}; COMMIT; BEGIN",
+        first + 1
+    ))
+    .await
+    .unwrap();
+    assert_eq!(one(&other, &reads[1]).await, "1", "after COMMIT; BEGIN");
+    c.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_that_leaves_the_session_in_a_transaction_invalidates_what_it_committed() {
+    commits_inside_a_session_transaction(&cache_proxy(false), 1).await;
+    let redis = common::Redis::start();
+    commits_inside_a_session_transaction(&redis_proxy(&redis), 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commit_prepared_invalidates_the_prepared_transactions_writes() {
+    let proxy = cache_proxy(false);
+    let c = client(&proxy).await;
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    let read = "SELECT v FROM twophase WHERE id = 1";
+    assert_eq!(cached(&other, &proxy, read).await, "0");
+    c.batch_execute(
+        "BEGIN; UPDATE twophase SET v = 1 WHERE id = 1; PREPARE TRANSACTION 'pgsift_2pc'",
+    )
+    .await
+    .unwrap();
+    // not committed yet: this read stores the old value again
+    assert_eq!(cached(&other, &proxy, read).await, "0");
+    // committed from another session, which never saw the write
+    let third = client(&proxy).await;
+    third
+        .batch_execute("COMMIT PREPARED 'pgsift_2pc'")
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&other, read).await,
+        "1",
+        "a stale read after COMMIT PREPARED"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

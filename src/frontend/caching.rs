@@ -22,6 +22,12 @@ use std::time::Duration;
 /// background before their invalidations are recorded for the last time.
 pub const LINGER_LIMIT: Duration = Duration::from_secs(3600);
 
+/// The tag of a CommandComplete message (without its terminator).
+fn command_tag(msg: &[u8]) -> &[u8] {
+    let body = msg.get(5..).unwrap_or_default();
+    body.strip_suffix(b"\0").unwrap_or(body)
+}
+
 /// The effect of a successfully completed statement, if it wrote anything.
 /// `facts` are the database's function volatilities (`None`: not known yet,
 /// so any function might be volatile).
@@ -186,8 +192,19 @@ impl SessionCache {
     /// A server message on its way to the client (called before it is
     /// passed on): records invalidations when a transaction ends.
     pub fn server_message(&mut self, tag: u8, msg: &[u8]) {
-        if tag == b'Z' && msg.get(5) == Some(&b'I') {
-            self.commit();
+        match tag {
+            b'Z' if msg.get(5) == Some(&b'I') => self.commit(),
+            // a COMMIT that does not end the session's transaction (COMMIT
+            // AND CHAIN; a COMMIT followed by BEGIN in one Query): its
+            // writes took effect all the same
+            b'C' if command_tag(msg) == b"COMMIT" => self.flush_pending(),
+            // a prepared transaction's writes take effect here, in a
+            // session that may never have seen them
+            b'C' if command_tag(msg) == b"COMMIT PREPARED" => {
+                self.pending.push(Effect::Database);
+                self.flush_pending();
+            }
+            _ => {}
         }
     }
 
@@ -196,6 +213,12 @@ impl SessionCache {
     /// process, or by [`SessionCache::record`] before the client is told.
     fn commit(&mut self) {
         self.strict_isolation = false;
+        self.flush_pending();
+    }
+
+    /// Writes took effect: their invalidation is recorded now (see
+    /// [`Self::commit`]).
+    fn flush_pending(&mut self) {
         if self.pending.is_empty() {
             return;
         }

@@ -123,7 +123,7 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let conf = "\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\nshared_buffers = 64MB\nlisten_addresses = '127.0.0.1'\n";
+        let conf = "\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\nmax_prepared_transactions = 10\nshared_buffers = 64MB\nlisten_addresses = '127.0.0.1'\n";
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))
