@@ -1198,6 +1198,102 @@ fn multiplexed(proxy: &Proxy) -> f64 {
         .sum()
 }
 
+/// A Parse of `sql` as statement `name` with parameter types `types`.
+fn parse_typed(name: &str, sql: &[u8], types: &[u32]) -> Vec<u8> {
+    let mut body = name.as_bytes().to_vec();
+    body.push(0);
+    body.extend_from_slice(sql);
+    body.push(0);
+    body.extend_from_slice(&(types.len() as u16).to_be_bytes());
+    for t in types {
+        body.extend_from_slice(&t.to_be_bytes());
+    }
+    common::raw::message(b'P', &body)
+}
+
+/// The first column of the first DataRow in `msgs`, as bytes.
+fn first_value(msgs: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let (_, row) = msgs.iter().find(|(t, _)| *t == b'D').expect("a row");
+    let len = i32::from_be_bytes(row[2..6].try_into().unwrap()) as usize;
+    row[6..6 + len].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_bound_again_is_keyed_by_the_parameter_types_it_was_prepared_with() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let proxy = cache_proxy(false);
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    let sql = b"SELECT $1 / 2 AS half FROM items WHERE id = 60";
+    // the same text and the same text parameter, prepared as int4 by one
+    // client and as numeric by another: 1 / 2 is 0 for one, 0.5 for the
+    // other
+    let mut answers = Vec::new();
+    let hits = metric(&proxy, "hit");
+    for oid in [23, 1700] {
+        let mut s = raw::raw_login_as(proxy.port, "blog", "blogpw", "cachedb").await;
+        let mut b = parse_typed("half", sql, &[oid]);
+        b.extend(raw::sync());
+        s.write_all(&b).await.unwrap();
+        raw::read_ready(&mut s, 1).await;
+        let mut values = Vec::new();
+        for _ in 0..3 {
+            let mut b = raw::bind("half", &["1"]);
+            b.extend(raw::execute());
+            b.extend(raw::sync());
+            s.write_all(&b).await.unwrap();
+            let got = raw::read_ready(&mut s, 1).await;
+            assert!(raw::errors(&got).is_empty(), "{got:?}");
+            values.push(String::from_utf8(first_value(&got)).unwrap());
+        }
+        answers.push(values);
+    }
+    assert_eq!(answers[0], ["0", "0", "0"]);
+    for v in &answers[1] {
+        assert!(
+            v.starts_with("0.5"),
+            "numeric 1 / 2 answered {v}: another statement's entry"
+        );
+    }
+    // each client's second and third executions were served from the cache
+    assert_eq!(metric(&proxy, "hit"), hits + 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn texts_that_differ_outside_utf8_are_different_statements() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let proxy = cache_proxy(false);
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    // LATIN1 texts whose literals differ only in a non-UTF-8 byte
+    for (letter, twice) in [(0xe9u8, true), (0xe8, false)] {
+        let mut s = raw::raw_login_as(proxy.port, "blog", "blogpw", "cachedb").await;
+        s.write_all(&raw::query("SET client_encoding TO 'LATIN1'"))
+            .await
+            .unwrap();
+        raw::read_ready(&mut s, 1).await;
+        let mut sql = b"SELECT 'caf".to_vec();
+        sql.push(letter);
+        sql.extend_from_slice(b"' AS w FROM items WHERE id = 60");
+        for _ in 0..if twice { 2 } else { 1 } {
+            let mut b = parse_typed("", &sql, &[]);
+            b.extend(raw::bind("", &[]));
+            b.extend(raw::execute());
+            b.extend(raw::sync());
+            s.write_all(&b).await.unwrap();
+            let got = raw::read_ready(&mut s, 1).await;
+            assert!(raw::errors(&got).is_empty(), "{got:?}");
+            assert_eq!(
+                first_value(&got),
+                [b'c', b'a', b'f', letter],
+                "another text's entry"
+            );
+        }
+    }
+}
+
 /// Writes committed by a COMMIT that does not end the session's
 /// transaction: COMMIT AND CHAIN, and a COMMIT followed by BEGIN in one
 /// Query. Rows `first` and `first + 1` of `chained`.

@@ -353,8 +353,9 @@ pub struct ExtendedRead {
     pub statement: Vec<u8>,
     /// the Parse message, when the batch has one
     pub parse: Option<Bytes>,
-    /// the query text, when the batch has a Parse
-    pub text: Option<String>,
+    /// the query text as sent (in the client's encoding), when the batch
+    /// has a Parse
+    pub text: Option<Vec<u8>>,
     /// key material: message types, parameter types, the Bind's parameters
     /// and formats
     pub extra: Vec<u8>,
@@ -391,7 +392,7 @@ pub fn extended_read(chunk: &Bytes) -> Option<ExtendedRead> {
             b'P' => {
                 let p = ext::parse_parse(msg)?;
                 out.statement = p.name.to_vec();
-                out.text = Some(String::from_utf8_lossy(p.query).into_owned());
+                out.text = Some(p.query.to_vec());
                 tail.extend_from_slice(p.param_types);
                 out.parse = Some(chunk.slice(pos..pos + total));
             }

@@ -32,6 +32,11 @@ struct Known {
     /// kept for named statements (the cache looks them up) and for
     /// executions that may open an N+1 burst (its example)
     text: Option<Arc<str>>,
+    /// a Parse's query text and parameter types as sent (the message's
+    /// bytes after the statement name): the cache keys a batch that binds
+    /// the statement by them, and a Parse that repeats them is not analysed
+    /// again
+    parse: Option<Arc<[u8]>>,
     values: u64,
 }
 
@@ -204,6 +209,7 @@ impl Observer {
         Known {
             analysis: a.analysis,
             text: keep.then(|| sql.into()),
+            parse: None,
             values: a.values,
         }
     }
@@ -231,6 +237,7 @@ impl Observer {
                     let known = Known {
                         analysis: a.analysis,
                         text: keep.then(|| Arc::from(&*String::from_utf8_lossy(stmt))),
+                        parse: None,
                         values: a.values,
                     };
                     pending.push_back(Pending {
@@ -245,15 +252,18 @@ impl Observer {
             b'F' | b'S' | b'c' | b'f' => self.batches.end(tag),
             b'P' => {
                 if let Some(p) = extended::parse_parse(msg) {
-                    // A driver that sends the same text under the same name
-                    // again (the unnamed statement of every execution) gets
-                    // the analysis it had: no scan, no copy of the text.
+                    // A driver that sends the same text and parameter types
+                    // under the same name again (the unnamed statement of
+                    // every execution) gets the analysis it had: no scan, no
+                    // copy of the text.
+                    let sent = &msg[5 + p.name.len() + 1..];
                     if let Some(k) = self.statements.get(p.name) {
-                        if k.text.as_deref().is_some_and(|t| t.as_bytes() == p.query) {
+                        if k.parse.as_deref() == Some(sent) {
                             return;
                         }
                     }
-                    let known = self.known(&String::from_utf8_lossy(p.query), true, now);
+                    let mut known = self.known(&String::from_utf8_lossy(p.query), true, now);
+                    known.parse = Some(sent.into());
                     self.statements.insert(p.name, known);
                 }
             }
@@ -329,9 +339,10 @@ impl Observer {
         }
     }
 
-    /// The text of a statement the client prepared under `name`.
-    pub fn statement_text(&self, name: &[u8]) -> Option<Arc<str>> {
-        self.statements.get(name).and_then(|k| k.text.clone())
+    /// What the client's Parse of statement `name` sent after the name:
+    /// its query text, a zero byte and its parameter types.
+    pub fn statement_parse(&self, name: &[u8]) -> Option<Arc<[u8]>> {
+        self.statements.get(name).and_then(|k| k.parse.clone())
     }
 
     /// The execution just sent, the batch's only one, was answered from

@@ -1250,11 +1250,18 @@ impl Session {
                     // session mode has no statement mapping: a Parse pgsift
                     // answered itself would be missing on the server
                     let named_parse = read.parse.is_some() && !read.statement.is_empty();
-                    let text = read
-                        .text
-                        .clone()
-                        .map(Arc::<str>::from)
-                        .or_else(|| self.observer.statement_text(&read.statement));
+                    // the text as sent, and for a batch without its Parse,
+                    // the parameter types of the Parse that prepared it
+                    let mut extra = read.extra;
+                    let text = match read.text {
+                        Some(t) => Some(t),
+                        None => self.observer.statement_parse(&read.statement).map(|sent| {
+                            let end = sent.iter().position(|&b| b == 0).unwrap_or(sent.len());
+                            extra.push(0xfd);
+                            extra.extend_from_slice(sent.get(end + 1..).unwrap_or_default());
+                            sent[..end].to_vec()
+                        }),
+                    };
                     if let (Some(text), true) = (text, transaction_mode || !named_parse) {
                         let parse = if named_parse {
                             read.parse.clone()
@@ -1262,7 +1269,7 @@ impl Session {
                             None
                         };
                         if self
-                            .try_cache_hit(text.as_bytes(), &read.extra, parse, now, to_client)
+                            .try_cache_hit(&text, &extra, parse, now, to_client)
                             .await
                         {
                             if read.parse.is_some() && !named_parse {
