@@ -1261,6 +1261,57 @@ async fn a_statement_bound_again_is_keyed_by_the_parameter_types_it_was_prepared
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_refused_parse_of_a_name_in_use_does_not_change_what_its_bind_is_keyed_by() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let proxy = cache_proxy(false);
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    let (first, second) = (
+        b"SELECT id FROM items WHERE id = 60".as_slice(),
+        b"SELECT id FROM items WHERE id = 61".as_slice(),
+    );
+    // another client has the second text's result cached, bound alone
+    let mut y = raw::raw_login_as(proxy.port, "blog", "blogpw", "cachedb").await;
+    let mut b = parse_typed("t", second, &[]);
+    b.extend(raw::sync());
+    y.write_all(&b).await.unwrap();
+    raw::read_ready(&mut y, 1).await;
+    for _ in 0..2 {
+        let mut b = raw::bind("t", &[]);
+        b.extend(raw::execute());
+        b.extend(raw::sync());
+        y.write_all(&b).await.unwrap();
+        assert_eq!(first_value(&raw::read_ready(&mut y, 1).await), b"61");
+    }
+    // this client prepares the first text, then the second under the same
+    // name: refused (42P05), the name keeps the first
+    let mut x = raw::raw_login_as(proxy.port, "blog", "blogpw", "cachedb").await;
+    let mut b = parse_typed("t", first, &[]);
+    b.extend(raw::bind("t", &[]));
+    b.extend(raw::execute());
+    b.extend(raw::sync());
+    x.write_all(&b).await.unwrap();
+    assert_eq!(first_value(&raw::read_ready(&mut x, 1).await), b"60");
+    let mut b = parse_typed("t", second, &[]);
+    b.extend(raw::sync());
+    x.write_all(&b).await.unwrap();
+    let got = raw::read_ready(&mut x, 1).await;
+    assert_eq!(raw::errors(&got), ["42P05"]);
+    for _ in 0..2 {
+        let mut b = raw::bind("t", &[]);
+        b.extend(raw::execute());
+        b.extend(raw::sync());
+        x.write_all(&b).await.unwrap();
+        assert_eq!(
+            first_value(&raw::read_ready(&mut x, 1).await),
+            b"60",
+            "the refused text's entry"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn texts_that_differ_outside_utf8_are_different_statements() {
     use common::raw;
     use tokio::io::AsyncWriteExt;

@@ -261,6 +261,15 @@ impl Observer {
                         if k.parse.as_deref() == Some(sent) {
                             return;
                         }
+                        if !p.name.is_empty() {
+                            // Postgres refuses a name in use (42P05) and
+                            // keeps the statement it has, unless SQL
+                            // DEALLOCATE, which is not followed here,
+                            // freed it: which of the two the name is now
+                            // cannot be known
+                            self.statements.remove(p.name);
+                            return;
+                        }
                     }
                     let mut known = self.known(&String::from_utf8_lossy(p.query), true, now);
                     known.parse = Some(sent.into());
