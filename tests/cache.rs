@@ -43,7 +43,7 @@ fn setup() {
         // the same, taking 6 s: longer than pgsift waits in the session
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE doubt_long (id int PRIMARY KEY, v int); INSERT INTO doubt_long VALUES (1, 0), (2, 0); CREATE FUNCTION slower_commit() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE until timestamptz := clock_timestamp() + interval '6 s'; BEGIN WHILE clock_timestamp() < until LOOP BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; RETURN NULL; END $$; CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON doubt_long DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slower_commit()");
         // written by the COMMIT AND CHAIN and two-phase commit tests only
-        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE chained (id int PRIMARY KEY, v int); INSERT INTO chained VALUES (1, 0), (2, 0), (3, 0), (4, 0); CREATE TABLE twophase (id int PRIMARY KEY, v int); INSERT INTO twophase VALUES (1, 0), (2, 0)");
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE chained (id int PRIMARY KEY, v int); INSERT INTO chained VALUES (1, 0), (2, 0), (3, 0), (4, 0); CREATE TABLE twophase (id int PRIMARY KEY, v int); INSERT INTO twophase VALUES (1, 0), (2, 0); CREATE TABLE rr_pipe (id int PRIMARY KEY, v int); INSERT INTO rr_pipe VALUES (1, 0)");
         // a tenant's schema with a table of the same name
         pg.psql("cachedb", "SET ROLE blog; CREATE SCHEMA tenant2; CREATE TABLE tenant2.items (id int PRIMARY KEY, v int, owner text); INSERT INTO tenant2.items VALUES (60, 77, 'blog'), (61, 77, 'blog')");
         // written through the alias test and the cross-instance DDL test only
@@ -90,7 +90,7 @@ fn cache_proxy_full(extra_users: bool, backend: &str, top: &str) -> Proxy {
     };
     Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt, doubt_long, chained, twophase, aliased, posted, post_log]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt, doubt_long, chained, twophase, rr_pipe, aliased, posted, post_log]\n      ttl: 60s\n",
             pg.port
         )
     })
@@ -1309,6 +1309,48 @@ async fn a_refused_parse_of_a_name_in_use_does_not_change_what_its_bind_is_keyed
             "the refused text's entry"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeatable_read_transaction_begun_in_a_pipeline_stays_out_of_the_cache() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let proxy = cache_proxy(false);
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    let read = "SELECT v FROM rr_pipe WHERE id = 1";
+    let mut s = raw::raw_login_as(proxy.port, "blog", "blogpw", "cachedb").await;
+    // an autocommit statement and the BEGIN in one write: the first one's
+    // transaction ends after the BEGIN was sent
+    let mut b = raw::query("SELECT 1");
+    b.extend(raw::query("BEGIN ISOLATION LEVEL REPEATABLE READ"));
+    s.write_all(&b).await.unwrap();
+    raw::read_ready(&mut s, 2).await;
+    s.write_all(&raw::query(read)).await.unwrap();
+    assert_eq!(first_value(&raw::read_ready(&mut s, 1).await), b"0");
+    // a write acknowledged, then a read in the old snapshot
+    other
+        .batch_execute("UPDATE rr_pipe SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    s.write_all(&raw::query(read)).await.unwrap();
+    assert_eq!(first_value(&raw::read_ready(&mut s, 1).await), b"0");
+    eprintln!(
+        "DBG miss {} bypass {} hit {}",
+        metric(&proxy, "miss"),
+        metric(&proxy, "bypass"),
+        metric(&proxy, "hit")
+    );
+    // a client with the same settings (none at startup) reads it
+    let mut third = raw::raw_login_as(proxy.port, "blog", "blogpw", "cachedb").await;
+    third.write_all(&raw::query(read)).await.unwrap();
+    assert_eq!(
+        first_value(&raw::read_ready(&mut third, 1).await),
+        b"1",
+        "the old snapshot's read was stored"
+    );
+    s.write_all(&raw::query("COMMIT")).await.unwrap();
+    raw::read_ready(&mut s, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -191,9 +191,17 @@ impl SessionCache {
 
     /// A server message on its way to the client (called before it is
     /// passed on): records invalidations when a transaction ends.
-    pub fn server_message(&mut self, tag: u8, msg: &[u8]) {
+    /// `last`: no other ReadyForQuery is owed after this message's (a
+    /// strict isolation level the client asked for in a later batch still
+    /// holds when an earlier batch's transaction ends).
+    pub fn server_message(&mut self, tag: u8, msg: &[u8], last: bool) {
         match tag {
-            b'Z' if msg.get(5) == Some(&b'I') => self.commit(),
+            b'Z' if msg.get(5) == Some(&b'I') => {
+                if last {
+                    self.strict_isolation = false;
+                }
+                self.flush_pending();
+            }
             // a COMMIT that does not end the session's transaction (COMMIT
             // AND CHAIN; a COMMIT followed by BEGIN in one Query): its
             // writes took effect all the same

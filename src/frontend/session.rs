@@ -187,7 +187,7 @@ impl ServerSide<'_> {
         self.observer.server_message(tag, now);
         if let Some(sc) = self.cache.as_mut() {
             sc.take_effects(&mut self.observer.effects);
-            sc.server_message(tag, msg);
+            sc.server_message(tag, msg, self.state.pending <= 1);
         }
         match tag {
             b'G' => self.state.copy_in_started(),
