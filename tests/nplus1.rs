@@ -337,3 +337,204 @@ fn an_extended_protocol_loop_with_literals_in_its_text_is_an_n_plus_one() {
     assert_eq!(reports[0]["kind"], "n_plus_one", "{reports:#?}");
     assert_eq!(reports[0]["max_repeats"], 8);
 }
+
+/// pgsift's reports of `app`, once every client of `proxy` has left: their
+/// sessions have ended, so their bursts are finished and recorded (waiting
+/// for the clients, not for a fixed time, keeps this true on a slow machine).
+fn reports_once_clients_left(proxy: &Proxy, app: &str) -> Vec<Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let (_, body) = http_get(proxy.admin_port, "/api/pools").unwrap();
+        let pools: Value = serde_json::from_str(&body).unwrap();
+        let clients: u64 = pools["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["clients"].as_u64().unwrap())
+            .sum();
+        if clients == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the clients did not leave: {pools}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (_, body) = http_get(proxy.admin_port, "/api/n-plus-one").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["application"] == app)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_row_by_row_insert_loop_is_a_bulk_write_with_a_batching_suggestion_not_an_n_plus_one() {
+    // what executemany() sends: one prepared INSERT, executed once per row
+    // — one at a time in autocommit, inside one transaction (psycopg2), or
+    // pipelined (psycopg 3, asyncpg)
+    let proxy = blog_proxy(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let setup = common::connect(&proxy.conn_str("blog", "blogpw", "blog"))
+            .await
+            .unwrap();
+        setup
+            .batch_execute("CREATE TABLE IF NOT EXISTS n1_bulk_rows (a int, b text)")
+            .await
+            .unwrap();
+        drop(setup);
+        for how in ["autocommit", "transaction", "pipelined"] {
+            let mut c = common::connect(&format!(
+                "{} application_name=bulk-{how}",
+                proxy.conn_str("blog", "blogpw", "blog")
+            ))
+            .await
+            .unwrap();
+            let insert = "INSERT INTO n1_bulk_rows (a, b) VALUES ($1, $2)";
+            match how {
+                "autocommit" => {
+                    let st = c.prepare(insert).await.unwrap();
+                    for i in 0..40i32 {
+                        c.execute(&st, &[&i, &format!("b{i}")]).await.unwrap();
+                    }
+                }
+                "transaction" => {
+                    let t = c.transaction().await.unwrap();
+                    let st = t.prepare(insert).await.unwrap();
+                    for i in 0..40i32 {
+                        t.execute(&st, &[&i, &format!("b{i}")]).await.unwrap();
+                    }
+                    t.commit().await.unwrap();
+                }
+                _ => {
+                    let st = c.prepare(insert).await.unwrap();
+                    let values: Vec<(i32, String)> =
+                        (0..40).map(|i| (i, format!("b{i}"))).collect();
+                    let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 2]> =
+                        values.iter().map(|(a, b)| [a as _, b as _]).collect();
+                    // polled together: tokio-postgres pipelines them
+                    let runs = params.iter().map(|p| c.execute(&st, p));
+                    for r in futures_util::future::join_all(runs).await {
+                        r.unwrap();
+                    }
+                }
+            }
+        }
+    });
+    drop(rt);
+    for how in ["autocommit", "transaction", "pipelined"] {
+        let reports = reports_once_clients_left(&proxy, &format!("bulk-{how}"));
+        assert_eq!(reports.len(), 1, "{how}: {reports:#?}");
+        let r = &reports[0];
+        assert_eq!(r["kind"], "bulk_write", "{how}: {r:#}");
+        assert_eq!(r["max_repeats"], 40, "{how}: {r:#}");
+        assert!(
+            r["query"]
+                .as_str()
+                .unwrap()
+                .starts_with("INSERT INTO n1_bulk_rows"),
+            "{how}: {r:#}"
+        );
+        let s = r["suggestion"].as_str().unwrap();
+        assert!(
+            s.contains("n1_bulk_rows") && s.contains("COPY") && s.contains("unnest"),
+            "{how}: {s}"
+        );
+        assert!(
+            !s.contains("lookup") && !s.contains("selectinload") && !s.contains("the table"),
+            "{how}: a read's advice for a write: {s}"
+        );
+    }
+}
+
+#[test]
+fn a_pgbench_transaction_loop_is_a_workload_not_an_n_plus_one() {
+    // every statement of pgbench's transaction (BEGIN; UPDATE; SELECT;
+    // UPDATE; UPDATE; INSERT; END) repeats once per transaction: the loop is
+    // the benchmark itself, not one lookup per row of a parent query
+    let proxy = blog_proxy(None);
+    let pg = shared_postgres();
+    let (ok, _, text) =
+        common::pgbench(&pg.url("blog", "blogpw", "blog"), &["-i", "-s", "1", "-q"]);
+    assert!(ok, "pgbench -i failed:\n{text}");
+    for (mode, secs) in [("prepared", "2"), ("simple", "1"), ("extended", "1")] {
+        let app = format!("pgbench-{mode}");
+        let url = format!(
+            "{}?application_name={app}",
+            proxy.url("blog", "blogpw", "blog")
+        );
+        let (ok, failed, text) = common::pgbench(&url, &["-c", "1", "-T", secs, "-M", mode]);
+        assert!(ok && failed == Some(0), "pgbench -M {mode} failed:\n{text}");
+        let transactions: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(transactions >= 10, "too few transactions to tell:\n{text}");
+        let reports = reports_once_clients_left(&proxy, &app);
+        assert!(
+            reports.is_empty(),
+            "-M {mode}, {transactions} transactions: {reports:#?}"
+        );
+    }
+    // the statements did pass through pgsift
+    let (_, body) = http_get(proxy.admin_port, "/api/queries?limit=50").unwrap();
+    assert!(body.contains("pgbench_accounts"), "{body}");
+}
+
+#[test]
+fn executemany_of_psycopg2_psycopg3_and_asyncpg_is_a_bulk_write() {
+    // the reviewer's case: 100 rows through each driver's executemany()
+    // (psycopg2 one at a time in a transaction, psycopg 3 and asyncpg
+    // pipelined)
+    let proxy = blog_proxy(None);
+    let script = r#"
+import sys, asyncio
+import psycopg2, psycopg, asyncpg
+dsn = sys.argv[1]
+rows = [(i, f"b{i}") for i in range(100)]
+c = psycopg2.connect(dsn, application_name="em-psycopg2")
+cur = c.cursor()
+cur.execute("CREATE TABLE IF NOT EXISTS n1_em_rows (a int, b text)")
+c.commit()
+cur.executemany("INSERT INTO n1_em_rows (a, b) VALUES (%s, %s)", rows)
+c.commit()
+c.close()
+c = psycopg.connect(dsn, application_name="em-psycopg3")
+c.cursor().executemany("INSERT INTO n1_em_rows (a, b) VALUES (%s, %s)", rows)
+c.commit()
+c.close()
+async def main():
+    c = await asyncpg.connect(dsn, server_settings={"application_name": "em-asyncpg"})
+    await c.executemany("INSERT INTO n1_em_rows (a, b) VALUES ($1, $2)", rows)
+    await c.close()
+asyncio.run(main())
+"#;
+    let out = Command::new(common::venv_python())
+        .args(["-c", script, &proxy.url("blog", "blogpw", "blog")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for app in ["em-psycopg2", "em-psycopg3", "em-asyncpg"] {
+        let reports = reports_once_clients_left(&proxy, app);
+        assert_eq!(reports.len(), 1, "{app}: {reports:#?}");
+        let r = &reports[0];
+        assert_eq!(r["kind"], "bulk_write", "{app}: {r:#}");
+        assert_eq!(r["max_repeats"], 100, "{app}: {r:#}");
+        let s = r["suggestion"].as_str().unwrap();
+        assert!(
+            s.contains("INSERT INTO n1_em_rows") && s.contains("COPY"),
+            "{app}: {s}"
+        );
+    }
+}
