@@ -23,7 +23,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#1d
 h1{font-size:1.5rem}table{border-collapse:collapse;width:100%}\
 th,td{border-bottom:1px solid #d8dce4;padding:.5rem;text-align:left;vertical-align:top}\
 th{background:#f3f5f9}code{font-family:ui-monospace,monospace;font-size:.85rem;white-space:pre-wrap;word-break:break-word}\
-.kind-n_plus_one{color:#b3261e;font-weight:600}.kind-duplicate{color:#8a5a00;font-weight:600}\
+.kind-n_plus_one{color:#b3261e;font-weight:600}.kind-duplicate{color:#8a5a00;font-weight:600}.kind-bulk_write{color:#1a5fb4;font-weight:600}\
 .num{text-align:right;white-space:nowrap}.muted{color:#667085}";
 
 /// The N+1 report page, most costly first.
@@ -33,7 +33,7 @@ pub fn n_plus_one_page(reports: &[Report]) -> String {
     html.push_str(STYLE);
     html.push_str("</style></head><body><h1>N+1 query report</h1>");
     html.push_str(&format!(
-        "<p class=\"muted\">{} pattern(s), sorted by total time. An N+1 burst is one statement run once per row of a parent query; a duplicate is the same statement with the same values again and again.</p>",
+        "<p class=\"muted\">{} pattern(s), sorted by total time. An N+1 burst is one statement run once per row of a parent query; a duplicate is the same statement with the same values again and again; a bulk write is one INSERT, UPDATE, DELETE or MERGE per row where one statement could write them all.</p>",
         reports.len()
     ));
     if reports.is_empty() {
@@ -139,7 +139,7 @@ pub fn status_page(s: &Status) -> String {
         escape(&s.cache_backend)
     ));
     html.push_str(&format!(
-        "<h2>N+1</h2><p><a href=\"/n-plus-one\">{} N+1 / duplicate pattern(s)</a></p>",
+        "<h2>N+1</h2><p><a href=\"/n-plus-one\">{} N+1 / duplicate / bulk-write pattern(s)</a></p>",
         s.n_plus_one
     ));
     html.push_str("<h2>Top statements by total time</h2><table id=\"queries\"><thead><tr><th>statement</th><th>kind</th><th class=\"num\">calls</th><th class=\"num\">total ms</th><th class=\"num\">mean ms</th><th class=\"num\">rows</th><th class=\"num\">errors</th></tr></thead><tbody>");
