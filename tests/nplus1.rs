@@ -433,6 +433,11 @@ fn a_row_by_row_insert_loop_is_a_bulk_write_with_a_batching_suggestion_not_an_n_
         let r = &reports[0];
         assert_eq!(r["kind"], "bulk_write", "{how}: {r:#}");
         assert_eq!(r["max_repeats"], 40, "{how}: {r:#}");
+        // the example is concrete: the values bound (binary int4 and
+        // text) in place of the placeholders
+        let example = r["example"].as_str().unwrap();
+        let concrete = regex_lite_values(example);
+        assert!(concrete, "{how}: example {example:?}");
         assert!(
             r["query"]
                 .as_str()
@@ -537,4 +542,16 @@ asyncio.run(main())
             "{app}: {s}"
         );
     }
+}
+
+/// True when `example` is the bulk test's INSERT with a row's values bound:
+/// `VALUES (<n>, 'b<n>')`.
+fn regex_lite_values(example: &str) -> bool {
+    let Some(rest) = example.strip_prefix("INSERT INTO n1_bulk_rows (a, b) VALUES (") else {
+        return false;
+    };
+    let Some((n, rest)) = rest.split_once(", 'b") else {
+        return false;
+    };
+    n.parse::<i32>().is_ok() && rest == format!("{n}')")
 }

@@ -37,6 +37,9 @@ struct Known {
     /// the statement by them, and a Parse that repeats them is not analysed
     /// again
     parse: Option<Arc<[u8]>>,
+    /// the parameter types the server described for the statement
+    /// (ParameterDescription), for examples with binary values
+    described: Option<Arc<[u32]>>,
     values: u64,
 }
 
@@ -101,6 +104,8 @@ pub struct Observer {
     shapes: ShapeMemo,
     statements: Names,
     portals: Names,
+    /// statements whose Describe is still to be answered, in order
+    describing: VecDeque<Vec<u8>>,
     pending: VecDeque<Pending>,
     batches: Batches,
     last_done: Option<Mono>,
@@ -174,6 +179,7 @@ impl Observer {
             shapes: ShapeMemo::default(),
             statements: Names::default(),
             portals: Names::default(),
+            describing: VecDeque::new(),
             pending: VecDeque::new(),
             batches: Batches::default(),
             last_done: None,
@@ -210,6 +216,7 @@ impl Observer {
             analysis: a.analysis,
             text: keep.then(|| sql.into()),
             parse: None,
+            described: None,
             values: a.values,
         }
     }
@@ -238,6 +245,7 @@ impl Observer {
                         analysis: a.analysis,
                         text: keep.then(|| Arc::from(&*String::from_utf8_lossy(stmt))),
                         parse: None,
+                        described: None,
                         values: a.values,
                     };
                     pending.push_back(Pending {
@@ -292,6 +300,22 @@ impl Observer {
                         known.values = k.values
                             ^ extended::bind_values_hash(msg, after)
                                 .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_64(&msg[after..]));
+                        // an execution that may open a burst: its example
+                        // is the text with the values bound
+                        if let (Some(text), Some(d)) = (k.text.as_deref(), self.detector.as_ref()) {
+                            if text.contains('$') && d.needs_example(k.analysis.fingerprint, now) {
+                                if let Some(params) =
+                                    extended::bind_params(msg, after).filter(|p| !p.is_empty())
+                                {
+                                    let types =
+                                        param_types(k.parse.as_deref(), k.described.as_deref());
+                                    known.text = Some(
+                                        crate::nplus1::example::with_values(text, &params, &types)
+                                            .into(),
+                                    );
+                                }
+                            }
+                        }
                         self.portals.insert(portal, known);
                     }
                 }
@@ -310,6 +334,13 @@ impl Observer {
                     batch: self.batches.sent,
                 });
             }
+            b'D' if self.detector.is_some() => {
+                if let Some((b'S', name)) = extended::target(msg) {
+                    if self.describing.len() < MAX_NAMED {
+                        self.describing.push_back(name.to_vec());
+                    }
+                }
+            }
             b'C' => {
                 if let Some((kind, name)) = extended::target(msg) {
                     if kind == b'S' {
@@ -325,8 +356,9 @@ impl Observer {
 
     /// A server message on its way to the client.
     #[inline(always)]
-    pub fn server_message(&mut self, tag: u8, now: Mono) {
+    pub fn server_message(&mut self, tag: u8, msg: &[u8], now: Mono) {
         match tag {
+            b't' => self.described(msg),
             b'D' => {
                 if let Some(p) = self.pending.front_mut() {
                     p.rows += 1;
@@ -342,9 +374,30 @@ impl Observer {
                 self.batches.ends.server_sent(tag);
                 self.batch_ended();
                 self.portals.remove(b"");
+                // a Describe skipped after an error is never answered
+                self.describing.clear();
             }
             b'G' => self.copy_in_started(),
             _ => {}
+        }
+    }
+
+    /// A ParameterDescription: the types of the statement described.
+    #[cold]
+    fn described(&mut self, msg: &[u8]) {
+        let Some(name) = self.describing.pop_front() else {
+            return;
+        };
+        let types: Arc<[u32]> = msg
+            .get(7..)
+            .unwrap_or_default()
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if let Some(k) = self.statements.get(&name) {
+            let mut k = k.clone();
+            k.described = Some(types);
+            self.statements.insert(&name, k);
         }
     }
 
@@ -557,6 +610,27 @@ impl Observer {
     }
 }
 
+/// The parameter type OIDs in what a Parse sent after its statement name
+/// (see [`Known`]'s `parse`), those left unspecified taken from what the
+/// server `described`.
+fn param_types(sent: Option<&[u8]>, described: Option<&[u32]>) -> Vec<u32> {
+    let declared = sent
+        .and_then(|s| Some(&s[s.iter().position(|&b| b == 0)? + 1..]))
+        .and_then(|s| s.get(2..))
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    let described = described.unwrap_or_default();
+    let mut types: Vec<u32> = declared.collect();
+    types.resize(types.len().max(described.len()), 0);
+    for (t, d) in types.iter_mut().zip(described) {
+        if *t == 0 {
+            *t = *d;
+        }
+    }
+    types
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,7 +704,7 @@ mod tests {
             o.client_message(m[0], m, now);
         }
         for &tag in server {
-            o.server_message(tag, now);
+            o.server_message(tag, &[tag, 0, 0, 0, 4], now);
         }
     }
 

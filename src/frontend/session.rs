@@ -184,7 +184,7 @@ enum Seen {
 impl ServerSide<'_> {
     #[inline(always)]
     fn message(&mut self, tag: u8, msg: &[u8], now: Mono) -> Seen {
-        self.observer.server_message(tag, now);
+        self.observer.server_message(tag, msg, now);
         if let Some(sc) = self.cache.as_mut() {
             sc.take_effects(&mut self.observer.effects);
             sc.server_message(tag, msg, self.state.pending <= 1);

@@ -2,6 +2,7 @@
 //! aggregates finished bursts into reports for DBAs (SPEC §7).
 
 pub mod detector;
+pub mod example;
 pub mod store;
 pub mod suggest;
 

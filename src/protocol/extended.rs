@@ -86,6 +86,37 @@ pub fn bind_values_hash(msg: &[u8], after: usize) -> Option<u64> {
     Some(h)
 }
 
+/// A Bind message's parameter values, `after` being where its bytes after
+/// the statement name begin ([`bind_statement`]): each value's format code
+/// (0 text, 1 binary) and bytes (`None`: NULL).
+pub fn bind_params(msg: &[u8], after: usize) -> Option<Vec<(u16, Option<&[u8]>)>> {
+    let mut b = msg.get(after..)?;
+    let n_formats = take_u16(&mut b)? as usize;
+    let formats = b.get(..2 * n_formats)?;
+    b = &b[2 * n_formats..];
+    let n_params = take_u16(&mut b)? as usize;
+    let mut out = Vec::with_capacity(n_params);
+    for i in 0..n_params {
+        let format = match n_formats {
+            0 => 0,
+            1 => u16::from_be_bytes([formats[0], formats[1]]),
+            _ if i < n_formats => u16::from_be_bytes([formats[2 * i], formats[2 * i + 1]]),
+            _ => return None,
+        };
+        let len = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+        b = &b[4..];
+        let value = if len >= 0 {
+            let v = b.get(..len as usize)?;
+            b = &b[len as usize..];
+            Some(v)
+        } else {
+            None
+        };
+        out.push((format, value));
+    }
+    Some(out)
+}
+
 fn take_u16(b: &mut &[u8]) -> Option<u16> {
     let v = u16::from_be_bytes(b.get(..2)?.try_into().ok()?);
     *b = &b[2..];
