@@ -74,6 +74,9 @@ impl App {
             )),
             _ => None,
         };
+        if let Some(c) = &cache {
+            c.expect_databases(cache_databases(&config));
+        }
         let metrics = Arc::new(Metrics::new());
         metrics.init_databases(config.databases.keys());
         let sinks = Sinks {
@@ -166,6 +169,9 @@ impl App {
             crate::logging::set_level(&config.logging.level);
         }
         self.metrics.init_databases(config.databases.keys());
+        if let Some(c) = &self.cache {
+            c.expect_databases(cache_databases(&config));
+        }
         self.busy_poll.set_window(config.busy_poll);
         if old.n_plus_one.report_file != config.n_plus_one.report_file {
             self.sinks
@@ -333,6 +339,15 @@ fn pool_in_config<'a>(config: &'a Config, db: &str, user: &str) -> Option<&'a Da
         Some(su) => su == user,
         None => config.users.contains_key(user),
     })
+}
+
+/// The upstream databases a config's pools serve, as the cache knows them.
+fn cache_databases(config: &Config) -> Vec<Arc<str>> {
+    config
+        .databases
+        .values()
+        .map(|d| crate::cache::upstream_database(&d.dbname, &d.host, d.port))
+        .collect()
 }
 
 /// A client connection's slot under `pool.max_client_conn`.

@@ -58,6 +58,7 @@ pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     app.begin_shutdown();
     let _ = accept.await;
     let timeout = app.config().shutdown_timeout;
+    let began = std::time::Instant::now();
     let active = app.clients.load(Ordering::SeqCst);
     tracing::info!(
         clients = active,
@@ -72,6 +73,12 @@ pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
             clients = app.clients.load(Ordering::SeqCst),
             "shutdown_timeout reached; closing remaining clients"
         );
+    }
+    // An invalidation Redis did not record is known to this process only:
+    // it keeps trying within shutdown_timeout (a start bumps every epoch,
+    // should this instance come back).
+    if let Some(cache) = &app.cache {
+        cache.settle(timeout.saturating_sub(began.elapsed())).await;
     }
     for p in app.pools.iter() {
         p.close();

@@ -8,7 +8,12 @@
 //! with writers on one and readers on both), Redis killed and restarted
 //! under load costs no client an error and serves no stale read, and an
 //! invalidation that could not be recorded stops the instance from serving
-//! until it has bumped the epoch. A three-master Redis Cluster works the same.
+//! until it has bumped the epoch. A Redis that refuses writes but answers
+//! reads (full with `noeviction`, demoted to a replica) stops every
+//! instance from serving what a refused write made stale, as do a flushed
+//! versions hash, an instance killed or stopped owing a repair, and a Redis
+//! restored from old files while no instance ran. A three-master Redis
+//! Cluster works the same.
 // Tests run tokio runtimes of their own, with timers: the timer functions
 // clippy.toml keeps out of pgsift (src/timer.rs) are theirs to use.
 #![allow(clippy::disallowed_methods)]
@@ -48,6 +53,8 @@ fn setup() {
         pg.psql("cachedb", "SET ROLE blog; CREATE SCHEMA tenant2; CREATE TABLE tenant2.items (id int PRIMARY KEY, v int, owner text); INSERT INTO tenant2.items VALUES (60, 77, 'blog'), (61, 77, 'blog')");
         // written through the alias test and the cross-instance DDL test only
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE aliased (id int, v int); INSERT INTO aliased VALUES (1, 0); CREATE TABLE posted (id int); CREATE TABLE post_log (n int)");
+        // one row per Redis fault test; flushed_w gets a trigger in one
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE refused (id int PRIMARY KEY, v int); INSERT INTO refused SELECT g, 0 FROM generate_series(1, 10) g; CREATE TABLE flushed_w (id int); CREATE TABLE flushed_log (n int)");
         pg.psql("cachedb", "GRANT SELECT ON items, secret, stamps TO reader; GRANT SELECT (id) ON privy TO reader");
     });
 }
@@ -63,9 +70,16 @@ fn redis_proxy(redis: &common::Redis) -> Proxy {
 }
 
 fn redis_url_proxy(url: &str) -> Proxy {
-    cache_proxy_with(
+    redis_url_proxy_with(url, "")
+}
+
+/// A proxy on the Redis backend at `url`, with `top` added to its config's
+/// top level.
+fn redis_url_proxy_with(url: &str, top: &str) -> Proxy {
+    cache_proxy_full(
         false,
         &format!("backend: redis\n  redis_url: \"{url}\"\n  key_prefix: \"t:\""),
+        top,
     )
 }
 
@@ -90,7 +104,7 @@ fn cache_proxy_full(extra_users: bool, backend: &str, top: &str) -> Proxy {
     };
     Proxy::start_with(|port, admin| {
         format!(
-            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt, doubt_long, chained, twophase, rr_pipe, aliased, posted, post_log]\n      ttl: 60s\n",
+            "listen: 127.0.0.1:{port}\n{busy}admin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\n{users}databases:\n  cachedb: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 6}}\ncache:\n  {backend}\n  rules:\n    - tables: [items, counters, counters_r, counters_f, flaky, secret, stamps, staging, privy, shared_r, parents, kids, audited, audit_log, base_t, base_v, events, events_1, doubt, doubt_long, chained, twophase, rr_pipe, aliased, posted, post_log, refused, flushed_w, flushed_log]\n      ttl: 60s\n",
             pg.port
         )
     })
@@ -882,6 +896,271 @@ async fn a_failed_invalidation_stops_reads_until_the_epoch_is_bumped() {
     let hits = metric(&a, "hit");
     assert_eq!(one(&c, sql).await, "2");
     assert_eq!(metric(&a, "hit"), hits + 1.0, "served from Redis again");
+}
+
+/// Waits (up to 20 s) until `proxy` reads from Redis again
+/// (`pgsift_cache_healthy` 1).
+fn until_healthy(proxy: &Proxy) {
+    let start = Instant::now();
+    loop {
+        let (_, body) = common::http_get(proxy.admin_port, "/metrics").unwrap();
+        if body.contains("pgsift_cache_healthy{backend=\"redis\"} 1") {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never healthy again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Redis over `maxmemory` with `noeviction` (Redis's default policy)
+/// refuses every write that may grow memory and still answers reads.
+fn fill_up(redis: &common::Redis) {
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+}
+
+fn free_up(redis: &common::Redis) {
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_redis_fails_every_instances_lookups_not_only_the_writers_invalidation() {
+    let (redis, a, b, ca, cb) = two_instances().await;
+    let sql = "SELECT v FROM refused WHERE id = 1";
+    assert_eq!(cached(&cb, &b, sql).await, "0");
+    fill_up(&redis);
+    // A's HINCRBY is refused (OOM): A acknowledges all the same
+    ca.batch_execute("UPDATE refused SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    // B's GET and HMGET would still be answered, with the old versions
+    for _ in 0..5 {
+        assert_eq!(
+            one(&cb, sql).await,
+            "1",
+            "B served the value from before A's acknowledged write"
+        );
+    }
+    assert_eq!(one(&ca, sql).await, "1");
+    // memory again: both serve from Redis again, the new value
+    free_up(&redis);
+    until_healthy(&a);
+    until_healthy(&b);
+    wait_for_facts(&cb, &b).await;
+    assert_eq!(cached(&cb, &b, sql).await, "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_a_full_redis_refused_is_recorded_even_if_its_instance_dies_at_once() {
+    let (redis, a, b, ca, cb) = two_instances().await;
+    let sql = "SELECT v FROM refused WHERE id = 3";
+    assert_eq!(cached(&cb, &b, sql).await, "0");
+    fill_up(&redis);
+    ca.batch_execute("UPDATE refused SET v = 1 WHERE id = 3")
+        .await
+        .unwrap();
+    // A dies before any repair of its own; memory frees before B reads
+    // anything: B never saw Redis refuse a write
+    drop(ca);
+    drop(a);
+    free_up(&redis);
+    assert_eq!(
+        one(&cb, sql).await,
+        "1",
+        "B served the value from before A's acknowledged write"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_demoted_to_a_replica_fails_every_instances_lookups() {
+    let (redis, _a, b, ca, cb) = two_instances().await;
+    let sql = "SELECT v FROM refused WHERE id = 2";
+    assert_eq!(cached(&cb, &b, sql).await, "0");
+    // a failover that leaves redis_url on the old master: the other Redis
+    // syncs from it and is promoted, the old master becomes its replica
+    // (with the same entries and versions) and refuses writes (READONLY)
+    let other = common::Redis::start();
+    other.cli(&["CONFIG", "SET", "masterauth", &redis.password]);
+    other.cli(&["REPLICAOF", "127.0.0.1", &redis.port.to_string()]);
+    other.wait_for_master_link();
+    other.cli(&["REPLICAOF", "NO", "ONE"]);
+    redis.cli(&["CONFIG", "SET", "masterauth", &other.password]);
+    redis.cli(&["REPLICAOF", "127.0.0.1", &other.port.to_string()]);
+    redis.wait_for_master_link();
+    ca.batch_execute("UPDATE refused SET v = 1 WHERE id = 2")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            one(&cb, sql).await,
+            "1",
+            "B served the value from before A's acknowledged write"
+        );
+    }
+    let (_, body) = common::http_get(b.admin_port, "/metrics").unwrap();
+    assert!(
+        body.contains("pgsift_cache_healthy{backend=\"redis\"} 0"),
+        "B reads from a replica"
+    );
+}
+
+/// Two instances on `redis`: A logs in as the ACL user `pgsift_a` (whose
+/// writes a test can take away), B as the default user.
+async fn instances_with_acl(
+    redis: &common::Redis,
+    a_top: &str,
+) -> (Proxy, Proxy, tokio_postgres::Client, tokio_postgres::Client) {
+    redis.cli(&[
+        "ACL", "SETUSER", "pgsift_a", "on", ">apw", "~*", "&*", "+@all",
+    ]);
+    let a = redis_url_proxy_with(&acl_url(redis), a_top);
+    let b = redis_proxy(redis);
+    let (ca, cb) = (client(&a).await, client(&b).await);
+    wait_for_facts(&ca, &a).await;
+    wait_for_facts(&cb, &b).await;
+    (a, b, ca, cb)
+}
+
+fn acl_url(redis: &common::Redis) -> String {
+    format!("redis://pgsift_a:apw@127.0.0.1:{}/0", redis.port)
+}
+
+/// A's Redis user may write (`true`) or not.
+fn a_may_write(redis: &common::Redis, yes: bool) {
+    let rule = if yes { "+@all" } else { "-@write" };
+    redis.cli(&["ACL", "SETUSER", "pgsift_a", rule]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_died_owing_a_repair_bumps_the_epochs_when_it_starts_again() {
+    let redis = common::Redis::start();
+    let (a, b, ca, cb) = instances_with_acl(&redis, "").await;
+    let sql = "SELECT v FROM refused WHERE id = 4";
+    assert_eq!(cached(&cb, &b, sql).await, "0");
+    // A cannot record its invalidation (nor delete the versions), and is
+    // killed before its repair could land
+    a_may_write(&redis, false);
+    ca.batch_execute("UPDATE refused SET v = 1 WHERE id = 4")
+        .await
+        .unwrap();
+    drop(ca);
+    drop(a);
+    a_may_write(&redis, true);
+    // the window README states: nothing told B yet
+    let hits = metric(&b, "hit");
+    assert_eq!(one(&cb, sql).await, "0");
+    assert_eq!(metric(&b, "hit"), hits + 1.0);
+    // A starts again: it bumps every configured database before serving
+    let a = redis_url_proxy(&acl_url(&redis));
+    until_healthy(&a);
+    assert_eq!(
+        one(&cb, sql).await,
+        "1",
+        "B served the value from before A's acknowledged write after A started again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_stopping_while_it_owes_a_repair_keeps_trying_until_shutdown_timeout() {
+    let redis = common::Redis::start();
+    let (mut a, b, ca, cb) = instances_with_acl(&redis, "shutdown_timeout: 60s\n").await;
+    let sql = "SELECT v FROM refused WHERE id = 5";
+    assert_eq!(cached(&cb, &b, sql).await, "0");
+    a_may_write(&redis, false);
+    ca.batch_execute("UPDATE refused SET v = 1 WHERE id = 5")
+        .await
+        .unwrap();
+    drop(ca);
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(2)).is_none(),
+        "A exited owing a repair; log:\n{}",
+        a.log()
+    );
+    a_may_write(&redis, true);
+    assert!(
+        a.wait_exit(Duration::from_secs(30)).is_some(),
+        "A did not exit once its repair could land; log:\n{}",
+        a.log()
+    );
+    assert_eq!(
+        one(&cb, sql).await,
+        "1",
+        "B served the value from before A's acknowledged write"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_restored_from_old_persistence_while_no_instance_ran_serves_nothing_from_before() {
+    let redis = common::Redis::start();
+    let sql = "SELECT v FROM refused WHERE id = 6";
+    {
+        let (a, b) = (redis_proxy(&redis), redis_proxy(&redis));
+        let (ca, cb) = (client(&a).await, client(&b).await);
+        wait_for_facts(&ca, &a).await;
+        wait_for_facts(&cb, &b).await;
+        assert_eq!(cached(&cb, &b, sql).await, "0");
+        // the last state Redis persisted before a power loss: the write
+        // after it is lost with the machine, pgsift instances included
+        let old = redis.snapshot();
+        ca.batch_execute("UPDATE refused SET v = 1 WHERE id = 6")
+            .await
+            .unwrap();
+        assert_eq!(one(&cb, sql).await, "1");
+        drop((ca, cb, a, b));
+        redis.restart_from(&old);
+    }
+    let (a, b) = (redis_proxy(&redis), redis_proxy(&redis));
+    let cb = client(&b).await;
+    wait_for_facts(&client(&a).await, &a).await;
+    wait_for_facts(&cb, &b).await;
+    assert_eq!(
+        one(&cb, sql).await,
+        "1",
+        "an entry from before the acknowledged write came back with Redis's old files"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flushed_redis_never_makes_old_catalog_facts_current_again() {
+    // A has read the catalog: flushed_w has no trigger
+    let (redis, _a, b, ca, cb) = two_instances().await;
+    // through B: a trigger makes every write to flushed_w write flushed_log
+    // too (the schema epoch moves)
+    cb.batch_execute(
+        "CREATE FUNCTION log_flushed() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN INSERT INTO flushed_log VALUES (1); RETURN NEW; END'; \
+         CREATE TRIGGER logged AFTER INSERT ON flushed_w FOR EACH ROW EXECUTE FUNCTION log_flushed()",
+    )
+    .await
+    .unwrap();
+    // the versions hash is lost (FLUSHALL; an eviction does the same)
+    redis.cli(&["FLUSHALL"]);
+    let log = "SELECT count(*) FROM flushed_log";
+    let start = Instant::now();
+    loop {
+        let hits = metric(&b, "hit");
+        assert_eq!(one(&cb, log).await, "0");
+        if metric(&b, "hit") > hits {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never cached on B"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A writes flushed_w with the facts it read before the trigger existed
+    ca.batch_execute("INSERT INTO flushed_w VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&cb, log).await,
+        "1",
+        "B served flushed_log as it was before A's acknowledged write"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

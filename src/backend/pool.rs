@@ -272,7 +272,7 @@ impl Pool {
     pub fn cache_identity(&self) -> (Arc<str>, Arc<str>) {
         let t = self.target.lock();
         (
-            format!("{}@{}:{}", t.dbname, t.host, t.port).into(),
+            crate::cache::upstream_database(&t.dbname, &t.host, t.port),
             t.user.as_str().into(),
         )
     }

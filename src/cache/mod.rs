@@ -55,6 +55,13 @@ impl moka::Expiry<u128, Arc<Entry>> for PerEntryTtl {
     }
 }
 
+/// Who the cache knows an upstream database by: `dbname@host:port`, so that
+/// every name a configuration gives one database shares its versions and
+/// invalidations (and instances sharing a Redis meet on it).
+pub fn upstream_database(dbname: &str, host: &str, port: u16) -> Arc<str> {
+    format!("{dbname}@{host}:{port}").into()
+}
+
 /// The bare lower-case name of a (possibly schema-qualified) table. Tables
 /// of the same name in different schemas share a version: over-invalidation
 /// is safe, a missed one is not.
@@ -293,6 +300,26 @@ impl QueryCache {
         match &self.backend {
             Backend::Memory(_) => true,
             Backend::Redis(r) => !r.degraded(),
+        }
+    }
+
+    /// The upstream databases the instance serves (at start, and after a
+    /// reload). The Redis backend serves a database only after it has
+    /// bumped its epochs on the current connection: what an instance that
+    /// died owing a repair, or a Redis restarted from old persistence, left
+    /// behind is never served. Call inside the runtime.
+    pub fn expect_databases(&self, dbs: impl IntoIterator<Item = Arc<str>>) {
+        if let Backend::Redis(r) = &self.backend {
+            r.expect_databases(dbs);
+        }
+    }
+
+    /// Shutdown: waits, up to `limit`, until no invalidation is owed to
+    /// Redis (one that could not be recorded). True when none is.
+    pub async fn settle(&self, limit: Duration) -> bool {
+        match &self.backend {
+            Backend::Memory(_) => true,
+            Backend::Redis(r) => r.settle(limit).await,
         }
     }
 

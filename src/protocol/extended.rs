@@ -86,10 +86,13 @@ pub fn bind_values_hash(msg: &[u8], after: usize) -> Option<u64> {
     Some(h)
 }
 
+/// A bound parameter: its format code (0 text, 1 binary) and bytes
+/// (`None`: NULL).
+pub type BoundValue<'a> = (u16, Option<&'a [u8]>);
+
 /// A Bind message's parameter values, `after` being where its bytes after
-/// the statement name begin ([`bind_statement`]): each value's format code
-/// (0 text, 1 binary) and bytes (`None`: NULL).
-pub fn bind_params(msg: &[u8], after: usize) -> Option<Vec<(u16, Option<&[u8]>)>> {
+/// the statement name begin ([`bind_statement`]).
+pub fn bind_params(msg: &[u8], after: usize) -> Option<Vec<BoundValue<'_>>> {
     let mut b = msg.get(after..)?;
     let n_formats = take_u16(&mut b)? as usize;
     let formats = b.get(..2 * n_formats)?;

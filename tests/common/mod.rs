@@ -814,6 +814,56 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> String {
         redis_cli(self.port, Some(&self.password), args)
     }
+
+    /// A copy of what it has persisted now (it is paused while the files
+    /// are copied, so the copy ends at a command's end): what a restart
+    /// after a power loss would bring back.
+    pub fn snapshot(&self) -> PathBuf {
+        let copy = self.dir.with_extension(format!("snapshot-{}", free_port()));
+        self.signal("STOP");
+        copy_dir(&self.dir, &copy);
+        self.signal("CONT");
+        copy
+    }
+
+    /// Kills the server and starts it again from `snapshot`'s files.
+    pub fn restart_from(&self, snapshot: &std::path::Path) {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        copy_dir(snapshot, &self.dir);
+        let _ = std::fs::remove_dir_all(snapshot);
+        self.restart();
+    }
+
+    /// Waits (up to 20 s) until it is a replica whose link to its master
+    /// is up.
+    pub fn wait_for_master_link(&self) {
+        let start = Instant::now();
+        while !self
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis {} never synced with its master",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
 }
 
 impl Drop for Redis {
