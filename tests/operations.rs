@@ -917,3 +917,61 @@ async fn logins_that_give_up_while_a_paused_pool_waits_leave_the_queue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A transaction-mode client waiting for a paused pool whose database a
+/// reload removes gets the error every waiter of a closed pool gets
+/// (57P01, the pool is closed) at once, instead of waiting for ever (RESUME
+/// cannot free it: the pool is gone), and leaves the pool's queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_waiting_in_a_paused_pool_a_reload_removes_gets_57p01() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}  leaving: {{host: 127.0.0.1, port: {}, dbname: app, pool_mode: transaction, pool_size: 2}}\n",
+        databases_yaml(pg, "transaction", 2),
+        pg.port
+    ));
+    let c = common::connect(&proxy.conn_str("blog", "blogpw", "leaving"))
+        .await
+        .unwrap();
+    assert_eq!(common::scalar(&c, "SELECT 1").await, "1");
+    let admin = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .unwrap();
+    admin.simple_query("PAUSE leaving").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let r = c.simple_query("SELECT 2").await;
+        (r, c)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api_pool(&proxy, "leaving", "blog")["waiting"] != 1 {
+        assert!(Instant::now() < deadline, "the client is not queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let kept: Vec<&str> = yaml
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("leaving:"))
+        .collect();
+    std::fs::write(&proxy.config_path, kept.join("\n") + "\n").unwrap();
+    proxy.signal("HUP");
+    let (r, _c) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting client got no answer within 10 s of the reload")
+        .unwrap();
+    let err = r.expect_err("its pool is gone");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "57P01", "{db:?}");
+    assert!(db.message().contains("is closed"), "{db:?}");
+    // nobody is left waiting
+    let clients = admin.simple_query("SHOW CLIENTS").await.unwrap();
+    let waiting_rows = clients
+        .iter()
+        .filter(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                (0..r.len()).any(|i| r.get(i) == Some("waiting"))
+            }
+            _ => false,
+        })
+        .count();
+    assert_eq!(waiting_rows, 0, "{clients:?}");
+}

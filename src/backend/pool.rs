@@ -344,9 +344,17 @@ impl Pool {
         // be dropped while it waits here (a paused pool waits without limit)
         let waiting = Raised::new(&self.counts.waiting);
         if self.is_paused() {
-            // Paused: wait (without a time limit, as the operator asked) for RESUME.
+            // Paused: wait (without a time limit, as the operator asked) for
+            // RESUME, or for the pool to close (a reload removed it, or
+            // shutdown), which wakes the paused too.
             let mut rx = self.paused.subscribe();
-            let _ = rx.wait_for(|p| !*p).await;
+            let _ = rx.wait_for(|p| !*p || self.slots.is_closed()).await;
+        }
+        if self.slots.is_closed() {
+            return Err(PoolError::Closed(format!(
+                "{}/{}",
+                self.database, self.user
+            )));
         }
         // A free slot is taken without arming a timer (in transaction mode
         // this runs once per transaction). The semaphore hands released
@@ -581,6 +589,9 @@ impl Pool {
     /// Closes the pool: waiting clients get an error, idle servers close.
     pub fn close(&self) {
         self.slots.close();
+        // clients waiting in a paused pool wait on `paused`, not on the
+        // slots: they are woken to see the pool closed
+        self.paused.send_modify(|_| {});
         self.idle.lock().clear();
     }
 }
