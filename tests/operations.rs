@@ -975,3 +975,67 @@ async fn a_client_waiting_in_a_paused_pool_a_reload_removes_gets_57p01() {
         .count();
     assert_eq!(waiting_rows, 0, "{clients:?}");
 }
+
+/// A reload that lowers pool_size closes the servers above the new size as
+/// they come back, as PgBouncer does: they do not stay open (idle) until
+/// idle_timeout, which is 10 minutes here.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_lowers_pool_size_closes_the_servers_above_it() {
+    let pg = shared_postgres();
+    pg.psql("postgres", "CREATE DATABASE shrinking OWNER blog");
+    let proxy = Proxy::start(&format!(
+        "databases:\n  shrinking: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 3}}\n",
+        pg.port
+    ));
+    let dsn = proxy.conn_str("blog", "blogpw", "shrinking");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let c = common::connect(&dsn).await.unwrap();
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        held.push(c);
+    }
+    let backends = || {
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shrinking'",
+        )
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    assert_eq!(backends(), 3);
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        yaml.replace("pool_size: 3", "pool_size: 1"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in &held {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pool = api_pool(&proxy, "shrinking", "blog");
+        let (n, idle) = (backends(), pool["idle"].as_u64().unwrap());
+        if n <= 1 && idle <= 1 {
+            assert_eq!(pool["size"], 1, "{pool}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} upstream connections and {pool} 10 s after pool_size went to 1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the clients go on, one server at a time
+    for c in &held {
+        assert_eq!(common::scalar(c, "SELECT 1").await, "1");
+    }
+    assert!(backends() <= 1);
+}

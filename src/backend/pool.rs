@@ -481,11 +481,25 @@ impl Pool {
             && !self.slots.is_closed()
             && server.target_generation == self.target_generation.load(Ordering::Acquire)
         {
-            self.idle.lock().push_back(server);
+            let mut idle = self.idle.lock();
+            // (this server is still counted active)
+            if idle.len() + self.open_elsewhere() <= settings.size {
+                idle.push_back(server);
+            } else {
+                tracing::debug!(server = server.id, "closing a server above pool_size");
+            }
         }
         // the slot is released (and the server no longer counted active)
         // when the rest of `checkout` drops here, after the server is idle:
         // the waiter that gets the slot finds it
+    }
+
+    /// Servers of the pool that are not idle: checked out, or being opened.
+    /// With the idle ones, more than pool_size only after a reload lowered
+    /// it; the surplus is closed as it comes back (and by the upkeep), as
+    /// PgBouncer does, instead of staying open until idle_timeout.
+    fn open_elsewhere(&self) -> usize {
+        self.counts.active.load(Ordering::Relaxed) + self.counts.connecting.load(Ordering::Relaxed)
     }
 
     /// Takes back a server whose `sync_settings` failed. One that answered
@@ -521,11 +535,18 @@ impl Pool {
         {
             let mut idle = self.idle.lock();
             let active = self.counts.active.load(Ordering::Relaxed);
+            let elsewhere = self.open_elsewhere();
             let mut keep = VecDeque::with_capacity(idle.len());
+            // least recently used first
             while let Some(mut s) = idle.pop_front() {
                 let total = keep.len() + idle.len() + active + 1;
                 let expired_idle = settings.idle_too_long(s.last_used) && total > settings.min_size;
-                if expired_idle || settings.too_old(s.created) || s.is_broken_while_idle() {
+                let above_size = keep.len() + idle.len() + elsewhere + 1 > settings.size;
+                if expired_idle
+                    || above_size
+                    || settings.too_old(s.created)
+                    || s.is_broken_while_idle()
+                {
                     continue;
                 }
                 keep.push_back(s);
