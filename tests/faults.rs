@@ -253,3 +253,62 @@ async fn client_and_server_sockets_have_tcp_keepalive() {
     }
     panic!("pgsift's client and server sockets should both show a keepalive timer:\n{last}");
 }
+
+/// Refused upstream logins are backed off like unreachable servers (as
+/// PgBouncer's server_login_retry does): a full server (53300) or a wrong
+/// server password (28P01) is not asked again for every client. The
+/// clients that come meanwhile fail fast with the last refusal, its
+/// SQLSTATE kept, and a text that says what happened (nothing timed out).
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_upstream_logins_are_backed_off_and_clients_get_the_refusal() {
+    let pg = own_cluster();
+    pg.psql(
+        "postgres",
+        "CREATE ROLE capped LOGIN PASSWORD 'cappedpw' CONNECTION LIMIT 0",
+    );
+    pg.psql("postgres", "CREATE ROLE mistyped LOGIN PASSWORD 'rightpw'");
+    let db = |name: &str, user: &str, pw: &str| {
+        format!(
+            "  {name}: {{host: 127.0.0.1, port: {}, dbname: app, server_user: {user}, \
+             server_password: {pw}, pool_mode: transaction, pool_size: 4}}\n",
+            pg.port
+        )
+    };
+    let proxy = Proxy::start(&format!(
+        "databases:\n{}{}",
+        db("full", "capped", "cappedpw"),
+        db("badpw", "mistyped", "wrongpw")
+    ));
+    const CLIENTS: usize = 30;
+    for (name, code, upstream_line) in [
+        ("full", "53300", "too many connections for role \"capped\""),
+        (
+            "badpw",
+            "28P01",
+            "password authentication failed for user \"mistyped\"",
+        ),
+    ] {
+        let mut messages = Vec::new();
+        for _ in 0..CLIENTS {
+            let result = async {
+                let c = connect(&proxy.conn_str("blog", "blogpw", name)).await?;
+                c.simple_query("SELECT 1").await
+            }
+            .await;
+            let err = result.expect_err("the upstream refuses every login");
+            let e = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+            assert_eq!(e.code().code(), code, "{name}: {e:?}");
+            messages.push(e.message().to_owned());
+        }
+        let refused = pg.log().matches(upstream_line).count();
+        assert!(
+            (1..CLIENTS / 2).contains(&refused),
+            "{name}: {refused} refused upstream logins for {CLIENTS} clients"
+        );
+        let fast_failed = messages
+            .iter()
+            .find(|m| m.contains("tries again"))
+            .unwrap_or_else(|| panic!("{name}: no client failed fast: {messages:?}"));
+        assert!(!fast_failed.contains("timed out"), "{fast_failed}");
+    }
+}

@@ -108,12 +108,15 @@ pub struct PoolCounts {
     pub clients: AtomicUsize,
 }
 
-/// Backoff state after failed connects: clients fail fast while it lasts.
+/// Backoff state after failed connects and refused logins (server_login_retry
+/// in PgBouncer): clients fail fast with the last attempt's error while it
+/// lasts.
 #[derive(Debug, Default)]
 struct Backoff {
     until: Option<Instant>,
     delay: Duration,
-    last_error: String,
+    /// SQLSTATE and text of the last attempt's error
+    last_error: (String, String),
 }
 
 /// One (database, user) pool.
@@ -426,13 +429,16 @@ impl Pool {
         };
         {
             let b = self.backoff.lock();
-            if let Some(until) = b.until {
-                if Instant::now() < until {
-                    return Err(err(ServerError::ConnectTimeout(format!(
-                        "upstream unavailable (retrying): {}",
-                        b.last_error
-                    ))));
-                }
+            if let Some(retry_in) = b
+                .until
+                .and_then(|u| u.checked_duration_since(Instant::now()))
+            {
+                let (code, last) = b.last_error.clone();
+                return Err(err(ServerError::BackingOff {
+                    code,
+                    last,
+                    retry_in,
+                }));
             }
         }
         let (target, generation) = {
@@ -454,16 +460,19 @@ impl Pool {
                 Ok(Box::new(server))
             }
             Err(e) => {
-                // Refusals (bad password, missing database) are not outages:
-                // only network-level failures start a backoff.
-                if !matches!(
-                    e,
-                    ServerError::Login(crate::auth::upstream::UpstreamAuthError::Refused(_))
-                ) {
+                // Every failure starts (or lengthens) a backoff, refused
+                // logins included: a full server (53300), one starting up
+                // or shutting down (57P03), a wrong server password (28P01)
+                // or a missing database (3D000) refuse the next attempt
+                // too, and each attempt costs the server a process start.
+                // The login is the pool's (its upstream user and database),
+                // never a client's own, so the refusal holds for every
+                // client of the pool.
+                {
                     let mut b = self.backoff.lock();
                     b.delay = (b.delay * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
                     b.until = Some(Instant::now() + b.delay);
-                    b.last_error = e.to_string();
+                    b.last_error = (e.code(), e.to_string());
                 }
                 self.metrics.error("upstream_connect");
                 tracing::warn!(database = %self.database, user = %self.user, error = %e, "server connection failed");
@@ -598,6 +607,8 @@ impl Pool {
             self.idle.lock().clear();
             // and the new one may take other settings
             self.accepted_settings.lock().clear();
+            // a new address or password is tried at once
+            *self.backoff.lock() = Backoff::default();
         }
         *cur = settings;
     }
