@@ -137,9 +137,10 @@ async fn upkeep(app: Arc<App>) {
             _ = shutdown.wait_for(|s| *s) => return,
         }
         app.close_unmapped_pools();
-        let pools: Vec<_> = app.pools.iter().map(|p| p.value().clone()).collect();
-        for p in pools {
-            p.upkeep().await;
+        // each pool in a task of its own: one whose upstream takes
+        // connect_timeout to fail must not hold up the others
+        for p in app.pools.iter() {
+            p.value().spawn_upkeep();
         }
         // A pool with min_pool_size exists before any client asks for it
         // when its user is known in advance: the database's server_user, or

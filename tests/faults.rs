@@ -312,3 +312,138 @@ async fn refused_upstream_logins_are_backed_off_and_clients_get_the_refusal() {
         assert!(!fast_failed.contains("timed out"), "{fast_failed}");
     }
 }
+
+/// The pool's entry in /api/pools.
+fn api_pool(proxy: &Proxy, db: &str) -> serde_json::Value {
+    let (_, body) = http_get(proxy.admin_port, "/api/pools").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["database"] == db)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Backend pids of `blog` in database `app`.
+fn blog_backends(pg: &Postgres) -> Vec<String> {
+    pg.psql(
+        "postgres",
+        "SELECT pid FROM pg_stat_activity WHERE usename = 'blog' AND datname = 'app'",
+    )
+    .lines()
+    .map(str::trim)
+    .filter(|l| !l.is_empty())
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Waits (up to `limit`) until `ok` holds, polling.
+async fn eventually(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each pool's upkeep runs on its own: while an upstream that never
+/// answers holds its pool's upkeep for connect_timeout (60 s here), a
+/// healthy pool whose servers died is refilled to min_pool_size at its
+/// next round, not after the other pool's connect gives up.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_upstream_does_not_hold_up_other_pools_upkeep() {
+    let pg = own_cluster();
+    let hole_port = common::silent_upstream().await;
+    let proxy = Proxy::start(&format!(
+        "databases:\n  \
+         hole: {{host: 127.0.0.1, port: {hole_port}, dbname: app, server_user: blog, server_password: blogpw, pool_mode: transaction, pool_size: 2, min_pool_size: 1}}\n  \
+         healthy: {{host: 127.0.0.1, port: {}, dbname: app, server_user: blog, server_password: blogpw, pool_mode: transaction, pool_size: 3, min_pool_size: 2}}\n\
+         pool:\n  connect_timeout: 60s\n",
+        pg.port
+    ));
+    eventually(Duration::from_secs(20), "both pools' upkeep", || {
+        api_pool(&proxy, "hole")["connecting"] == 1 && api_pool(&proxy, "healthy")["idle"] == 2
+    })
+    .await;
+    let killed = blog_backends(&pg);
+    assert_eq!(killed.len(), 2, "{killed:?}");
+    pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'blog' AND datname = 'app'",
+    );
+    // (the hole's connect goes on for a minute)
+    eventually(Duration::from_secs(15), "healthy refilled", || {
+        let now = blog_backends(&pg);
+        now.iter().filter(|p| !killed.contains(p)).count() == 2
+    })
+    .await;
+    assert_eq!(api_pool(&proxy, "hole")["connecting"], 1);
+}
+
+/// A paused pool is not refilled to min_pool_size (as in PgBouncer: a
+/// pause is often for upstream maintenance); RESUME refills it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_pool_is_not_refilled_to_min_pool_size_until_resume() {
+    let pg = own_cluster();
+    pg.psql("postgres", "CREATE DATABASE witness OWNER blog");
+    let proxy = Proxy::start(&format!(
+        "databases:\n  \
+         paused: {{host: 127.0.0.1, port: {p}, dbname: app, server_user: blog, server_password: blogpw, pool_mode: transaction, pool_size: 3, min_pool_size: 2}}\n  \
+         witness: {{host: 127.0.0.1, port: {p}, dbname: witness, server_user: blog, server_password: blogpw, pool_mode: transaction, pool_size: 2, min_pool_size: 1}}\n",
+        p = pg.port
+    ));
+    let witness_backends = || {
+        pg.psql(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity WHERE datname = 'witness'",
+        )
+        .trim()
+        .to_owned()
+    };
+    eventually(Duration::from_secs(20), "min_pool_size opened", || {
+        api_pool(&proxy, "paused")["idle"] == 2
+            && blog_backends(&pg).len() == 2
+            && !witness_backends().is_empty()
+    })
+    .await;
+    let admin = connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .unwrap();
+    admin.simple_query("PAUSE paused").await.unwrap();
+    pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'blog' AND datname = 'app'",
+    );
+    // an upkeep round of the paused pool drops its dead servers...
+    eventually(Duration::from_secs(15), "dead servers dropped", || {
+        api_pool(&proxy, "paused")["idle"] == 0
+    })
+    .await;
+    // ...and at least one more round passes (the witness pool, killed
+    // now, is refilled by a later one)
+    let witness = witness_backends();
+    pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'witness'",
+    );
+    eventually(Duration::from_secs(15), "witness refilled", || {
+        let now = witness_backends();
+        !now.is_empty() && now != witness
+    })
+    .await;
+    assert_eq!(
+        blog_backends(&pg),
+        Vec::<String>::new(),
+        "opened while paused"
+    );
+    let pool = api_pool(&proxy, "paused");
+    assert_eq!(pool["idle"], 0, "{pool}");
+    assert_eq!(pool["connecting"], 0, "{pool}");
+    admin.simple_query("RESUME paused").await.unwrap();
+    eventually(Duration::from_secs(15), "refilled after RESUME", || {
+        blog_backends(&pg).len() == 2
+    })
+    .await;
+}

@@ -142,6 +142,8 @@ pub struct Pool {
     metrics: Arc<Metrics>,
     wait: prometheus::Histogram,
     paused: tokio::sync::watch::Sender<bool>,
+    /// set while a round of upkeep runs (see [`Pool::spawn_upkeep`])
+    upkeep_running: AtomicBool,
     /// live counts
     pub counts: PoolCounts,
     /// servers shared by many clients' autocommit statements
@@ -233,6 +235,7 @@ impl Pool {
             metrics,
             wait,
             paused: tokio::sync::watch::channel(false).0,
+            upkeep_running: AtomicBool::new(false),
             database,
             user,
             target: Mutex::new(target),
@@ -536,9 +539,31 @@ impl Pool {
         drop(checkout);
     }
 
+    /// Runs a round of [`Pool::upkeep`] in a task of its own, unless the
+    /// last one is still running: an upstream that takes connect_timeout to
+    /// fail holds up its own pool's upkeep only, not every other pool's.
+    pub fn spawn_upkeep(self: &Arc<Self>) {
+        if self.upkeep_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        /// Clears the flag however the round ends.
+        struct Running(Arc<Pool>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.upkeep_running.store(false, Ordering::Release);
+            }
+        }
+        let running = Running(self.clone());
+        tokio::spawn(async move {
+            running.0.upkeep().await;
+            drop(running);
+        });
+    }
+
     /// One round of upkeep: close idle servers past idle_timeout (above
     /// min_pool_size) or past server_lifetime, and open servers up to
-    /// min_pool_size.
+    /// min_pool_size unless the pool is paused (as PgBouncer does: a pause
+    /// is often for upstream maintenance).
     pub async fn upkeep(self: &Arc<Self>) {
         let settings = self.settings();
         {
@@ -562,7 +587,7 @@ impl Pool {
             }
             *idle = keep;
         }
-        loop {
+        while !self.is_paused() {
             let total = self.idle_count()
                 + self.counts.active.load(Ordering::Relaxed)
                 + self.counts.connecting.load(Ordering::Relaxed);
