@@ -1039,3 +1039,79 @@ async fn a_reload_that_lowers_pool_size_closes_the_servers_above_it() {
     }
     assert!(backends() <= 1);
 }
+
+/// Clients that a reload moves to another pool (their database got a
+/// `server_user`) are counted in that pool from then on: SHOW POOLS,
+/// /api/pools and the client gauges show them there, active ones included,
+/// and none are left once they leave.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_a_reload_moves_to_another_pool_are_counted_there() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "databases:\n  moved: {{host: 127.0.0.1, port: {}, dbname: app, pool_mode: transaction, pool_size: 3}}\n",
+        pg.port
+    ));
+    let dsn = proxy.conn_str("blog", "blogpw", "moved");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = common::connect(&dsn).await.unwrap();
+        assert_eq!(common::scalar(&c, "SELECT current_user").await, "blog");
+        clients.push(c);
+    }
+    assert_eq!(api_pool(&proxy, "moved", "blog")["clients"], 3);
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        yaml.replace(
+            "pool_size: 3}",
+            "pool_size: 3, server_user: postgres, server_password: postgres}",
+        ),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for c in &clients {
+        while common::scalar(c, "SELECT current_user").await != "postgres" {
+            assert!(Instant::now() < deadline, "no reload: {}", proxy.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let pool = api_pool(&proxy, "moved", "postgres");
+    assert_eq!(pool["clients"], 3, "{pool}");
+    clients[0].batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let s = scrape(&proxy);
+    let gauge = |state| {
+        sample(
+            &s,
+            "pgsift_client_connections",
+            &[
+                ("database", "moved"),
+                ("user", "postgres"),
+                ("state", state),
+            ],
+        )
+    };
+    assert_eq!(gauge("active"), Some(1.0));
+    assert_eq!(gauge("idle"), Some(2.0));
+    let admin = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .unwrap();
+    let pools = admin.simple_query("SHOW POOLS").await.unwrap();
+    let row = pools
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("moved") => {
+                Some(r.get("clients").map(str::to_owned))
+            }
+            _ => None,
+        })
+        .flatten();
+    assert_eq!(row.as_deref(), Some("3"), "{pools:?}");
+    clients[0].batch_execute("COMMIT").await.unwrap();
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api_pool(&proxy, "moved", "postgres")["clients"] != 0 {
+        assert!(Instant::now() < deadline, "clients still counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

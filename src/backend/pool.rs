@@ -210,6 +210,17 @@ impl Drop for Active {
     }
 }
 
+/// A client counted in its pool's `clients` while the guard lives. A
+/// session keeps it, and takes a new one when a reload moves it to another
+/// pool, so that its count moves with it.
+pub struct CountedClient(Arc<Pool>);
+
+impl Drop for CountedClient {
+    fn drop(&mut self) {
+        self.0.counts.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Most settings a pool remembers as accepted; past this it forgets them
 /// all, and logins try them again.
 const MAX_ACCEPTED_SETTINGS: usize = 1024;
@@ -250,6 +261,12 @@ impl Pool {
             counts: PoolCounts::default(),
             mux: Default::default(),
         })
+    }
+
+    /// Counts a client of this pool until the guard is dropped.
+    pub fn count_client(self: &Arc<Self>) -> CountedClient {
+        self.counts.clients.fetch_add(1, Ordering::Relaxed);
+        CountedClient(self.clone())
     }
 
     /// The current settings.

@@ -424,6 +424,8 @@ fn send_from_buffer<W: TryWrite>(
 pub struct Session {
     app: Arc<App>,
     pool: Arc<Pool>,
+    /// the client counted in `pool` (it moves with the session)
+    counted: crate::backend::pool::CountedClient,
     /// the (database, user) the client logged in as, for finding its pool
     /// again after a reload
     login: (Arc<str>, Arc<str>),
@@ -539,6 +541,7 @@ impl Session {
             max_message: config.pool.max_message_size,
             max_prepared: config.pool.max_prepared_statements,
             app,
+            counted: pool.count_client(),
             pool,
             mode,
             settings,
@@ -1461,6 +1464,7 @@ impl Session {
         }
         if let Some(p) = self.app.pool(&self.login.0, &self.login.1) {
             if !Arc::ptr_eq(&p, &self.pool) {
+                self.counted = p.count_client();
                 self.pool = p;
             }
         }
