@@ -447,3 +447,59 @@ async fn a_paused_pool_is_not_refilled_to_min_pool_size_until_resume() {
     })
     .await;
 }
+
+/// A second SIGTERM during the drain stops pgsift at once (as PgBouncer
+/// 1.23 does), without waiting for shutdown_timeout; the client still in
+/// its transaction is told why (FATAL 57P01) before its connection closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_ends_the_drain_at_once_and_clients_get_57p01() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let pg = own_cluster();
+    let mut proxy = Proxy::start(&yaml(&pg, "transaction", "shutdown_timeout: 120s\n"));
+    let mut s = raw::raw_login(proxy.port).await;
+    s.write_all(&raw::query("BEGIN")).await.unwrap();
+    raw::read_ready(&mut s, 1).await;
+    proxy.signal("TERM");
+    let admin = proxy.admin_port;
+    eventually(Duration::from_secs(10), "the drain began", || {
+        http_get(admin, "/readyz").map(|(s, _)| s) == Some(503)
+    })
+    .await;
+    assert!(proxy.wait_exit(Duration::from_millis(200)).is_none());
+    proxy.signal("TERM");
+    let status = proxy
+        .wait_exit(Duration::from_secs(15))
+        .expect("pgsift exits at the second SIGTERM (shutdown_timeout is 120 s)");
+    assert!(status.success(), "{status:?}");
+    let bytes = raw::read_until_closed(&mut s).await;
+    assert_eq!(
+        raw::error_code(&bytes).as_deref(),
+        Some("57P01"),
+        "{bytes:?}"
+    );
+}
+
+/// Clients still in a transaction when shutdown_timeout ends the drain get
+/// FATAL 57P01 before their connection closes, rather than a bare close.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_left_at_shutdown_timeout_get_57p01() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let pg = own_cluster();
+    let mut proxy = Proxy::start(&yaml(&pg, "transaction", "shutdown_timeout: 1s\n"));
+    let mut s = raw::raw_login(proxy.port).await;
+    s.write_all(&raw::query("BEGIN")).await.unwrap();
+    raw::read_ready(&mut s, 1).await;
+    proxy.signal("TERM");
+    let bytes = raw::read_until_closed(&mut s).await;
+    assert_eq!(
+        raw::error_code(&bytes).as_deref(),
+        Some("57P01"),
+        "{bytes:?}"
+    );
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .expect("pgsift exits");
+    assert!(status.success(), "{status:?}");
+}

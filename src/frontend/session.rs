@@ -576,10 +576,17 @@ impl Session {
         let mut shutdown_signal = std::pin::pin!(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         });
+        // the same for the end of the drain, when a session still open
+        // closes whatever it is doing
+        let mut stop_now = self.app.stop_now_signal();
+        let mut stop_now_signal = std::pin::pin!(async move {
+            let _ = stop_now.wait_for(|s| *s).await;
+        });
         std::future::poll_fn(|cx| {
             if std::future::Future::poll(shutdown_signal.as_mut(), cx).is_ready() {
                 draining = true;
             }
+            let _ = std::future::Future::poll(stop_now_signal.as_mut(), cx);
             std::task::Poll::Ready(())
         })
         .await;
@@ -628,9 +635,10 @@ impl Session {
                 }
             }
             if draining
-                && to_client.is_empty()
-                && to_server.is_empty()
-                && self.idle_outside_transaction()
+                && ((to_client.is_empty()
+                    && to_server.is_empty()
+                    && self.idle_outside_transaction())
+                    || app.is_stopping_now())
             {
                 break End::Shutdown;
             }
@@ -720,7 +728,7 @@ impl Session {
                             return Poll::Ready(Event::ClientRead(r));
                         }
                     }
-                    if !draining && app.is_shutting_down() {
+                    if app.is_shutting_down() && (!draining || app.is_stopping_now()) {
                         return Poll::Ready(Event::Shutdown);
                     }
                     Poll::Pending
