@@ -36,6 +36,9 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     /// the shutdown signal as a flag sessions check on every wake-up
     stopping: std::sync::atomic::AtomicBool,
+    /// the end of the drain (shutdown_timeout, or a second signal):
+    /// sessions still open say goodbye and close
+    stop_now: watch::Sender<bool>,
     /// clients connected right now
     pub clients: AtomicUsize,
     clients_gone: Notify,
@@ -105,6 +108,7 @@ impl App {
             tls: RwLock::new(tls),
             shutdown,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            stop_now: watch::channel(false).0,
             clients: AtomicUsize::new(0),
             clients_gone: Notify::new(),
             upstream_answered: Arc::new(AtomicBool::new(false)),
@@ -241,6 +245,22 @@ impl App {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.shutdown.send_replace(true);
+    }
+
+    /// Ends the drain: every session still open sends its client FATAL
+    /// 57P01 and closes, in a transaction or not.
+    pub fn stop_now(&self) {
+        self.stop_now.send_replace(true);
+    }
+
+    /// A receiver of the [`App::stop_now`] signal.
+    pub fn stop_now_signal(&self) -> watch::Receiver<bool> {
+        self.stop_now.subscribe()
+    }
+
+    /// True once the drain has ended ([`App::stop_now`]).
+    pub fn is_stopping_now(&self) -> bool {
+        *self.stop_now.borrow()
     }
 
     /// True once shutdown began.

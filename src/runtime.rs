@@ -1,5 +1,6 @@
 //! Running pgsift: binding the listeners, the background upkeep of pools, the
-//! readiness probe, signal handling (SIGHUP reload, SIGTERM/SIGINT drain).
+//! readiness probe, signal handling (SIGHUP reload, SIGTERM/SIGINT drain; a
+//! second SIGTERM/SIGINT ends the drain at once).
 
 use crate::app::App;
 use crate::config::Config;
@@ -54,7 +55,9 @@ pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     tokio::spawn(probe_upstreams(app.clone()));
     let accept = tokio::spawn(crate::frontend::listener::serve(app.clone(), listener));
 
-    wait_for_stop(&app, &source).await;
+    let mut signals = Signals::install();
+    let first = signals.stop(&app, &source).await;
+    tracing::info!("{first}: shutting down");
     app.begin_shutdown();
     let _ = accept.await;
     let timeout = app.config().shutdown_timeout;
@@ -62,55 +65,104 @@ pub async fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let active = app.clients.load(Ordering::SeqCst);
     tracing::info!(
         clients = active,
-        "draining: waiting up to {:?} for in-flight transactions",
+        "draining: waiting up to {:?} for in-flight transactions ({first} again stops at once)",
         timeout
     );
-    if crate::timer::timeout(timeout, app.all_clients_gone())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            clients = app.clients.load(Ordering::SeqCst),
-            "shutdown_timeout reached; closing remaining clients"
-        );
+    tokio::select! {
+        drained = crate::timer::timeout(timeout, app.all_clients_gone()) => {
+            if drained.is_err() {
+                tracing::warn!(
+                    clients = app.clients.load(Ordering::SeqCst),
+                    "shutdown_timeout reached; closing remaining clients"
+                );
+            }
+        }
+        second = signals.stop(&app, &source) => {
+            tracing::warn!(
+                clients = app.clients.load(Ordering::SeqCst),
+                "{second} during the drain: closing remaining clients now"
+            );
+        }
     }
+    // Sessions still open send FATAL 57P01 and close; clients waiting for
+    // a server (a paused pool) get it from the closed pool.
+    app.stop_now();
+    for p in app.pools.iter() {
+        p.close();
+    }
+    let _ = crate::timer::timeout(FAREWELL, app.all_clients_gone()).await;
     // An invalidation Redis did not record is known to this process only:
     // it keeps trying within shutdown_timeout (a start bumps every epoch,
     // should this instance come back).
     if let Some(cache) = &app.cache {
         cache.settle(timeout.saturating_sub(began.elapsed())).await;
     }
-    for p in app.pools.iter() {
-        p.close();
-    }
     tracing::info!("pgsift stopped");
     Ok(())
 }
 
+/// How long the sessions still open when the drain ends have to send
+/// their clients the 57P01 error and close.
+const FAREWELL: Duration = Duration::from_secs(3);
+
+/// The signals that stop pgsift (SIGTERM, SIGINT) and reload it (SIGHUP).
 #[cfg(unix)]
-async fn wait_for_stop(app: &Arc<App>, source: &ConfigSource) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return }
-            _ = hup.recv() => reload(app, source),
+struct Signals(
+    Option<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+);
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Signals(Some((term, int, hup))),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                Signals(None)
+            }
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT (and tells which), reloading on each
+    /// SIGHUP meanwhile.
+    async fn stop(&mut self, app: &Arc<App>, source: &ConfigSource) -> &'static str {
+        let Some((term, int, hup)) = self.0.as_mut() else {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return "SIGTERM",
+                _ = int.recv() => return "SIGINT",
+                _ = hup.recv() => reload(app, source),
+            }
         }
     }
 }
 
+/// Ctrl-C stops pgsift.
 #[cfg(not(unix))]
-async fn wait_for_stop(_app: &Arc<App>, _source: &ConfigSource) {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Signals {
+        Signals
+    }
+
+    async fn stop(&mut self, _app: &Arc<App>, _source: &ConfigSource) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
 }
 
 /// Re-reads the config file; an invalid one is logged and ignored.
@@ -144,9 +196,10 @@ async fn upkeep(app: Arc<App>) {
             _ = shutdown.wait_for(|s| *s) => return,
         }
         app.close_unmapped_pools();
-        let pools: Vec<_> = app.pools.iter().map(|p| p.value().clone()).collect();
-        for p in pools {
-            p.upkeep().await;
+        // each pool in a task of its own: one whose upstream takes
+        // connect_timeout to fail must not hold up the others
+        for p in app.pools.iter() {
+            p.value().spawn_upkeep();
         }
         // A pool with min_pool_size exists before any client asks for it
         // when its user is known in advance: the database's server_user, or

@@ -917,3 +917,201 @@ async fn logins_that_give_up_while_a_paused_pool_waits_leave_the_queue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A transaction-mode client waiting for a paused pool whose database a
+/// reload removes gets the error every waiter of a closed pool gets
+/// (57P01, the pool is closed) at once, instead of waiting for ever (RESUME
+/// cannot free it: the pool is gone), and leaves the pool's queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_waiting_in_a_paused_pool_a_reload_removes_gets_57p01() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "{}  leaving: {{host: 127.0.0.1, port: {}, dbname: app, pool_mode: transaction, pool_size: 2}}\n",
+        databases_yaml(pg, "transaction", 2),
+        pg.port
+    ));
+    let c = common::connect(&proxy.conn_str("blog", "blogpw", "leaving"))
+        .await
+        .unwrap();
+    assert_eq!(common::scalar(&c, "SELECT 1").await, "1");
+    let admin = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .unwrap();
+    admin.simple_query("PAUSE leaving").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let r = c.simple_query("SELECT 2").await;
+        (r, c)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api_pool(&proxy, "leaving", "blog")["waiting"] != 1 {
+        assert!(Instant::now() < deadline, "the client is not queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let kept: Vec<&str> = yaml
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("leaving:"))
+        .collect();
+    std::fs::write(&proxy.config_path, kept.join("\n") + "\n").unwrap();
+    proxy.signal("HUP");
+    let (r, _c) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting client got no answer within 10 s of the reload")
+        .unwrap();
+    let err = r.expect_err("its pool is gone");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "57P01", "{db:?}");
+    assert!(db.message().contains("is closed"), "{db:?}");
+    // nobody is left waiting
+    let clients = admin.simple_query("SHOW CLIENTS").await.unwrap();
+    let waiting_rows = clients
+        .iter()
+        .filter(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                (0..r.len()).any(|i| r.get(i) == Some("waiting"))
+            }
+            _ => false,
+        })
+        .count();
+    assert_eq!(waiting_rows, 0, "{clients:?}");
+}
+
+/// A reload that lowers pool_size closes the servers above the new size as
+/// they come back, as PgBouncer does: they do not stay open (idle) until
+/// idle_timeout, which is 10 minutes here.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_lowers_pool_size_closes_the_servers_above_it() {
+    let pg = shared_postgres();
+    pg.psql("postgres", "CREATE DATABASE shrinking OWNER blog");
+    let proxy = Proxy::start(&format!(
+        "databases:\n  shrinking: {{host: 127.0.0.1, port: {}, pool_mode: transaction, pool_size: 3}}\n",
+        pg.port
+    ));
+    let dsn = proxy.conn_str("blog", "blogpw", "shrinking");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let c = common::connect(&dsn).await.unwrap();
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        held.push(c);
+    }
+    let backends = || {
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shrinking'",
+        )
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    assert_eq!(backends(), 3);
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        yaml.replace("pool_size: 3", "pool_size: 1"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in &held {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pool = api_pool(&proxy, "shrinking", "blog");
+        let (n, idle) = (backends(), pool["idle"].as_u64().unwrap());
+        if n <= 1 && idle <= 1 {
+            assert_eq!(pool["size"], 1, "{pool}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} upstream connections and {pool} 10 s after pool_size went to 1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the clients go on, one server at a time
+    for c in &held {
+        assert_eq!(common::scalar(c, "SELECT 1").await, "1");
+    }
+    assert!(backends() <= 1);
+}
+
+/// Clients that a reload moves to another pool (their database got a
+/// `server_user`) are counted in that pool from then on: SHOW POOLS,
+/// /api/pools and the client gauges show them there, active ones included,
+/// and none are left once they leave.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_a_reload_moves_to_another_pool_are_counted_there() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "databases:\n  moved: {{host: 127.0.0.1, port: {}, dbname: app, pool_mode: transaction, pool_size: 3}}\n",
+        pg.port
+    ));
+    let dsn = proxy.conn_str("blog", "blogpw", "moved");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = common::connect(&dsn).await.unwrap();
+        assert_eq!(common::scalar(&c, "SELECT current_user").await, "blog");
+        clients.push(c);
+    }
+    assert_eq!(api_pool(&proxy, "moved", "blog")["clients"], 3);
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        yaml.replace(
+            "pool_size: 3}",
+            "pool_size: 3, server_user: postgres, server_password: postgres}",
+        ),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for c in &clients {
+        while common::scalar(c, "SELECT current_user").await != "postgres" {
+            assert!(Instant::now() < deadline, "no reload: {}", proxy.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let pool = api_pool(&proxy, "moved", "postgres");
+    assert_eq!(pool["clients"], 3, "{pool}");
+    clients[0].batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let s = scrape(&proxy);
+    let gauge = |state| {
+        sample(
+            &s,
+            "pgsift_client_connections",
+            &[
+                ("database", "moved"),
+                ("user", "postgres"),
+                ("state", state),
+            ],
+        )
+    };
+    assert_eq!(gauge("active"), Some(1.0));
+    assert_eq!(gauge("idle"), Some(2.0));
+    let admin = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .unwrap();
+    let pools = admin.simple_query("SHOW POOLS").await.unwrap();
+    let row = pools
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("moved") => {
+                Some(r.get("clients").map(str::to_owned))
+            }
+            _ => None,
+        })
+        .flatten();
+    assert_eq!(row.as_deref(), Some("3"), "{pools:?}");
+    clients[0].batch_execute("COMMIT").await.unwrap();
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api_pool(&proxy, "moved", "postgres")["clients"] != 0 {
+        assert!(Instant::now() < deadline, "clients still counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

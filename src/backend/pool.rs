@@ -108,12 +108,15 @@ pub struct PoolCounts {
     pub clients: AtomicUsize,
 }
 
-/// Backoff state after failed connects: clients fail fast while it lasts.
+/// Backoff state after failed connects and refused logins (server_login_retry
+/// in PgBouncer): clients fail fast with the last attempt's error while it
+/// lasts.
 #[derive(Debug, Default)]
 struct Backoff {
     until: Option<Instant>,
     delay: Duration,
-    last_error: String,
+    /// SQLSTATE and text of the last attempt's error
+    last_error: (String, String),
 }
 
 /// One (database, user) pool.
@@ -139,6 +142,8 @@ pub struct Pool {
     metrics: Arc<Metrics>,
     wait: prometheus::Histogram,
     paused: tokio::sync::watch::Sender<bool>,
+    /// set while a round of upkeep runs (see [`Pool::spawn_upkeep`])
+    upkeep_running: AtomicBool,
     /// live counts
     pub counts: PoolCounts,
     /// servers shared by many clients' autocommit statements
@@ -205,6 +210,17 @@ impl Drop for Active {
     }
 }
 
+/// A client counted in its pool's `clients` while the guard lives. A
+/// session keeps it, and takes a new one when a reload moves it to another
+/// pool, so that its count moves with it.
+pub struct CountedClient(Arc<Pool>);
+
+impl Drop for CountedClient {
+    fn drop(&mut self) {
+        self.0.counts.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Most settings a pool remembers as accepted; past this it forgets them
 /// all, and logins try them again.
 const MAX_ACCEPTED_SETTINGS: usize = 1024;
@@ -230,6 +246,7 @@ impl Pool {
             metrics,
             wait,
             paused: tokio::sync::watch::channel(false).0,
+            upkeep_running: AtomicBool::new(false),
             database,
             user,
             target: Mutex::new(target),
@@ -244,6 +261,12 @@ impl Pool {
             counts: PoolCounts::default(),
             mux: Default::default(),
         })
+    }
+
+    /// Counts a client of this pool until the guard is dropped.
+    pub fn count_client(self: &Arc<Self>) -> CountedClient {
+        self.counts.clients.fetch_add(1, Ordering::Relaxed);
+        CountedClient(self.clone())
     }
 
     /// The current settings.
@@ -344,9 +367,17 @@ impl Pool {
         // be dropped while it waits here (a paused pool waits without limit)
         let waiting = Raised::new(&self.counts.waiting);
         if self.is_paused() {
-            // Paused: wait (without a time limit, as the operator asked) for RESUME.
+            // Paused: wait (without a time limit, as the operator asked) for
+            // RESUME, or for the pool to close (a reload removed it, or
+            // shutdown), which wakes the paused too.
             let mut rx = self.paused.subscribe();
-            let _ = rx.wait_for(|p| !*p).await;
+            let _ = rx.wait_for(|p| !*p || self.slots.is_closed()).await;
+        }
+        if self.slots.is_closed() {
+            return Err(PoolError::Closed(format!(
+                "{}/{}",
+                self.database, self.user
+            )));
         }
         // A free slot is taken without arming a timer (in transaction mode
         // this runs once per transaction). The semaphore hands released
@@ -418,13 +449,16 @@ impl Pool {
         };
         {
             let b = self.backoff.lock();
-            if let Some(until) = b.until {
-                if Instant::now() < until {
-                    return Err(err(ServerError::ConnectTimeout(format!(
-                        "upstream unavailable (retrying): {}",
-                        b.last_error
-                    ))));
-                }
+            if let Some(retry_in) = b
+                .until
+                .and_then(|u| u.checked_duration_since(Instant::now()))
+            {
+                let (code, last) = b.last_error.clone();
+                return Err(err(ServerError::BackingOff {
+                    code,
+                    last,
+                    retry_in,
+                }));
             }
         }
         let (target, generation) = {
@@ -446,16 +480,19 @@ impl Pool {
                 Ok(Box::new(server))
             }
             Err(e) => {
-                // Refusals (bad password, missing database) are not outages:
-                // only network-level failures start a backoff.
-                if !matches!(
-                    e,
-                    ServerError::Login(crate::auth::upstream::UpstreamAuthError::Refused(_))
-                ) {
+                // Every failure starts (or lengthens) a backoff, refused
+                // logins included: a full server (53300), one starting up
+                // or shutting down (57P03), a wrong server password (28P01)
+                // or a missing database (3D000) refuse the next attempt
+                // too, and each attempt costs the server a process start.
+                // The login is the pool's (its upstream user and database),
+                // never a client's own, so the refusal holds for every
+                // client of the pool.
+                {
                     let mut b = self.backoff.lock();
                     b.delay = (b.delay * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
                     b.until = Some(Instant::now() + b.delay);
-                    b.last_error = e.to_string();
+                    b.last_error = (e.code(), e.to_string());
                 }
                 self.metrics.error("upstream_connect");
                 tracing::warn!(database = %self.database, user = %self.user, error = %e, "server connection failed");
@@ -473,11 +510,25 @@ impl Pool {
             && !self.slots.is_closed()
             && server.target_generation == self.target_generation.load(Ordering::Acquire)
         {
-            self.idle.lock().push_back(server);
+            let mut idle = self.idle.lock();
+            // (this server is still counted active)
+            if idle.len() + self.open_elsewhere() <= settings.size {
+                idle.push_back(server);
+            } else {
+                tracing::debug!(server = server.id, "closing a server above pool_size");
+            }
         }
         // the slot is released (and the server no longer counted active)
         // when the rest of `checkout` drops here, after the server is idle:
         // the waiter that gets the slot finds it
+    }
+
+    /// Servers of the pool that are not idle: checked out, or being opened.
+    /// With the idle ones, more than pool_size only after a reload lowered
+    /// it; the surplus is closed as it comes back (and by the upkeep), as
+    /// PgBouncer does, instead of staying open until idle_timeout.
+    fn open_elsewhere(&self) -> usize {
+        self.counts.active.load(Ordering::Relaxed) + self.counts.connecting.load(Ordering::Relaxed)
     }
 
     /// Takes back a server whose `sync_settings` failed. One that answered
@@ -505,26 +556,55 @@ impl Pool {
         drop(checkout);
     }
 
+    /// Runs a round of [`Pool::upkeep`] in a task of its own, unless the
+    /// last one is still running: an upstream that takes connect_timeout to
+    /// fail holds up its own pool's upkeep only, not every other pool's.
+    pub fn spawn_upkeep(self: &Arc<Self>) {
+        if self.upkeep_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        /// Clears the flag however the round ends.
+        struct Running(Arc<Pool>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.upkeep_running.store(false, Ordering::Release);
+            }
+        }
+        let running = Running(self.clone());
+        tokio::spawn(async move {
+            running.0.upkeep().await;
+            drop(running);
+        });
+    }
+
     /// One round of upkeep: close idle servers past idle_timeout (above
     /// min_pool_size) or past server_lifetime, and open servers up to
-    /// min_pool_size.
+    /// min_pool_size unless the pool is paused (as PgBouncer does: a pause
+    /// is often for upstream maintenance).
     pub async fn upkeep(self: &Arc<Self>) {
         let settings = self.settings();
         {
             let mut idle = self.idle.lock();
             let active = self.counts.active.load(Ordering::Relaxed);
+            let elsewhere = self.open_elsewhere();
             let mut keep = VecDeque::with_capacity(idle.len());
+            // least recently used first
             while let Some(mut s) = idle.pop_front() {
                 let total = keep.len() + idle.len() + active + 1;
                 let expired_idle = settings.idle_too_long(s.last_used) && total > settings.min_size;
-                if expired_idle || settings.too_old(s.created) || s.is_broken_while_idle() {
+                let above_size = keep.len() + idle.len() + elsewhere + 1 > settings.size;
+                if expired_idle
+                    || above_size
+                    || settings.too_old(s.created)
+                    || s.is_broken_while_idle()
+                {
                     continue;
                 }
                 keep.push_back(s);
             }
             *idle = keep;
         }
-        loop {
+        while !self.is_paused() {
             let total = self.idle_count()
                 + self.counts.active.load(Ordering::Relaxed)
                 + self.counts.connecting.load(Ordering::Relaxed);
@@ -569,6 +649,8 @@ impl Pool {
             self.idle.lock().clear();
             // and the new one may take other settings
             self.accepted_settings.lock().clear();
+            // a new address or password is tried at once
+            *self.backoff.lock() = Backoff::default();
         }
         *cur = settings;
     }
@@ -581,6 +663,9 @@ impl Pool {
     /// Closes the pool: waiting clients get an error, idle servers close.
     pub fn close(&self) {
         self.slots.close();
+        // clients waiting in a paused pool wait on `paused`, not on the
+        // slots: they are woken to see the pool closed
+        self.paused.send_modify(|_| {});
         self.idle.lock().clear();
     }
 }

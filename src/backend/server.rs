@@ -58,6 +58,18 @@ pub enum ServerError {
     /// network to it) is stuck, and the connection is no longer usable
     #[error("server did not answer within {0:?}")]
     Unresponsive(Duration),
+    /// no attempt was made: the last one failed moments ago, and pgsift
+    /// waits (backoff) before it tries again; the client gets that
+    /// attempt's error, with its SQLSTATE
+    #[error("{last} (the last server connection attempt failed; pgsift tries again in {} ms)", .retry_in.as_millis())]
+    BackingOff {
+        /// SQLSTATE of the last attempt's error
+        code: String,
+        /// the last attempt's error
+        last: String,
+        /// until the next attempt
+        retry_in: Duration,
+    },
 }
 
 /// How long a statement pgsift runs itself on a server (settings, ROLLBACK,
@@ -77,6 +89,7 @@ impl ServerError {
             ServerError::Login(UpstreamAuthError::Refused(f)) | ServerError::Statement(f) => {
                 f.code.clone()
             }
+            ServerError::BackingOff { code, .. } => code.clone(),
             _ => "08006".to_owned(),
         }
     }

@@ -80,14 +80,12 @@ async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAd
         Ok(login) => login,
     };
     tracing::debug!(client = %peer, user = %login.client.user, database = %login.client.database, application = %login.client.application_name, "client logged in");
-    let pool = login.client.pool.clone();
     let info = app.registry.add(
         peer,
         &login.client.user,
         &login.client.database,
         &login.client.application_name,
     );
-    pool.counts.clients.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
         "client",
         conn = info.id,
@@ -99,7 +97,6 @@ async fn serve_client(app: Arc<App>, socket: TcpStream, peer: std::net::SocketAd
     Session::run(app.clone(), login, info.clone())
         .instrument(span)
         .await;
-    pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
     app.registry.remove(info.id);
 }
 

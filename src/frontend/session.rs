@@ -424,6 +424,8 @@ fn send_from_buffer<W: TryWrite>(
 pub struct Session {
     app: Arc<App>,
     pool: Arc<Pool>,
+    /// the client counted in `pool` (it moves with the session)
+    counted: crate::backend::pool::CountedClient,
     /// the (database, user) the client logged in as, for finding its pool
     /// again after a reload
     login: (Arc<str>, Arc<str>),
@@ -539,6 +541,7 @@ impl Session {
             max_message: config.pool.max_message_size,
             max_prepared: config.pool.max_prepared_statements,
             app,
+            counted: pool.count_client(),
             pool,
             mode,
             settings,
@@ -573,10 +576,17 @@ impl Session {
         let mut shutdown_signal = std::pin::pin!(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         });
+        // the same for the end of the drain, when a session still open
+        // closes whatever it is doing
+        let mut stop_now = self.app.stop_now_signal();
+        let mut stop_now_signal = std::pin::pin!(async move {
+            let _ = stop_now.wait_for(|s| *s).await;
+        });
         std::future::poll_fn(|cx| {
             if std::future::Future::poll(shutdown_signal.as_mut(), cx).is_ready() {
                 draining = true;
             }
+            let _ = std::future::Future::poll(stop_now_signal.as_mut(), cx);
             std::task::Poll::Ready(())
         })
         .await;
@@ -625,9 +635,10 @@ impl Session {
                 }
             }
             if draining
-                && to_client.is_empty()
-                && to_server.is_empty()
-                && self.idle_outside_transaction()
+                && ((to_client.is_empty()
+                    && to_server.is_empty()
+                    && self.idle_outside_transaction())
+                    || app.is_stopping_now())
             {
                 break End::Shutdown;
             }
@@ -717,7 +728,7 @@ impl Session {
                             return Poll::Ready(Event::ClientRead(r));
                         }
                     }
-                    if !draining && app.is_shutting_down() {
+                    if app.is_shutting_down() && (!draining || app.is_stopping_now()) {
                         return Poll::Ready(Event::Shutdown);
                     }
                     Poll::Pending
@@ -1468,6 +1479,7 @@ impl Session {
         }
         if let Some(p) = self.app.pool(&self.login.0, &self.login.1) {
             if !Arc::ptr_eq(&p, &self.pool) {
+                self.counted = p.count_client();
                 self.pool = p;
             }
         }
