@@ -599,6 +599,114 @@ async fn session_state_a_client_changes_never_reaches_another_client() {
     assert_eq!(scalar(&a, read).await, "0,7,blog");
 }
 
+/// A superuser's `SET ROLE` makes its server report `is_superuser = off`,
+/// a parameter no statement can change: the next client of that server
+/// gets the role reset, never a `RESET is_superuser` that fails (and,
+/// before, failed for every later client of the pool). The same for a
+/// role or session authorization changed where pgsift does not read it
+/// (inside a DO block) and for `SET SESSION AUTHORIZATION`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_superusers_role_change_leaves_the_pool_usable_for_every_later_client() {
+    let pg = shared_postgres();
+    pg.psql(
+        "postgres",
+        "DO $$ BEGIN CREATE ROLE txrole_plain; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    );
+    // one server: every client lands on the one the role was changed on
+    let proxy = tx_proxy(1, "");
+    let url = proxy.url("postgres", "postgres", "app");
+    // the reproduction: psql sends each line as a Query of its own
+    let psql = |input: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", &url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = psql("SET ROLE txrole_plain;\nSELECT current_user;\n");
+    assert!(ok && text.contains("txrole_plain"), "{text}");
+    let read = "SELECT current_user || ',' || session_user || ',' || current_setting('is_superuser') || ',' || current_setting('log_min_duration_statement')";
+    for i in 0..3 {
+        let (ok, text) = psql("select 1;\n");
+        assert!(ok, "psql client {i} after SET ROLE: {text}");
+        let c = connect(&proxy.conn_str("postgres", "postgres", "app"))
+            .await
+            .unwrap_or_else(|e| panic!("client {i} after SET ROLE: {e}"));
+        assert_eq!(
+            scalar(&c, read).await,
+            "postgres,postgres,on,-1",
+            "client {i}"
+        );
+    }
+    // changes pgsift does not read from the SQL: the server reports them,
+    // and the next client gets them reset
+    for change in [
+        "DO $$ BEGIN EXECUTE 'SET ROLE txrole_plain'; END $$",
+        "DO $$ BEGIN EXECUTE 'SET SESSION AUTHORIZATION txrole_plain'; END $$",
+        "SET SESSION AUTHORIZATION txrole_plain",
+        // a setting only a superuser may reset: reset after the role
+        "SET log_min_duration_statement = 100000; DO $$ BEGIN EXECUTE 'SET ROLE txrole_plain'; END $$",
+    ] {
+        let a = connect(&proxy.conn_str("postgres", "postgres", "app"))
+            .await
+            .unwrap();
+        a.batch_execute(change).await.unwrap();
+        drop(a);
+        for i in 0..3 {
+            let c = connect(&proxy.conn_str("postgres", "postgres", "app"))
+                .await
+                .unwrap_or_else(|e| panic!("client {i} after {change}: {e}"));
+            let r = c.simple_query(read).await;
+            let row = r.unwrap_or_else(|e| panic!("client {i} after {change}: {e}"));
+            let got = row.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            });
+            assert_eq!(
+                got.as_deref(),
+                Some("postgres,postgres,on,-1"),
+                "client {i} after {change}"
+            );
+        }
+    }
+    // a client that keeps its role keeps it, beside one that does not
+    let a = connect(&proxy.conn_str("postgres", "postgres", "app"))
+        .await
+        .unwrap();
+    let b = connect(&proxy.conn_str("postgres", "postgres", "app"))
+        .await
+        .unwrap();
+    a.batch_execute("SET ROLE txrole_plain").await.unwrap();
+    for round in 0..3 {
+        assert_eq!(
+            scalar(&a, read).await,
+            "txrole_plain,postgres,off,-1",
+            "round {round}"
+        );
+        assert_eq!(
+            scalar(&b, read).await,
+            "postgres,postgres,on,-1",
+            "round {round}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_prepared_set_config_dirties_its_server_at_every_execution() {
     let proxy = tx_proxy(1, "");
