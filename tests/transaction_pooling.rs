@@ -599,6 +599,114 @@ async fn session_state_a_client_changes_never_reaches_another_client() {
     assert_eq!(scalar(&a, read).await, "0,7,blog");
 }
 
+/// A superuser's `SET ROLE` makes its server report `is_superuser = off`,
+/// a parameter no statement can change: the next client of that server
+/// gets the role reset, never a `RESET is_superuser` that fails (and,
+/// before, failed for every later client of the pool). The same for a
+/// role or session authorization changed where pgsift does not read it
+/// (inside a DO block) and for `SET SESSION AUTHORIZATION`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_superusers_role_change_leaves_the_pool_usable_for_every_later_client() {
+    let pg = shared_postgres();
+    pg.psql(
+        "postgres",
+        "DO $$ BEGIN CREATE ROLE txrole_plain; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    );
+    // one server: every client lands on the one the role was changed on
+    let proxy = tx_proxy(1, "");
+    let url = proxy.url("postgres", "postgres", "app");
+    // the reproduction: psql sends each line as a Query of its own
+    let psql = |input: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", &url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = psql("SET ROLE txrole_plain;\nSELECT current_user;\n");
+    assert!(ok && text.contains("txrole_plain"), "{text}");
+    let read = "SELECT current_user || ',' || session_user || ',' || current_setting('is_superuser') || ',' || current_setting('log_min_duration_statement')";
+    for i in 0..3 {
+        let (ok, text) = psql("select 1;\n");
+        assert!(ok, "psql client {i} after SET ROLE: {text}");
+        let c = connect(&proxy.conn_str("postgres", "postgres", "app"))
+            .await
+            .unwrap_or_else(|e| panic!("client {i} after SET ROLE: {e}"));
+        assert_eq!(
+            scalar(&c, read).await,
+            "postgres,postgres,on,-1",
+            "client {i}"
+        );
+    }
+    // changes pgsift does not read from the SQL: the server reports them,
+    // and the next client gets them reset
+    for change in [
+        "DO $$ BEGIN EXECUTE 'SET ROLE txrole_plain'; END $$",
+        "DO $$ BEGIN EXECUTE 'SET SESSION AUTHORIZATION txrole_plain'; END $$",
+        "SET SESSION AUTHORIZATION txrole_plain",
+        // a setting only a superuser may reset: reset after the role
+        "SET log_min_duration_statement = 100000; DO $$ BEGIN EXECUTE 'SET ROLE txrole_plain'; END $$",
+    ] {
+        let a = connect(&proxy.conn_str("postgres", "postgres", "app"))
+            .await
+            .unwrap();
+        a.batch_execute(change).await.unwrap();
+        drop(a);
+        for i in 0..3 {
+            let c = connect(&proxy.conn_str("postgres", "postgres", "app"))
+                .await
+                .unwrap_or_else(|e| panic!("client {i} after {change}: {e}"));
+            let r = c.simple_query(read).await;
+            let row = r.unwrap_or_else(|e| panic!("client {i} after {change}: {e}"));
+            let got = row.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            });
+            assert_eq!(
+                got.as_deref(),
+                Some("postgres,postgres,on,-1"),
+                "client {i} after {change}"
+            );
+        }
+    }
+    // a client that keeps its role keeps it, beside one that does not
+    let a = connect(&proxy.conn_str("postgres", "postgres", "app"))
+        .await
+        .unwrap();
+    let b = connect(&proxy.conn_str("postgres", "postgres", "app"))
+        .await
+        .unwrap();
+    a.batch_execute("SET ROLE txrole_plain").await.unwrap();
+    for round in 0..3 {
+        assert_eq!(
+            scalar(&a, read).await,
+            "txrole_plain,postgres,off,-1",
+            "round {round}"
+        );
+        assert_eq!(
+            scalar(&b, read).await,
+            "postgres,postgres,on,-1",
+            "round {round}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_prepared_set_config_dirties_its_server_at_every_execution() {
     let proxy = tx_proxy(1, "");
@@ -943,6 +1051,120 @@ async fn a_slow_multiplexed_statement_can_be_cancelled_and_blocks_no_newcomer() 
         "{err}"
     );
     assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+/// Runs `sql` through psql as the superuser until it returns a value for
+/// which `ok` holds, and returns it; fails the test after 60 s (`what`
+/// says what was awaited).
+fn poll_psql(sql: &str, ok: impl Fn(&str) -> bool, what: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let v = shared_postgres().psql("postgres", sql);
+        if ok(&v) {
+            return v;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let activity = shared_postgres().psql(
+                "postgres",
+                "SELECT string_agg(concat_ws(' ', pid, state, query_start, left(query, 80)), E'\\n') FROM pg_stat_activity WHERE backend_type = 'client backend'",
+            );
+            panic!("{what}: not within 60 s (last: {v:?}); pg_stat_activity:\n{activity}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads a raw client's replies until its ReadyForQuery (60 s at most):
+/// the number of DataRows and the SQLSTATEs of errors.
+async fn read_rows_until_ready(s: &mut tokio::net::TcpStream) -> (usize, Vec<String>) {
+    let mut rbuf = bytes::BytesMut::new();
+    let (mut rows, mut errors) = (0, Vec::new());
+    let read = async {
+        loop {
+            let (tag, msg) = pgsift::protocol::io::read_message(s, &mut rbuf, 1 << 20)
+                .await
+                .expect("the connection stays open");
+            match tag {
+                b'D' => rows += 1,
+                b'E' => errors.push(pgsift::protocol::messages::parse_error_fields(&msg[5..]).code),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("no ReadyForQuery within 60 s");
+    (rows, errors)
+}
+
+/// Statement multiplexing: a client's cancel request reaches the shared
+/// server only while the client's own batch runs there. Client A leaves
+/// the 50 MB result of its multiplexed statement unread (pgsift holds the
+/// rest; A's session has not yet seen the statement end), and the shared
+/// server goes on to client B's long statement; A's cancel request then
+/// cancels nothing — before, it cancelled B's statement.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_after_its_multiplexed_statement_ended_spares_the_next_clients_statement() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    // one shared server (the other stays for everything else)
+    let proxy = tx_proxy(2, "pool:\n  multiplex_servers: 1\n");
+    let (mut a, a_pid, a_secret) = raw::raw_login_keyed(proxy.port, "blog", "blogpw", "app").await;
+    let big = "SELECT repeat('x', 1000) FROM generate_series(1, $1::int) /* mux_ended_big */";
+    a.write_all(&[raw::parse("big", big), raw::sync()].concat())
+        .await
+        .unwrap();
+    raw::read_ready(&mut a, 1).await;
+    let b = app_client(&proxy).await;
+    let sleep = b
+        .prepare("SELECT pg_sleep($1::float8) /* mux_ended_sleep */")
+        .await
+        .unwrap();
+    // (B's statements run only after A's: A's login settings differ from
+    // B's, and a shared server serves one set of settings at a time)
+    let before = multiplexed(&proxy);
+    let t0 = shared_postgres().psql("postgres", "SELECT now()");
+    a.write_all(&[raw::bind("big", &["50000"]), raw::execute(), raw::sync()].concat())
+        .await
+        .unwrap();
+    // the server ends A's statement (pgsift reads all of it); A reads nothing
+    let a_server = poll_psql(
+        &format!("SELECT coalesce(string_agg(pid::text, ','), '') FROM pg_stat_activity WHERE query LIKE '%mux_ended_big%' AND state = 'idle' AND query_start > '{t0}'"),
+        |v| !v.is_empty(),
+        "A's statement ends on the server",
+    );
+    // time for pgsift to read the rest and A's ReadyForQuery, and for the
+    // shared server, idle then, to go back to the pool (after 100 ms)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sleeping = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = b.query_one(&sleep, &[&6f64]).await;
+        (r, started.elapsed())
+    });
+    let b_server = poll_psql(
+        "SELECT coalesce(string_agg(pid::text, ','), '') FROM pg_stat_activity WHERE query LIKE '%mux_ended_sleep%' AND state = 'active' AND pid <> pg_backend_pid()",
+        |v| !v.is_empty(),
+        "B's statement runs",
+    );
+    assert_eq!(
+        a_server, b_server,
+        "B's statement was expected on A's shared server; the test proves nothing"
+    );
+    raw::raw_cancel(proxy.port, a_pid, a_secret).await;
+    let (r, took) = sleeping.await.unwrap();
+    if let Err(e) = &r {
+        let code = e.as_db_error().map(|d| d.code().code().to_owned());
+        panic!("A's cancel request reached B's statement after {took:?}: {e} ({code:?})");
+    }
+    assert!(took >= Duration::from_secs(5), "{took:?}");
+    // A's result arrives whole, uncancelled
+    let (rows, errors) = read_rows_until_ready(&mut a).await;
+    assert_eq!((rows, errors), (50_000, vec![]));
+    assert!(
+        multiplexed(&proxy) - before >= 2.0,
+        "nothing was multiplexed"
+    );
 }
 
 /// pgbench's TPC-B-like script and its select-only one with prepared

@@ -263,6 +263,7 @@ impl Lane {
     fn fail_all(&mut self, why: (String, String)) {
         self.close();
         for p in self.pending.drain(..) {
+            p.running.store(false, Ordering::Relaxed);
             let _ = p.reply.send(Err(why.clone()));
         }
         for r in self.held.drain(..) {
@@ -496,6 +497,12 @@ impl Lane {
                     let done = server.rbuf.split_to(at + total).freeze();
                     *scanned = 0;
                     let head = self.pending.pop_front().expect("head exists");
+                    // the server is done with the batch: from now on a cancel
+                    // request of its client must not reach the server, which
+                    // runs another client's batch next (the client's session
+                    // clears its cancel target only when it has read this
+                    // ReadyForQuery, and a slow reader reads it late)
+                    head.running.store(false, Ordering::Relaxed);
                     let _ = head.reply.send(Ok(done));
                     self.outstanding.fetch_sub(1, Ordering::Relaxed);
                     let next = match self.pending.front() {

@@ -51,6 +51,11 @@ pub enum ServerError {
     /// a statement pgsift ran failed
     #[error("{}", .0.message)]
     Statement(ErrorFields),
+    /// a RESET pgsift ran to bring the server back to the pool's defaults
+    /// (no client asked for it) failed: the server is in a state pgsift
+    /// cannot undo and is closed
+    #[error("could not reset the server's session: {}", .0.message)]
+    Reset(ErrorFields),
     /// the connection broke
     #[error("server connection lost: {0}")]
     Read(#[from] ReadError),
@@ -86,9 +91,9 @@ impl ServerError {
     /// The SQLSTATE a client should see for this failure.
     pub fn code(&self) -> String {
         match self {
-            ServerError::Login(UpstreamAuthError::Refused(f)) | ServerError::Statement(f) => {
-                f.code.clone()
-            }
+            ServerError::Login(UpstreamAuthError::Refused(f))
+            | ServerError::Statement(f)
+            | ServerError::Reset(f) => f.code.clone(),
             ServerError::BackingOff { code, .. } => code.clone(),
             _ => "08006".to_owned(),
         }
@@ -268,37 +273,53 @@ impl ServerConnection {
             return Ok(());
         }
         self.synced = None;
-        let mut sql = String::new();
+        let is_explicit = |name: &str| explicit.iter().any(|(e, _)| e.eq_ignore_ascii_case(name));
+        // what the server reports and the client did not ask for goes back
+        // to the pool's defaults, each the way it can: most with a RESET of
+        // its own; the role (reported through is_superuser) and the session
+        // authorization with theirs. Read-only parameters (server_version,
+        // in_hot_standby, …) are never reset: no statement can change them
+        let mut resets: Vec<String> = Vec::new();
+        for (k, v) in &self.params {
+            if is_explicit(k) || defaults.get(k).is_none_or(|d| d == v) {
+                continue;
+            }
+            match restore_reported(k) {
+                Restore::Reset(name) => resets.push(name.to_owned()),
+                Restore::Role if !is_explicit("role") && !is_explicit(SESSION_AUTHORIZATION) => {
+                    resets.push("role".to_owned())
+                }
+                Restore::Role | Restore::Never => {}
+            }
+        }
+        // the session authorization's RESET resets the role too: a role the
+        // client asks for is then set again
+        let auth_reset = resets.iter().any(|r| r == SESSION_AUTHORIZATION);
         let mut sets = Vec::new();
         for (k, v) in explicit {
             let lk = k.to_ascii_lowercase();
-            let current = self
-                .applied
-                .get(&lk)
-                .map(String::as_str)
-                .or_else(|| self.param(k));
+            let current = if auth_reset && lk == "role" {
+                None
+            } else {
+                self.applied
+                    .get(&lk)
+                    .map(String::as_str)
+                    .or_else(|| self.param(k))
+            };
             if current != Some(v.as_str()) {
                 sets.push((k.as_str(), v.as_str()));
             }
         }
-        let mut resets: Vec<String> = self
-            .applied
-            .keys()
-            .filter(|lk| !explicit.iter().any(|(k, _)| k.eq_ignore_ascii_case(lk)))
-            .cloned()
-            .collect();
-        for (k, v) in &self.params {
-            let is_explicit = explicit.iter().any(|(e, _)| e.eq_ignore_ascii_case(k));
-            if !is_explicit && defaults.get(k).is_some_and(|d| d != v) {
-                resets.push(k.to_ascii_lowercase());
-            }
-        }
+        resets.extend(self.applied.keys().filter(|lk| !is_explicit(lk)).cloned());
         if sets.is_empty() && resets.is_empty() {
             self.synced = Some(key);
             return Ok(());
         }
-        resets.sort();
+        // the identity first: the RESETs after it run as the login role
+        // (one of a superuser-only setting fails as any other role)
+        resets.sort_by_key(|r| (r != SESSION_AUTHORIZATION, r != "role", r.clone()));
         resets.dedup();
+        let mut sql = String::new();
         for r in &resets {
             sql.push_str("RESET ");
             sql.push_str(&quote_ident(r));
@@ -320,10 +341,14 @@ impl ServerConnection {
         // boxed: rare, and it would otherwise size every session's task.
         // An error rolls back every RESET and set_config of the statement
         // (one implicit transaction): `applied` then stays as it was.
-        Box::pin(self.run_simple(&sql)).await?;
-        for r in &resets {
-            self.applied.remove(r);
+        match Box::pin(self.run_simple(&sql)).await {
+            Ok(_) => {}
+            Err(ServerError::Statement(e)) if !resets.is_empty() => {
+                return Err(Box::pin(self.after_failed_sync(e, &resets, sets.is_empty())).await)
+            }
+            Err(e) => return Err(e),
         }
+        self.note_resets(&resets);
         for (k, v) in sets {
             self.applied.insert(k.to_ascii_lowercase(), v.to_owned());
         }
@@ -331,6 +356,47 @@ impl ServerConnection {
         // it now holds exactly `explicit`
         self.synced = Some(key);
         Ok(())
+    }
+
+    /// `sync_settings`' statement of RESETs and set_configs failed with
+    /// `error`. When only the RESETs (pgsift's own, no client asked for
+    /// them) fail, the server is in a state pgsift cannot undo:
+    /// [`ServerError::Reset`], and it must not serve anyone again.
+    /// Otherwise the error was the client's setting's.
+    async fn after_failed_sync(
+        &mut self,
+        error: ErrorFields,
+        resets: &[String],
+        only_resets: bool,
+    ) -> ServerError {
+        if only_resets {
+            return ServerError::Reset(error);
+        }
+        let mut sql = String::new();
+        for r in resets {
+            sql.push_str("RESET ");
+            sql.push_str(&quote_ident(r));
+            sql.push(';');
+        }
+        match self.run_simple(&sql).await {
+            Ok(_) => {
+                self.note_resets(resets);
+                ServerError::Statement(error)
+            }
+            Err(ServerError::Statement(e)) => ServerError::Reset(e),
+            Err(e) => e,
+        }
+    }
+
+    /// Settings pgsift reset are no longer its own on the server.
+    fn note_resets(&mut self, resets: &[String]) {
+        for r in resets {
+            self.applied.remove(r);
+            if r == SESSION_AUTHORIZATION {
+                // its RESET resets the role too
+                self.applied.remove("role");
+            }
+        }
     }
 
     /// Runs a query pgsift issued itself and returns its rows as text. A
@@ -379,6 +445,52 @@ impl ServerConnection {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => !self.rbuf.is_empty(),
             _ => true,
         }
+    }
+}
+
+/// The setting behind `SET SESSION AUTHORIZATION`, which Postgres reports.
+const SESSION_AUTHORIZATION: &str = "session_authorization";
+
+/// How a parameter the server reports is brought back to the pool's
+/// default when a client did not ask for another value.
+#[derive(Debug, PartialEq, Eq)]
+enum Restore {
+    /// a setting any client may change: its own RESET
+    Reset(&'static str),
+    /// follows the role (`is_superuser`): RESET role
+    Role,
+    /// read-only (`server_version`, `server_encoding`, `integer_datetimes`,
+    /// `in_hot_standby`) or not known to be settable: left alone, since a
+    /// RESET of it would fail (and Postgres changes it only itself)
+    Never,
+}
+
+/// The parameters Postgres reports (GUC_REPORT) that a client can change,
+/// as lower-case names (`search_path` is reported from Postgres 18 on).
+const RESETTABLE_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "default_transaction_read_only",
+    "intervalstyle",
+    "scram_iterations",
+    "search_path",
+    SESSION_AUTHORIZATION,
+    "standard_conforming_strings",
+    "timezone",
+];
+
+/// How to bring the reported parameter `name` back to its default.
+fn restore_reported(name: &str) -> Restore {
+    if name.eq_ignore_ascii_case("is_superuser") {
+        return Restore::Role;
+    }
+    match RESETTABLE_REPORTED
+        .iter()
+        .find(|r| r.eq_ignore_ascii_case(name))
+    {
+        Some(r) => Restore::Reset(r),
+        None => Restore::Never,
     }
 }
 
@@ -485,6 +597,26 @@ pub async fn send_cancel(addr: &ServerAddr, pid: i32, secret: i32) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_settable_reported_parameters_are_reset() {
+        assert_eq!(restore_reported("TimeZone"), Restore::Reset("timezone"));
+        assert_eq!(restore_reported("DateStyle"), Restore::Reset("datestyle"));
+        assert_eq!(
+            restore_reported("session_authorization"),
+            Restore::Reset(SESSION_AUTHORIZATION)
+        );
+        assert_eq!(restore_reported("is_superuser"), Restore::Role);
+        for read_only in [
+            "server_version",
+            "server_encoding",
+            "integer_datetimes",
+            "in_hot_standby",
+            "some_future_parameter",
+        ] {
+            assert_eq!(restore_reported(read_only), Restore::Never, "{read_only}");
+        }
+    }
 
     #[test]
     fn literals_are_quoted_safely() {

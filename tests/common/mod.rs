@@ -1039,6 +1039,28 @@ pub mod raw {
         raw_login_full(port, user, password, database, &[]).await
     }
 
+    /// [`raw_login_as`], also returning the cancel key (process id,
+    /// secret) the login got.
+    pub async fn raw_login_keyed(
+        port: u16,
+        user: &str,
+        password: &str,
+        database: &str,
+    ) -> (TcpStream, i32, i32) {
+        raw_login_key(port, user, password, database, &[]).await
+    }
+
+    /// Sends a CancelRequest for the cancel key (`pid`, `secret`) to `port`.
+    pub async fn raw_cancel(port: u16, pid: i32, secret: i32) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut buf = BytesMut::new();
+        frontend::cancel_request(pid, secret, &mut buf);
+        s.write_all(&buf).await.unwrap();
+        // the server closes the connection once it has read the request
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+    }
+
     async fn raw_login_full(
         port: u16,
         user: &str,
@@ -1046,6 +1068,19 @@ pub mod raw {
         database: &str,
         params: &[(&str, &str)],
     ) -> TcpStream {
+        raw_login_key(port, user, password, database, params)
+            .await
+            .0
+    }
+
+    async fn raw_login_key(
+        port: u16,
+        user: &str,
+        password: &str,
+        database: &str,
+        params: &[(&str, &str)],
+    ) -> (TcpStream, i32, i32) {
+        let mut key = (0, 0);
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut buf = BytesMut::new();
         let mut all = vec![("user", user), ("database", database)];
@@ -1078,7 +1113,13 @@ pub mod raw {
                     12 => scram.as_mut().unwrap().finish(&body[4..]).unwrap(),
                     other => panic!("unexpected auth request {other}"),
                 },
-                b'Z' => return s,
+                b'K' => {
+                    key = (
+                        i32::from_be_bytes(body[..4].try_into().unwrap()),
+                        i32::from_be_bytes(body[4..8].try_into().unwrap()),
+                    )
+                }
+                b'Z' => return (s, key.0, key.1),
                 b'E' => panic!("login failed"),
                 _ => {}
             }
