@@ -1115,3 +1115,59 @@ async fn clients_a_reload_moves_to_another_pool_are_counted_there() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A transaction-mode client that gives up while its statement waits for a
+/// paused pool leaves at once, as a login does: it is no longer listed
+/// waiting, its max_client_conn slot is free, and RESUME does not run its
+/// statement.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_while_waiting_for_a_paused_pool_leaves_the_queue() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let pg = shared_postgres();
+    pg.psql(
+        "app",
+        "CREATE TABLE left_paused (x int); GRANT ALL ON left_paused TO blog",
+    );
+    let proxy = Proxy::start(&format!(
+        "{}pool:\n  max_client_conn: 2\n",
+        databases_yaml(pg, "transaction", 2)
+    ));
+    let mut s = raw::raw_login(proxy.port).await;
+    s.write_all(&raw::query("SELECT 1")).await.unwrap();
+    raw::read_ready(&mut s, 1).await;
+    let admin = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .unwrap();
+    admin.simple_query("PAUSE app").await.unwrap();
+    s.write_all(&raw::query("INSERT INTO left_paused VALUES (1)"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api_pool(&proxy, "app", "blog")["waiting"] != 1 {
+        assert!(Instant::now() < deadline, "the statement is not queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the client gives up, as libpq's PQfinish does
+    s.write_all(&raw::terminate()).await.unwrap();
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pool = api_pool(&proxy, "app", "blog");
+        if pool["waiting"] == 0 && pool["clients"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still queued: {pool}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // its client slot is free (the admin session holds the other)
+    let other = common::connect(&proxy.conn_str("admin", "adminpw", "pgsift"))
+        .await
+        .expect("a free client slot");
+    other.simple_query("RESUME app").await.unwrap();
+    assert_eq!(
+        pg.psql("app", "SELECT count(*) FROM left_paused").trim(),
+        "0",
+        "the departed client's statement ran at RESUME"
+    );
+}

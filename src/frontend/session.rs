@@ -426,6 +426,10 @@ pub struct Session {
     pool: Arc<Pool>,
     /// the client counted in `pool` (it moves with the session)
     counted: crate::backend::pool::CountedClient,
+    /// the client's socket, for noticing its departure while waiting for
+    /// a paused pool (set when forwarding starts)
+    #[cfg(unix)]
+    client_fd: Option<std::os::fd::RawFd>,
     /// the (database, user) the client logged in as, for finding its pool
     /// again after a reload
     login: (Arc<str>, Arc<str>),
@@ -542,6 +546,8 @@ impl Session {
             max_prepared: config.pool.max_prepared_statements,
             app,
             counted: pool.count_client(),
+            #[cfg(unix)]
+            client_fd: None,
             pool,
             mode,
             settings,
@@ -565,6 +571,10 @@ impl Session {
     }
 
     async fn forward(&mut self, stream: ClientStream, mut cbuf: BytesMut) {
+        #[cfg(unix)]
+        {
+            self.client_fd = Some(stream.raw_fd());
+        }
         let (mut cr, mut cw) = stream.into_split();
         let mut to_client = Outbox::default();
         let mut to_server = Outbox::default();
@@ -812,6 +822,11 @@ impl Session {
             }
         };
 
+        #[cfg(unix)]
+        {
+            // (the socket closes when this function returns)
+            self.client_fd = None;
+        }
         // Tell the client why, when it is still there to hear it.
         match &end {
             End::ClientProtocol(_) => self.app.metrics.error("client_protocol"),
@@ -1502,7 +1517,24 @@ impl Session {
             self.follow_pool();
         }
         self.info.set(ClientState::Waiting, None);
-        let checkout = self.pool.checkout().await;
+        let checkout = self.pool.checkout();
+        // A paused pool waits without a time limit, and nothing reads the
+        // client meanwhile: one that gives up leaves the queue at once
+        // (its client slot free), as at login.
+        #[cfg(unix)]
+        let hangup = self
+            .client_fd
+            .filter(|_| self.pool.is_paused())
+            .and_then(super::stream::hangup);
+        #[cfg(not(unix))]
+        let hangup: Option<std::future::Pending<()>> = None;
+        let checkout = match hangup {
+            Some(hangup) => tokio::select! {
+                co = checkout => co,
+                _ = hangup => return Err(End::ClientGone),
+            },
+            None => checkout.await,
+        };
         self.info.set(ClientState::Idle, None);
         let mut co = checkout.map_err(|e| End::NoServer(e.code(), e.to_string()))?;
         if let Err(e) = co

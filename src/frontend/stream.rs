@@ -17,6 +17,45 @@ impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
     }
+
+    /// The TCP socket's descriptor (under TLS too).
+    #[cfg(unix)]
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            ClientStream::Plain(s) => s.as_raw_fd(),
+            ClientStream::Tls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+}
+
+/// Resolves once the client has closed its end of the socket (or the
+/// socket failed), without reading anything it sent: for waits that do not
+/// read the client (a paused pool), so that a client that gave up leaves.
+/// Watches a duplicate of the descriptor, registered on its own; `None`
+/// when that cannot be had.
+#[cfg(unix)]
+pub fn hangup(fd: std::os::fd::RawFd) -> Option<impl std::future::Future<Output = ()>> {
+    use tokio::io::Interest;
+    // SAFETY: `fd` is the session's own client socket, open while the
+    // session (which awaits the returned future) lives
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let dup = rustix::io::dup(fd).ok()?;
+    let socket = TcpStream::from_std(std::net::TcpStream::from(dup)).ok()?;
+    Some(async move {
+        loop {
+            match socket.ready(Interest::READABLE).await {
+                Ok(r) if !r.is_read_closed() => {
+                    // bytes to read, which are the session's: wait for
+                    // the next event (the socket is edge-triggered)
+                    let _ = socket.try_io(Interest::READABLE, || {
+                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                _ => return,
+            }
+        }
+    })
 }
 
 forward_read!(ClientStream[Plain, Tls]);
