@@ -14,9 +14,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use pgsift::frontend::caching::extended_read;
 use pgsift::frontend::pipeline::{plannable, shared_name, Pipeline};
+use pgsift::nplus1::example::with_values;
 use pgsift::protocol::extended::{
-    bind_statement, bind_values_hash, build_parse, build_target, parse_parse, rebuild_bind,
-    target,
+    bind_params, bind_statement, bind_values_hash, build_parse, build_target, parse_parse,
+    rebuild_bind, target,
 };
 use pgsift::protocol::frame::scan;
 
@@ -55,6 +56,20 @@ fn check(msg: &[u8]) {
         assert_eq!(rebuilt.len(), 1 + u32::from_be_bytes(rebuilt[1..5].try_into().unwrap()) as usize);
         // the values' hash reads only the values: the same for the rebuilt message
         assert_eq!(bind_values_hash(msg, after), bind_values_hash(&rebuilt, new_after));
+        // the values, as an N+1 example shows them in a text with placeholders
+        if let Some(params) = bind_params(msg, after) {
+            if bind_values_hash(msg, after).is_some() {
+                assert_eq!(params.len(), u16::from_be_bytes(
+                    msg[after + 2 + 2 * u16::from_be_bytes([msg[after], msg[after + 1]]) as usize..][..2]
+                        .try_into()
+                        .unwrap(),
+                ) as usize);
+            }
+            let text = String::from_utf8_lossy(stmt);
+            let types: Vec<u32> = (0..params.len() as u32).map(|i| [0, 16, 20, 21, 23, 25, 700, 701, 2950][i as usize % 9]).collect();
+            let _ = with_values(&text, &params, &types);
+            let _ = with_values("SELECT $1, $2, '$3' -- $4\n, $10, $0, $99999999999999999999", &params, &types);
+        }
     }
     if let Some((kind, name)) = target(msg) {
         let name = String::from_utf8_lossy(name);
