@@ -9,6 +9,7 @@ mod common;
 
 use common::{connect, databases_yaml, pgbench, promoted, scalar, shared_postgres, Proxy};
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A client of `proxy` as `blog` on `app`.
@@ -1165,6 +1166,133 @@ async fn a_cancel_after_its_multiplexed_statement_ended_spares_the_next_clients_
         multiplexed(&proxy) - before >= 2.0,
         "nothing was multiplexed"
     );
+}
+
+/// How many clients of `proxy` SHOW CLIENTS lists as active without a
+/// server: their multiplexed batch waits on a shared server (one that has
+/// no server yet, or whose server is not known to the client's entry).
+fn clients_active_without_server(proxy: &Proxy) -> usize {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "SHOW CLIENTS"])
+        .arg(proxy.url("admin", "adminpw", "pgsift"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            f.len() >= 7 && f[5] == "active" && f[6].is_empty()
+        })
+        .count()
+}
+
+/// Waits (60 s at most) until `n` clients of `proxy` are active without a
+/// server.
+fn wait_for_lane_clients(proxy: &Proxy, n: usize) {
+    let start = std::time::Instant::now();
+    while clients_active_without_server(proxy) != n {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{n} clients never waited on the shared server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Statement multiplexing: a cancel request for a batch still waiting on
+/// its shared server is not lost. One the shared server has not been sent
+/// yet (the shared server waits for a free server) is answered at once
+/// with 57014, as Postgres answers a cancelled statement, and never runs;
+/// one already sent behind another client's statement is cancelled when it
+/// starts, and the statement ahead of it is not. Before, both were dropped:
+/// the cancel request reached nothing, and the statement ran in full.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_for_a_multiplexed_statement_still_waiting_on_its_shared_server_cancels_it() {
+    let proxy = tx_proxy(
+        2,
+        "pool:\n  multiplex_servers: 1\n  checkout_timeout: 120s\n",
+    );
+    let sql = "SELECT pg_sleep($1::float8) /* mux_wait_sleep */";
+    // A and B log in alike: their batches share one server
+    let a = Arc::new(app_client(&proxy).await);
+    let b = Arc::new(app_client(&proxy).await);
+    let sa = a.prepare(sql).await.unwrap();
+    let sb = b.prepare(sql).await.unwrap();
+    let b_cancel = b.cancel_token();
+    let run = |c: &Arc<tokio_postgres::Client>, st: &tokio_postgres::Statement, secs: f64| {
+        let (c, st) = (c.clone(), st.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = c.query_one(&st, &[&secs]).await.map(|_| ());
+            (r, started.elapsed())
+        })
+    };
+    let code = |r: &Result<(), tokio_postgres::Error>| {
+        r.as_ref()
+            .err()
+            .and_then(|e| e.as_db_error())
+            .map(|e| e.code().code().to_owned())
+    };
+    // every server is held by a transaction: the shared server waits for one
+    let hold = || async {
+        let h1 = app_client(&proxy).await;
+        let h2 = app_client(&proxy).await;
+        for h in [&h1, &h2] {
+            h.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        }
+        (h1, h2)
+    };
+
+    // 1. not yet sent: answered at once, while the servers are still held
+    let (h1, h2) = hold().await;
+    let a_run = run(&a, &sa, 1.0);
+    wait_for_lane_clients(&proxy, 1);
+    let b_run = run(&b, &sb, 1.0);
+    wait_for_lane_clients(&proxy, 2);
+    b_cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, _) = tokio::time::timeout(Duration::from_secs(30), b_run)
+        .await
+        .expect("B's cancelled statement still waits for a server")
+        .unwrap();
+    assert_eq!(code(&r).as_deref(), Some("57014"), "B: {r:?}");
+    assert!(!a_run.is_finished(), "A ran without a server");
+    for h in [&h1, &h2] {
+        h.batch_execute("COMMIT").await.unwrap();
+    }
+    let (r, took) = a_run.await.unwrap();
+    assert!(r.is_ok(), "A: {r:?}");
+    assert!(took >= Duration::from_secs(1), "A: {took:?}");
+    // B goes on as usual
+    let (r, _) = run(&b, &sb, 0.0).await.unwrap();
+    assert!(r.is_ok(), "B afterwards: {r:?}");
+
+    // 2. sent behind A's statement: cancelled when it starts, A's is not
+    let (h1, h2) = hold().await;
+    let a_run = run(&a, &sa, 3.0);
+    wait_for_lane_clients(&proxy, 1);
+    let b_run = run(&b, &sb, 60.0);
+    wait_for_lane_clients(&proxy, 2);
+    // the shared server gets a server, and both batches are sent to it
+    for h in [&h1, &h2] {
+        h.batch_execute("COMMIT").await.unwrap();
+    }
+    poll_psql(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%mux_wait_sleep%' AND state = 'active' AND pid <> pg_backend_pid()",
+        |v| v == "1",
+        "A's statement runs",
+    );
+    b_cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, took) = a_run.await.unwrap();
+    assert!(r.is_ok(), "A was cancelled: {r:?}");
+    assert!(took >= Duration::from_secs(3), "A: {took:?}");
+    let (r, took) = b_run.await.unwrap();
+    assert_eq!(
+        code(&r).as_deref(),
+        Some("57014"),
+        "B after {took:?}: {r:?}"
+    );
+    assert!(took < Duration::from_secs(50), "B: {took:?}");
 }
 
 /// pgbench's TPC-B-like script and its select-only one with prepared
