@@ -165,6 +165,10 @@ pub struct LaneServer {
     pub secret: i32,
     /// pgsift's server id
     pub id: u64,
+    /// which of its pool's upstream targets it was opened to
+    pub target_generation: u64,
+    /// when it was opened
+    pub created: Instant,
 }
 
 struct LaneHandle {
@@ -221,7 +225,19 @@ pub fn submit(
         return Err(req);
     }
     let mut lanes = pool.mux.lanes.lock();
-    lanes.retain(|l| !l.closed.load(Ordering::Relaxed));
+    lanes.retain(|l| {
+        // a server a reload made obsolete, or past server_lifetime, takes
+        // no new batches (its lane sees it too, and leaves once it has
+        // answered the ones it has)
+        let obsolete = l
+            .server
+            .get()
+            .is_some_and(|s| pool.is_obsolete(s.target_generation, s.created));
+        if obsolete {
+            l.closed.store(true, Ordering::Relaxed);
+        }
+        !l.closed.load(Ordering::Relaxed)
+    });
     let now = now_micros();
     let best = lanes
         .iter()
@@ -366,6 +382,8 @@ impl Lane {
             pid: co.server.pid,
             secret: co.server.secret,
             id: co.server.id,
+            target_generation: co.server.target_generation,
+            created: co.server.created,
         });
         let co = self.serve(co).await;
         match self.broken.take() {
@@ -536,6 +554,18 @@ impl Lane {
             if !self.retiring && self.pool.is_paused() {
                 self.retire(false);
             }
+            // a busy lane never idles long enough to give its server back,
+            // where the pool would turn away one that a reload moved off
+            // the pool's upstream or that outlived server_lifetime: it
+            // retires instead (the server then finishes what it was sent,
+            // and the pool closes it)
+            if !self.retiring
+                && self
+                    .pool
+                    .is_obsolete(co.server.target_generation, co.server.created)
+            {
+                self.retire(false);
+            }
             if !wbuf.is_empty() {
                 match TryWrite::try_write(&co.server.writer, &wbuf) {
                     Ok(n) => wbuf.advance(n),
@@ -595,11 +625,13 @@ impl Lane {
                         return co;
                     }
                 }
-                q = self.rx.recv() => {
-                    if let Some(q) = q {
-                        self.enqueue(q, &mut co, &mut wbuf);
-                    }
-                }
+                // (a retiring lane takes nothing new: those sent before it
+                // closed are taken at the loop's top; and once the handles
+                // are gone, recv would return at once, every time)
+                q = self.rx.recv(), if !self.retiring => match q {
+                    Some(q) => self.enqueue(q, &mut co, &mut wbuf),
+                    None => self.retire(false),
+                },
                 _ = self.wake.notified() => {
                     // a request held for another's Parse may have been
                     // cancelled (those in `rx` are seen at the loop's top)
