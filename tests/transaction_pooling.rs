@@ -9,6 +9,7 @@ mod common;
 
 use common::{connect, databases_yaml, pgbench, promoted, scalar, shared_postgres, Proxy};
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A client of `proxy` as `blog` on `app`.
@@ -1165,6 +1166,275 @@ async fn a_cancel_after_its_multiplexed_statement_ended_spares_the_next_clients_
         multiplexed(&proxy) - before >= 2.0,
         "nothing was multiplexed"
     );
+}
+
+/// How many clients of `proxy` SHOW CLIENTS lists as active without a
+/// server: their multiplexed batch waits on a shared server (one that has
+/// no server yet, or whose server is not known to the client's entry).
+fn clients_active_without_server(proxy: &Proxy) -> usize {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "SHOW CLIENTS"])
+        .arg(proxy.url("admin", "adminpw", "pgsift"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            f.len() >= 7 && f[5] == "active" && f[6].is_empty()
+        })
+        .count()
+}
+
+/// Waits (60 s at most) until `n` clients of `proxy` are active without a
+/// server.
+fn wait_for_lane_clients(proxy: &Proxy, n: usize) {
+    let start = std::time::Instant::now();
+    while clients_active_without_server(proxy) != n {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{n} clients never waited on the shared server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Statement multiplexing: a cancel request for a batch still waiting on
+/// its shared server is not lost. One the shared server has not been sent
+/// yet (the shared server waits for a free server) is answered at once
+/// with 57014, as Postgres answers a cancelled statement, and never runs;
+/// one already sent behind another client's statement is cancelled when it
+/// starts, and the statement ahead of it is not. Before, both were dropped:
+/// the cancel request reached nothing, and the statement ran in full.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_for_a_multiplexed_statement_still_waiting_on_its_shared_server_cancels_it() {
+    let proxy = tx_proxy(
+        2,
+        "pool:\n  multiplex_servers: 1\n  checkout_timeout: 120s\n",
+    );
+    let sql = "SELECT pg_sleep($1::float8) /* mux_wait_sleep */";
+    // A and B log in alike: their batches share one server
+    let a = Arc::new(app_client(&proxy).await);
+    let b = Arc::new(app_client(&proxy).await);
+    let sa = a.prepare(sql).await.unwrap();
+    let sb = b.prepare(sql).await.unwrap();
+    let b_cancel = b.cancel_token();
+    let run = |c: &Arc<tokio_postgres::Client>, st: &tokio_postgres::Statement, secs: f64| {
+        let (c, st) = (c.clone(), st.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = c.query_one(&st, &[&secs]).await.map(|_| ());
+            (r, started.elapsed())
+        })
+    };
+    let code = |r: &Result<(), tokio_postgres::Error>| {
+        r.as_ref()
+            .err()
+            .and_then(|e| e.as_db_error())
+            .map(|e| e.code().code().to_owned())
+    };
+    // every server is held by a transaction: the shared server waits for one
+    let hold = || async {
+        let h1 = app_client(&proxy).await;
+        let h2 = app_client(&proxy).await;
+        for h in [&h1, &h2] {
+            h.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        }
+        (h1, h2)
+    };
+
+    // 1. not yet sent: answered at once, while the servers are still held
+    let (h1, h2) = hold().await;
+    let a_run = run(&a, &sa, 1.0);
+    wait_for_lane_clients(&proxy, 1);
+    let b_run = run(&b, &sb, 1.0);
+    wait_for_lane_clients(&proxy, 2);
+    b_cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, _) = tokio::time::timeout(Duration::from_secs(30), b_run)
+        .await
+        .expect("B's cancelled statement still waits for a server")
+        .unwrap();
+    assert_eq!(code(&r).as_deref(), Some("57014"), "B: {r:?}");
+    assert!(!a_run.is_finished(), "A ran without a server");
+    for h in [&h1, &h2] {
+        h.batch_execute("COMMIT").await.unwrap();
+    }
+    let (r, took) = a_run.await.unwrap();
+    assert!(r.is_ok(), "A: {r:?}");
+    assert!(took >= Duration::from_secs(1), "A: {took:?}");
+    // B goes on as usual
+    let (r, _) = run(&b, &sb, 0.0).await.unwrap();
+    assert!(r.is_ok(), "B afterwards: {r:?}");
+
+    // 2. sent behind A's statement: cancelled when it starts, A's is not
+    let (h1, h2) = hold().await;
+    let a_run = run(&a, &sa, 3.0);
+    wait_for_lane_clients(&proxy, 1);
+    let b_run = run(&b, &sb, 60.0);
+    wait_for_lane_clients(&proxy, 2);
+    // the shared server gets a server, and both batches are sent to it
+    for h in [&h1, &h2] {
+        h.batch_execute("COMMIT").await.unwrap();
+    }
+    poll_psql(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%mux_wait_sleep%' AND state = 'active' AND pid <> pg_backend_pid()",
+        |v| v == "1",
+        "A's statement runs",
+    );
+    b_cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, took) = a_run.await.unwrap();
+    assert!(r.is_ok(), "A was cancelled: {r:?}");
+    assert!(took >= Duration::from_secs(3), "A: {took:?}");
+    let (r, took) = b_run.await.unwrap();
+    assert_eq!(
+        code(&r).as_deref(),
+        Some("57014"),
+        "B after {took:?}: {r:?}"
+    );
+    assert!(took < Duration::from_secs(50), "B: {took:?}");
+}
+
+/// How often each result came back (see [`busy_multiplexed_clients`]).
+type Tally = Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>;
+
+/// 16 clients that keep a multiplexed statement running without a pause
+/// (so that their shared servers never go idle), counting in `tally` how
+/// often each result came back: `sql` is prepared and run with no
+/// parameters, its first column read as text. Once every client has been
+/// answered, returns a flag that stops them and their tasks.
+async fn busy_multiplexed_clients(
+    proxy: &Proxy,
+    db: &str,
+    sql: &'static str,
+    tally: &Tally,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let c = connect(&proxy.conn_str("blog", "blogpw", db))
+            .await
+            .unwrap();
+        let st = c.prepare(sql).await.unwrap();
+        let (tally, stop, answered) = (tally.clone(), stop.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut first = true;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let v: String = c.query_one(&st, &[]).await.unwrap().get(0);
+                *tally.lock().unwrap().entry(v).or_default() += 1;
+                if std::mem::take(&mut first) {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let start = std::time::Instant::now();
+    while answered.load(std::sync::atomic::Ordering::Relaxed) < 16 || multiplexed(proxy) < 200.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not every client was answered, or nothing multiplexed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (stop, tasks)
+}
+
+/// The results that came back (and how often) between two readings of a
+/// [`Tally`].
+fn tally_between(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+) -> std::collections::HashMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// Statement multiplexing: after a reload that moves a pool to another
+/// database, statements go there within seconds, also when the shared
+/// servers never go idle (before, they stayed on the old database as long
+/// as their clients kept them busy: only a server given back to the pool
+/// was compared with the pool's upstream).
+#[tokio::test(flavor = "multi_thread")]
+async fn multiplexed_statements_move_to_the_new_upstream_after_a_reload() {
+    let pg = shared_postgres();
+    let proxy = Proxy::start(&format!(
+        "databases:\n  muxmoving: {{host: 127.0.0.1, port: {}, dbname: app, pool_mode: transaction, pool_size: 4}}\npool:\n  multiplex_servers: 2\n  connect_timeout: 30s\n",
+        pg.port
+    ));
+    let tally = Tally::default();
+    let sql = "SELECT current_database()::text";
+    let (stop, tasks) = busy_multiplexed_clients(&proxy, "muxmoving", sql, &tally).await;
+    let yaml = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        yaml.replace("dbname: app", "dbname: blog"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let start = std::time::Instant::now();
+    while !proxy.log().contains("configuration reloaded") {
+        assert!(start.elapsed() < Duration::from_secs(30), "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // what was sent to the old servers before they were told is answered
+    // there; a few seconds later, everything runs on the new database
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = tally.lock().unwrap().clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let window = tally_between(&before, &tally.lock().unwrap());
+    assert!(
+        !window.contains_key("app") && window.contains_key("blog"),
+        "3 to 5 s after the reload, statements ran on (database: count) {window:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Statement multiplexing: a shared server kept busy without a pause is
+/// still recycled after server_lifetime (before, only a server given back
+/// to the pool was; a busy shared server never was).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_shared_server_is_recycled_after_server_lifetime() {
+    let proxy = tx_proxy(
+        4,
+        "pool:\n  multiplex_servers: 2\n  server_lifetime: 2s\n  connect_timeout: 30s\n",
+    );
+    let tally = Tally::default();
+    let sql = "SELECT pg_backend_pid()::text";
+    let (stop, tasks) = busy_multiplexed_clients(&proxy, "app", sql, &tally).await;
+    let window = |secs: u64| {
+        let tally = tally.clone();
+        async move {
+            let before = tally.lock().unwrap().clone();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let after = tally.lock().unwrap().clone();
+            tally_between(&before, &after)
+        }
+    };
+    let early = window(1).await;
+    assert!(!early.is_empty());
+    // every server of that second is past its lifetime 4 s later
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let late = window(2).await;
+    let kept: Vec<_> = early.keys().filter(|pid| late.contains_key(*pid)).collect();
+    assert!(
+        kept.is_empty(),
+        "backends {kept:?} still served statements after server_lifetime; \
+         5 to 7 s in, statements ran on (backend: count) {late:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
 
 /// pgbench's TPC-B-like script and its select-only one with prepared

@@ -19,6 +19,11 @@
 //! then its server leaves) when a statement changed a setting
 //! (ParameterStatus), its plan went stale, or the server said something the
 //! lane did not expect.
+//!
+//! A client's cancel request reaches the lane's server only while the
+//! client's batch is the one the server runs ([`LaneCancel`]); the lane
+//! answers a cancelled batch it has not written itself, and cancels one it
+//! has written when the server starts it.
 
 use super::pool::{Checkout, Pool};
 use super::socket::{ServerAddr, TryWrite};
@@ -26,11 +31,12 @@ use crate::protocol::frame::{is_backend_type, peek_frame, valid_ready, MAX_SERVE
 use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Notify;
 
 /// A lane without work this long gives its server back.
 const LANE_IDLE: Duration = Duration::from_millis(100);
@@ -58,9 +64,94 @@ pub struct Request {
     pub batch: Vec<Bytes>,
     /// where the replies go
     pub reply: UnboundedSender<Reply>,
-    /// set while the server runs this batch (the oldest unanswered one):
-    /// only then may a cancel request of its client go to the server
-    pub running: Arc<AtomicBool>,
+}
+
+/// A request on its way through a lane, with its progress.
+struct Queued {
+    req: Request,
+    state: Arc<BatchState>,
+}
+
+/// How far a batch has got on its lane, and whether its client asked to
+/// cancel it. Both the lane and the client's cancel request set bits with
+/// one atomic operation each, so that exactly one of them acts on a
+/// cancel: the client's side sends a CancelRequest while the batch runs;
+/// the lane drops a batch it has not written yet, and sends the
+/// CancelRequest itself when a batch it has written starts to run.
+#[derive(Debug, Default)]
+struct BatchState(AtomicU8);
+
+/// written to the server (or about to be)
+const WRITTEN: u8 = 1;
+/// the oldest batch the server has not answered: the one it runs
+const RUNNING: u8 = 2;
+/// answered in full (or failed)
+const DONE: u8 = 4;
+/// its client sent a cancel request
+const CANCEL: u8 = 8;
+
+impl BatchState {
+    /// The lane is about to write the batch, which the server runs at once
+    /// when `first` (nothing written before it is unanswered); false when
+    /// it was cancelled before (it is then not written).
+    fn write(&self, first: bool) -> bool {
+        let bits = if first { WRITTEN | RUNNING } else { WRITTEN };
+        self.0.fetch_or(bits, Ordering::SeqCst) & CANCEL == 0
+    }
+
+    /// The batch is the one the server runs now; true when its client
+    /// asked to cancel it before (the lane then sends the CancelRequest).
+    fn start(&self) -> bool {
+        self.0.fetch_or(RUNNING, Ordering::SeqCst) & CANCEL != 0
+    }
+
+    /// The server is done with the batch: a cancel request of its client
+    /// must not reach the server any more, which runs other clients'
+    /// batches next (the client's session clears its cancel target only
+    /// when it has read the ReadyForQuery, which a slow reader reads late).
+    fn finish(&self) {
+        self.0.fetch_or(DONE, Ordering::SeqCst);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst) & CANCEL != 0
+    }
+}
+
+/// What a cancel request of a client whose batch went to a lane reaches.
+#[derive(Debug, Clone)]
+pub struct LaneCancel {
+    server: Arc<OnceLock<LaneServer>>,
+    state: Arc<BatchState>,
+    wake: Arc<Notify>,
+}
+
+impl LaneCancel {
+    /// The lane's server, once it has one.
+    pub fn server(&self) -> Option<&LaneServer> {
+        self.server.get()
+    }
+
+    /// The client asked to cancel its batch. Returns the server to send a
+    /// CancelRequest to when the batch runs now. A batch still waiting on
+    /// the lane is the lane's to cancel (`None`): one not yet written is
+    /// answered with 57014 without running, one written is cancelled when
+    /// it starts. A batch the server is done with is left alone, as
+    /// Postgres ignores a cancel request that comes after its statement.
+    pub fn cancel(&self) -> Option<LaneServer> {
+        let before = self.state.0.fetch_or(CANCEL, Ordering::SeqCst);
+        if before & DONE != 0 {
+            return None;
+        }
+        if before & RUNNING != 0 {
+            return self.server.get().cloned();
+        }
+        if before & WRITTEN == 0 {
+            // it waits for the lane's server, or for another batch's Parse
+            self.wake.notify_one();
+        }
+        None
+    }
 }
 
 /// The server a lane runs on (for cancel requests and SHOW CLIENTS).
@@ -74,10 +165,14 @@ pub struct LaneServer {
     pub secret: i32,
     /// pgsift's server id
     pub id: u64,
+    /// which of its pool's upstream targets it was opened to
+    pub target_generation: u64,
+    /// when it was opened
+    pub created: Instant,
 }
 
 struct LaneHandle {
-    tx: UnboundedSender<Request>,
+    tx: UnboundedSender<Queued>,
     /// requests submitted and not yet answered in full
     outstanding: Arc<AtomicUsize>,
     /// settings key the lane serves
@@ -88,6 +183,8 @@ struct LaneHandle {
     /// when the oldest unanswered request became the oldest ([`now_micros`];
     /// 0: none)
     head_since: Arc<AtomicU64>,
+    /// wakes the lane to answer a cancelled request it has not written
+    wake: Arc<Notify>,
 }
 
 impl LaneHandle {
@@ -113,8 +210,8 @@ impl Mux {
 /// Queues `req` on the least loaded lane serving `key` (the client's
 /// settings), opening a lane when every one is busy and fewer than `max`
 /// exist. Gives the request back when no lane can take it (all `max` lanes
-/// serve other settings or are stalled). On success returns the lane's
-/// server, set once the lane has one (for cancel requests).
+/// serve other settings or are stalled). On success returns what a cancel
+/// request of the client reaches.
 pub fn submit(
     pool: &Arc<Pool>,
     key: u64,
@@ -122,13 +219,25 @@ pub fn submit(
     max: usize,
     max_prepared: usize,
     req: Request,
-) -> Result<Arc<OnceLock<LaneServer>>, Request> {
+) -> Result<LaneCancel, Request> {
     if pool.is_paused() {
         // PAUSE: new transactions wait for a server like everyone else's
         return Err(req);
     }
     let mut lanes = pool.mux.lanes.lock();
-    lanes.retain(|l| !l.closed.load(Ordering::Relaxed));
+    lanes.retain(|l| {
+        // a server a reload made obsolete, or past server_lifetime, takes
+        // no new batches (its lane sees it too, and leaves once it has
+        // answered the ones it has)
+        let obsolete = l
+            .server
+            .get()
+            .is_some_and(|s| pool.is_obsolete(s.target_generation, s.created));
+        if obsolete {
+            l.closed.store(true, Ordering::Relaxed);
+        }
+        !l.closed.load(Ordering::Relaxed)
+    });
     let now = now_micros();
     let best = lanes
         .iter()
@@ -145,6 +254,7 @@ pub fn submit(
                 closed: Arc::new(AtomicBool::new(false)),
                 server: Arc::new(OnceLock::new()),
                 head_since: Arc::new(AtomicU64::new(0)),
+                wake: Arc::new(Notify::new()),
             };
             let lane = Lane {
                 pool: pool.clone(),
@@ -152,8 +262,10 @@ pub fn submit(
                 closed: handle.closed.clone(),
                 server_info: handle.server.clone(),
                 head_since: handle.head_since.clone(),
+                wake: handle.wake.clone(),
                 max_prepared,
                 rx,
+                waiting: Vec::new(),
                 pending: VecDeque::new(),
                 held: Vec::new(),
                 unconfirmed: Default::default(),
@@ -168,20 +280,28 @@ pub fn submit(
         _ => return Err(req),
     };
     lane.outstanding.fetch_add(1, Ordering::Relaxed);
-    let server = lane.server.clone();
-    if let Err(e) = lane.tx.send(req) {
+    let cancel = LaneCancel {
+        server: lane.server.clone(),
+        state: Arc::default(),
+        wake: lane.wake.clone(),
+    };
+    let queued = Queued {
+        req,
+        state: cancel.state.clone(),
+    };
+    if let Err(e) = lane.tx.send(queued) {
         // the lane's task is gone (it panicked): never use it again
         lane.outstanding.fetch_sub(1, Ordering::Relaxed);
         lane.closed.store(true, Ordering::Relaxed);
-        return Err(e.0);
+        return Err(e.0.req);
     }
-    Ok(server)
+    Ok(cancel)
 }
 
 /// A request written to the server and not yet answered in full.
 struct Pending {
     reply: UnboundedSender<Reply>,
-    running: Arc<AtomicBool>,
+    state: Arc<BatchState>,
     /// replies to messages pgsift added (ParseComplete `1`), dropped in
     /// order; the name is the statement a Parse prepared
     swallow: VecDeque<(u8, Option<Arc<str>>)>,
@@ -193,13 +313,16 @@ struct Lane {
     closed: Arc<AtomicBool>,
     server_info: Arc<OnceLock<LaneServer>>,
     head_since: Arc<AtomicU64>,
+    wake: Arc<Notify>,
     max_prepared: usize,
-    rx: UnboundedReceiver<Request>,
+    rx: UnboundedReceiver<Queued>,
+    /// requests that came while the lane had no server yet
+    waiting: Vec<Queued>,
     pending: VecDeque<Pending>,
     /// requests that use a statement whose Parse (another request's) is
     /// still unanswered: written once it is answered, so that its failure
     /// is reported to the client that sent it, not to everyone after it
-    held: Vec<Request>,
+    held: Vec<Queued>,
     /// statements prepared by a Parse still unanswered
     unconfirmed: rustc_hash::FxHashSet<Arc<str>>,
     /// take no new requests; leave once the queued ones are answered
@@ -212,7 +335,24 @@ struct Lane {
 
 impl Lane {
     async fn run(mut self, settings: Vec<(String, String)>) {
-        let mut co = match self.pool.checkout().await {
+        // a request cancelled while the lane waits for a server is answered
+        // at once
+        let pool = self.pool.clone();
+        let checkout = pool.checkout();
+        tokio::pin!(checkout);
+        let checkout = loop {
+            tokio::select! {
+                co = &mut checkout => break co,
+                _ = self.wake.notified() => {
+                    while let Ok(q) = self.rx.try_recv() {
+                        self.waiting.push(q);
+                    }
+                    let waiting = std::mem::take(&mut self.waiting);
+                    self.waiting = self.answer_cancelled(waiting);
+                }
+            }
+        };
+        let mut co = match checkout {
             Ok(mut co) => match co
                 .server
                 .sync_settings(&settings, &self.pool.defaults())
@@ -242,6 +382,8 @@ impl Lane {
             pid: co.server.pid,
             secret: co.server.secret,
             id: co.server.id,
+            target_generation: co.server.target_generation,
+            created: co.server.created,
         });
         let co = self.serve(co).await;
         match self.broken.take() {
@@ -263,16 +405,50 @@ impl Lane {
     fn fail_all(&mut self, why: (String, String)) {
         self.close();
         for p in self.pending.drain(..) {
-            p.running.store(false, Ordering::Relaxed);
+            p.state.finish();
             let _ = p.reply.send(Err(why.clone()));
         }
-        for r in self.held.drain(..) {
-            let _ = r.reply.send(Err(why.clone()));
+        let mut unwritten: Vec<Queued> = self.waiting.drain(..).collect();
+        unwritten.append(&mut self.held);
+        while let Ok(q) = self.rx.try_recv() {
+            unwritten.push(q);
         }
-        while let Ok(r) = self.rx.try_recv() {
-            let _ = r.reply.send(Err(why.clone()));
+        for q in unwritten {
+            q.state.finish();
+            let _ = q.req.reply.send(Err(why.clone()));
         }
         self.outstanding.store(0, Ordering::Relaxed);
+    }
+
+    /// Answers the requests among `queued` whose clients cancelled them
+    /// (none of them written): they end as a batch Postgres cancels before
+    /// it has answered any of its messages would. Returns the others.
+    fn answer_cancelled(&mut self, queued: Vec<Queued>) -> Vec<Queued> {
+        let mut rest = Vec::with_capacity(queued.len());
+        for q in queued {
+            if q.state.cancelled() {
+                self.answer_unwritten(q);
+            } else {
+                rest.push(q);
+            }
+        }
+        rest
+    }
+
+    /// Answers a cancelled request that was never written: ErrorResponse
+    /// 57014 and ReadyForQuery `I`.
+    fn answer_unwritten(&mut self, q: Queued) {
+        let mut out = BytesMut::new();
+        crate::protocol::messages::error_response(
+            &mut out,
+            crate::protocol::messages::Severity::Error,
+            "57014",
+            "canceling statement due to user request",
+        );
+        crate::protocol::messages::ready_for_query(&mut out, b'I');
+        q.state.finish();
+        let _ = q.req.reply.send(Ok(out.freeze()));
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn close(&self) {
@@ -296,11 +472,20 @@ impl Lane {
     /// evicted to make room first (a Close cannot fail, so no error can
     /// make the server skip one), then Parses of the statements the server
     /// lacks, then the batch.
-    fn enqueue(&mut self, req: Request, co: &mut Checkout, wbuf: &mut BytesMut) {
-        if req.needs.iter().any(|(n, _)| self.unconfirmed.contains(n)) {
-            self.held.push(req);
+    fn enqueue(&mut self, q: Queued, co: &mut Checkout, wbuf: &mut BytesMut) {
+        if q.req
+            .needs
+            .iter()
+            .any(|(n, _)| self.unconfirmed.contains(n))
+        {
+            self.held.push(q);
             return;
         }
+        let first = self.pending.is_empty();
+        if !q.state.write(first) {
+            return self.answer_unwritten(q);
+        }
+        let Queued { req, state } = q;
         let mut swallow = VecDeque::new();
         let mut parses = Vec::new();
         for (name, parse) in req.needs {
@@ -323,13 +508,12 @@ impl Lane {
         for b in &req.batch {
             wbuf.extend_from_slice(b);
         }
-        if self.pending.is_empty() {
+        if first {
             self.head_since.store(now_micros(), Ordering::Relaxed);
-            req.running.store(true, Ordering::Relaxed);
         }
         self.pending.push_back(Pending {
             reply: req.reply,
-            running: req.running,
+            state,
             swallow,
         });
     }
@@ -347,8 +531,8 @@ impl Lane {
         if self.held.is_empty() {
             return;
         }
-        for req in std::mem::take(&mut self.held) {
-            self.enqueue(req, co, wbuf);
+        for q in std::mem::take(&mut self.held) {
+            self.enqueue(q, co, wbuf);
         }
     }
 
@@ -358,13 +542,28 @@ impl Lane {
         // bytes at the front of the server's buffer scanned and belonging
         // to the first pending request
         let mut scanned = 0;
+        for q in std::mem::take(&mut self.waiting) {
+            self.enqueue(q, &mut co, &mut wbuf);
+        }
         loop {
             // (a retiring lane is closed to new requests; queued ones are served)
-            while let Ok(req) = self.rx.try_recv() {
-                self.enqueue(req, &mut co, &mut wbuf);
+            while let Ok(q) = self.rx.try_recv() {
+                self.enqueue(q, &mut co, &mut wbuf);
             }
             self.release_held(&mut co, &mut wbuf);
             if !self.retiring && self.pool.is_paused() {
+                self.retire(false);
+            }
+            // a busy lane never idles long enough to give its server back,
+            // where the pool would turn away one that a reload moved off
+            // the pool's upstream or that outlived server_lifetime: it
+            // retires instead (the server then finishes what it was sent,
+            // and the pool closes it)
+            if !self.retiring
+                && self
+                    .pool
+                    .is_obsolete(co.server.target_generation, co.server.created)
+            {
                 self.retire(false);
             }
             if !wbuf.is_empty() {
@@ -385,8 +584,8 @@ impl Lane {
                     }
                 }
                 match crate::timer::timeout(LANE_IDLE, self.rx.recv()).await {
-                    Ok(Some(req)) => {
-                        self.enqueue(req, &mut co, &mut wbuf);
+                    Ok(Some(q)) => {
+                        self.enqueue(q, &mut co, &mut wbuf);
                         continue;
                     }
                     Ok(None) => return co,
@@ -426,10 +625,18 @@ impl Lane {
                         return co;
                     }
                 }
-                req = self.rx.recv() => {
-                    if let Some(req) = req {
-                        self.enqueue(req, &mut co, &mut wbuf);
-                    }
+                // (a retiring lane takes nothing new: those sent before it
+                // closed are taken at the loop's top; and once the handles
+                // are gone, recv would return at once, every time)
+                q = self.rx.recv(), if !self.retiring => match q {
+                    Some(q) => self.enqueue(q, &mut co, &mut wbuf),
+                    None => self.retire(false),
+                },
+                _ = self.wake.notified() => {
+                    // a request held for another's Parse may have been
+                    // cancelled (those in `rx` are seen at the loop's top)
+                    let held = std::mem::take(&mut self.held);
+                    self.held = self.answer_cancelled(held);
                 }
             }
         }
@@ -497,17 +704,19 @@ impl Lane {
                     let done = server.rbuf.split_to(at + total).freeze();
                     *scanned = 0;
                     let head = self.pending.pop_front().expect("head exists");
-                    // the server is done with the batch: from now on a cancel
-                    // request of its client must not reach the server, which
-                    // runs another client's batch next (the client's session
-                    // clears its cancel target only when it has read this
-                    // ReadyForQuery, and a slow reader reads it late)
-                    head.running.store(false, Ordering::Relaxed);
+                    // before the client can see the end: from now on its
+                    // cancel request must not reach the server
+                    head.state.finish();
                     let _ = head.reply.send(Ok(done));
                     self.outstanding.fetch_sub(1, Ordering::Relaxed);
                     let next = match self.pending.front() {
                         Some(p) => {
-                            p.running.store(true, Ordering::Relaxed);
+                            // the server goes on to it (written already):
+                            // a cancel its client asked for meanwhile is
+                            // sent now
+                            if p.state.start() {
+                                cancel_in_background(server);
+                            }
                             now_micros()
                         }
                         None => 0,
@@ -539,4 +748,14 @@ impl Lane {
             }
         }
     }
+}
+
+/// Sends a CancelRequest for what `server` runs, without waiting for it.
+fn cancel_in_background(server: &super::server::ServerConnection) {
+    let (addr, pid, secret) = (server.addr.clone(), server.pid, server.secret);
+    tokio::spawn(async move {
+        if let Err(e) = super::server::send_cancel(&addr, pid, secret).await {
+            tracing::warn!(error = %e, "forwarding cancel request failed");
+        }
+    });
 }

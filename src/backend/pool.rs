@@ -338,6 +338,16 @@ impl Pool {
         }
     }
 
+    /// Whether a server opened at `created` to the upstream target of
+    /// `target_generation` should take no more work: a reload has moved the
+    /// pool since, or it is older than server_lifetime. (A checked-out
+    /// server is turned away when it comes back; a shared one, which may
+    /// not come back for a long time, asks.)
+    pub fn is_obsolete(&self, target_generation: u64, created: Instant) -> bool {
+        target_generation != self.target_generation.load(Ordering::Acquire)
+            || self.settings.lock().too_old(created)
+    }
+
     /// PAUSE: new transactions wait until [`Pool::resume`].
     pub fn pause(&self) {
         self.paused.send_replace(true);

@@ -2,21 +2,19 @@
 //! CancelRequest carrying it is forwarded, with the real server's key, to
 //! whichever server is serving that client at the moment.
 
-use crate::backend::mux::LaneServer;
+use crate::backend::mux::LaneCancel;
 use crate::backend::socket::ServerAddr;
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// Where a client's statement runs.
 #[derive(Debug, Clone)]
 enum Running {
     /// on a server it holds
     Server(ServerAddr, i32, i32),
-    /// on a multiplexed server (known once the lane has its server), once
-    /// the flag says the client's batch is the one the server runs
-    Lane(Arc<OnceLock<LaneServer>>, Arc<AtomicBool>),
+    /// as a batch on a multiplexed server
+    Lane(LaneCancel),
 }
 
 /// The server a client is using right now, if any.
@@ -29,24 +27,23 @@ impl CancelTarget {
         *self.0.lock() = Some(Running::Server(addr, pid, secret));
     }
     /// The client's batch went to a multiplexed server: a cancel request
-    /// reaches it only while `running` (the batch is the oldest the server
-    /// has not answered), so a batch still queued behind another client's
-    /// never cancels that one.
-    pub fn set_lane(&self, lane: Arc<OnceLock<LaneServer>>, running: Arc<AtomicBool>) {
-        *self.0.lock() = Some(Running::Lane(lane, running));
+    /// reaches the server only while the batch runs there (it is the oldest
+    /// the server has not answered), so it never cancels another client's
+    /// batch; a batch still waiting on the lane is cancelled by the lane.
+    pub fn set_lane(&self, lane: LaneCancel) {
+        *self.0.lock() = Some(Running::Lane(lane));
     }
     /// The client returned its server.
     pub fn clear(&self) {
         *self.0.lock() = None;
     }
-    /// The server to cancel on.
-    pub fn get(&self) -> Option<(ServerAddr, i32, i32)> {
+    /// A cancel request for the client came: the server to send it on,
+    /// if one runs the client's statement now. (A multiplexed batch that
+    /// has not started yet is marked cancelled, and its lane cancels it.)
+    pub fn cancel(&self) -> Option<(ServerAddr, i32, i32)> {
         match self.0.lock().clone()? {
             Running::Server(addr, pid, secret) => Some((addr, pid, secret)),
-            Running::Lane(lane, running) => lane
-                .get()
-                .filter(|_| running.load(Ordering::Relaxed))
-                .map(|s| (s.addr.clone(), s.pid, s.secret)),
+            Running::Lane(lane) => lane.cancel().map(|s| (s.addr, s.pid, s.secret)),
         }
     }
 }
@@ -82,7 +79,7 @@ impl CancelRegistry {
             return;
         };
         let key = (pid, i32::from_be_bytes(secret));
-        let target = self.keys.get(&key).and_then(|t| t.get());
+        let target = self.keys.get(&key).and_then(|t| t.cancel());
         if let Some((addr, spid, ssecret)) = target {
             if let Err(e) = crate::backend::server::send_cancel(&addr, spid, ssecret).await {
                 tracing::warn!(error = %e, "forwarding cancel request failed");

@@ -1085,12 +1085,10 @@ impl Session {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let len: usize = req.batch.iter().map(|b| b.len()).sum();
         let made_parse = req.made_parse;
-        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let request = mux::Request {
             needs: req.needs,
             batch: req.batch,
             reply: tx,
-            running: running.clone(),
         };
         let key = crate::backend::server::settings_key(&self.settings, &self.pool.defaults());
         match mux::submit(
@@ -1101,13 +1099,13 @@ impl Session {
             self.max_prepared,
             request,
         ) {
-            Ok(server) => {
+            Ok(lane) => {
                 self.mux_replies = Some(rx);
                 self.mux_prefix = made_parse.then(|| Bytes::from_static(PARSE_COMPLETE));
                 self.bytes.server_out.inc_by(len as u64);
-                let ids = server.get().map(|s| (s.id, s.pid));
+                let ids = lane.server().map(|s| (s.id, s.pid));
                 self.info.set(ClientState::Active, ids);
-                self.cancel.set_lane(server, running);
+                self.cancel.set_lane(lane);
                 true
             }
             Err(_) => false,
