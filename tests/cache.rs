@@ -3,7 +3,10 @@
 //! are acknowledged (autocommit, transactions, MERGE, prepared DML without a
 //! new Parse, COPY, TRUNCATE, DDL, volatile functions), keys separate roles
 //! and settings, RLS tables and non-immutable functions are never cached,
-//! and a stress test with concurrent writers and readers sees no stale read.
+//! a temporary table (in any spelling), a setting changed behind a comment
+//! or a text pgsift may misread (standard_conforming_strings off) never
+//! shares a result, and a stress test with concurrent writers and readers
+//! sees no stale read.
 //! The Redis backend: two instances share entries and invalidations (stress
 //! with writers on one and readers on both), Redis killed and restarted
 //! under load costs no client an error and serves no stale read, and an
@@ -55,6 +58,9 @@ fn setup() {
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE aliased (id int, v int); INSERT INTO aliased VALUES (1, 0); CREATE TABLE posted (id int); CREATE TABLE post_log (n int)");
         // one row per Redis fault test; flushed_w gets a trigger in one
         pg.psql("cachedb", "SET ROLE blog; CREATE TABLE refused (id int PRIMARY KEY, v int); INSERT INTO refused SELECT g, 0 FROM generate_series(1, 10) g; CREATE TABLE flushed_w (id int); CREATE TABLE flushed_log (n int)");
+        // a table a session hides behind a temporary one; a covered table a
+        // volatile function writes, and one no rule covers
+        pg.psql("cachedb", "SET ROLE blog; CREATE TABLE shadowed (id int, v text); INSERT INTO shadowed VALUES (1, 'permanent'); CREATE TABLE strings_t (id int, v int); INSERT INTO strings_t VALUES (1, 0); CREATE TABLE strings_hidden (v text); INSERT INTO strings_hidden VALUES ('old'); CREATE FUNCTION strings_bump() RETURNS int LANGUAGE sql VOLATILE AS 'UPDATE strings_t SET v = v + 1 RETURNING v'");
         pg.psql("cachedb", "GRANT SELECT ON items, secret, stamps TO reader; GRANT SELECT (id) ON privy TO reader");
     });
 }
@@ -2015,4 +2021,234 @@ async fn cascading_foreign_keys_and_triggers_invalidate_the_tables_they_reach() 
         (before + 1).to_string(),
         "the trigger wrote audit_log"
     );
+}
+
+/// A proxy whose `cachedb` runs in transaction mode, with two more names
+/// for that database (sharing its cache entries): `sess` in session mode,
+/// and `single`, in transaction mode on one server (whatever a client
+/// leaves on it, the next one finds).
+fn modes_proxy() -> Proxy {
+    setup();
+    let pg = shared_postgres();
+    Proxy::start_with(|port, admin| {
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}, users: [blog]}}\nusers:\n  - {{name: blog, password: blogpw}}\ndatabases:\n  cachedb: {{host: 127.0.0.1, port: {0}, pool_mode: transaction, pool_size: 4}}\n  sess: {{host: 127.0.0.1, port: {0}, dbname: cachedb, pool_mode: session, pool_size: 8}}\n  single: {{host: 127.0.0.1, port: {0}, dbname: cachedb, pool_mode: transaction, pool_size: 1}}\ncache:\n  backend: memory\n  rules:\n    - tables: [items, privy, shared_r, shadowed, strings_t]\n      ttl: 60s\n",
+            pg.port
+        )
+    })
+}
+
+/// A client of `proxy` as `blog` on the database entry `db`.
+async fn client_of(proxy: &Proxy, db: &str) -> tokio_postgres::Client {
+    connect(&proxy.conn_str("blog", "blogpw", db))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn temporary_tables_made_in_any_spelling_never_share_results() {
+    let proxy = modes_proxy();
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    // each makes a temporary `shadowed` holding the row 'temporary': the
+    // session that made it reads that one, every other the permanent one
+    let fill = "INSERT INTO shadowed VALUES (1, 'temporary')";
+    let spellings = [
+        format!("CREATE TABLE pg_temp.shadowed (id int, v text); {fill}"),
+        format!("CREATE LOCAL TEMP TABLE shadowed (id int, v text); {fill}"),
+        format!("/* scratch */ CREATE TEMP TABLE shadowed (id int, v text); {fill}"),
+        "SELECT 1 AS id, 'temporary'::text AS v INTO TEMP shadowed".to_string(),
+        format!("DO $$BEGIN CREATE TEMP TABLE shadowed (id int, v text); {fill}; END$$"),
+    ];
+    // session mode: the session keeps its table; its reads stay out of
+    // the cache both ways
+    for (i, make) in spellings.iter().enumerate() {
+        let read = format!("SELECT v FROM shadowed WHERE id = 1 AND {i} = {i}");
+        let a = client_of(&proxy, "sess").await;
+        a.batch_execute(make).await.unwrap();
+        // (after DDL pgsift reads its catalog facts again)
+        wait_for_facts(&other, &proxy).await;
+        let hits = metric(&proxy, "hit");
+        assert_eq!(one(&a, &read).await, "temporary", "{make}");
+        assert_eq!(one(&a, &read).await, "temporary", "{make}");
+        assert_eq!(
+            metric(&proxy, "hit"),
+            hits,
+            "{make}: A's read of its temporary table was answered from the cache"
+        );
+        assert_eq!(
+            cached(&other, &proxy, &read).await,
+            "permanent",
+            "{make}: A's temporary row was served to another client"
+        );
+        assert_eq!(
+            one(&a, &read).await,
+            "temporary",
+            "{make}: another client's row was served to A"
+        );
+    }
+    // transaction mode: the server is reset before the next client gets
+    // it (else that client reads the table from Postgres, and the cache
+    // stores it for everyone)
+    for (i, make) in spellings.iter().enumerate() {
+        let read = format!("SELECT v FROM shadowed WHERE id = 1 AND {i} = {i} AND 1 = 1");
+        let a = client_of(&proxy, "single").await;
+        a.batch_execute(&format!("BEGIN; {make}; COMMIT"))
+            .await
+            .unwrap();
+        let b = client_of(&proxy, "single").await;
+        assert_eq!(
+            one(&b, &read).await,
+            "permanent",
+            "{make}: the next client of A's server found A's temporary table"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_changed_behind_a_comment_are_followed_as_plain_ones() {
+    let proxy = modes_proxy();
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    // search_path: tenant2 has items of its own
+    let sets = [
+        "/* tenant */ SET search_path TO tenant2, public",
+        "-- tenant\nSET search_path TO tenant2, public",
+        "-- a line a carriage return ends\rSET search_path TO tenant2, public",
+        "SET /* tenant */ search_path TO tenant2, public -- why",
+    ];
+    for (i, set) in sets.iter().enumerate() {
+        let read = format!("SELECT v FROM items WHERE id = 61 AND {i} = {i}");
+        assert_eq!(cached(&other, &proxy, &read).await, "0");
+        let c = client(&proxy).await;
+        c.batch_execute(set).await.unwrap();
+        assert_eq!(
+            one(&c, &read).await,
+            "77",
+            "{set:?}: the entry of another search_path"
+        );
+        // its own search_path keys its entries
+        assert_eq!(cached(&c, &proxy, &read).await, "77");
+        assert_eq!(
+            cached(&other, &proxy, &read).await,
+            "0",
+            "{set:?}: tenant2's row stored under the default search_path"
+        );
+    }
+    // in transaction mode, the next client of the server does not inherit it
+    let probe = "SELECT current_setting('search_path')";
+    let b = client_of(&proxy, "single").await;
+    let plain = one(&b, probe).await;
+    let a = client_of(&proxy, "single").await;
+    a.batch_execute("/* tenant */ SET search_path TO tenant2, public")
+        .await
+        .unwrap();
+    assert_eq!(one(&b, probe).await, plain, "A's SET leaked to B");
+    assert_eq!(one(&a, probe).await, "tenant2, public", "A keeps its own");
+    // a role: reader may read privy's ids only
+    let read = "SELECT v FROM privy WHERE id = 1 AND 1 = 1";
+    assert_eq!(cached(&other, &proxy, read).await, "0");
+    let c = client(&proxy).await;
+    c.batch_execute("/* drop privileges */ SET ROLE reader")
+        .await
+        .unwrap();
+    let err = c
+        .simple_query(read)
+        .await
+        .expect_err("blog's entry was served to reader");
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE
+    );
+    // an isolation level whose snapshots may predate acknowledged writes
+    let read = "SELECT v FROM items WHERE id = 70";
+    let before: i32 = cached(&other, &proxy, read).await.parse().unwrap();
+    let a = client_of(&proxy, "sess").await;
+    a.batch_execute("/* pin snapshots */ SET default_transaction_isolation = 'repeatable read'")
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(one(&a, "SELECT 1").await, "1", "the snapshot is taken");
+    other
+        .simple_query(&format!(
+            "UPDATE items SET v = {} WHERE id = 70",
+            before + 1
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&a, read).await,
+        before.to_string(),
+        "A reads its snapshot"
+    );
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        one(&other, read).await,
+        (before + 1).to_string(),
+        "A's snapshot was stored and served after the write was acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn texts_with_a_backslash_are_not_read_while_standard_conforming_strings_is_off() {
+    let proxy = modes_proxy();
+    let other = client(&proxy).await;
+    wait_for_facts(&other, &proxy).await;
+    // With standard_conforming_strings off, `'x\' … '` is one literal to
+    // the server; pgsift's parser reads `'x\'` and then a comment, so what
+    // follows the second quote on that line is hidden from it.
+    let by_set = client(&proxy).await;
+    by_set
+        .batch_execute("SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    let at_login = connect(&format!(
+        "{} options='-c standard_conforming_strings=off'",
+        dsn(&proxy)
+    ))
+    .await
+    .unwrap();
+    for (who, c) in [("by SET", &by_set), ("at login", &at_login)] {
+        // a write, through a volatile function, hidden in a read of an
+        // uncovered table: it invalidates the whole database
+        let read = "SELECT v FROM strings_t WHERE id = 1";
+        let before: i32 = cached(&other, &proxy, read).await.parse().unwrap();
+        let bump = "SELECT 'x\\' -- ', strings_bump()\nFROM strings_hidden";
+        c.simple_query(bump).await.unwrap();
+        assert_eq!(
+            one(&other, read).await,
+            (before + 1).to_string(),
+            "{who}: the hidden write left a stale entry"
+        );
+        // a volatile function hidden in a read of a covered table
+        let random = format!(
+            "SELECT v, 'x\\' AS a -- ', random()::text AS r\nFROM strings_t WHERE '{who}' <> ''"
+        );
+        let hits = metric(&proxy, "hit");
+        let r = |msgs: Vec<SimpleQueryMessage>| rows(&msgs)[0][2].clone();
+        let first = r(c.simple_query(&random).await.unwrap());
+        let second = r(c.simple_query(&random).await.unwrap());
+        assert_eq!(
+            metric(&proxy, "hit"),
+            hits,
+            "{who}: random() served from the cache"
+        );
+        assert_ne!(first, second, "{who}");
+        // a read of an uncovered table hidden in a read of a covered one
+        let uncovered = format!(
+            "SELECT v, 'x\\' AS a -- ', (SELECT v FROM strings_hidden) AS u\nFROM strings_t WHERE '{who}' <> ''"
+        );
+        let u = |msgs: Vec<SimpleQueryMessage>| rows(&msgs)[0][2].clone().unwrap();
+        let was = u(c.simple_query(&uncovered).await.unwrap());
+        u(c.simple_query(&uncovered).await.unwrap());
+        let now = format!("{was}+");
+        c.simple_query(&format!("UPDATE strings_hidden SET v = '{now}'"))
+            .await
+            .unwrap();
+        assert_eq!(
+            u(c.simple_query(&uncovered).await.unwrap()),
+            now,
+            "{who}: a stale read of the uncovered table"
+        );
+    }
 }

@@ -708,6 +708,81 @@ async fn a_superusers_role_change_leaves_the_pool_usable_for_every_later_client(
     }
 }
 
+/// A statement behind a comment is the plain statement to Postgres, and so
+/// to pgsift: a SET is carried with its client and kept from the next
+/// client of the server, LISTEN and a temporary table make the server dirty,
+/// and DEALLOCATE or DISCARD ALL of protocol-prepared statements act on the
+/// client's names.
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_behind_a_comment_act_as_the_plain_ones() {
+    use common::raw::{errors, first_value, parse, query, raw_login, read_ready, sync};
+    // one server: whatever a leaves on it, b would see
+    let proxy = tx_proxy(1, "");
+    let a = app_client(&proxy).await;
+    let b = app_client(&proxy).await;
+    let read =
+        "SELECT current_setting('search_path') || ',' || current_setting('statement_timeout')";
+    let plain = scalar(&b, read).await;
+    a.batch_execute("/* tenant */ SET search_path TO pg_catalog, public")
+        .await
+        .unwrap();
+    a.batch_execute("-- caller: x\rSET statement_timeout = 1234")
+        .await
+        .unwrap();
+    for round in 0..2 {
+        assert_eq!(scalar(&b, read).await, plain, "round {round}: b");
+        assert_eq!(
+            scalar(&a, read).await,
+            "pg_catalog, public,1234ms",
+            "round {round}: a keeps its own"
+        );
+    }
+    a.batch_execute("/* events */ LISTEN chan").await.unwrap();
+    assert_eq!(
+        scalar(&b, "SELECT count(*) FROM pg_listening_channels()").await,
+        "0",
+        "a's LISTEN reached b"
+    );
+    a.batch_execute("-- scratch\nCREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(&b, "SELECT (to_regclass('pg_temp.scratch') IS NULL)::text").await,
+        "true",
+        "a's temporary table reached b"
+    );
+    // statement names
+    let mut s = raw_login(proxy.port).await;
+    send(&mut s, &[parse("s1", "SELECT 1"), sync()]).await;
+    assert!(errors(&read_ready(&mut s, 1).await).is_empty());
+    send(&mut s, &[query("/* evict */ DEALLOCATE s1")]).await;
+    assert_eq!(
+        errors(&read_ready(&mut s, 1).await),
+        Vec::<String>::new(),
+        "DEALLOCATE behind a comment"
+    );
+    send(&mut s, &[parse("s1", "SELECT 2"), run("s1")]).await;
+    let got = read_ready(&mut s, 1).await;
+    assert_eq!(errors(&got), Vec::<String>::new(), "the name is free again");
+    assert_eq!(first_value(&got).as_deref(), Some("2"));
+    send(
+        &mut s,
+        &[
+            query("-- reset\nDISCARD /* every */ ALL"),
+            parse("s1", "SELECT 3"),
+            run("s1"),
+        ],
+    )
+    .await;
+    let got = read_ready(&mut s, 2).await;
+    assert_eq!(
+        errors(&got),
+        Vec::<String>::new(),
+        "DISCARD ALL behind a comment frees the names"
+    );
+    assert_eq!(first_value(&got).as_deref(), Some("3"));
+}
+
 #[tokio::test]
 async fn a_prepared_set_config_dirties_its_server_at_every_execution() {
     let proxy = tx_proxy(1, "");

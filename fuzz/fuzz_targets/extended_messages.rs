@@ -83,14 +83,47 @@ fn check(msg: &[u8]) {
     }
 }
 
-/// What `plannable` should say: the first word after spaces and opening
-/// parentheses is one of the statements Postgres plans.
+/// What `plannable` should say: the first word after whitespace (Postgres's:
+/// vertical tab too), comments (`--` to a newline or carriage return, nested
+/// `/* */`) and opening parentheses is one of the statements Postgres plans.
 fn plannable_reference(q: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(q);
-    let rest = text.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '(');
-    let word: String = rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    let mut i = 0;
+    loop {
+        match (q.get(i), q.get(i + 1)) {
+            (Some(b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' | b'('), _) => i += 1,
+            (Some(b'-'), Some(b'-')) => {
+                while i < q.len() && q[i] != b'\n' && q[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            (Some(b'/'), Some(b'*')) => {
+                let mut depth = 0;
+                while i < q.len() {
+                    if q[i..].starts_with(b"/*") {
+                        depth += 1;
+                        i += 2;
+                    } else if q[i..].starts_with(b"*/") {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            _ => break,
+        }
+    }
+    let word: Vec<u8> = q[i.min(q.len())..]
+        .iter()
+        .copied()
+        .take_while(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80)
+        .collect();
     ["select", "insert", "update", "delete", "merge", "with", "values", "table"]
-        .contains(&word.to_ascii_lowercase().as_str())
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k.as_bytes()))
 }
 
 fuzz_target!(|data: &[u8]| {

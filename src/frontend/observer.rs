@@ -41,6 +41,10 @@ struct Known {
     /// (ParameterDescription), for examples with binary values
     described: Option<Arc<[u32]>>,
     values: u64,
+    /// the server may read the text otherwise than the analysis did
+    /// (`standard_conforming_strings` off and a backslash in it): what it
+    /// writes is unknown
+    misread: bool,
 }
 
 #[derive(Debug)]
@@ -120,6 +124,9 @@ pub struct Observer {
     pub effects_of: Option<(Arc<VolatilityTable>, Arc<str>)>,
     /// effects of completed statements, taken by the session's cache state
     pub effects: Vec<Effect>,
+    /// the session's `standard_conforming_strings` is (or may be) off: a
+    /// text with a backslash may run otherwise than its analysis says
+    pub lax_strings: bool,
 }
 
 /// Statement kinds ([`Kind`]'s variants).
@@ -188,6 +195,7 @@ impl Observer {
             slow: Duration::ZERO,
             effects_of: None,
             effects: Vec::new(),
+            lax_strings: false,
         }
     }
 
@@ -218,7 +226,13 @@ impl Observer {
             parse: None,
             described: None,
             values: a.values,
+            misread: self.misreads(sql.as_bytes()),
         }
+    }
+
+    /// True when the server may read `text` otherwise than its analysis.
+    fn misreads(&self, text: &[u8]) -> bool {
+        self.lax_strings && memchr::memchr(b'\\', text).is_some()
     }
 
     /// A complete client message on its way to the server.
@@ -227,6 +241,7 @@ impl Observer {
             b'Q' => {
                 let body = &msg[5..];
                 let text = body.strip_suffix(&[0]).unwrap_or(body);
+                let misread = self.misreads(text);
                 let Observer {
                     sinks,
                     shapes,
@@ -247,6 +262,7 @@ impl Observer {
                         parse: None,
                         described: None,
                         values: a.values,
+                        misread,
                     };
                     pending.push_back(Pending {
                         known: Some(known),
@@ -266,7 +282,7 @@ impl Observer {
                     // copy of the text.
                     let sent = &msg[5 + p.name.len() + 1..];
                     if let Some(k) = self.statements.get(p.name) {
-                        if k.parse.as_deref() == Some(sent) {
+                        if k.parse.as_deref() == Some(sent) && k.misread == self.misreads(p.query) {
                             return;
                         }
                         if !p.name.is_empty() {
@@ -473,7 +489,11 @@ impl Observer {
         self.sinks
             .queries
             .record(&known.analysis, duration, p.rows, error, cache_hit);
-        if !error && !cache_hit {
+        if known.misread && !cache_hit {
+            // (also after an error: a procedure hidden from the analysis
+            // may have committed part of its work)
+            self.unknown_write();
+        } else if !error && !cache_hit {
             if let Some((volatility, db)) = &self.effects_of {
                 if let Some(e) = effect_of(&known.analysis, volatility.get(db).as_deref()) {
                     self.effects.push(e);
@@ -545,8 +565,8 @@ impl Observer {
         let facts = volatility.get(db);
         for p in self.pending.drain(..) {
             let effect = match &p.known {
-                Some(k) => effect_of(&k.analysis, facts.as_deref()),
-                None => Some(Effect::Database),
+                Some(k) if !k.misread => effect_of(&k.analysis, facts.as_deref()),
+                _ => Some(Effect::Database),
             };
             self.effects.extend(effect);
         }
@@ -797,6 +817,45 @@ mod tests {
             assert!(matches!(o.effects[..], [Effect::Database]), "{sql}");
             o.effects.clear();
         }
+    }
+
+    #[test]
+    fn a_text_with_a_backslash_invalidates_the_database_while_standard_conforming_strings_is_off() {
+        // read with standard_conforming_strings on, this SELECT calls no
+        // function; with it off, the server calls the one behind the `--`
+        let hidden = "SELECT 'x\\' -- ', (SELECT count(*) FROM bump_and_count())\nFROM posts";
+        let mut o = observer();
+        run(&mut o, &[query(hidden)], b"TDCZ");
+        assert!(o.effects.is_empty(), "read as the parser reads it");
+        o.lax_strings = true;
+        run(&mut o, &[query(hidden)], b"TDCZ");
+        assert!(matches!(o.effects[..], [Effect::Database]));
+        o.effects.clear();
+        // the extended protocol too, also when the execution fails
+        run(&mut o, &one_off(hidden), b"12EZ");
+        assert!(matches!(o.effects[..], [Effect::Database]));
+        o.effects.clear();
+        // a text without one is read as the server reads it
+        run(&mut o, &[query("SELECT 'x' FROM posts")], b"TDCZ");
+        assert!(o.effects.is_empty());
+        // a statement prepared while the setting was on keeps its reading
+        o.lax_strings = false;
+        run(&mut o, &[parse("s", hidden)], b"1");
+        o.lax_strings = true;
+        run(&mut o, &[bind("s"), execute(), msg(b'S', b"")], b"2DCZ");
+        assert!(o.effects.is_empty());
+        // and one prepared again with the same text while it is off is not
+        run(
+            &mut o,
+            &[parse("s", hidden), bind("s"), execute(), msg(b'S', b"")],
+            b"12DCZ",
+        );
+        assert!(matches!(o.effects[..], [Effect::Database]));
+        o.effects.clear();
+        // and when the client leaves before its reply
+        run(&mut o, &[query(hidden)], b"");
+        o.in_flight_effects();
+        assert!(matches!(o.effects[..], [Effect::Database]));
     }
 
     #[test]

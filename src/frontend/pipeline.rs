@@ -24,6 +24,7 @@ use crate::protocol::extended::{self, CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::frame::{
     is_backend_type, peek_frame, valid_ready, FrameError, MAX_SERVER_MESSAGE,
 };
+use crate::sql::comments;
 use bytes::{Buf, Bytes};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,13 +121,17 @@ struct ClientStatement {
 }
 
 impl ClientStatement {
-    /// The client's statement `p`, under the shared name `shared`.
-    fn new(shared: Arc<str>, p: &extended::ParseMsg<'_>) -> ClientStatement {
+    /// The client's statement `p`, under the shared name `shared`;
+    /// `lax_strings`: the client's `standard_conforming_strings` is (or may
+    /// be) off, so a text with a backslash may do what pgsift cannot see.
+    fn new(shared: Arc<str>, p: &extended::ParseMsg<'_>, lax_strings: bool) -> ClientStatement {
+        let dirties = super::settings::leaves_session_state(p.query)
+            || lax_strings && memchr::memchr(b'\\', p.query).is_some();
         ClientStatement {
             parse: extended::build_parse(&shared, p),
             shared,
-            multiplexable: plannable(p.query) && !super::settings::leaves_session_state(p.query),
-            dirties: super::settings::leaves_session_state(p.query),
+            multiplexable: plannable(p.query) && !dirties,
+            dirties,
         }
     }
 }
@@ -172,6 +177,9 @@ pub struct Pipeline {
     /// the client bound a statement that leaves session state on the
     /// server (taken by the session, which resets that server)
     pub dirtied: bool,
+    /// the client's `standard_conforming_strings` is (or may be) off (set
+    /// by the session): a statement with a backslash dirties its server
+    pub lax_strings: bool,
     /// names freed by a DISCARD ALL / DEALLOCATE ALL Parse, for the entry of
     /// the Execute (or else Sync) after it to carry ([`Undo::Reset`])
     pending_reset: Option<HashMap<Vec<u8>, ClientStatement>>,
@@ -216,18 +224,15 @@ pub fn shared_name(query: &[u8], param_types: &[u8]) -> Arc<str> {
 }
 
 /// True for statements the server plans (and so gains from keeping
-/// prepared): SELECT, INSERT, UPDATE, DELETE, MERGE, WITH, VALUES, TABLE.
+/// prepared): SELECT, INSERT, UPDATE, DELETE, MERGE, WITH, VALUES, TABLE,
+/// after any whitespace, comments and opening parentheses.
 /// Utility statements (SET, BEGIN, DDL, …) are left unnamed.
 pub fn plannable(query: &[u8]) -> bool {
-    let start = query
-        .iter()
-        .position(|b| !b.is_ascii_whitespace() && *b != b'(')
-        .unwrap_or(query.len());
-    let word_end = query[start..]
-        .iter()
-        .position(|b| !b.is_ascii_alphabetic())
-        .map_or(query.len(), |n| start + n);
-    let word = &query[start..word_end];
+    let mut rest = comments::skip_space_and_comments(query);
+    while let Some(after) = rest.strip_prefix(b"(") {
+        rest = comments::skip_space_and_comments(after);
+    }
+    let word = comments::first_word(rest);
     [
         &b"select"[..],
         b"insert",
@@ -418,7 +423,8 @@ impl Pipeline {
                     });
                     match renamed {
                         Some((p, shared)) => {
-                            let statement = ClientStatement::new(shared.clone(), &p);
+                            let statement =
+                                ClientStatement::new(shared.clone(), &p, self.lax_strings);
                             let parse = statement.parse.clone();
                             let before = self.statements.insert(p.name.to_vec(), statement);
                             // (an unnamed statement is left as it was)
@@ -572,7 +578,10 @@ impl Pipeline {
                         return None;
                     }
                     let shared = self.name_for(p.query, p.param_types);
-                    parses.push((p.name.to_vec(), ClientStatement::new(shared, &p)));
+                    parses.push((
+                        p.name.to_vec(),
+                        ClientStatement::new(shared, &p, self.lax_strings),
+                    ));
                 }
                 b'S' => synced = true,
                 _ => return None,
@@ -681,8 +690,10 @@ impl Pipeline {
                         if !self.recent_unnamed.contains(&hash) {
                             return None;
                         }
-                        self.statements
-                            .insert(Vec::new(), ClientStatement::new(shared, &p));
+                        self.statements.insert(
+                            Vec::new(),
+                            ClientStatement::new(shared, &p, self.lax_strings),
+                        );
                     }
                     made_parse = true;
                 }
@@ -722,8 +733,10 @@ impl Pipeline {
     pub fn register_parse(&mut self, msg: &[u8]) {
         if let Some(p) = extended::parse_parse(msg).filter(|p| !p.name.is_empty()) {
             let shared = self.name_for(p.query, p.param_types);
-            self.statements
-                .insert(p.name.to_vec(), ClientStatement::new(shared, &p));
+            self.statements.insert(
+                p.name.to_vec(),
+                ClientStatement::new(shared, &p, self.lax_strings),
+            );
         }
     }
 
@@ -1304,11 +1317,14 @@ impl Pipeline {
 }
 
 /// True when a text runs DISCARD ALL or DEALLOCATE [PREPARE] ALL (alone or
-/// among other statements), which drop every prepared statement.
+/// among other statements, comments anywhere), which drop every prepared
+/// statement.
 pub fn resets_statements(sql: &[u8]) -> bool {
+    // (most texts have neither word: no copy without comments)
+    let sql = comments::blank_comments(sql);
     sql.split(|b| *b == b';').any(|statement| {
         let mut words = statement
-            .split(u8::is_ascii_whitespace)
+            .split(|&b| comments::is_space(b))
             .filter(|w| !w.is_empty());
         let mut next = || words.next().map(<[u8]>::to_ascii_lowercase);
         match next().as_deref() {
@@ -1326,24 +1342,25 @@ pub fn resets_statements(sql: &[u8]) -> bool {
 }
 
 /// The statement name of a text that is one `DEALLOCATE [PREPARE] name`
-/// (not `ALL`), as the client named it at Parse: an unquoted name folded to
-/// lower case, a quoted one as written.
+/// (not `ALL`; comments anywhere), as the client named it at Parse: an
+/// unquoted name folded to lower case, a quoted one as written.
 pub fn deallocated(sql: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(sql).ok()?.trim();
-    let text = text.strip_suffix(';').unwrap_or(text).trim_end();
-    let head = text.get(..10)?;
-    if !head.eq_ignore_ascii_case("deallocate") {
+    if !comments::starts_with_word(sql, "deallocate") {
         return None;
     }
-    let mut rest = text[10..].trim_start();
-    if text[10..].len() == rest.len() {
-        return None; // DEALLOCATEx
-    }
-    if rest
-        .get(..8)
-        .is_some_and(|w| w.eq_ignore_ascii_case("prepare "))
-    {
-        rest = rest[8..].trim_start();
+    let sql = comments::blank_comments(sql);
+    let space = |c: char| c.is_ascii() && comments::is_space(c as u8);
+    let text = std::str::from_utf8(&sql).ok()?.trim_matches(space);
+    let text = text
+        .strip_suffix(';')
+        .unwrap_or(text)
+        .trim_end_matches(space);
+    let mut rest = text.get(10..)?.trim_start_matches(space);
+    let prepare = rest
+        .get(..7)
+        .is_some_and(|w| w.eq_ignore_ascii_case("prepare"));
+    if prepare && rest[7..].starts_with(space) {
+        rest = rest[7..].trim_start_matches(space);
     }
     if let Some(quoted) = rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
         if quoted.is_empty() || quoted.replace("\"\"", "").contains('"') {
@@ -1381,6 +1398,12 @@ mod tests {
         );
         assert_eq!(q("DEALLOCATE S1").as_deref(), Some("s1"));
         assert_eq!(q("DEALLOCATE \"S1\"").as_deref(), Some("S1"));
+        assert_eq!(q("/* evict */ DEALLOCATE a12").as_deref(), Some("a12"));
+        assert_eq!(
+            q("-- evict\rDEALLOCATE /* x */ PREPARE\t\"S1\" -- y").as_deref(),
+            Some("S1")
+        );
+        assert_eq!(q("-- DEALLOCATE a12"), None);
         assert_eq!(q("DEALLOCATE ALL"), None);
         assert_eq!(q("DEALLOCATE PREPARE ALL"), None);
         assert_eq!(q("DEALLOCATE a; SELECT 1"), None);
@@ -1407,6 +1430,9 @@ mod tests {
             "DEALLOCATE ALL",
             "SELECT 1; DEALLOCATE ALL",
             "SET x = 1;\n\tDISCARD ALL;",
+            "/* reset */ DISCARD ALL",
+            "-- reset\rDISCARD /* every */ ALL",
+            "DEALLOCATE/**/PREPARE\x0bALL",
         ] {
             assert!(resets_statements(q.as_bytes()), "{q}");
         }
@@ -1416,6 +1442,8 @@ mod tests {
             "DEALLOCATE a",
             "DEALLOCATE PREPARE x",
             "SELECT 'discard all'",
+            "-- DISCARD ALL",
+            "/* DISCARD ALL */ SELECT 1",
             "discard",
             "",
         ] {
@@ -1453,6 +1481,32 @@ mod tests {
     }
 
     #[test]
+    fn statements_that_may_leave_session_state_dirty_their_server_and_share_none() {
+        let s = |sql: &str, lax: bool| {
+            let p = extended::ParseMsg {
+                name: b"s",
+                query: sql.as_bytes(),
+                param_types: b"\0\0",
+            };
+            let c = ClientStatement::new(shared_name(p.query, b""), &p, lax);
+            (c.dirties, c.multiplexable)
+        };
+        assert_eq!(s("SELECT 1", false), (false, true));
+        assert_eq!(s("/* c */ SELECT 1", false), (false, true));
+        for sql in [
+            "SELECT 1 AS x INTO TEMP t",
+            "/* c */ CALL p()",
+            "SELECT set_config('a.b', 'c', false)",
+        ] {
+            assert_eq!(s(sql, false), (true, false), "{sql}");
+        }
+        // with standard_conforming_strings off, a backslash may hide anything
+        let hidden = "SELECT 'x\\' -- ' INTO TEMP t\n";
+        assert_eq!(s(hidden, false), (false, true));
+        assert_eq!(s(hidden, true), (true, false));
+    }
+
+    #[test]
     fn only_statements_the_server_plans_are_plannable() {
         for q in [
             "SELECT 1",
@@ -1464,6 +1518,9 @@ mod tests {
             "DELETE FROM t",
             "VALUES (1)",
             "TABLE t",
+            // comments are space to the server
+            "/* c */ SELECT 1",
+            "-- c\r( /* d */ (SELECT 1))",
         ] {
             assert!(plannable(q.as_bytes()), "{q}");
         }
@@ -1473,7 +1530,8 @@ mod tests {
             "CREATE TABLE t (a int)",
             "SHOW TimeZone",
             "selectx 1",
-            "/* c */ SELECT 1",
+            "/* SELECT */ SET search_path = x",
+            "-- SELECT\nBEGIN",
             "",
         ] {
             assert!(!plannable(q.as_bytes()), "{q}");

@@ -202,6 +202,9 @@ impl ServerSide<'_> {
                     self.transactions.inc();
                 }
                 let settings_changed = self.settings_changes.ready(msg[5], self.settings);
+                if self.state.quiet() {
+                    self.settings_changes.settled();
+                }
                 return Seen::Ready {
                     ended,
                     settings_changed,
@@ -532,7 +535,7 @@ impl Session {
         if let Some(c) = &cache {
             observer.effects_of = Some((c.cache.volatility.clone(), c.db.clone()));
         }
-        let settings_changes = SettingsTracker::new(&settings);
+        let settings_changes = SettingsTracker::new(&settings, &pool.defaults());
         let mut session = Session {
             login: login_key,
             cache,
@@ -1234,6 +1237,10 @@ impl Session {
                 if let Some(sc) = self.cache.as_mut() {
                     sc.strict_isolation |= caching::strict_isolation(msg);
                 }
+                // (a text with a backslash is read as the server reads it
+                // only with standard_conforming_strings on)
+                self.observer.lax_strings = self.settings_changes.lax_strings();
+                self.pipeline.lax_strings = self.observer.lax_strings;
             }
             self.observer
                 .client_message(tag, &cbuf[end..end + total], now);
@@ -1347,6 +1354,7 @@ impl Session {
         let ttl = crate::cache::rules::covering_ttl(&config.cache.rules, &a.reads);
         let eligible = a.read_only
             && !self.settings_changes.unmodeled
+            && !self.settings_changes.misreads(sql)
             && !self.settings_changes.has_pending()
             && !sc.strict_isolation
             && !sc.wrote_in_transaction()

@@ -9,8 +9,19 @@
 //! it is read from the SQL and applied once the transaction it ran in has
 //! ended without error. Session state that cannot be carried that way
 //! (`set_config(…)`, `SET SESSION AUTHORIZATION`, temporary tables, LISTEN,
-//! SQL `PREPARE`, session advisory locks) makes the client's server *dirty*:
-//! it gets `DISCARD ALL` before anyone else uses it.
+//! SQL `PREPARE`, session advisory locks, DO blocks and procedures, which
+//! may do any of these out of sight) makes the client's server *dirty*: it
+//! gets `DISCARD ALL` before anyone else uses it.
+//!
+//! Statements are told by their leading words read as Postgres reads them:
+//! past whitespace and comments (`/* tenant */ SET search_path TO t2` is a
+//! SET). pgsift's parser reads text with `standard_conforming_strings` on;
+//! in a session that has it off, a backslash in a plain literal escapes the
+//! next character, so pgsift may see a comment or a literal where the
+//! server runs code. Such a text (one with a backslash) is not read at all:
+//! the session counts as unmodeled and its server as dirty.
+
+use crate::sql::comments;
 
 /// The settings transaction mode carries from server to server.
 pub const TRACKED: &[&str] = &[
@@ -76,11 +87,27 @@ pub struct SettingsTracker {
     pub unmodeled: bool,
     /// the last statement text seen that was no SET/RESET/DISCARD
     last_plain: Vec<u8>,
+    /// `standard_conforming_strings` is off for this client: at login, or
+    /// as its server last reported it
+    strings_off: bool,
+    /// a statement that may change `standard_conforming_strings` was sent
+    /// and the server has not answered everything since (its report of
+    /// the new value may still be on its way)
+    strings_changing: bool,
+    /// the client put the temporary schema in its search_path (`SET
+    /// search_path TO pg_temp, …` makes a plain CREATE TABLE a temporary
+    /// one): each of its statements dirties its server
+    temp_path: bool,
 }
 
+/// What pgsift calls temporary tables among the session-only features.
+pub const TEMPORARY: &str = "temporary tables (they stay on one server)";
+
+const ADVISORY: &str =
+    "session-level advisory locks (released only when that server's session ends)";
+
 /// Features that need one server for the whole session and so cannot work
-/// in transaction mode, recognised by how a statement starts or what it
-/// calls.
+/// in transaction mode, recognised by the first word of a statement.
 const SESSION_ONLY: &[(&str, &str)] = &[
     (
         "listen",
@@ -90,48 +117,118 @@ const SESSION_ONLY: &[(&str, &str)] = &[
         "prepare",
         "SQL-level PREPARE (the statement stays on one server)",
     ),
-    ("create temp", "temporary tables (they stay on one server)"),
-    (
-        "create temporary",
-        "temporary tables (they stay on one server)",
-    ),
     (
         "declare",
         "cursors declared WITH HOLD (they stay on one server)",
     ),
 ];
 
-/// Which session-only feature a statement uses, if any.
+/// Calls `each` with every statement of `sql` (split only when it has a
+/// `;`: the common single statement costs no allocation).
+fn for_each_statement(sql: &[u8], mut each: impl FnMut(&[u8])) {
+    if memchr::memchr(b';', sql).is_none() {
+        each(sql);
+        return;
+    }
+    let text = String::from_utf8_lossy(sql);
+    for stmt in crate::sql::shape::split_statements(&text) {
+        each(stmt.as_bytes());
+    }
+}
+
+/// Which session-only feature a statement uses, if any: one that starts
+/// with LISTEN, PREPARE or DECLARE … WITH HOLD (past any comments), any
+/// statement of it; a session-level advisory lock; a temporary relation.
 pub fn session_only_feature(sql: &[u8]) -> Option<&'static str> {
-    let head = &sql[..sql.len().min(256)];
-    // cheap byte checks first: this runs for every statement
-    let first = head.iter().find(|b| !b.is_ascii_whitespace());
-    let may_start = matches!(
-        first,
-        Some(b'l' | b'L' | b'p' | b'P' | b'c' | b'C' | b'd' | b'D')
-    );
-    let may_lock = contains_ci(head, b"advisory_lock");
-    if !may_start && !may_lock {
+    let mut found = None;
+    for_each_statement(sql, |stmt| {
+        if found.is_none() {
+            found = head_feature(stmt);
+        }
+    });
+    if found.is_some() {
+        return found;
+    }
+    if contains_ci(sql, b"advisory_lock")
+        && (contains_ci(sql, b"pg_advisory_lock") || contains_ci(sql, b"pg_try_advisory_lock"))
+    {
+        return Some(ADVISORY);
+    }
+    crate::sql::temporary::uses_temporary(sql).then_some(TEMPORARY)
+}
+
+/// The session-only feature one statement's first word names.
+fn head_feature(stmt: &[u8]) -> Option<&'static str> {
+    let word = comments::first_word(stmt);
+    // cheap: most statements start with another letter
+    if !matches!(word.first(), Some(b'l' | b'L' | b'p' | b'P' | b'd' | b'D')) {
         return None;
     }
-    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
-    let head = head.trim_start();
-    for (start, what) in SESSION_ONLY {
-        if head.starts_with(start) {
-            if *start == "declare" && !head.contains("with hold") {
-                continue;
-            }
-            return Some(what);
-        }
+    let (start, what) = SESSION_ONLY
+        .iter()
+        .find(|(start, _)| word.eq_ignore_ascii_case(start.as_bytes()))?;
+    if *start == "declare" && !has_words(stmt, b"with", b"hold") {
+        return None;
     }
-    let advisory = head.contains("pg_advisory_lock") || head.contains("pg_try_advisory_lock");
-    advisory
-        .then_some("session-level advisory locks (released only when that server's session ends)")
+    Some(what)
+}
+
+/// True when `first` and `second` follow each other as words of `stmt`
+/// (comments count as space).
+fn has_words(stmt: &[u8], first: &[u8], second: &[u8]) -> bool {
+    let text = comments::blank_comments(stmt);
+    let mut words = text
+        .split(|&b| comments::is_space(b))
+        .filter(|w| !w.is_empty());
+    let mut previous: &[u8] = b"";
+    words.any(|w| {
+        let found = previous.eq_ignore_ascii_case(first) && w.eq_ignore_ascii_case(second);
+        previous = w;
+        found
+    })
+}
+
+/// True when a statement of `sql` runs code pgsift does not see: a DO block
+/// or a procedure (CALL). It may create temporary tables, change settings
+/// or the role, and write anything.
+pub fn runs_unseen_code(sql: &[u8]) -> bool {
+    let mut found = false;
+    for_each_statement(sql, |stmt| {
+        let word = comments::first_word(stmt);
+        found |= word.eq_ignore_ascii_case(b"do") || word.eq_ignore_ascii_case(b"call");
+    });
+    found
+}
+
+/// A boolean setting's value that is not clearly on (Postgres takes `on`,
+/// `true`, `yes`, `1` and their unique prefixes).
+fn is_off(value: &str) -> bool {
+    !matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "on" | "true" | "yes" | "1" | "t" | "tr" | "tru" | "y" | "ye"
+    )
 }
 
 impl SettingsTracker {
-    /// A tracker for a client that logged in with `settings`.
-    pub fn new(settings: &[(String, String)]) -> SettingsTracker {
+    /// A tracker for a client that logged in with `settings`, on a pool
+    /// whose fresh servers report `server` (ParameterStatus; what the
+    /// client did not set is the server's).
+    pub fn new(
+        settings: &[(String, String)],
+        server: &std::collections::HashMap<String, String>,
+    ) -> SettingsTracker {
+        let value = |name: &str| {
+            settings
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .or_else(|| {
+                    server
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.as_str())
+                })
+        };
         // transactions above READ COMMITTED read snapshots older than
         // acknowledged writes: no cache for such a client
         let strict = settings.iter().any(|(k, v)| {
@@ -141,15 +238,37 @@ impl SettingsTracker {
                     "read committed" | "read uncommitted"
                 )
         });
+        let temp_path = value("search_path").is_some_and(|p| contains_ci(p.as_bytes(), b"pg_temp"));
         SettingsTracker {
             login: settings
                 .iter()
                 .filter(|(k, _)| !is_reported(k))
                 .cloned()
                 .collect(),
-            unmodeled: strict,
+            unmodeled: strict || temp_path,
+            strings_off: value("standard_conforming_strings").is_some_and(is_off),
+            temp_path,
             ..Default::default()
         }
+    }
+
+    /// True when pgsift may read `text` otherwise than the server does:
+    /// `standard_conforming_strings` is (or may just have been turned) off
+    /// and the text has a backslash.
+    pub fn misreads(&self, text: &[u8]) -> bool {
+        (self.strings_off || self.strings_changing) && memchr::memchr(b'\\', text).is_some()
+    }
+
+    /// True while pgsift reads this client's backslashes otherwise than
+    /// the server may (see [`SettingsTracker::misreads`]).
+    pub fn lax_strings(&self) -> bool {
+        self.strings_off || self.strings_changing
+    }
+
+    /// The server has answered everything the client sent: reports of
+    /// changed settings have arrived.
+    pub fn settled(&mut self) {
+        self.strings_changing = false;
     }
 
     /// Looks at a Query or Parse message for SET/RESET of an unreported
@@ -166,6 +285,21 @@ impl SettingsTracker {
         };
         let Some(text) = text else { return false };
         let text = text.split(|&c| c == 0).next().unwrap_or(&[]);
+        if contains_ci(text, b"standard_conforming_strings") {
+            self.strings_changing = true;
+        }
+        if self.misreads(text) {
+            // what the server runs cannot be told (a SET, a temporary
+            // table, LISTEN may hide where pgsift sees a comment or a
+            // literal): out of the cache, and the server reset after it
+            self.unmodeled = true;
+            self.dirtied = true;
+            return false;
+        }
+        if self.temp_path {
+            // any CREATE may make a temporary relation
+            self.dirtied = true;
+        }
         // A driver re-sending the text it sent last (the unnamed statement
         // of every execution) changes nothing that text did not change the
         // first time; only SET/RESET/DISCARD must be seen each time.
@@ -175,17 +309,22 @@ impl SettingsTracker {
         let mut first_use = false;
         // set_config(…, false) changes the session (whether it is local
         // cannot be told from the text in general); a session-only feature
-        // leaves state on the server. Either is seen every time: each makes
-        // the server it runs on dirty.
+        // leaves state on the server; a DO block or procedure may do
+        // either. Each is seen every time: each makes the server it runs
+        // on dirty.
         let set_config = has_set_config(text);
+        let unseen = runs_unseen_code(text);
         let session_only = session_only_feature(text);
-        if set_config {
+        if set_config || unseen {
             self.unmodeled = true;
             self.dirtied = true;
         }
         if let Some(what) = session_only {
-            if what.starts_with("temporary") {
+            if what == TEMPORARY {
                 self.unmodeled = true;
+                // (a SET or set_config of a search_path with pg_temp)
+                self.temp_path |=
+                    contains_ci(text, b"search_path") && contains_ci(text, b"pg_temp");
             }
             self.dirtied = true;
             if transaction_mode && !self.warned.contains(&what) {
@@ -207,7 +346,7 @@ impl SettingsTracker {
         } else if is_change_head(text) {
             // one statement: only its start matters
             self.note_change(&String::from_utf8_lossy(text));
-        } else if !set_config && session_only.is_none() && text.len() <= 4096 {
+        } else if !set_config && !unseen && session_only.is_none() && text.len() <= 4096 {
             self.last_plain.clear();
             self.last_plain.extend_from_slice(text);
         }
@@ -306,6 +445,9 @@ impl SettingsTracker {
         };
         if let Some(name) = TRACKED.iter().find(|t| t.eq_ignore_ascii_case(k)) {
             let value = String::from_utf8_lossy(v).into_owned();
+            if *name == "standard_conforming_strings" {
+                self.strings_off = is_off(&value);
+            }
             apply(Change::Set((*name).to_owned(), value), settings, &[]);
         }
     }
@@ -347,10 +489,15 @@ fn apply(c: Change, settings: &mut Vec<(String, String)>, login: &[(String, Stri
 /// value`, `SET [SESSION] ROLE name`, `RESET name`, `RESET ALL`, `DISCARD
 /// ALL`, and what they do when they are something else.
 fn classify(sql: &str) -> Statement {
+    // comments are space between the words
+    let sql = comments::blank_comments_str(sql);
     // one statement (a multi-statement query is split before): only a
     // final `;` goes, not one inside a quoted value
-    let stmt = sql.trim();
-    let stmt = stmt.strip_suffix(';').unwrap_or(stmt).trim_end();
+    let stmt = sql.trim_matches(is_space);
+    let stmt = stmt
+        .strip_suffix(';')
+        .unwrap_or(stmt)
+        .trim_end_matches(is_space);
     let (first, rest) = split_word(stmt);
     match first.to_ascii_lowercase().as_str() {
         "discard" => match split_word(rest).0.to_ascii_lowercase().as_str() {
@@ -389,12 +536,14 @@ fn classify(sql: &str) -> Statement {
                     return Statement::Uncarried
                 }
                 "role" if !after.starts_with('=') && !starts_with_to(after) => {
-                    let value = after.trim();
-                    return Statement::Carried(if value.eq_ignore_ascii_case("none") {
-                        Change::Reset("role".into())
-                    } else {
-                        Change::Set("role".into(), value_item(value, false))
-                    });
+                    let value = after.trim_matches(is_space);
+                    if value.eq_ignore_ascii_case("none") {
+                        return Statement::Carried(Change::Reset("role".into()));
+                    }
+                    return match value_item(value, false) {
+                        Some(role) => Statement::Carried(Change::Set("role".into(), role)),
+                        None => Statement::Uncarried,
+                    };
                 }
                 _ => {}
             }
@@ -416,36 +565,44 @@ fn classify(sql: &str) -> Statement {
             } else {
                 return Statement::Uncarried;
             };
-            let value = value.trim();
+            let value = value.trim_matches(is_space);
             if value.eq_ignore_ascii_case("default") {
                 return Statement::Carried(Change::Reset(name));
             }
             // search_path reads quoted names itself; any other setting gets
             // the identifier's text
             let keep_quotes = name == "search_path";
-            let items: Vec<String> = list_items(value)
+            let items: Option<Vec<String>> = list_items(value)
                 .into_iter()
                 .map(|i| value_item(i, keep_quotes))
                 .collect();
-            Statement::Carried(Change::Set(name, items.join(", ")))
+            match items {
+                Some(items) => Statement::Carried(Change::Set(name, items.join(", "))),
+                // a value pgsift cannot read for sure
+                None => Statement::Uncarried,
+            }
         }
         _ => Statement::Local,
     }
 }
 
+/// Postgres's whitespace (which Unicode's is not: a no-break space is part
+/// of a name to it).
+fn is_space(c: char) -> bool {
+    c.is_ascii() && comments::is_space(c as u8)
+}
+
 /// The first word of `s` (up to white space or `=`) and the rest, trimmed.
 fn split_word(s: &str) -> (&str, &str) {
-    let s = s.trim_start();
-    let end = s
-        .find(|c: char| c.is_whitespace() || c == '=')
-        .unwrap_or(s.len());
-    (&s[..end], s[end..].trim_start())
+    let s = s.trim_start_matches(is_space);
+    let end = s.find(|c: char| is_space(c) || c == '=').unwrap_or(s.len());
+    (&s[..end], s[end..].trim_start_matches(is_space))
 }
 
 /// `TO` followed by white space or a quote.
 fn starts_with_to(s: &str) -> bool {
     s.get(..2).is_some_and(|w| w.eq_ignore_ascii_case("to"))
-        && s[2..].starts_with(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+        && s[2..].starts_with(|c: char| is_space(c) || c == '\'' || c == '"')
 }
 
 /// A setting's name as Postgres knows it: an identifier (a custom one may
@@ -483,48 +640,69 @@ fn list_items(value: &str) -> Vec<&str> {
             // a doubled quote closes and reopens: the same either way
             (Some(q), c) if c == q => quote = None,
             (None, ',') => {
-                items.push(value[start..i].trim());
+                items.push(value[start..i].trim_matches(is_space));
                 start = i + 1;
             }
             _ => {}
         }
     }
-    items.push(value[start..].trim());
+    items.push(value[start..].trim_matches(is_space));
     items
 }
 
 /// One item of a SET's value list, as `set_config` takes it: a string
-/// literal unquoted, a bare word folded to lower case as the parser folds
-/// it, a quoted identifier unquoted (or kept: `keep_quotes`, for
-/// search_path, which reads the quotes).
-fn value_item(item: &str, keep_quotes: bool) -> String {
+/// literal unquoted (dollar-quoted too), a bare word or number folded to
+/// lower case as the parser folds it, a quoted identifier unquoted (or
+/// kept: `keep_quotes`, for search_path, which reads the quotes). `None`
+/// for anything else (`E'…'`, `U&'…'`, literals run together): pgsift does
+/// not guess what the server makes of it.
+fn value_item(item: &str, keep_quotes: bool) -> Option<String> {
+    let lone = |inner: &str, q: char| {
+        let doubled = format!("{q}{q}");
+        !inner.replace(&doubled, "").contains(q)
+    };
     if let Some(inner) = item.strip_prefix('\'').and_then(|i| i.strip_suffix('\'')) {
-        return inner.replace("''", "'");
+        return lone(inner, '\'').then(|| inner.replace("''", "'"));
     }
-    match item.strip_prefix('"').and_then(|i| i.strip_suffix('"')) {
-        Some(_) if keep_quotes => item.to_owned(),
-        Some(inner) => inner.replace("\"\"", "\""),
-        None => item.to_ascii_lowercase(),
+    if let Some(inner) = item.strip_prefix('"').and_then(|i| i.strip_suffix('"')) {
+        if !lone(inner, '"') {
+            return None;
+        }
+        return Some(if keep_quotes {
+            item.to_owned()
+        } else {
+            inner.replace("\"\"", "\"")
+        });
     }
+    if let Some(after) = item.strip_prefix('$') {
+        // $tag$…$tag$, the whole item
+        let tag_len = after.find('$')? + 2;
+        let tag = &item[..tag_len];
+        let inner = item[tag_len..].strip_suffix(tag)?;
+        return (!inner.contains(tag)).then(|| inner.to_owned());
+    }
+    let bare = !item.is_empty()
+        && item
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '+' | '$'));
+    bare.then(|| item.to_ascii_lowercase())
 }
 
-/// True when a statement starts with SET, RESET or DISCARD (leading
-/// whitespace allowed).
+/// True when a statement starts with SET, RESET or DISCARD (after any
+/// whitespace and comments).
 fn is_change_head(stmt: &[u8]) -> bool {
-    let head = stmt.trim_ascii_start();
-    let head = &head[..head.len().min(8)];
-    head.len() >= 3
-        && (head[..3].eq_ignore_ascii_case(b"set")
-            || head.len() >= 5
-                && (head[..5].eq_ignore_ascii_case(b"reset")
-                    || head[..5].eq_ignore_ascii_case(b"disca")))
+    let word = comments::first_word(stmt);
+    [&b"set"[..], b"reset", b"discard"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
 }
 
 /// True when running `sql` leaves session state on the server that pgsift
 /// cannot carry to another: `set_config(…)` (whether local cannot be told
-/// from the text in general) or a session-only feature.
+/// from the text in general), a session-only feature, or code pgsift does
+/// not see (DO, CALL).
 pub fn leaves_session_state(sql: &[u8]) -> bool {
-    has_set_config(sql) || session_only_feature(sql).is_some()
+    has_set_config(sql) || runs_unseen_code(sql) || session_only_feature(sql).is_some()
 }
 
 /// `set_config(` anywhere in a statement (case-insensitive).
@@ -663,7 +841,7 @@ mod tests {
     #[test]
     fn reset_returns_to_the_login_values() {
         let login = pairs(&[("statement_timeout", "100")]);
-        let mut t = SettingsTracker::new(&login);
+        let mut t = SettingsTracker::new(&login, &Default::default());
         let mut s = login.clone();
         s.push(("TimeZone".into(), "UTC".into()));
         let sql = "SET statement_timeout = 5; SET work_mem = '8MB'; SET ROLE r";
@@ -728,7 +906,7 @@ mod tests {
     #[test]
     fn a_reset_leaves_the_server_at_its_default_and_the_client_at_its_login_value() {
         let login = pairs(&[("statement_timeout", "100")]);
-        let mut t = SettingsTracker::new(&login);
+        let mut t = SettingsTracker::new(&login, &Default::default());
         let mut s = login.clone();
         // pgsift applied the login value at attach
         let mut applied: std::collections::HashMap<String, String> =
@@ -747,12 +925,15 @@ mod tests {
 
     #[test]
     fn a_strict_isolation_at_login_turns_the_cache_off() {
-        let t = SettingsTracker::new(&pairs(&[("default_transaction_isolation", "serializable")]));
+        let t = SettingsTracker::new(
+            &pairs(&[("default_transaction_isolation", "serializable")]),
+            &Default::default(),
+        );
         assert!(t.unmodeled);
-        let t = SettingsTracker::new(&pairs(&[(
-            "default_transaction_isolation",
-            "read committed",
-        )]));
+        let t = SettingsTracker::new(
+            &pairs(&[("default_transaction_isolation", "read committed")]),
+            &Default::default(),
+        );
         assert!(!t.unmodeled);
     }
 
@@ -882,6 +1063,170 @@ mod tests {
         assert!(session_only_feature(b"SELECT pg_advisory_lock(1)").is_some());
         assert!(session_only_feature(b"SELECT pg_advisory_xact_lock(1)").is_none());
         assert!(session_only_feature(b"SELECT 1").is_none());
+        // past comments, in any statement of a text
+        assert!(session_only_feature(b"/* c */ LISTEN chan").is_some());
+        assert!(session_only_feature(b"-- c\rLISTEN chan").is_some());
+        assert!(session_only_feature(b"SELECT 1; LISTEN chan").is_some());
+        assert!(
+            session_only_feature(b"DECLARE c CURSOR /* x */ WITH\n HOLD FOR SELECT 1").is_some()
+        );
+        assert!(session_only_feature(b"DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1").is_none());
+        assert!(session_only_feature(b"-- LISTEN chan\nSELECT 1").is_none());
+    }
+
+    #[test]
+    fn comments_before_and_inside_a_set_hide_nothing() {
+        for sql in [
+            "/* tenant */ SET search_path TO s2",
+            "-- tenant\nSET search_path TO s2",
+            "-- tenant\rSET search_path TO s2",
+            "\x0b/* a /* nested */ one */SET /* x */ search_path -- y\nTO s2 -- z",
+        ] {
+            let mut t = SettingsTracker::default();
+            let mut s = vec![];
+            assert_eq!(
+                after(&mut t, &mut s, sql),
+                pairs(&[("search_path", "s2")]),
+                "{sql:?}"
+            );
+            assert!(!t.unmodeled, "{sql:?}");
+            assert_eq!(classify(sql), set("search_path", "s2"), "{sql:?}");
+        }
+        let q = |sql: &str| {
+            let mut t = SettingsTracker::default();
+            t.observe(b'Q', &query_msg(sql), true);
+            (t.unmodeled, t.dirtied)
+        };
+        assert_eq!(q("/* drop privileges */ SET ROLE alice"), (true, false));
+        assert_eq!(
+            q("-- x\nSET default_transaction_isolation = 'repeatable read'"),
+            (true, false)
+        );
+        assert_eq!(q("/* x */ SET SESSION AUTHORIZATION alice"), (true, true));
+        assert_eq!(q("SELECT 1; /* x */ RESET ROLE"), (true, false));
+        assert_eq!(q("/* SET ROLE alice */ SELECT 1"), (false, false));
+        assert_eq!(q("-- SET ROLE alice"), (false, false));
+        // a comment repeated with the SET is seen each time
+        let mut t = SettingsTracker::default();
+        let mut s = vec![];
+        after(&mut t, &mut s, "/* x */ SET search_path TO a");
+        after(&mut t, &mut s, "RESET search_path");
+        assert_eq!(
+            after(&mut t, &mut s, "/* x */ SET search_path TO a").len(),
+            1
+        );
+    }
+
+    #[test]
+    fn values_pgsift_cannot_read_for_sure_are_not_carried() {
+        for sql in [
+            "SET search_path TO E's2'",
+            "SET search_path TO U&'s2'",
+            "SET app.x = 'a' 'b'",
+            "SET ROLE E'alice'",
+            "SET app.x = $$a,b$$",
+        ] {
+            assert_eq!(classify(sql), Statement::Uncarried, "{sql}");
+        }
+        assert_eq!(classify("SET app.x = $t$a b$t$"), set("app.x", "a b"));
+        assert_eq!(classify("SET app.x = -1.5"), set("app.x", "-1.5"));
+    }
+
+    #[test]
+    fn do_blocks_procedures_and_temporary_relations_leave_the_cache_and_dirty_the_server() {
+        for sql in [
+            "DO $$BEGIN CREATE TEMP TABLE posts (id int); END$$",
+            "/* c */ do $$BEGIN SET ROLE alice; END$$",
+            "CALL make_temp()",
+            "SELECT 1; CALL p()",
+            "CREATE TABLE pg_temp.posts (id int)",
+            "CREATE LOCAL TEMP TABLE posts (id int)",
+            "/* c */ CREATE TEMP TABLE posts (id int)",
+            "SELECT 1 AS id INTO TEMP posts",
+            "CREATE TEMP TABLE posts AS SELECT 1 AS id",
+        ] {
+            let mut t = SettingsTracker::default();
+            for _ in 0..2 {
+                t.observe(b'Q', &query_msg(sql), false);
+                assert!(t.unmodeled, "{sql}");
+                assert!(std::mem::take(&mut t.dirtied), "{sql}: every time");
+            }
+            assert!(leaves_session_state(sql.as_bytes()), "{sql}");
+        }
+        // the temporary schema first in the path: a plain CREATE TABLE
+        // makes a temporary table
+        let mut t = SettingsTracker::default();
+        t.observe(b'Q', &query_msg("SET search_path TO pg_temp, public"), true);
+        t.dirtied = false;
+        t.observe(b'Q', &query_msg("CREATE TABLE posts (id int)"), true);
+        assert!(t.unmodeled && t.dirtied);
+        let login = pairs(&[("search_path", "pg_temp,public")]);
+        assert!(SettingsTracker::new(&login, &Default::default()).unmodeled);
+        // a table made in pg_temp leaves the search_path as it was
+        let mut t = SettingsTracker::default();
+        t.observe(
+            b'Q',
+            &query_msg("CREATE TABLE pg_temp.posts (id int)"),
+            true,
+        );
+        t.dirtied = false;
+        t.observe(b'Q', &query_msg("CREATE TABLE posts (id int)"), true);
+        assert!(!t.dirtied);
+        for sql in [
+            "SELECT temp FROM weather",
+            "DOCUMENT",
+            "CALLS",
+            "SELECT 'CALL x'",
+        ] {
+            let mut t = SettingsTracker::default();
+            t.observe(b'Q', &query_msg(sql), false);
+            assert!(!t.unmodeled && !t.dirtied, "{sql}");
+        }
+    }
+
+    #[test]
+    fn backslashes_are_not_read_while_standard_conforming_strings_is_off() {
+        let hidden = "SELECT title, 'x\\' AS a -- ' , random() AS r\nFROM posts";
+        // on: a backslash is an ordinary character
+        let mut t = SettingsTracker::default();
+        t.observe(b'Q', &query_msg(hidden), false);
+        assert!(!t.unmodeled && !t.misreads(hidden.as_bytes()));
+        // off at login, or on the pool's servers
+        let off = pairs(&[("standard_conforming_strings", "off")]);
+        let mut t = SettingsTracker::new(&off, &Default::default());
+        assert!(t.misreads(hidden.as_bytes()) && !t.misreads(b"SELECT 1"));
+        t.observe(b'Q', &query_msg("SELECT 1"), false);
+        assert!(!t.unmodeled, "no backslash: read as the server reads it");
+        t.observe(b'Q', &query_msg(hidden), false);
+        assert!(t.unmodeled && t.dirtied);
+        let server: std::collections::HashMap<String, String> =
+            [("standard_conforming_strings".to_string(), "off".to_string())].into();
+        assert!(SettingsTracker::new(&[], &server).misreads(b"\\"));
+        let on = pairs(&[("standard_conforming_strings", "on")]);
+        assert!(!SettingsTracker::new(&on, &server).misreads(b"\\"));
+        // turned off by a SET: from the moment it is sent until the server
+        // has answered everything; then as the server reported
+        let mut t = SettingsTracker::default();
+        let mut s = vec![];
+        t.observe(
+            b'Q',
+            &query_msg("SET standard_conforming_strings = off"),
+            false,
+        );
+        assert!(t.misreads(b"\\"), "the report may still be on its way");
+        t.reported(b"standard_conforming_strings\0off\0", &mut s);
+        t.settled();
+        assert!(t.misreads(b"\\"));
+        t.observe(b'Q', &query_msg("RESET standard_conforming_strings"), false);
+        t.reported(b"standard_conforming_strings\0on\0", &mut s);
+        t.settled();
+        assert!(!t.misreads(b"\\"));
+        // a text seen before is read again once the setting is off
+        let mut t = SettingsTracker::default();
+        t.observe(b'Q', &query_msg(hidden), false);
+        t.reported(b"standard_conforming_strings\0off\0", &mut s);
+        t.observe(b'Q', &query_msg(hidden), false);
+        assert!(t.unmodeled);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! memo tables keep it off the per-execution path.
 
 pub mod analysis;
+pub mod comments;
 pub mod shape;
 pub mod template;
+pub mod temporary;
 
 pub use analysis::{Analysis, Analyzer, Kind};
