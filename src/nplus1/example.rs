@@ -13,51 +13,20 @@ const MAX_VALUE: usize = 200;
 /// missing: unspecified), used to read binary values. Placeholders inside
 /// string literals, quoted identifiers and comments are left alone.
 pub fn with_values(text: &str, params: &[(u16, Option<&[u8]>)], types: &[u32]) -> String {
+    use crate::sql::comments::{is_ident_byte, lexeme_at, Lexeme};
     let b = text.as_bytes();
     let mut out = String::with_capacity(text.len() + 16 * params.len());
     let mut copied = 0;
     let mut i = 0;
     while i < b.len() {
-        match b[i] {
-            q @ (b'\'' | b'"') => {
-                // to the closing quote (a doubled quote stays inside)
-                i += 1;
-                while i < b.len() {
-                    if b[i] == q {
-                        if b.get(i + 1) == Some(&q) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
+        match lexeme_at(b, i) {
+            Lexeme::Comment(end) | Lexeme::Literal(end) | Lexeme::QuotedName(end) => {
+                i = end.max(i + 1);
             }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0;
-                while i < b.len() {
-                    if b[i..].starts_with(b"/*") {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i..].starts_with(b"*/") {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit)
-                && (i == 0 || !is_ident_byte(b[i - 1])) =>
+            Lexeme::Other
+                if b[i] == b'$'
+                    && b.get(i + 1).is_some_and(u8::is_ascii_digit)
+                    && (i == 0 || !is_ident_byte(b[i - 1])) =>
             {
                 let start = i;
                 i += 1;
@@ -72,15 +41,11 @@ pub fn with_values(text: &str, params: &[(u16, Option<&[u8]>)], types: &[u32]) -
                     copied = i;
                 }
             }
-            _ => i += 1,
+            Lexeme::Other => i += 1,
         }
     }
     out.push_str(&text[copied.min(text.len())..]);
     out
-}
-
-fn is_ident_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
 
 /// One value as an SQL literal.
